@@ -1,0 +1,75 @@
+"""Settings for every RunLedger process, read from RUNLEDGER_* environment variables.
+
+Nothing set means the embedded default: every part starts on 127.0.0.1 under the
+state directory. Setting one of the external URLs/DSNs switches that part to the
+distributed mode, and then nothing embedded starts for it. docs/configuration.md
+documents every variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EVENTS_TOPIC = "runledger.events.v1"
+DLQ_TOPIC = "runledger.events.dlq"
+DEFAULT_TENANT_ID = "default"
+
+
+class Settings(BaseSettings):
+    """All runtime settings; env var = RUNLEDGER_ + upper-case field name."""
+
+    model_config = SettingsConfigDict(env_prefix="RUNLEDGER_", extra="ignore")
+
+    state_dir: Path = Field(Path(".runledger"), description="Where embedded services keep their data.")
+
+    # External services (distributed mode). Empty = start the embedded one.
+    kafka_bootstrap: str = Field("", description="Kafka bootstrap servers, host:port[,host:port].")
+    postgres_dsn: str = Field("", description="PostgreSQL DSN, postgresql://user:pass@host:port/db.")
+    clickhouse_url: str = Field(
+        "", description="ClickHouse HTTP URL, http://user:pass@host:8123/db; empty = chdb in-process."
+    )
+
+    # Embedded ports (0 = pick a free port at start).
+    api_host: str = Field("127.0.0.1", description="Address the API listens on.")
+    api_port: int = Field(8765, description="Port the API listens on.")
+    kafka_port: int = Field(0, description="Port of the embedded broker (0 = a free one).")
+    postgres_port: int = Field(0, description="Port of the embedded PostgreSQL (0 = a free one).")
+
+    # Topics.
+    events_topic: str = Field(EVENTS_TOPIC, description="Topic of all run events.")
+    dlq_topic: str = Field(DLQ_TOPIC, description="Dead-letter topic for rejected events.")
+    topic_partitions: int = Field(4, description="Partitions of the events topic when RunLedger creates it.")
+
+    # Projector.
+    projector_group: str = Field("runledger-projector", description="Consumer group of the projector.")
+    projector_max_batch_events: int = Field(5000, description="Max events per projected batch.")
+    projector_max_batch_points: int = Field(500_000, description="Max metric points per projected batch.")
+    projector_max_wait_ms: int = Field(200, description="Flush a partial batch after this long.")
+
+    # API.
+    write_wait_timeout_s: float = Field(
+        10.0, description="How long a write waits for its event to be projected (read-your-writes)."
+    )
+
+    default_tenant: str = Field(DEFAULT_TENANT_ID, description="Tenant used until tenancy lands.")
+    log_level: str = Field("INFO", description="Python logging level of the services.")
+
+    @property
+    def chdb_path(self) -> Path:
+        """Data directory of the in-process ClickHouse engine."""
+        return self.state_dir / "clickhouse"
+
+    @property
+    def connection_file(self) -> Path:
+        """Where `runledger up` writes the URL (and key) for scripts."""
+        return self.state_dir / "connection.json"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,166 @@
+"""Turning events into topic bytes and back.
+
+The wire format is the JSON of the envelope (orjson). Metric batches keep their
+columns as JSON arrays written straight from numpy; non-finite values become the
+strings "NaN"/"Infinity"/"-Infinity" (MLflow's convention), so the hot path stays a
+single C-level dump when every value is finite.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import uuid_utils
+from pydantic import ValidationError
+
+from runledger.events.models import (
+    SCHEMA_VERSION,
+    Envelope,
+    EventType,
+    MetricsLoggedPayload,
+    Payload,
+    Producer,
+    utc_now,
+)
+
+_HOST = socket.gethostname()
+
+
+class InvalidEvent(Exception):
+    """An event that cannot be projected; `reason` goes to the dead-letter topic."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedEvent:
+    """A validated event: envelope, typed payload, and the exact bytes it came in."""
+
+    envelope: Envelope
+    payload: Payload
+    raw: bytes
+
+
+def new_event_id() -> str:
+    """A UUIDv7: unique, and sortable by creation time."""
+    return str(uuid_utils.uuid7())
+
+
+def new_run_id() -> str:
+    """Run ids are 32 hex characters, as MLflow's run_uuid."""
+    return uuid_utils.uuid7().hex
+
+
+def producer(sdk: str, version: str = "") -> Producer:
+    """The producer block for this process."""
+    return Producer(sdk=sdk, version=version, host=_HOST)
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat(timespec="milliseconds")
+
+
+def envelope_dict(
+    *,
+    tenant_id: str,
+    type: EventType,
+    payload: dict[str, Any],
+    producer: Producer,
+    run_id: str | None = None,
+    experiment_id: str | None = None,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+) -> dict[str, Any]:
+    """A plain dict envelope (cheap to build on hot paths; validated on the consumer side)."""
+    return {
+        "event_id": event_id or new_event_id(),
+        "tenant_id": tenant_id,
+        "type": type.value,
+        "schema_version": SCHEMA_VERSION,
+        "occurred_at": _iso(occurred_at or utc_now()),
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        "producer": producer.model_dump(),
+        "key_id": None,
+        "signature": None,
+        "payload": payload,
+    }
+
+
+def metric_columns(
+    keys: list[str],
+    key_index: npt.NDArray[np.integer[Any]],
+    values: npt.NDArray[np.float64],
+    steps: npt.NDArray[np.int64],
+    timestamps: npt.NDArray[np.int64],
+) -> dict[str, Any]:
+    """The payload of a metrics batch from numpy columns."""
+    encoded_values: Any = values
+    finite = np.isfinite(values)
+    if not finite.all():
+        as_list: list[Any] = values.tolist()
+        for i in np.flatnonzero(~finite).tolist():
+            v = as_list[i]
+            as_list[i] = "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+        encoded_values = as_list
+    return {
+        "keys": keys,
+        "key_index": key_index,
+        "values": encoded_values,
+        "steps": steps,
+        "timestamps": timestamps,
+    }
+
+
+def encode(event: dict[str, Any] | Envelope) -> bytes:
+    """Topic bytes of an event."""
+    if isinstance(event, Envelope):
+        event = event.model_dump(mode="json")
+    return orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return f"{loc}: {err['msg']}" if loc else str(err["msg"])
+
+
+def decode(raw: bytes | None) -> DecodedEvent:
+    """Validate topic bytes into an event, or raise InvalidEvent with a reason for the DLQ."""
+    if not raw:
+        raise InvalidEvent("empty message")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent("event is not a JSON object")
+    try:
+        envelope = Envelope.model_validate(obj)
+    except ValidationError as exc:
+        raise InvalidEvent(f"bad envelope: {_first_error(exc)}") from None
+    try:
+        payload = envelope.typed_payload()
+    except ValidationError as exc:
+        raise InvalidEvent(f"bad {envelope.type.value} payload: {_first_error(exc)}") from None
+    return DecodedEvent(envelope=envelope, payload=payload, raw=raw)
+
+
+def metric_arrays(
+    payload: MetricsLoggedPayload,
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The numeric columns of a metrics batch as numpy arrays."""
+    return (
+        np.asarray(payload.key_index, dtype=np.int32),
+        np.asarray(payload.values, dtype=np.float64),
+        np.asarray(payload.steps, dtype=np.int64),
+        np.asarray(payload.timestamps, dtype=np.int64),
+    )

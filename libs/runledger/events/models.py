@@ -1,0 +1,306 @@
+"""The event contract: one envelope, one typed payload per run-lifecycle event.
+
+Every view RunLedger serves is a projection of these events. The models are the
+source of truth; `schemas/v1/*.json` is generated from them (`runledger schemas`)
+and a test fails when the two drift. Changes are additive (new optional fields);
+payloads ignore unknown fields so a consumer built for version N reads N+1.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+
+_KEY_RE = re.compile(r"^[/\w.\- :]*$")
+MAX_KEY_LENGTH = 250
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_TAG_VALUE_LENGTH = 8000
+
+
+def _check_key(key: str) -> str:
+    """Keys of metrics, params and tags: MLflow's rules, so both front ends agree."""
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise ValueError(f"key must be 1..{MAX_KEY_LENGTH} characters")
+    if not _KEY_RE.match(key):
+        raise ValueError(f"key {key!r} may only contain letters, digits, '_', '-', '.', ' ', ':' and '/'")
+    if key.startswith("/") or ".." in key.split("/"):
+        raise ValueError(f"key {key!r} must be a relative path without '..'")
+    return key
+
+
+Key = Annotated[str, AfterValidator(_check_key)]
+ParamValue = Annotated[str, Field(max_length=MAX_PARAM_VALUE_LENGTH)]
+TagValue = Annotated[str, Field(max_length=MAX_TAG_VALUE_LENGTH)]
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-.]+$")]
+
+
+class RunStatus(StrEnum):
+    """Run states, as MLflow names them."""
+
+    RUNNING = "RUNNING"
+    SCHEDULED = "SCHEDULED"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
+class Payload(BaseModel):
+    """Base of every payload: unknown fields are ignored (forward compatibility)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# --- experiments -------------------------------------------------------------------------
+
+
+class ExperimentCreatedPayload(Payload):
+    name: Annotated[str, Field(min_length=1, max_length=500)]
+    artifact_location: str | None = None
+    tags: dict[Key, TagValue] = Field(default_factory=dict)
+
+
+class ExperimentRenamedPayload(Payload):
+    name: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class EmptyPayload(Payload):
+    pass
+
+
+class ExperimentTagSetPayload(Payload):
+    key: Key
+    value: TagValue
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+class RunStartedPayload(Payload):
+    name: Annotated[str, Field(max_length=500)] = ""
+    parent_run_id: Id | None = None
+    start_time: int = Field(description="Milliseconds since the epoch.")
+    user_id: str = ""
+    tags: dict[Key, TagValue] = Field(default_factory=dict)
+    status: RunStatus = RunStatus.RUNNING
+
+
+class ParamsLoggedPayload(Payload):
+    params: dict[Key, ParamValue]
+
+
+class MetricsLoggedPayload(Payload):
+    """A columnar batch of metric points: point i is (keys[key_index[i]], values[i], steps[i], timestamps[i]).
+
+    Non-finite values travel as the strings "NaN", "Infinity", "-Infinity".
+    """
+
+    keys: list[Key] = Field(min_length=1, description="Distinct metric keys of this batch.")
+    key_index: list[Annotated[int, Field(ge=0)]]
+    values: list[float]
+    steps: list[int]
+    timestamps: list[int] = Field(description="Milliseconds since the epoch, one per point.")
+
+    @model_validator(mode="after")
+    def _columns_agree(self) -> MetricsLoggedPayload:
+        n = len(self.values)
+        if not (len(self.key_index) == len(self.steps) == len(self.timestamps) == n):
+            raise ValueError("key_index, values, steps and timestamps must have the same length")
+        if n == 0:
+            raise ValueError("a metric batch holds at least one point")
+        if max(self.key_index) >= len(self.keys):
+            raise ValueError("key_index points past the end of keys")
+        return self
+
+
+class TagsSetPayload(Payload):
+    tags: dict[Key, TagValue]
+
+
+class TagsDeletedPayload(Payload):
+    keys: list[Key]
+
+
+class ArtifactLoggedPayload(Payload):
+    path: Annotated[str, Field(min_length=1, max_length=1024)]
+    size: int = Field(ge=0)
+    digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+    media_type: str = "application/octet-stream"
+
+
+class DatasetInput(Payload):
+    name: str
+    digest: str
+    source_type: str = ""
+    source: str = ""
+    schema_: str = Field("", alias="schema")
+    profile: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class InputsLoggedPayload(Payload):
+    datasets: list[DatasetInput]
+
+
+class CodeStateCapturedPayload(Payload):
+    commit: str = ""
+    branch: str = ""
+    remote_url: str = ""
+    dirty: bool = False
+    diff_artifact: str | None = None
+    entry_point: str = ""
+    args: list[str] = Field(default_factory=list)
+
+
+class EnvironmentCapturedPayload(Payload):
+    python_version: str
+    platform: str
+    packages: dict[str, str] = Field(default_factory=dict)
+    environment_hash: str
+    cuda_version: str | None = None
+    driver_version: str | None = None
+
+
+class StatusChangedPayload(Payload):
+    status: RunStatus
+    end_time: int | None = Field(None, description="Milliseconds since the epoch; set for terminal states.")
+
+
+class ModelVersionRegisteredPayload(Payload):
+    model_name: str
+    version: int = Field(ge=1)
+    source: str = ""
+    stage: str = "None"
+
+
+class LineageLinkedPayload(Payload):
+    source_kind: Literal["dataset", "run", "model"]
+    source_id: str
+    target_kind: Literal["dataset", "run", "model"]
+    target_id: str
+    relation: str = Field(description="e.g. input, output, derived_from, produced")
+
+
+class AnomalyDetectedPayload(Payload):
+    key: Key
+    step: int
+    kind: str
+    severity: float
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class AttributionComputedPayload(Payload):
+    attribution_id: str
+    metric: Key
+    status: Literal["done", "failed"]
+    factors: list[dict[str, Any]] = Field(default_factory=list)
+    error: str | None = None
+
+
+# --- envelope ------------------------------------------------------------------------------
+
+
+class Producer(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    sdk: str = Field(description="Who produced the event: python-sdk, api, analysis, ...")
+    version: str = ""
+    host: str = ""
+
+
+class EventType(StrEnum):
+    """Every event type; the value is the wire name."""
+
+    EXPERIMENT_CREATED = "experiment.created"
+    EXPERIMENT_RENAMED = "experiment.renamed"
+    EXPERIMENT_DELETED = "experiment.deleted"
+    EXPERIMENT_RESTORED = "experiment.restored"
+    EXPERIMENT_TAG_SET = "experiment.tag_set"
+    RUN_STARTED = "run.started"
+    PARAMS_LOGGED = "run.params_logged"
+    METRICS_LOGGED = "run.metrics_logged"
+    TAGS_SET = "run.tags_set"
+    TAGS_DELETED = "run.tags_deleted"
+    ARTIFACT_LOGGED = "run.artifact_logged"
+    INPUTS_LOGGED = "run.inputs_logged"
+    CODE_STATE_CAPTURED = "run.code_state_captured"
+    ENVIRONMENT_CAPTURED = "run.environment_captured"
+    STATUS_CHANGED = "run.status_changed"
+    RUN_DELETED = "run.deleted"
+    RUN_RESTORED = "run.restored"
+    MODEL_VERSION_REGISTERED = "model.version_registered"
+    LINEAGE_LINKED = "lineage.linked"
+    ANOMALY_DETECTED = "analysis.anomaly_detected"
+    ATTRIBUTION_COMPUTED = "analysis.attribution_computed"
+
+
+PAYLOAD_TYPES: dict[EventType, type[Payload]] = {
+    EventType.EXPERIMENT_CREATED: ExperimentCreatedPayload,
+    EventType.EXPERIMENT_RENAMED: ExperimentRenamedPayload,
+    EventType.EXPERIMENT_DELETED: EmptyPayload,
+    EventType.EXPERIMENT_RESTORED: EmptyPayload,
+    EventType.EXPERIMENT_TAG_SET: ExperimentTagSetPayload,
+    EventType.RUN_STARTED: RunStartedPayload,
+    EventType.PARAMS_LOGGED: ParamsLoggedPayload,
+    EventType.METRICS_LOGGED: MetricsLoggedPayload,
+    EventType.TAGS_SET: TagsSetPayload,
+    EventType.TAGS_DELETED: TagsDeletedPayload,
+    EventType.ARTIFACT_LOGGED: ArtifactLoggedPayload,
+    EventType.INPUTS_LOGGED: InputsLoggedPayload,
+    EventType.CODE_STATE_CAPTURED: CodeStateCapturedPayload,
+    EventType.ENVIRONMENT_CAPTURED: EnvironmentCapturedPayload,
+    EventType.STATUS_CHANGED: StatusChangedPayload,
+    EventType.RUN_DELETED: EmptyPayload,
+    EventType.RUN_RESTORED: EmptyPayload,
+    EventType.MODEL_VERSION_REGISTERED: ModelVersionRegisteredPayload,
+    EventType.LINEAGE_LINKED: LineageLinkedPayload,
+    EventType.ANOMALY_DETECTED: AnomalyDetectedPayload,
+    EventType.ATTRIBUTION_COMPUTED: AttributionComputedPayload,
+}
+
+# Events that concern one run: their envelope must carry run_id (and experiment_id).
+RUN_SCOPED = frozenset(t for t in EventType if t.value.startswith("run.")) | {EventType.ANOMALY_DETECTED}
+EXPERIMENT_SCOPED = frozenset(t for t in EventType if t.value.startswith("experiment."))
+
+
+class Envelope(BaseModel):
+    """What every event on the topic looks like; `payload` is typed by `type`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: Annotated[str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+    tenant_id: Id
+    type: EventType
+    schema_version: int = Field(SCHEMA_VERSION, ge=1)
+    occurred_at: datetime
+    run_id: Id | None = None
+    experiment_id: Id | None = None
+    producer: Producer
+    key_id: str | None = None
+    signature: str | None = None
+    payload: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _scope_present(self) -> Envelope:
+        if self.type in RUN_SCOPED and (self.run_id is None or self.experiment_id is None):
+            raise ValueError(f"{self.type.value} needs run_id and experiment_id")
+        if self.type in EXPERIMENT_SCOPED and self.experiment_id is None:
+            raise ValueError(f"{self.type.value} needs experiment_id")
+        if self.occurred_at.tzinfo is None:
+            raise ValueError("occurred_at must carry a time zone")
+        return self
+
+    def typed_payload(self) -> Payload:
+        """The payload validated against the model of this event's type."""
+        return PAYLOAD_TYPES[self.type].model_validate(self.payload)
+
+
+def utc_now() -> datetime:
+    """Now, in UTC with millisecond precision (what the archive stores)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
