@@ -9,6 +9,7 @@ single C-level dump when every value is finite.
 from __future__ import annotations
 
 import socket
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -57,6 +58,19 @@ def new_event_id() -> str:
 def new_run_id() -> str:
     """Run ids are 32 hex characters, as MLflow's run_uuid."""
     return uuid_utils.uuid7().hex
+
+
+_EXPERIMENT_NAMESPACE = uuid.UUID("6f1c5d0e-8a59-4f0b-9a43-5d1b3c7e2a10")
+DEFAULT_EXPERIMENT_ID = "0"
+DEFAULT_EXPERIMENT_NAME = "Default"
+
+
+def experiment_id_for(tenant_id: str, name: str) -> str:
+    """The id of the experiment called `name`: derived from the name, so any producer
+    (SDK over Kafka, API) can create-or-reuse it without a round trip."""
+    if name == DEFAULT_EXPERIMENT_NAME:
+        return DEFAULT_EXPERIMENT_ID
+    return uuid.uuid5(_EXPERIMENT_NAMESPACE, f"{tenant_id}/{name}").hex
 
 
 def producer(sdk: str, version: str = "") -> Producer:

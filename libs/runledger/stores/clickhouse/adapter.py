@@ -1,0 +1,127 @@
+"""The one interface RunLedger code uses to talk to ClickHouse.
+
+Two implementations share every line of SQL: chdb (the engine in-process, embedded
+mode) and clickhouse-connect (a server or cluster, distributed mode).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from runledger.stores.clickhouse.tables import ALL_TABLES, ALL_VIEWS
+
+DATABASE = "runledger"
+
+
+class ClickHouse(ABC):
+    """Insert Arrow, query to Arrow, run DDL. Thread-safe; calls block."""
+
+    database = DATABASE
+
+    @abstractmethod
+    def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        """Run a statement that returns nothing (DDL, DELETE, ...)."""
+
+    @abstractmethod
+    def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> None:
+        """Insert an Arrow table by column name; a repeated dedup_token makes the insert a no-op."""
+
+    @abstractmethod
+    def query_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        """Run a SELECT with `{name:Type}` parameters and return an Arrow table."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection or engine."""
+
+    def migrate(self) -> None:
+        """Create the database and every declared table if missing."""
+        self.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        for table in ALL_TABLES:
+            self.command(table.render_single_node(self.database))
+        for view in ALL_VIEWS:
+            self.command(view.render_single_node(self.database))
+
+    def table(self, name: str) -> str:
+        """Fully qualified table name."""
+        return f"{self.database}.{name}"
+
+
+def _insert_prefix(database: str, table: str, data: pa.Table, dedup_token: str | None) -> str:
+    cols = ", ".join(f"`{c}`" for c in data.column_names)
+    settings = ""
+    if dedup_token is not None:
+        if "'" in dedup_token or "\\" in dedup_token:
+            raise ValueError("dedup token must not contain quotes or backslashes")
+        settings = f" SETTINGS insert_deduplication_token = '{dedup_token}'"
+    return f"INSERT INTO {database}.{table} ({cols}){settings}"
+
+
+class ChdbClickHouse(ClickHouse):
+    """The ClickHouse engine in this process through chdb (one process per data path)."""
+
+    def __init__(self, path: Path) -> None:
+        from chdb import session  # imported here: the distributed mode never loads chdb
+
+        path.mkdir(parents=True, exist_ok=True)
+        self._session = session.Session(str(path))
+
+    def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        self._session.query(sql, "CSV", params=params or None)
+
+    def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> None:
+        if data.num_rows == 0:
+            return
+        # chdb's Python() table function reads the Arrow table by variable name
+        # from this frame, without copying it through IPC (measured ~2x faster).
+        arrow_data = data  # noqa: F841 - referenced by name in the SQL below
+        cols = ", ".join(f"`{c}`" for c in data.column_names)
+        self._session.query(
+            f"{_insert_prefix(self.database, table, data, dedup_token)} SELECT {cols} FROM Python(arrow_data)"
+        )
+
+    def query_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        result = self._session.query(sql, "ArrowTable", params=params or None)
+        assert isinstance(result, pa.Table)
+        return result
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class ServerClickHouse(ClickHouse):
+    """A ClickHouse server or cluster over HTTP through clickhouse-connect."""
+
+    def __init__(self, url: str) -> None:
+        import clickhouse_connect  # imported here: the embedded mode never needs it
+
+        self._client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
+        self.database = self._client.database if self._client.database not in ("", "default") else DATABASE
+
+    def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        self._client.command(sql, parameters=params)
+
+    def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> None:
+        if data.num_rows == 0:
+            return
+        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
+        self._client.insert_arrow(table, data, database=self.database, settings=settings)
+
+    def query_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        result = self._client.query_arrow(sql, parameters=params, use_strings=True)
+        assert isinstance(result, pa.Table)
+        return result
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def open_clickhouse(url: str, chdb_path: Path) -> ClickHouse:
+    """The server adapter when a URL is configured, else chdb under chdb_path; tables migrated."""
+    store: ClickHouse = ServerClickHouse(url) if url else ChdbClickHouse(chdb_path)
+    store.migrate()
+    return store

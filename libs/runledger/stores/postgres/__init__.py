@@ -1,0 +1,1 @@
+"""PostgreSQL: the metadata schema and its migration."""

@@ -1,0 +1,162 @@
+-- RunLedger metadata projections. Every table is derived from the event log and
+-- rebuilt by `runledger replay`; every write the projector makes is idempotent.
+
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant_id    text PRIMARY KEY,
+    name         text NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS experiments (
+    tenant_id         text NOT NULL,
+    experiment_id     text NOT NULL,
+    name              text NOT NULL,
+    artifact_location text NOT NULL DEFAULT '',
+    lifecycle_stage   text NOT NULL DEFAULT 'active',
+    creation_time     bigint NOT NULL,
+    last_update_time  bigint NOT NULL,
+    PRIMARY KEY (tenant_id, experiment_id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS experiments_name ON experiments (tenant_id, name);
+
+CREATE TABLE IF NOT EXISTS experiment_tags (
+    tenant_id     text NOT NULL,
+    experiment_id text NOT NULL,
+    key           text NOT NULL,
+    value         text NOT NULL,
+    PRIMARY KEY (tenant_id, experiment_id, key)
+);
+
+CREATE TABLE IF NOT EXISTS runs (
+    tenant_id       text NOT NULL,
+    run_id          text NOT NULL,
+    experiment_id   text NOT NULL,
+    parent_run_id   text,
+    name            text NOT NULL DEFAULT '',
+    user_id         text NOT NULL DEFAULT '',
+    status          text NOT NULL,
+    start_time      bigint NOT NULL,
+    end_time        bigint,
+    lifecycle_stage text NOT NULL DEFAULT 'active',
+    PRIMARY KEY (tenant_id, run_id)
+);
+CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs (tenant_id, experiment_id, start_time DESC);
+CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (tenant_id, parent_run_id) WHERE parent_run_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS params (
+    tenant_id text NOT NULL,
+    run_id    text NOT NULL,
+    key       text NOT NULL,
+    value     text NOT NULL,
+    PRIMARY KEY (tenant_id, run_id, key)
+);
+CREATE INDEX IF NOT EXISTS params_by_key ON params (tenant_id, key, value);
+
+CREATE TABLE IF NOT EXISTS tags (
+    tenant_id text NOT NULL,
+    run_id    text NOT NULL,
+    key       text NOT NULL,
+    value     text NOT NULL,
+    PRIMARY KEY (tenant_id, run_id, key)
+);
+CREATE INDEX IF NOT EXISTS tags_by_key ON tags (tenant_id, key, value);
+
+-- Latest value of each metric per run (max by step, timestamp, value), kept by
+-- the projector so run lists and searches never scan the point store.
+CREATE TABLE IF NOT EXISTS latest_metrics (
+    tenant_id text NOT NULL,
+    run_id    text NOT NULL,
+    key       text NOT NULL,
+    value     double precision NOT NULL,
+    step      bigint NOT NULL,
+    timestamp bigint NOT NULL,
+    PRIMARY KEY (tenant_id, run_id, key)
+);
+
+CREATE TABLE IF NOT EXISTS artifacts (
+    tenant_id  text NOT NULL,
+    run_id     text NOT NULL,
+    path       text NOT NULL,
+    size       bigint NOT NULL,
+    digest     text NOT NULL,
+    media_type text NOT NULL,
+    PRIMARY KEY (tenant_id, run_id, path)
+);
+
+CREATE TABLE IF NOT EXISTS dataset_inputs (
+    tenant_id text NOT NULL,
+    run_id    text NOT NULL,
+    name      text NOT NULL,
+    digest    text NOT NULL,
+    body      jsonb NOT NULL,
+    PRIMARY KEY (tenant_id, run_id, name, digest)
+);
+
+CREATE TABLE IF NOT EXISTS run_documents (
+    tenant_id text NOT NULL,
+    run_id    text NOT NULL,
+    kind      text NOT NULL,  -- code_state | environment
+    body      jsonb NOT NULL,
+    PRIMARY KEY (tenant_id, run_id, kind)
+);
+
+CREATE TABLE IF NOT EXISTS model_versions (
+    tenant_id  text NOT NULL,
+    model_name text NOT NULL,
+    version    integer NOT NULL,
+    run_id     text,
+    source     text NOT NULL,
+    stage      text NOT NULL,
+    PRIMARY KEY (tenant_id, model_name, version)
+);
+
+CREATE TABLE IF NOT EXISTS lineage_edges (
+    tenant_id   text NOT NULL,
+    source_kind text NOT NULL,
+    source_id   text NOT NULL,
+    target_kind text NOT NULL,
+    target_id   text NOT NULL,
+    relation    text NOT NULL,
+    PRIMARY KEY (tenant_id, source_kind, source_id, target_kind, target_id, relation)
+);
+
+CREATE TABLE IF NOT EXISTS findings (
+    tenant_id  text NOT NULL,
+    event_id   uuid NOT NULL,
+    run_id     text,
+    experiment_id text,
+    kind       text NOT NULL,
+    body       jsonb NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, event_id)
+);
+
+-- Exactly-once bookkeeping of the projector -------------------------------------------
+
+-- Event ids already applied: a re-sent event (same id, new offset) is skipped.
+CREATE TABLE IF NOT EXISTS applied_events (
+    event_id   uuid PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per (group, broker incarnation, partition). `committed` is the last
+-- offset whose batch both stores hold. A batch in flight to ClickHouse is recorded
+-- as pending (offsets committed+1 .. pending_until) first, so after a crash the
+-- same batch is re-formed and re-inserted with the same dedup token.
+CREATE TABLE IF NOT EXISTS projector_checkpoints (
+    consumer_group text NOT NULL,
+    incarnation    text NOT NULL,
+    topic          text NOT NULL,
+    partition      integer NOT NULL,
+    committed      bigint NOT NULL DEFAULT -1,
+    pending_until  bigint,
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer_group, incarnation, topic, partition)
+);
+
+CREATE TABLE IF NOT EXISTS dead_letters_count (
+    tenant_id text NOT NULL,
+    reason    text NOT NULL,
+    count     bigint NOT NULL,
+    PRIMARY KEY (tenant_id, reason)
+);
