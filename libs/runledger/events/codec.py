@@ -151,6 +151,9 @@ def decode(raw: bytes | None) -> DecodedEvent:
     """Validate topic bytes into an event, or raise InvalidEvent with a reason for the DLQ."""
     if not raw:
         raise InvalidEvent("empty message")
+    if b"\\u0000" in raw:
+        # PostgreSQL text cannot hold NUL; refuse it here rather than fail a whole batch later.
+        raise InvalidEvent("NUL character in event")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

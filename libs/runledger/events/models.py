@@ -37,6 +37,7 @@ def _check_key(key: str) -> str:
 Key = Annotated[str, AfterValidator(_check_key)]
 ParamValue = Annotated[str, Field(max_length=MAX_PARAM_VALUE_LENGTH)]
 TagValue = Annotated[str, Field(max_length=MAX_TAG_VALUE_LENGTH)]
+NonFinite = Literal["NaN", "Infinity", "-Infinity"]
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-.]+$")]
 
 
@@ -102,7 +103,7 @@ class MetricsLoggedPayload(Payload):
 
     keys: list[Key] = Field(min_length=1, description="Distinct metric keys of this batch.")
     key_index: list[Annotated[int, Field(ge=0)]]
-    values: list[float]
+    values: list[float | NonFinite]
     steps: list[int]
     timestamps: list[int] = Field(description="Milliseconds since the epoch, one per point.")
 

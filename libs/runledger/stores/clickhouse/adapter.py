@@ -100,7 +100,8 @@ class ServerClickHouse(ClickHouse):
         import clickhouse_connect  # imported here: the embedded mode never needs it
 
         self._client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
-        self.database = self._client.database if self._client.database not in ("", "default") else DATABASE
+        configured: str | None = self._client.database
+        self.database = configured if configured and configured != "default" else DATABASE
 
     def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self._client.command(sql, parameters=params)

@@ -7,6 +7,7 @@ declarations, so no SQL is written twice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -34,7 +35,7 @@ class Table:
     order_by: tuple[str, ...]
     partition_by: str = ""
     ttl: str = ""
-    settings: dict[str, str | int] = field(default_factory=dict)
+    settings: Mapping[str, str | int] = field(default_factory=dict)
 
     @property
     def column_names(self) -> list[str]:
@@ -60,7 +61,7 @@ class Table:
 
 # Insert dedup tokens make a re-sent batch (same token) a no-op; the window must
 # cover the inserts that can happen between a crash and its recovery.
-_DEDUP = {"non_replicated_deduplication_window": 10000}
+_DEDUP: Mapping[str, str | int] = {"non_replicated_deduplication_window": 10000}
 
 METRIC_POINTS = Table(
     name="metric_points",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-import asyncpg
+from runledger.stores.postgres import PgConnection
 
 # Serialises concurrent migrations from several processes starting at once.
 _MIGRATION_LOCK = 7_301_001
@@ -15,7 +15,7 @@ def schema_sql() -> str:
     return files("runledger.stores.postgres").joinpath("schema.sql").read_text()
 
 
-async def migrate(conn: asyncpg.Connection) -> None:
+async def migrate(conn: PgConnection) -> None:
     """Apply schema.sql under an advisory lock."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)

@@ -1,0 +1,103 @@
+"""Process entry point of the services: `python -m runledger.serve all|api|ingest`.
+
+In the embedded mode one process runs the API and the projector together, because
+the in-process ClickHouse engine (chdb) allows one process per data directory. In
+the distributed mode each service runs alone and reaches ClickHouse over HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import threading
+
+import asyncpg
+import uvicorn
+
+from runledger.config import Settings, get_settings
+from runledger.stores.clickhouse import ClickHouse, open_clickhouse
+from runledger.stores.postgres.migrate import migrate
+
+log = logging.getLogger("runledger.serve")
+
+
+async def connect_postgres(settings: Settings, max_size: int = 8) -> asyncpg.Pool:
+    """A connection pool with the schema migrated."""
+    pool = await asyncpg.create_pool(settings.postgres_dsn, min_size=1, max_size=max_size)
+    assert pool is not None
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    return pool
+
+
+class ProjectorThread(threading.Thread):
+    """Runs the projector on its own event loop beside the API's."""
+
+    def __init__(self, settings: Settings, clickhouse: ClickHouse) -> None:
+        super().__init__(name="projector", daemon=True)
+        self._settings = settings
+        self._clickhouse = clickhouse
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self.projector: object | None = None
+
+    def run(self) -> None:
+        """Thread body: create the pool and run until stopped."""
+        self._loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        from services.ingest.projector import Projector
+
+        pool = await connect_postgres(self._settings)
+        projector = Projector(self._settings, self._clickhouse, pool)
+        self.projector = projector
+        self._started.set()
+        try:
+            await projector.run()
+        finally:
+            await pool.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the projector to stop after its current batch, and wait."""
+        self._started.wait(timeout)
+        projector = self.projector
+        if projector is not None:
+            self._loop.call_soon_threadsafe(projector.stop.set)  # type: ignore[attr-defined]
+        self.join(timeout)
+
+
+def serve(role: str, settings: Settings) -> None:
+    """Run `role` (all, api, ingest) in the foreground until SIGINT/SIGTERM."""
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    clickhouse = open_clickhouse(settings.clickhouse_url, settings.chdb_path)
+    projector = ProjectorThread(settings, clickhouse) if role in ("all", "ingest") else None
+    if projector is not None:
+        projector.start()
+    try:
+        if role in ("all", "api"):
+            from services.api.app import create_app
+
+            app = create_app(settings, clickhouse)
+            app.state.projector_thread = projector
+            uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+        else:
+            threading.Event().wait()  # ingest only: wait for a signal
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if projector is not None:
+            projector.stop()
+        clickhouse.close()
+
+
+def main() -> None:
+    """CLI entry of this module."""
+    parser = argparse.ArgumentParser(prog="python -m runledger.serve")
+    parser.add_argument("role", choices=["all", "api", "ingest"])
+    args = parser.parse_args()
+    serve(args.role, get_settings())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The dead-letter topic: rejected events with the reason, never blocking the pipeline."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import orjson
+from kafka import KafkaProducer
+
+log = logging.getLogger(__name__)
+
+
+class DeadLetters:
+    """Sends rejected messages to the DLQ topic and counts them by reason."""
+
+    def __init__(self, producer: KafkaProducer, topic: str) -> None:
+        self._producer = producer
+        self._topic = topic
+        self.counts: Counter[str] = Counter()
+
+    def reject(self, raw: bytes | None, reason: str, source: str, offset: int, key: bytes | None) -> None:
+        """Queue one dead letter; `flush` makes it durable."""
+        record: dict[str, Any] = {
+            "reason": reason,
+            "source": source,
+            "offset": offset,
+            "value": (raw or b"").decode("utf-8", errors="replace"),
+        }
+        self.counts[reason.split(":", 1)[0]] += 1
+        log.warning("dead letter at %s@%d: %s", source, offset, reason)
+        # The key keeps redelivered dead letters recognisable as the same source message.
+        self._producer.send(
+            self._topic,
+            key=key,
+            value=orjson.dumps(record),
+            headers=[("runledger-source", f"{source}@{offset}".encode())],
+        )
+
+    def flush(self) -> None:
+        """Wait until every queued dead letter is acknowledged."""
+        self._producer.flush()

@@ -1,0 +1,374 @@
+"""Applies a projection's metadata operations to Postgres (idempotently, in event order)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import orjson
+from runledger.events.codec import DEFAULT_EXPERIMENT_ID, DEFAULT_EXPERIMENT_NAME, DecodedEvent
+from runledger.events.models import (
+    AnomalyDetectedPayload,
+    ArtifactLoggedPayload,
+    AttributionComputedPayload,
+    CodeStateCapturedPayload,
+    EnvironmentCapturedPayload,
+    EventType,
+    ExperimentCreatedPayload,
+    ExperimentRenamedPayload,
+    ExperimentTagSetPayload,
+    InputsLoggedPayload,
+    LineageLinkedPayload,
+    ModelVersionRegisteredPayload,
+    ParamsLoggedPayload,
+    RunStartedPayload,
+    StatusChangedPayload,
+    TagsDeletedPayload,
+    TagsSetPayload,
+)
+from runledger.stores.postgres import PgConnection
+
+from services.ingest.projection import Projection
+
+
+def _ms(event: DecodedEvent) -> int:
+    return int(event.envelope.occurred_at.timestamp() * 1000)
+
+
+async def _experiment_created(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, ExperimentCreatedPayload)
+    env = ev.envelope
+    # A second creation of the same id or name is a no-op: creation is idempotent.
+    await conn.execute(
+        "INSERT INTO experiments (tenant_id, experiment_id, name, artifact_location, creation_time,"
+        " last_update_time) VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT DO NOTHING",
+        env.tenant_id,
+        env.experiment_id,
+        p.name,
+        p.artifact_location or "",
+        _ms(ev),
+    )
+    if p.tags:
+        await _upsert_pairs(
+            conn, "experiment_tags", "experiment_id", env.tenant_id, env.experiment_id, p.tags
+        )
+
+
+async def _experiment_renamed(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, ExperimentRenamedPayload)
+    env = ev.envelope
+    await conn.execute(
+        "UPDATE experiments SET name = $3, last_update_time = $4 WHERE tenant_id = $1 AND experiment_id = $2"
+        " AND NOT EXISTS (SELECT 1 FROM experiments WHERE tenant_id = $1 AND name = $3)",
+        env.tenant_id,
+        env.experiment_id,
+        p.name,
+        _ms(ev),
+    )
+
+
+async def _experiment_stage(conn: PgConnection, ev: DecodedEvent) -> None:
+    stage = "deleted" if ev.envelope.type is EventType.EXPERIMENT_DELETED else "active"
+    await conn.execute(
+        "UPDATE experiments SET lifecycle_stage = $3, last_update_time = $4"
+        " WHERE tenant_id = $1 AND experiment_id = $2",
+        ev.envelope.tenant_id,
+        ev.envelope.experiment_id,
+        stage,
+        _ms(ev),
+    )
+
+
+async def _experiment_tag(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, ExperimentTagSetPayload)
+    env = ev.envelope
+    await _upsert_pairs(
+        conn, "experiment_tags", "experiment_id", env.tenant_id, env.experiment_id, {p.key: p.value}
+    )
+
+
+async def _upsert_pairs(
+    conn: PgConnection, table: str, owner: str, tenant_id: str, owner_id: Any, pairs: dict[str, str]
+) -> None:
+    await conn.execute(
+        f"INSERT INTO {table} (tenant_id, {owner}, key, value)"
+        " SELECT $1, $2, k, v FROM unnest($3::text[], $4::text[]) AS t(k, v)"
+        " ON CONFLICT (tenant_id, " + owner + ", key) DO UPDATE SET value = excluded.value",
+        tenant_id,
+        owner_id,
+        list(pairs.keys()),
+        list(pairs.values()),
+    )
+
+
+async def _run_started(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, RunStartedPayload)
+    env = ev.envelope
+    await conn.execute(
+        "INSERT INTO runs (tenant_id, run_id, experiment_id, parent_run_id, name, user_id, status, start_time)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id, run_id) DO NOTHING",
+        env.tenant_id,
+        env.run_id,
+        env.experiment_id,
+        p.parent_run_id,
+        p.name,
+        p.user_id,
+        p.status.value,
+        p.start_time,
+    )
+    if p.tags:
+        await _upsert_pairs(conn, "tags", "run_id", env.tenant_id, env.run_id, p.tags)
+
+
+async def _params(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, ParamsLoggedPayload)
+    # Params are immutable: the first value wins (the API rejects changes up front).
+    await conn.execute(
+        "INSERT INTO params (tenant_id, run_id, key, value)"
+        " SELECT $1, $2, k, v FROM unnest($3::text[], $4::text[]) AS t(k, v) ON CONFLICT DO NOTHING",
+        ev.envelope.tenant_id,
+        ev.envelope.run_id,
+        list(p.params.keys()),
+        list(p.params.values()),
+    )
+
+
+async def _tags_set(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, TagsSetPayload)
+    await _upsert_pairs(conn, "tags", "run_id", ev.envelope.tenant_id, ev.envelope.run_id, p.tags)
+
+
+async def _tags_deleted(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, TagsDeletedPayload)
+    await conn.execute(
+        "DELETE FROM tags WHERE tenant_id = $1 AND run_id = $2 AND key = ANY($3::text[])",
+        ev.envelope.tenant_id,
+        ev.envelope.run_id,
+        p.keys,
+    )
+
+
+async def _status(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, StatusChangedPayload)
+    await conn.execute(
+        "UPDATE runs SET status = $3, end_time = COALESCE($4, end_time) WHERE tenant_id = $1 AND run_id = $2",
+        ev.envelope.tenant_id,
+        ev.envelope.run_id,
+        p.status.value,
+        p.end_time,
+    )
+
+
+async def _run_stage(conn: PgConnection, ev: DecodedEvent) -> None:
+    stage = "deleted" if ev.envelope.type is EventType.RUN_DELETED else "active"
+    await conn.execute(
+        "UPDATE runs SET lifecycle_stage = $3 WHERE tenant_id = $1 AND run_id = $2",
+        ev.envelope.tenant_id,
+        ev.envelope.run_id,
+        stage,
+    )
+
+
+async def _artifact(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, ArtifactLoggedPayload)
+    await conn.execute(
+        "INSERT INTO artifacts (tenant_id, run_id, path, size, digest, media_type) VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT (tenant_id, run_id, path) DO UPDATE SET size = excluded.size, digest = excluded.digest,"
+        " media_type = excluded.media_type",
+        ev.envelope.tenant_id,
+        ev.envelope.run_id,
+        p.path,
+        p.size,
+        p.digest,
+        p.media_type,
+    )
+
+
+async def _inputs(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, InputsLoggedPayload)
+    for ds in p.datasets:
+        await conn.execute(
+            "INSERT INTO dataset_inputs (tenant_id, run_id, name, digest, body) VALUES ($1, $2, $3, $4, $5::jsonb)"
+            " ON CONFLICT DO NOTHING",
+            ev.envelope.tenant_id,
+            ev.envelope.run_id,
+            ds.name,
+            ds.digest,
+            orjson.dumps(ds.model_dump(by_alias=True)).decode(),
+        )
+
+
+async def _document(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, CodeStateCapturedPayload | EnvironmentCapturedPayload)
+    kind = "code_state" if ev.envelope.type is EventType.CODE_STATE_CAPTURED else "environment"
+    await conn.execute(
+        "INSERT INTO run_documents (tenant_id, run_id, kind, body) VALUES ($1, $2, $3, $4::jsonb)"
+        " ON CONFLICT (tenant_id, run_id, kind) DO UPDATE SET body = excluded.body",
+        ev.envelope.tenant_id,
+        ev.envelope.run_id,
+        kind,
+        orjson.dumps(p.model_dump()).decode(),
+    )
+
+
+async def _model_version(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, ModelVersionRegisteredPayload)
+    await conn.execute(
+        "INSERT INTO model_versions (tenant_id, model_name, version, run_id, source, stage)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, model_name, version)"
+        " DO UPDATE SET stage = excluded.stage, source = excluded.source",
+        ev.envelope.tenant_id,
+        p.model_name,
+        p.version,
+        ev.envelope.run_id,
+        p.source,
+        p.stage,
+    )
+
+
+async def _lineage(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, LineageLinkedPayload)
+    await conn.execute(
+        "INSERT INTO lineage_edges (tenant_id, source_kind, source_id, target_kind, target_id, relation)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        ev.envelope.tenant_id,
+        p.source_kind,
+        p.source_id,
+        p.target_kind,
+        p.target_id,
+        p.relation,
+    )
+
+
+async def _finding(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, AnomalyDetectedPayload | AttributionComputedPayload)
+    kind = p.kind if isinstance(p, AnomalyDetectedPayload) else "attribution"
+    env = ev.envelope
+    await conn.execute(
+        "INSERT INTO findings (tenant_id, event_id, run_id, experiment_id, kind, body, occurred_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7) ON CONFLICT DO NOTHING",
+        env.tenant_id,
+        env.event_id,
+        env.run_id,
+        env.experiment_id,
+        kind,
+        orjson.dumps(p.model_dump()).decode(),
+        env.occurred_at,
+    )
+
+
+_Handler = Callable[[PgConnection, DecodedEvent], Awaitable[None]]
+
+_HANDLERS: dict[EventType, _Handler] = {
+    EventType.EXPERIMENT_CREATED: _experiment_created,
+    EventType.EXPERIMENT_RENAMED: _experiment_renamed,
+    EventType.EXPERIMENT_DELETED: _experiment_stage,
+    EventType.EXPERIMENT_RESTORED: _experiment_stage,
+    EventType.EXPERIMENT_TAG_SET: _experiment_tag,
+    EventType.RUN_STARTED: _run_started,
+    EventType.PARAMS_LOGGED: _params,
+    EventType.TAGS_SET: _tags_set,
+    EventType.TAGS_DELETED: _tags_deleted,
+    EventType.STATUS_CHANGED: _status,
+    EventType.RUN_DELETED: _run_stage,
+    EventType.RUN_RESTORED: _run_stage,
+    EventType.ARTIFACT_LOGGED: _artifact,
+    EventType.INPUTS_LOGGED: _inputs,
+    EventType.CODE_STATE_CAPTURED: _document,
+    EventType.ENVIRONMENT_CAPTURED: _document,
+    EventType.MODEL_VERSION_REGISTERED: _model_version,
+    EventType.LINEAGE_LINKED: _lineage,
+    EventType.ANOMALY_DETECTED: _finding,
+    EventType.ATTRIBUTION_COMPUTED: _finding,
+}
+
+
+async def ensure_tenants(conn: PgConnection, tenant_ids: set[str]) -> None:
+    """Every tenant seen gets its row and the "Default" experiment (id "0") MLflow expects."""
+    if not tenant_ids:
+        return
+    ids = sorted(tenant_ids)
+    await conn.execute(
+        "INSERT INTO tenants (tenant_id, name) SELECT t, t FROM unnest($1::text[]) AS t ON CONFLICT DO NOTHING",
+        ids,
+    )
+    await conn.execute(
+        "INSERT INTO experiments (tenant_id, experiment_id, name, creation_time, last_update_time)"
+        " SELECT t, $2, $3, (extract(epoch from now()) * 1000)::bigint, (extract(epoch from now()) * 1000)::bigint"
+        " FROM unnest($1::text[]) AS t ON CONFLICT DO NOTHING",
+        ids,
+        DEFAULT_EXPERIMENT_ID,
+        DEFAULT_EXPERIMENT_NAME,
+    )
+
+
+RejectEvent = Callable[[DecodedEvent, str], None]
+
+
+async def apply_projection(
+    conn: PgConnection, projection: Projection, reject: RejectEvent | None = None
+) -> None:
+    """Write the batch's metadata (call inside the batch's transaction).
+
+    With `reject`, each event runs in its own savepoint and one the database refuses
+    is handed to `reject` instead of failing the batch (the slow path after a failure).
+    """
+    await ensure_tenants(conn, projection.tenants)
+    for event in projection.metadata_events:
+        handler = _HANDLERS[event.envelope.type]
+        if reject is None:
+            await handler(conn, event)
+            continue
+        try:
+            async with conn.transaction():
+                await handler(conn, event)
+        except asyncpg.PostgresError as exc:
+            reject(event, f"rejected by metadata store: {exc}")
+    latest = projection.latest
+    if latest is not None:
+        await conn.execute(
+            "INSERT INTO latest_metrics (tenant_id, run_id, key, value, step, timestamp)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::int8[], $6::int8[])"
+            " ON CONFLICT (tenant_id, run_id, key) DO UPDATE SET value = excluded.value, step = excluded.step,"
+            " timestamp = excluded.timestamp"
+            " WHERE (excluded.step, excluded.timestamp, excluded.value)"
+            " > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)",
+            latest.tenant_ids,
+            latest.run_ids,
+            latest.keys,
+            latest.values.tolist(),
+            latest.steps.tolist(),
+            latest.timestamps.tolist(),
+        )
+
+
+async def already_applied(conn: PgConnection, event_ids: list[str]) -> set[str]:
+    """The subset of these event ids a previous batch already projected."""
+    rows = await conn.fetch(
+        "SELECT event_id::text FROM applied_events WHERE event_id = ANY($1::uuid[])", event_ids
+    )
+    return {r[0] for r in rows}
+
+
+async def record_applied(conn: PgConnection, event_ids: list[str]) -> None:
+    """Remember these event ids as projected (same transaction as their effects)."""
+    if event_ids:
+        await conn.execute(
+            "INSERT INTO applied_events (event_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING",
+            event_ids,
+        )

@@ -1,0 +1,174 @@
+"""What a batch of events becomes in the stores, computed without touching them.
+
+`build_projection` turns validated events into columnar ClickHouse rows (metric
+points and the raw archive) and an ordered list of metadata operations for
+Postgres. It is pure: the projector and `runledger replay` share it, and unit
+tests run it without any service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+from runledger.events.codec import DecodedEvent, metric_arrays
+from runledger.events.models import EventType, MetricsLoggedPayload
+
+_TS = pa.timestamp("ms", tz="UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedEvent:
+    """An event with where it came from, for the archive and replay ordering."""
+
+    event: DecodedEvent
+    source: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class LatestMetrics:
+    """Per (run, key): the point that is latest by (step, timestamp, value) in this batch."""
+
+    tenant_ids: list[str]
+    run_ids: list[str]
+    keys: list[str]
+    values: npt.NDArray[np.float64]
+    steps: npt.NDArray[np.int64]
+    timestamps: npt.NDArray[np.int64]
+
+
+@dataclass
+class Projection:
+    """Everything one batch writes: ClickHouse tables and Postgres operations in event order."""
+
+    points: pa.Table | None
+    archive: pa.Table | None
+    latest: LatestMetrics | None
+    metadata_events: list[DecodedEvent] = field(default_factory=list)
+    tenants: set[str] = field(default_factory=set)
+
+    @property
+    def point_count(self) -> int:
+        """Metric points in this batch."""
+        return 0 if self.points is None else self.points.num_rows
+
+
+def _dictionary(values: list[str], indices: npt.NDArray[np.int32]) -> pa.DictionaryArray:
+    return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(values, pa.string()))
+
+
+class _Interner:
+    """Maps strings to small ints so per-point columns are int arrays, not Python lists."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.values: list[str] = []
+
+    def __call__(self, value: str) -> int:
+        found = self.index.get(value)
+        if found is None:
+            found = self.index[value] = len(self.values)
+            self.values.append(value)
+        return found
+
+
+def _metric_points(events: list[DecodedEvent]) -> tuple[pa.Table, LatestMetrics] | None:
+    tenants, experiments, runs, keys = _Interner(), _Interner(), _Interner(), _Interner()
+    tenant_cols, exp_cols, run_cols, key_cols = [], [], [], []
+    value_cols, step_cols, ts_cols = [], [], []
+    for decoded in events:
+        env, payload = decoded.envelope, decoded.payload
+        assert isinstance(payload, MetricsLoggedPayload) and env.run_id and env.experiment_id
+        key_index, values, steps, timestamps = metric_arrays(payload)
+        n = len(values)
+        remap = np.fromiter((keys(k) for k in payload.keys), dtype=np.int32, count=len(payload.keys))
+        key_cols.append(remap[key_index])
+        tenant_cols.append(np.full(n, tenants(env.tenant_id), dtype=np.int32))
+        exp_cols.append(np.full(n, experiments(env.experiment_id), dtype=np.int32))
+        run_cols.append(np.full(n, runs(env.run_id), dtype=np.int32))
+        value_cols.append(values)
+        step_cols.append(steps)
+        ts_cols.append(timestamps)
+    if not value_cols:
+        return None
+    tenant_idx, run_idx, key_idx = (
+        np.concatenate(tenant_cols),
+        np.concatenate(run_cols),
+        np.concatenate(key_cols),
+    )
+    values, steps, timestamps = np.concatenate(value_cols), np.concatenate(step_cols), np.concatenate(ts_cols)
+    table = pa.table(
+        {
+            "tenant_id": _dictionary(tenants.values, tenant_idx),
+            "experiment_id": _dictionary(experiments.values, np.concatenate(exp_cols)),
+            "run_id": _dictionary(runs.values, run_idx),
+            "key": _dictionary(keys.values, key_idx),
+            "step": pa.array(steps, pa.int64()),
+            "timestamp": pa.array(timestamps, pa.int64()).cast(_TS),
+            "value": pa.array(values, pa.float64()),
+        }
+    )
+    # Latest per series = max by (step, timestamp, value); a run id is unique across
+    # tenants (UUIDv7) but the tenant is kept in the group key to be safe.
+    series = (tenant_idx.astype(np.int64) * len(runs.values) + run_idx) * len(keys.values) + key_idx
+    order = np.lexsort((values, timestamps, steps, series))
+    sorted_series = series[order]
+    last = order[np.flatnonzero(np.append(sorted_series[1:] != sorted_series[:-1], True))]
+    latest = LatestMetrics(
+        tenant_ids=[tenants.values[i] for i in tenant_idx[last].tolist()],
+        run_ids=[runs.values[i] for i in run_idx[last].tolist()],
+        keys=[keys.values[i] for i in key_idx[last].tolist()],
+        values=values[last],
+        steps=steps[last],
+        timestamps=timestamps[last],
+    )
+    return table, latest
+
+
+def _archive(events: list[ArchivedEvent], ingested_at: datetime) -> pa.Table:
+    envs = [a.event.envelope for a in events]
+    return pa.table(
+        {
+            "tenant_id": pa.array([e.tenant_id for e in envs], pa.string()),
+            "event_id": pa.array([e.event_id for e in envs], pa.string()),
+            "type": pa.array([e.type.value for e in envs], pa.string()),
+            "schema_version": pa.array([e.schema_version for e in envs], pa.uint16()),
+            "occurred_at": pa.array([e.occurred_at for e in envs], _TS),
+            "experiment_id": pa.array([e.experiment_id or "" for e in envs], pa.string()),
+            "run_id": pa.array([e.run_id or "" for e in envs], pa.string()),
+            "ingested_at": pa.array([ingested_at] * len(envs), _TS),
+            "source": pa.array([a.source for a in events], pa.string()),
+            "offset": pa.array([a.offset for a in events], pa.uint64()),
+            "body": pa.array([a.event.raw.decode() for a in events], pa.string()),
+        }
+    )
+
+
+def build_projection(
+    events: list[ArchivedEvent], ingested_at: datetime | None, with_archive: bool = True
+) -> Projection:
+    """The stores' view of these events (already deduplicated, in topic order)."""
+    metric_events = [a.event for a in events if a.event.envelope.type is EventType.METRICS_LOGGED]
+    metrics = _metric_points(metric_events)
+    archive = _archive(events, ingested_at) if with_archive and events and ingested_at else None
+    return Projection(
+        points=metrics[0] if metrics else None,
+        archive=archive,
+        latest=metrics[1] if metrics else None,
+        metadata_events=[a.event for a in events if a.event.envelope.type is not EventType.METRICS_LOGGED],
+        tenants={a.event.envelope.tenant_id for a in events},
+    )
+
+
+def summary(projection: Projection) -> dict[str, Any]:
+    """Counts for logs and metrics."""
+    return {
+        "points": projection.point_count,
+        "metadata_events": len(projection.metadata_events),
+        "archived": 0 if projection.archive is None else projection.archive.num_rows,
+    }
