@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import threading
 
 import asyncpg
@@ -67,6 +68,10 @@ class ProjectorThread(threading.Thread):
         self.join(timeout)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(role: str, settings: Settings) -> None:
     """Run `role` (all, api, ingest) in the foreground until SIGINT/SIGTERM."""
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -82,6 +87,7 @@ def serve(role: str, settings: Settings) -> None:
             app.state.projector_thread = projector
             uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         else:
+            signal.signal(signal.SIGTERM, _interrupt)
             threading.Event().wait()  # ingest only: wait for a signal
     except KeyboardInterrupt:
         pass

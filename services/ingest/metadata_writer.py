@@ -307,10 +307,12 @@ async def ensure_tenants(conn: PgConnection, tenant_ids: set[str]) -> None:
         "INSERT INTO tenants (tenant_id, name) SELECT t, t FROM unnest($1::text[]) AS t ON CONFLICT DO NOTHING",
         ids,
     )
+    # Dated from the tenant row, not now(), so a replay rebuilds it identically.
     await conn.execute(
         "INSERT INTO experiments (tenant_id, experiment_id, name, creation_time, last_update_time)"
-        " SELECT t, $2, $3, (extract(epoch from now()) * 1000)::bigint, (extract(epoch from now()) * 1000)::bigint"
-        " FROM unnest($1::text[]) AS t ON CONFLICT DO NOTHING",
+        " SELECT tenant_id, $2, $3, (extract(epoch from created_at) * 1000)::bigint,"
+        " (extract(epoch from created_at) * 1000)::bigint"
+        " FROM tenants WHERE tenant_id = ANY($1::text[]) ON CONFLICT DO NOTHING",
         ids,
         DEFAULT_EXPERIMENT_ID,
         DEFAULT_EXPERIMENT_NAME,

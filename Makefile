@@ -1,0 +1,41 @@
+# RunLedger: `make run` starts the embedded stack, `make test` runs lint + the whole suite.
+# Everything installs from pyproject.toml into .venv; nothing is installed by hand.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: install run test lint format bench schemas clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[server,dev]"
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/runledger up
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy libs services
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
+	$(PY) -m pytest -p no:cacheprovider
+
+bench: install
+	$(PY) -m bench.run
+
+schemas: install
+	$(VENV)/bin/runledger schemas
+
+clean:
+	rm -rf $(VENV) .runledger .mypy_cache .ruff_cache
