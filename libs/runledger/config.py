@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     default_tenant: str = Field(DEFAULT_TENANT_ID, description="Tenant used until tenancy lands.")
     log_level: str = Field("INFO", description="Python logging level of the services.")
 
+    # Embedded supervisor (`runledger up`).
+    services_start_timeout_s: float = Field(
+        60.0, description="How long `runledger up` waits for the services to answer GET /healthz."
+    )
+
     @property
     def chdb_path(self) -> Path:
         """Data directory of the in-process ClickHouse engine."""

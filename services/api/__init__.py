@@ -1,0 +1,1 @@
+"""The RunLedger HTTP API (FastAPI): tracking routes over the event log and the projections."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
+
 from runledger.stores.postgres import PgConnection
 
 NOTIFY_CHANNEL = "runledger_projected"
@@ -87,8 +89,17 @@ async def advance(conn: PgConnection, key: PartitionKey, expected: int, committe
     )
     if status != "UPDATE 1":
         raise LostOwnership(f"{key} is no longer at offset {expected}")
-    await conn.execute(
-        "SELECT pg_notify($1, $2)",
-        NOTIFY_CHANNEL,
-        f"{key.incarnation}|{key.topic}|{key.partition}|{committed}",
-    )
+    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, notification(key, committed))
+
+
+def notification(key: PartitionKey, committed: int) -> str:
+    """The NOTIFY payload readers wait on (JSON: group, incarnation, topic, partition, committed)."""
+    return orjson.dumps(
+        {
+            "group": key.group,
+            "incarnation": key.incarnation,
+            "topic": key.topic,
+            "partition": key.partition,
+            "committed": committed,
+        }
+    ).decode()

@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+
 from runledger.events.codec import DEFAULT_EXPERIMENT_ID, DEFAULT_EXPERIMENT_NAME, DecodedEvent
 from runledger.events.models import (
     AnomalyDetectedPayload,
@@ -28,7 +29,6 @@ from runledger.events.models import (
     TagsSetPayload,
 )
 from runledger.stores.postgres import PgConnection
-
 from services.ingest.projection import Projection
 
 

@@ -19,11 +19,11 @@ import asyncpg
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
+
 from runledger.config import Settings
 from runledger.events.codec import DecodedEvent, InvalidEvent, decode
 from runledger.events.models import utc_now
 from runledger.stores.clickhouse import ClickHouse
-
 from services.ingest import checkpoints
 from services.ingest.checkpoints import Checkpoint, PartitionKey
 from services.ingest.dead_letters import DeadLetters
@@ -130,8 +130,13 @@ class Projector:
 
     async def run(self) -> None:
         """Consume and project until stopped."""
+        # Not idempotent: kafka-python's idempotent producer never recovers from a
+        # broker that restarts empty (UnknownProducerId); a rare duplicate dead letter is fine.
         producer = KafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap.split(","), acks="all", linger_ms=5
+            bootstrap_servers=self._settings.kafka_bootstrap.split(","),
+            acks="all",
+            linger_ms=5,
+            enable_idempotence=False,
         )
         self._dead_letters = DeadLetters(producer, self._settings.dlq_topic)
         try:

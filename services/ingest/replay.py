@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+
 from runledger.events.codec import InvalidEvent, decode
 from runledger.stores.clickhouse import ClickHouse
-
 from services.ingest.metadata_writer import apply_projection, record_applied
 from services.ingest.projection import ArchivedEvent, build_projection
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+
 from runledger.events.codec import decode, encode, envelope_dict, metric_columns, producer
 from runledger.events.models import EventType, utc_now
-
 from services.ingest.projection import ArchivedEvent, build_projection
 
 
@@ -38,9 +38,10 @@ def test_points_from_several_events_share_one_key_dictionary() -> None:
     points = projection.points
     assert points is not None and points.num_rows == 4
     rows = points.to_pylist()
+    # Rows come sorted as ClickHouse orders them: (tenant, run, key, step).
     assert [(r["run_id"], r["key"], r["step"], r["value"]) for r in rows] == [
-        ("r1", "loss", 0, 1.0),
         ("r1", "acc", 0, 0.5),
+        ("r1", "loss", 0, 1.0),
         ("r1", "loss", 1, 0.9),
         ("r2", "acc", 3, 0.7),
     ]

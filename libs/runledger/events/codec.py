@@ -1,9 +1,8 @@
 """Turning events into topic bytes and back.
 
-The wire format is the JSON of the envelope (orjson). Metric batches keep their
-columns as JSON arrays written straight from numpy; non-finite values become the
-strings "NaN"/"Infinity"/"-Infinity" (MLflow's convention), so the hot path stays a
-single C-level dump when every value is finite.
+The wire format is the JSON of the envelope (orjson). Metric batches carry their
+numeric columns packed as base64 little-endian binary (see metric_columns.py);
+JSON arrays are accepted too, for hand-written events.
 """
 
 from __future__ import annotations
@@ -20,11 +19,12 @@ import orjson
 import uuid_utils
 from pydantic import ValidationError
 
+from runledger.events.metric_columns import InvalidColumns, MetricColumns, pack
+from runledger.events.metric_columns import parse as parse_metric_columns
 from runledger.events.models import (
     SCHEMA_VERSION,
     Envelope,
     EventType,
-    MetricsLoggedPayload,
     Payload,
     Producer,
     utc_now,
@@ -43,10 +43,10 @@ class InvalidEvent(Exception):
 
 @dataclass(frozen=True, slots=True)
 class DecodedEvent:
-    """A validated event: envelope, typed payload, and the exact bytes it came in."""
+    """A validated event: envelope, typed payload (numpy columns for metrics), and its exact bytes."""
 
     envelope: Envelope
-    payload: Payload
+    payload: Payload | MetricColumns
     raw: bytes
 
 
@@ -112,25 +112,17 @@ def envelope_dict(
 def metric_columns(
     keys: list[str],
     key_index: npt.NDArray[np.integer[Any]],
-    values: npt.NDArray[np.float64],
-    steps: npt.NDArray[np.int64],
-    timestamps: npt.NDArray[np.int64],
+    values: npt.NDArray[np.floating[Any]],
+    steps: npt.NDArray[np.integer[Any]],
+    timestamps: npt.NDArray[np.integer[Any]],
 ) -> dict[str, Any]:
-    """The payload of a metrics batch from numpy columns."""
-    encoded_values: Any = values
-    finite = np.isfinite(values)
-    if not finite.all():
-        as_list: list[Any] = values.tolist()
-        for i in np.flatnonzero(~finite).tolist():
-            v = as_list[i]
-            as_list[i] = "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
-        encoded_values = as_list
+    """The payload of a metrics batch from numpy columns, in the packed (base64) wire form."""
     return {
         "keys": keys,
-        "key_index": key_index,
-        "values": encoded_values,
-        "steps": steps,
-        "timestamps": timestamps,
+        "key_index": pack(key_index, "key_index"),
+        "values": pack(values, "values"),
+        "steps": pack(steps, "steps"),
+        "timestamps": pack(timestamps, "timestamps"),
     }
 
 
@@ -164,20 +156,22 @@ def decode(raw: bytes | None) -> DecodedEvent:
         envelope = Envelope.model_validate(obj)
     except ValidationError as exc:
         raise InvalidEvent(f"bad envelope: {_first_error(exc)}") from None
-    try:
-        payload = envelope.typed_payload()
-    except ValidationError as exc:
-        raise InvalidEvent(f"bad {envelope.type.value} payload: {_first_error(exc)}") from None
+    payload: Payload | MetricColumns
+    if envelope.type is EventType.METRICS_LOGGED:
+        try:
+            payload = parse_metric_columns(envelope.payload)
+        except InvalidColumns as exc:
+            raise InvalidEvent(f"bad {envelope.type.value} payload: {exc}") from None
+    else:
+        try:
+            payload = envelope.typed_payload()
+        except ValidationError as exc:
+            raise InvalidEvent(f"bad {envelope.type.value} payload: {_first_error(exc)}") from None
     return DecodedEvent(envelope=envelope, payload=payload, raw=raw)
 
 
 def metric_arrays(
-    payload: MetricsLoggedPayload,
+    payload: MetricColumns,
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """The numeric columns of a metrics batch as numpy arrays."""
-    return (
-        np.asarray(payload.key_index, dtype=np.int32),
-        np.asarray(payload.values, dtype=np.float64),
-        np.asarray(payload.steps, dtype=np.int64),
-        np.asarray(payload.timestamps, dtype=np.int64),
-    )
+    return payload.key_index, payload.values, payload.steps, payload.timestamps

@@ -95,28 +95,27 @@ class ParamsLoggedPayload(Payload):
     params: dict[Key, ParamValue]
 
 
+_PACKED = "or a base64 string of its little-endian binary ({})"
+
+
 class MetricsLoggedPayload(Payload):
     """A columnar batch of metric points: point i is (keys[key_index[i]], values[i], steps[i], timestamps[i]).
 
-    Non-finite values travel as the strings "NaN", "Infinity", "-Infinity".
+    Each numeric column is a JSON array or, more compactly, a base64 string of its
+    little-endian binary. Non-finite values in a JSON array are the strings "NaN",
+    "Infinity", "-Infinity". This model documents the contract; the projector
+    validates batches column-wise with numpy (runledger.events.metric_columns).
     """
 
     keys: list[Key] = Field(min_length=1, description="Distinct metric keys of this batch.")
-    key_index: list[Annotated[int, Field(ge=0)]]
-    values: list[float | NonFinite]
-    steps: list[int]
-    timestamps: list[int] = Field(description="Milliseconds since the epoch, one per point.")
-
-    @model_validator(mode="after")
-    def _columns_agree(self) -> MetricsLoggedPayload:
-        n = len(self.values)
-        if not (len(self.key_index) == len(self.steps) == len(self.timestamps) == n):
-            raise ValueError("key_index, values, steps and timestamps must have the same length")
-        if n == 0:
-            raise ValueError("a metric batch holds at least one point")
-        if max(self.key_index) >= len(self.keys):
-            raise ValueError("key_index points past the end of keys")
-        return self
+    key_index: list[Annotated[int, Field(ge=0)]] | str = Field(
+        description="Per point, the position of its key in `keys`; " + _PACKED.format("int32")
+    )
+    values: list[float | NonFinite] | str = Field(description="Per point, the value; " + _PACKED.format("float64"))
+    steps: list[int] | str = Field(description="Per point, the step; " + _PACKED.format("int64"))
+    timestamps: list[int] | str = Field(
+        description="Per point, milliseconds since the epoch; " + _PACKED.format("int64")
+    )
 
 
 class TagsSetPayload(Payload):

@@ -95,7 +95,7 @@ EVENTS_ARCHIVE = Table(
         Column("ingested_at", "DateTime64(3, 'UTC')"),
         Column("source", "LowCardinality(String)"),
         Column("offset", "UInt64"),
-        Column("body", "String", "ZSTD(3)"),
+        Column("body", "String", "ZSTD(1)"),
     ),
     engine="ReplacingMergeTree",
     order_by=("tenant_id", "event_id"),
@@ -147,10 +147,12 @@ METRIC_ROLLUP_MV = MaterializedView(
     target=METRIC_ROLLUP,
     select=(
         "SELECT tenant_id, run_id, key, intDiv(step, " + str(ROLLUP_STEPS) + ") AS bucket, "
-        "minIf(value, isFinite(value)) AS min_value, maxIf(value, isFinite(value)) AS max_value, "
-        "argMinStateIf(step, value, isFinite(value)) AS min_at, argMaxStateIf(step, value, isFinite(value)) AS max_at, "
+        "min(value) AS min_value, max(value) AS max_value, "
+        "argMinState(step, value) AS min_at, argMaxState(step, value) AS max_at, "
         "min(step) AS first_step, max(step) AS last_step "
-        "FROM {db}.{source} GROUP BY tenant_id, run_id, key, bucket"
+        # Non-finite points stay out: a bucket of only NaN must not yield a 0 that
+        # later wins against real values.
+        "FROM {db}.{source} WHERE isFinite(value) GROUP BY tenant_id, run_id, key, bucket"
     ),
 )
 

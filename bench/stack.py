@@ -1,0 +1,28 @@
+"""Start the real embedded stack (the same Supervisor as `runledger up`) for a benchmark."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from runledger.config import Settings
+from runledger.embedded.ports import free_port
+from runledger.embedded.supervisor import Supervisor
+
+
+@contextmanager
+def embedded_stack() -> Iterator[Supervisor]:
+    """A running stack in a fresh state directory under /tmp (removed afterwards)."""
+    state = Path(tempfile.mkdtemp(prefix="runledger-bench-"))
+    state.chmod(0o755)  # PostgreSQL runs as its own user when we are root
+    settings = Settings(state_dir=state, api_port=free_port())
+    supervisor = Supervisor(settings)
+    supervisor.start()
+    try:
+        yield supervisor
+    finally:
+        supervisor.stop()
+        shutil.rmtree(state, ignore_errors=True)

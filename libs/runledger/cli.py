@@ -1,0 +1,159 @@
+"""The `runledger` command: a thin argparse front; each subcommand calls a function elsewhere.
+
+Add a subcommand by writing `_add_<name>(subparsers)`, which registers its parser with
+`set_defaults(handler=...)`, and listing it in SUBCOMMANDS. Handlers receive the parsed
+arguments and the settings (environment + overrides) and return the exit code. Heavy
+modules are imported inside the handlers so that `runledger --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from runledger.config import Settings, get_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The environment's settings with the common command-line overrides applied."""
+    overrides: dict[str, Any] = {}
+    if getattr(args, "state_dir", None) is not None:
+        overrides["state_dir"] = Path(args.state_dir)
+    if getattr(args, "api_host", None) is not None:
+        overrides["api_host"] = args.api_host
+    if getattr(args, "api_port", None) is not None:
+        overrides["api_port"] = args.api_port
+    settings = get_settings()
+    # model_validate re-runs validation on the merged values (model_copy would not).
+    return Settings.model_validate({**settings.model_dump(), **overrides}) if overrides else settings
+
+
+def _add_state_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", help="state directory (default: $RUNLEDGER_STATE_DIR or .runledger)")
+
+
+def _add_api_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-host", help="address the API listens on (default: $RUNLEDGER_API_HOST)")
+    parser.add_argument("--api-port", type=int, help="API port (default: $RUNLEDGER_API_PORT or 8765)")
+
+
+def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from runledger.embedded.supervisor import run_up
+
+    return run_up(settings)
+
+
+def _add_up(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "up",
+        help="run the embedded stack (PostgreSQL, Kafka broker, API + projector) in the foreground",
+        description="Start PostgreSQL, the tansu broker and the services under one supervisor; "
+        "Ctrl-C stops them. Parts with an external URL/DSN configured are not started.",
+    )
+    _add_state_dir(parser)
+    _add_api_address(parser)
+    parser.set_defaults(handler=_cmd_up)
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from runledger.serve import serve
+
+    serve(args.role, settings)
+    return 0
+
+
+def _add_serve(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run one service process against configured stores (distributed mode)",
+        description="all = API + projector in one process (what `up` runs); api or ingest alone "
+        "for the distributed mode, with RUNLEDGER_KAFKA_BOOTSTRAP, _POSTGRES_DSN and _CLICKHOUSE_URL set.",
+    )
+    parser.add_argument("role", choices=["all", "api", "ingest"])
+    _add_state_dir(parser)
+    _add_api_address(parser)
+    parser.set_defaults(handler=_cmd_serve)
+
+
+def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from runledger.events.schema_export import write_schemas
+
+    for path in write_schemas(Path(args.out)):
+        print(path)
+    return 0
+
+
+def _add_schemas(subparsers: Any) -> None:
+    parser = subparsers.add_parser("schemas", help="write the JSON Schema of every event under schemas/")
+    parser.add_argument("--out", default="schemas", help="root directory (default: schemas)")
+    parser.set_defaults(handler=_cmd_schemas)
+
+
+def _cmd_config_doc(args: argparse.Namespace, settings: Settings) -> int:
+    from runledger.config_doc import render
+
+    Path(args.out).write_text(render())
+    print(args.out)
+    return 0
+
+
+def _add_config_doc(subparsers: Any) -> None:
+    parser = subparsers.add_parser("config-doc", help="write docs/configuration.md from the settings models")
+    parser.add_argument("--out", default="docs/configuration.md")
+    parser.set_defaults(handler=_cmd_config_doc)
+
+
+def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from runledger.admin_client import replay
+
+    return replay(settings, args.url)
+
+
+def _add_replay(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="rebuild every projection (Postgres, ClickHouse) from the event archive",
+        description="Asks the running services (url from connection.json, or --url) to pause the "
+        "projector, wipe the projections and re-apply the archive.",
+    )
+    _add_state_dir(parser)
+    parser.add_argument("--url", help="API base URL (default: from <state dir>/connection.json)")
+    parser.set_defaults(handler=_cmd_replay)
+
+
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_up, _add_serve, _add_schemas, _add_config_doc, _add_replay]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `runledger` argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="runledger", description="RunLedger: event-sourced ML tracking.")
+    parser.add_argument("--log-level", help="logging level (default: $RUNLEDGER_LOG_LEVEL or INFO)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `runledger` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=(args.log_level or settings.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # kafka-python logs every dropped connection at ERROR; a broker restart is ours to report.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per health check otherwise
+    handler: Handler = args.handler
+    return handler(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

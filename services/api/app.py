@@ -1,0 +1,89 @@
+"""The RunLedger API: a FastAPI app over the event log (writes) and the projections (reads).
+
+Routes live in one package per domain (endpoints -> service -> repository);
+this module wires them, the error handlers and the connections the lifespan opens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import asyncpg
+from fastapi import FastAPI
+
+from runledger.config import Settings
+from runledger.stores.clickhouse import ClickHouse
+from runledger.stores.postgres.migrate import migrate
+from services.api import health
+from services.api.consistency import ProjectionWaiter
+from services.api.deps import Runtime
+from services.api.events import endpoints as events
+from services.api.experiments import endpoints as experiments
+from services.api.handlers import install_error_handlers
+from services.api.metrics import endpoints as metrics
+from services.api.publisher import EventPublisher, KafkaEventPublisher
+from services.api.runs import endpoints as runs
+from services.api.writes import EventWriter
+
+API_PREFIX = "/api/v1"
+
+_DESCRIPTION = """
+Event-sourced ML experiment tracking. Every write becomes an event on the log and
+returns once the projector has applied it (HTTP 200/201). If that takes longer than
+the server's write timeout the answer is **202** with `projected: false` and a
+`consistency_token`: pass it to any read as `?consistency_token=` and the read waits
+for the write. Errors are `{"error_code", "message"}` (MLflow's codes).
+
+Metric histories: `GET /api/v1/runs/{run_id}/metrics/{key}/history` answers columnar
+JSON by default (`steps`, `timestamps`, `values` arrays), `shape=points` for one
+object per point, or `format=arrow` for an Arrow IPC stream. `max_points` reduces
+long series in ClickHouse (`method=minmax` keeps every spike; `lttb` is also offered).
+"""
+
+
+def create_app(
+    settings: Settings, clickhouse: ClickHouse, *, publisher: EventPublisher | None = None
+) -> FastAPI:
+    """The API app; its lifespan opens Postgres, the producer and the projection waiter.
+
+    `publisher` replaces the Kafka producer (tests); by default one is connected to
+    settings.kafka_bootstrap at startup.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.postgres_dsn:
+            raise RuntimeError("RUNLEDGER_POSTGRES_DSN is not set: the API needs the metadata store")
+        async with AsyncExitStack() as stack:
+            pool: asyncpg.Pool = await asyncpg.create_pool(settings.postgres_dsn, min_size=1, max_size=20)
+            stack.push_async_callback(pool.close)
+            async with pool.acquire() as conn:
+                await migrate(conn)
+            waiter = ProjectionWaiter(settings.postgres_dsn, pool, settings.projector_group)
+            await waiter.start()
+            stack.push_async_callback(waiter.close)
+            events_publisher = publisher or await KafkaEventPublisher.connect(settings)
+            stack.push_async_callback(events_publisher.close)
+            writer = EventWriter(events_publisher, waiter, settings.write_wait_timeout_s)
+            app.state.runtime = Runtime(settings=settings, clickhouse=clickhouse, pool=pool, writer=writer)
+            try:
+                yield
+            finally:
+                app.state.runtime = None
+
+    app = FastAPI(
+        title="RunLedger API",
+        version="1",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.runtime = None
+    install_error_handlers(app)
+    app.include_router(health.router)
+    for domain in (experiments, runs, metrics, events):
+        app.include_router(domain.router, prefix=API_PREFIX)
+    return app

@@ -1,0 +1,1 @@
+"""Raw event ingest: the SDK's HTTP transport posts envelopes here."""

@@ -1,0 +1,1 @@
+"""Experiments: list, get, create, rename, delete."""

@@ -1,0 +1,99 @@
+"""Experiment logic: reads through the repository, writes as events."""
+
+from __future__ import annotations
+
+from runledger.events.codec import DEFAULT_EXPERIMENT_ID, experiment_id_for
+from runledger.events.models import EventType
+from services.api.errors import AlreadyExists, InvalidParameter, NotFound
+from services.api.experiments.repository import ExperimentFilters, ExperimentRepository
+from services.api.experiments.schemas import Experiment, ExperimentList
+from services.api.pagination import decode_page_token, encode_page_token, fingerprint
+from services.api.principal import Principal
+from services.api.writes import EventWriter, WriteReceipt, build_event
+
+
+class ExperimentService:
+    """What the experiment routes do, independent of HTTP."""
+
+    def __init__(self, repository: ExperimentRepository, writer: EventWriter, principal: Principal) -> None:
+        """Act for `principal` through its tenant-scoped repository."""
+        self._repo = repository
+        self._writer = writer
+        self._principal = principal
+
+    async def page(
+        self, filters: ExperimentFilters, page_size: int, page_token: str | None
+    ) -> ExperimentList:
+        """One page of experiments and the token of the next."""
+        scope = fingerprint("experiments", filters.name_contains, filters.lifecycle.value)
+        after: tuple[int, str] | None = None
+        if page_token:
+            position = decode_page_token(page_token, scope)
+            if len(position) != 2 or not isinstance(position[0], int) or not isinstance(position[1], str):
+                raise InvalidParameter("invalid page_token")
+            after = (position[0], position[1])
+        # One row more than asked tells whether a next page exists without a count query.
+        rows = await self._repo.page(filters, after, page_size + 1)
+        next_token = None
+        if len(rows) > page_size:
+            rows = rows[:page_size]
+            last = rows[-1]
+            next_token = encode_page_token([last.creation_time, last.experiment_id], scope)
+        return ExperimentList(experiments=rows, next_page_token=next_token)
+
+    async def get(self, experiment_id: str) -> Experiment:
+        """The experiment, or NotFound."""
+        experiment = await self._repo.get(experiment_id)
+        if experiment is None:
+            raise NotFound(f"experiment {experiment_id!r} does not exist")
+        return experiment
+
+    async def create(
+        self, name: str, tags: dict[str, str], artifact_location: str | None
+    ) -> tuple[str, WriteReceipt, Experiment | None]:
+        """Emit ExperimentCreated; AlreadyExists when the name (or the id it derives) is taken."""
+        if await self._repo.get_by_name(name) is not None:
+            raise AlreadyExists(f"an experiment named {name!r} already exists")
+        experiment_id = experiment_id_for(self._principal.tenant_id, name)
+        holder = await self._repo.get(experiment_id)
+        if holder is not None:
+            # Ids derive from names (ADR 0005): a renamed experiment still holds the id of
+            # its old name, and the projector would fold the new one into it.
+            raise AlreadyExists(
+                f"the name {name!r} belonged to experiment {experiment_id} (now {holder.name!r});"
+                " it cannot be reused"
+            )
+        payload: dict[str, object] = {"name": name, "tags": tags}
+        if artifact_location:
+            payload["artifact_location"] = artifact_location
+        event = build_event(
+            self._principal.tenant_id, EventType.EXPERIMENT_CREATED, payload, experiment_id=experiment_id
+        )
+        receipt = await self._writer.write([event])
+        created = await self._repo.get(experiment_id) if receipt.projected else None
+        return experiment_id, receipt, created
+
+    async def rename(self, experiment_id: str, name: str) -> tuple[WriteReceipt, Experiment | None]:
+        """Emit ExperimentRenamed; AlreadyExists when another experiment has that name."""
+        current = await self.get(experiment_id)
+        if current.name != name and await self._repo.get_by_name(name) is not None:
+            raise AlreadyExists(f"an experiment named {name!r} already exists")
+        event = build_event(
+            self._principal.tenant_id,
+            EventType.EXPERIMENT_RENAMED,
+            {"name": name},
+            experiment_id=experiment_id,
+        )
+        receipt = await self._writer.write([event])
+        return receipt, (await self._repo.get(experiment_id) if receipt.projected else None)
+
+    async def delete(self, experiment_id: str) -> tuple[WriteReceipt, Experiment | None]:
+        """Emit ExperimentDeleted (a soft delete: the experiment moves to lifecycle_stage deleted)."""
+        if experiment_id == DEFAULT_EXPERIMENT_ID:
+            raise InvalidParameter("the default experiment (id 0) cannot be deleted")
+        await self.get(experiment_id)
+        event = build_event(
+            self._principal.tenant_id, EventType.EXPERIMENT_DELETED, {}, experiment_id=experiment_id
+        )
+        receipt = await self._writer.write([event])
+        return receipt, (await self._repo.get(experiment_id) if receipt.projected else None)

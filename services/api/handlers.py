@@ -1,0 +1,113 @@
+"""Exception handlers: every error leaves the API as `{"error_code", "message"}` JSON.
+
+FastAPI's defaults (`{"detail": ...}`, 422 for bad input) are replaced: MLflow
+clients read a body without `error_code` as INTERNAL_ERROR and break, and bad input
+must be a 400 so that no client retries it (they retry 5xx).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.api.errors import (
+    ApiError,
+    EndpointNotFound,
+    InvalidParameter,
+    TemporarilyUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+# Errors of the backing services that a retry may fix: answered 503, not 500.
+_UNAVAILABLE: tuple[type[Exception], ...] = (
+    ConnectionError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def error_response(error: ApiError, status_code: int | None = None) -> JSONResponse:
+    """The JSON response of an ApiError."""
+    return JSONResponse(error.body(), status_code=status_code or error.status_code, headers=error.headers)
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """One readable line from pydantic/FastAPI validation errors: `where: what; ...`."""
+    parts: list[str] = []
+    for err in errors[:10]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid value"))
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    if len(errors) > 10:
+        parts.append(f"... and {len(errors) - 10} more")
+    return "; ".join(parts) or "invalid request"
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(InvalidParameter(validation_message(exc.errors())))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code in (404, 405):
+        # 405 keeps its status but carries the same code: for an MLflow client both
+        # mean "this server has no such endpoint", which triggers its fallbacks.
+        error = EndpointNotFound(f"no endpoint {request.method} {request.url.path}")
+        return error_response(error, exc.status_code)
+    other = ApiError(str(exc.detail))
+    other.error_code = "INVALID_PARAMETER_VALUE" if exc.status_code < 500 else "INTERNAL_ERROR"
+    return error_response(other, exc.status_code)
+
+
+async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("backing service unavailable: %r", exc)
+    return error_response(TemporarilyUnavailable(f"a backing service is unavailable: {type(exc).__name__}"))
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(ApiError("internal error"))
+
+
+def _openapi_without_422(app: FastAPI) -> None:
+    """Drop FastAPI's generated 422 responses from the spec: validation errors are 400 here."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception type the API can raise to its JSON error (and document it so)."""
+    _openapi_without_422(app)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for exc_type in _UNAVAILABLE:
+        app.add_exception_handler(exc_type, _unavailable)
+    app.add_exception_handler(Exception, _unexpected)

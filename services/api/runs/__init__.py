@@ -1,0 +1,1 @@
+"""Runs: search, get, create, and everything logged to a run."""

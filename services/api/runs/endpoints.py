@@ -1,0 +1,139 @@
+"""HTTP routes of runs (thin: parse, call the service, shape the answer)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from services.api.deps import Auth, ConsistentRead, RuntimeDep
+from services.api.experiments.repository import ExperimentRepository
+from services.api.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from services.api.runs.filters import parse_key_values
+from services.api.runs.repository import RunFilters, RunRepository
+from services.api.runs.schemas import (
+    MetricsLog,
+    ParamsLog,
+    Run,
+    RunCreate,
+    RunLifecycleFilter,
+    RunList,
+    RunWriteResult,
+    StatusUpdate,
+    TagsSet,
+)
+from services.api.runs.service import RunService
+from services.api.schemas import READ_RESPONSES, WRITE_RESPONSES, write_status
+from services.api.writes import WriteReceipt
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+def get_service(runtime: RuntimeDep, principal: Auth) -> RunService:
+    """The run service acting for the caller."""
+    return RunService(
+        RunRepository(runtime.pool, principal),
+        ExperimentRepository(runtime.pool, principal),
+        runtime.writer,
+        principal,
+    )
+
+
+Service = Annotated[RunService, Depends(get_service)]
+
+
+def _result(run_id: str, receipt: WriteReceipt, run: Run | None) -> RunWriteResult:
+    return RunWriteResult(
+        run_id=run_id, run=run, projected=receipt.projected, consistency_token=receipt.token.encode()
+    )
+
+
+@router.get("", response_model=RunList, responses=READ_RESPONSES, dependencies=[ConsistentRead])
+async def list_runs(
+    service: Service,
+    experiment_id: Annotated[
+        list[str], Query(description="Repeatable: runs of any of these experiments.")
+    ] = [],  # noqa: B006
+    status: Annotated[list[str], Query(description="Repeatable: RUNNING, FINISHED, ...")] = [],  # noqa: B006
+    parent_run_id: str | None = None,
+    tag: Annotated[
+        list[str],
+        Query(description="Repeatable `key:value` (or bare `key`; `` `a:b`:v `` for keys with ':')."),
+    ] = [],  # noqa: B006
+    param: Annotated[list[str], Query(description="Repeatable `key:value` (or bare `key`).")] = [],  # noqa: B006
+    lifecycle_stage: RunLifecycleFilter = RunLifecycleFilter.ACTIVE,
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    page_token: str | None = None,
+) -> RunList:
+    """Search runs (filters AND-ed), newest start_time first, one page at a time."""
+    filters = RunFilters(
+        experiment_ids=experiment_id,
+        statuses=[s.upper() for s in status],
+        parent_run_id=parent_run_id,
+        tags=parse_key_values(tag, "tag"),
+        params=parse_key_values(param, "param"),
+        lifecycle=lifecycle_stage,
+    )
+    return await service.page(filters, page_size, page_token)
+
+
+@router.get("/{run_id}", response_model=Run, responses=READ_RESPONSES, dependencies=[ConsistentRead])
+async def get_run(run_id: str, service: Service) -> Run:
+    """A run with params, tags and the latest value of each metric."""
+    return await service.get(run_id)
+
+
+@router.post("", response_model=RunWriteResult, status_code=201, responses=WRITE_RESPONSES)
+async def create_run(body: RunCreate, service: Service, response: Response) -> RunWriteResult:
+    """Start a run; with experiment_name the experiment is created when missing."""
+    run_id, receipt, run = await service.create(body)
+    response.status_code = write_status(receipt, created=True)
+    return _result(run_id, receipt, run)
+
+
+@router.post("/{run_id}/params", response_model=RunWriteResult, responses=WRITE_RESPONSES)
+async def log_params(run_id: str, body: ParamsLog, service: Service, response: Response) -> RunWriteResult:
+    """Log params (immutable: re-logging the same value is fine, another value is refused)."""
+    receipt = await service.log_params(run_id, body.params)
+    response.status_code = write_status(receipt)
+    return _result(run_id, receipt, None)
+
+
+@router.post("/{run_id}/metrics", response_model=RunWriteResult, responses=WRITE_RESPONSES)
+async def log_metrics(run_id: str, body: MetricsLog, service: Service, response: Response) -> RunWriteResult:
+    """Log metric points as columnar events (up to 100,000 points per request)."""
+    receipt = await service.log_metrics(run_id, body.metrics)
+    response.status_code = write_status(receipt)
+    return _result(run_id, receipt, None)
+
+
+@router.post("/{run_id}/tags", response_model=RunWriteResult, responses=WRITE_RESPONSES)
+async def set_tags(run_id: str, body: TagsSet, service: Service, response: Response) -> RunWriteResult:
+    """Set tags (overwriting existing values)."""
+    receipt = await service.set_tags(run_id, body.tags)
+    response.status_code = write_status(receipt)
+    return _result(run_id, receipt, None)
+
+
+@router.delete("/{run_id}/tags/{key:path}", response_model=RunWriteResult, responses=WRITE_RESPONSES)
+async def delete_tag(run_id: str, key: str, service: Service, response: Response) -> RunWriteResult:
+    """Delete one tag (keys may contain '/')."""
+    receipt = await service.delete_tag(run_id, key)
+    response.status_code = write_status(receipt)
+    return _result(run_id, receipt, None)
+
+
+@router.post("/{run_id}/status", response_model=RunWriteResult, responses=WRITE_RESPONSES)
+async def set_status(run_id: str, body: StatusUpdate, service: Service, response: Response) -> RunWriteResult:
+    """Change the run's status; terminal states get end_time (default now)."""
+    receipt = await service.set_status(run_id, body.status, body.end_time)
+    response.status_code = write_status(receipt)
+    return _result(run_id, receipt, await service.after_write(run_id, receipt))
+
+
+@router.delete("/{run_id}", response_model=RunWriteResult, responses=WRITE_RESPONSES)
+async def delete_run(run_id: str, service: Service, response: Response) -> RunWriteResult:
+    """Soft-delete a run (lifecycle_stage becomes deleted)."""
+    receipt = await service.delete(run_id)
+    response.status_code = write_status(receipt)
+    return _result(run_id, receipt, await service.after_write(run_id, receipt))

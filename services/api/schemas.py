@@ -1,0 +1,48 @@
+"""Response shapes shared by every domain."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from services.api.writes import WriteReceipt
+
+
+class ErrorBody(BaseModel):
+    """Every error response."""
+
+    error_code: str = Field(description="MLflow-style code, e.g. RESOURCE_DOES_NOT_EXIST.")
+    message: str
+
+
+class WriteResult(BaseModel):
+    """What every write answers: 200/201 once reads see it, 202 when projection is still pending."""
+
+    projected: bool = Field(
+        description="True when reads already see this write. False (HTTP 202): pass consistency_token to reads."
+    )
+    consistency_token: str = Field(
+        description="Opaque position of the write in the event log; reads given `?consistency_token=` wait for it."
+    )
+
+
+def write_status(receipt: WriteReceipt, *, created: bool = False) -> int:
+    """HTTP status of a write: 201/200 when projected, 202 Accepted when still pending."""
+    if not receipt.projected:
+        return 202
+    return 201 if created else 200
+
+
+# Documented on every write route.
+WRITE_RESPONSES: dict[int | str, dict[str, object]] = {
+    202: {"description": "Accepted: produced but not yet projected; reads may wait with consistency_token."},
+    400: {
+        "model": ErrorBody,
+        "description": "Invalid input (INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS).",
+    },
+    404: {"model": ErrorBody, "description": "RESOURCE_DOES_NOT_EXIST in the caller's tenant."},
+    503: {"model": ErrorBody, "description": "The event log or a store is unavailable; retry."},
+}
+READ_RESPONSES: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorBody, "description": "Invalid query parameter or page token."},
+    404: {"model": ErrorBody, "description": "RESOURCE_DOES_NOT_EXIST in the caller's tenant."},
+}

@@ -1,0 +1,90 @@
+"""The write path every domain shares: build events, produce them, wait for their projection.
+
+A write returns once the projector has applied its events (read-your-writes). When
+that takes longer than `write_wait_timeout_s` the caller gets `projected=False`
+and a consistency token that reads can wait on (`?consistency_token=`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from runledger.events.codec import InvalidEvent, decode, encode, envelope_dict, producer
+from runledger.events.models import EventType
+from services.api.consistency import ConsistencyToken, ProjectionWaiter
+from services.api.errors import InvalidParameter
+from services.api.publisher import MAX_EVENT_BYTES, EventPublisher, OutgoingEvent
+
+API_PRODUCER = producer("api")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteReceipt:
+    """Outcome of a write: whether it is visible to reads yet, and the token to wait on."""
+
+    projected: bool
+    token: ConsistencyToken
+
+
+def partition_key(run_id: str | None, experiment_id: str | None, event_id: str) -> bytes:
+    """The topic key: the run (per-run ordering), else the experiment, else the event itself."""
+    return (run_id or experiment_id or event_id).encode()
+
+
+def checked_event(raw: bytes) -> OutgoingEvent:
+    """An encoded event, validated exactly as the projector will (so it never dead-letters)."""
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidParameter(f"event of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}; split it")
+    try:
+        decoded = decode(raw)
+    except InvalidEvent as exc:
+        raise InvalidParameter(exc.reason) from None
+    env = decoded.envelope
+    return OutgoingEvent(partition_key(env.run_id, env.experiment_id, env.event_id), raw, env.event_id)
+
+
+def build_event(
+    tenant_id: str,
+    type: EventType,
+    payload: dict[str, Any],
+    *,
+    run_id: str | None = None,
+    experiment_id: str | None = None,
+) -> OutgoingEvent:
+    """An event the API emits on behalf of `tenant_id`, validated and keyed."""
+    envelope = envelope_dict(
+        tenant_id=tenant_id,
+        type=type,
+        payload=payload,
+        producer=API_PRODUCER,
+        run_id=run_id,
+        experiment_id=experiment_id,
+    )
+    return checked_event(encode(envelope))
+
+
+class EventWriter:
+    """Produces events and waits (bounded) for the projector to apply them."""
+
+    def __init__(self, publisher: EventPublisher, waiter: ProjectionWaiter, timeout_s: float) -> None:
+        """Write through `publisher`; wait at most `timeout_s` for projection."""
+        self.publisher = publisher
+        self.waiter = waiter
+        self.timeout_s = timeout_s
+
+    async def write(self, events: Sequence[OutgoingEvent]) -> WriteReceipt:
+        """Produce `events` in order and wait until all are projected (or the timeout passes)."""
+        result = await self.publisher.publish(events)
+        token = ConsistencyToken.from_positions(result.incarnation, result.topic, result.positions)
+        projected = await self.waiter.wait(token, self.timeout_s)
+        return WriteReceipt(projected=projected, token=token)
+
+    async def wait_for(self, token: ConsistencyToken) -> bool:
+        """Wait until a client's token is projected; True at once for a past broker incarnation."""
+        if token.incarnation != self.publisher.incarnation:
+            # That broker's log is gone (embedded brokers keep it in memory): whatever of
+            # it was projected is all there will ever be, so waiting cannot help.
+            return True
+        return await self.waiter.wait(token, self.timeout_s)
