@@ -49,10 +49,10 @@ def _producer(
     results.put({"producer": index, "log_s": logged - started, "acked_s": time.perf_counter() - started})
 
 
-async def _wait_projected(dsn: str, run_ids: list[str], keys: int, last_step: int, timeout: float) -> float:
+async def _wait_projected(dsn: str, run_ids: list[str], keys: int, last_step: int, limit_s: float) -> float:
     conn = await asyncpg.connect(dsn)
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
             done = await conn.fetchval(
                 "SELECT count(*) FROM latest_metrics WHERE run_id = ANY($1::text[]) AND step = $2",
@@ -67,12 +67,16 @@ async def _wait_projected(dsn: str, run_ids: list[str], keys: int, last_step: in
     raise TimeoutError("points were not projected in time")
 
 
-def bench_ingest(bootstrap: str, dsn: str, spool: Path, producers: int, steps: int, keys: int) -> dict[str, Any]:
+def bench_ingest(
+    bootstrap: str, dsn: str, spool: Path, producers: int, steps: int, keys: int
+) -> dict[str, Any]:
     """End-to-end ingest throughput: SDK log calls to points queryable."""
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     procs = [
-        ctx.Process(target=_producer, args=(i, bootstrap, str(spool / str(i)), steps, keys, ready, go, results))
+        ctx.Process(
+            target=_producer, args=(i, bootstrap, str(spool / str(i)), steps, keys, ready, go, results)
+        )
         for i in range(producers)
     ]
     for p in procs:
@@ -80,7 +84,7 @@ def bench_ingest(bootstrap: str, dsn: str, spool: Path, producers: int, steps: i
     run_ids = [ready.get(timeout=120) for _ in procs]
     started = time.perf_counter()
     go.set()
-    finished = asyncio.run(_wait_projected(dsn, run_ids, keys, steps - 1, timeout=600))
+    finished = asyncio.run(_wait_projected(dsn, run_ids, keys, steps - 1, limit_s=600))
     per_producer = [results.get(timeout=120) for _ in procs]
     for p in procs:
         p.join()
@@ -93,7 +97,9 @@ def bench_ingest(bootstrap: str, dsn: str, spool: Path, producers: int, steps: i
         "points": points,
         "seconds_to_queryable": round(elapsed, 3),
         "points_per_s_end_to_end": round(points / elapsed),
-        "sdk_log_points_per_s_per_producer": round(statistics.median(steps * keys / r["log_s"] for r in per_producer)),
+        "sdk_log_points_per_s_per_producer": round(
+            statistics.median(steps * keys / r["log_s"] for r in per_producer)
+        ),
     }
 
 
@@ -128,7 +134,9 @@ def _timed(client: httpx.Client, url: str, params: dict[str, Any], repeat: int) 
     }
 
 
-def bench_history(api: str, bootstrap: str, dsn: str, spool: Path, points: int, repeat: int) -> dict[str, Any]:
+def bench_history(
+    api: str, bootstrap: str, dsn: str, spool: Path, points: int, repeat: int
+) -> dict[str, Any]:
     """History read latency of a long series, full and downsampled."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -136,7 +144,7 @@ def bench_history(api: str, bootstrap: str, dsn: str, spool: Path, points: int, 
     proc.start()
     run_id = results.get(timeout=600)
     proc.join()
-    asyncio.run(_wait_projected(dsn, [run_id], 1, points - 1, timeout=600))
+    asyncio.run(_wait_projected(dsn, [run_id], 1, points - 1, limit_s=600))
     url = f"{api}/api/v1/runs/{run_id}/metrics/loss/history"
     with httpx.Client(timeout=120) as client:
         downsampled = client.get(url, params={"max_points": 1000}).json()
@@ -172,7 +180,12 @@ def main() -> None:
             print(json.dumps(report["ingest"], indent=2), flush=True)
         if not args.skip_history:
             report["history"] = bench_history(
-                stack.api_url, stack.kafka_bootstrap, stack.postgres_dsn, spool, args.series_points, args.repeat
+                stack.api_url,
+                stack.kafka_bootstrap,
+                stack.postgres_dsn,
+                spool,
+                args.series_points,
+                args.repeat,
             )
             print(json.dumps(report["history"], indent=2), flush=True)
     OUT.mkdir(exist_ok=True)

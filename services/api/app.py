@@ -16,6 +16,7 @@ from runledger.config import Settings
 from runledger.stores.clickhouse import ClickHouse
 from runledger.stores.postgres.migrate import migrate
 from services.api import health
+from services.api.admin import endpoints as admin
 from services.api.consistency import ProjectionWaiter
 from services.api.deps import Runtime
 from services.api.events import endpoints as events
@@ -84,6 +85,6 @@ def create_app(
     app.state.runtime = None
     install_error_handlers(app)
     app.include_router(health.router)
-    for domain in (experiments, runs, metrics, events):
+    for domain in (experiments, runs, metrics, events, admin):
         app.include_router(domain.router, prefix=API_PREFIX)
     return app

@@ -77,3 +77,10 @@ class TemporarilyUnavailable(ApiError):
 
     status_code = 503
     error_code = "TEMPORARILY_UNAVAILABLE"
+
+
+class InvalidState(ApiError):
+    """The request conflicts with what the server is doing (e.g. no projector to pause)."""
+
+    status_code = 409
+    error_code = "INVALID_STATE"

@@ -60,7 +60,9 @@ class Projection:
         return 0 if self.points is None else self.points.num_rows
 
 
-def _sorted_dictionary(values: list[str], indices: npt.NDArray[np.int32]) -> tuple[list[str], npt.NDArray[np.int32]]:
+def _sorted_dictionary(
+    values: list[str], indices: npt.NDArray[np.int32]
+) -> tuple[list[str], npt.NDArray[np.int32]]:
     """Re-number so that index order is string order (then sorting by index sorts by string)."""
     order = sorted(range(len(values)), key=values.__getitem__)
     rank = np.empty(len(values), dtype=np.int32)
@@ -101,7 +103,8 @@ def _latest(
     candidates = np.flatnonzero(steps == max_step[series])
     order = candidates[np.lexsort((values[candidates], timestamps[candidates], series[candidates]))]
     ends = np.append(series[order][1:] != series[order][:-1], True)
-    return order[ends]
+    winners: npt.NDArray[np.intp] = order[ends]
+    return winners
 
 
 def _metric_points(events: list[DecodedEvent]) -> tuple[pa.Table, LatestMetrics] | None:

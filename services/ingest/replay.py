@@ -12,7 +12,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 import asyncpg
 
@@ -52,24 +51,22 @@ class ReplayStats:
     skipped: int = 0
 
 
-def _page(
-    clickhouse: ClickHouse, after: tuple[datetime, str, int] | None
-) -> list[tuple[datetime, str, int, str]]:
+def _page(clickhouse: ClickHouse, after: tuple[int, str, int] | None) -> list[tuple[int, str, int, str]]:
+    """The next archived events in projection order, after the keyset position `after`."""
     where = ""
     params: dict[str, object] = {"limit": PAGE_SIZE}
     if after is not None:
-        where = (
-            "WHERE (ingested_at, source, offset) > ({at:DateTime64(3, 'UTC')}, {src:String}, {off:UInt64})"
-        )
+        where = "WHERE (at_ms, source, offset) > ({at:Int64}, {src:String}, {off:UInt64})"
         params.update(at=after[0], src=after[1], off=after[2])
     table = clickhouse.query_arrow(
-        f"SELECT ingested_at, source, offset, body FROM {clickhouse.table('events_archive')} {where}"
-        " ORDER BY ingested_at, source, offset LIMIT 1 BY event_id LIMIT {limit:UInt32}",
+        "SELECT toUnixTimestamp64Milli(ingested_at) AS at_ms, source, offset, body"
+        f" FROM {clickhouse.table('events_archive')} {where}"
+        " ORDER BY at_ms, source, offset LIMIT 1 BY event_id LIMIT {limit:UInt32}",
         params,
     )
     return list(
         zip(
-            table.column("ingested_at").to_pylist(),
+            table.column("at_ms").to_pylist(),
             table.column("source").to_pylist(),
             table.column("offset").to_pylist(),
             table.column("body").to_pylist(),
@@ -87,7 +84,7 @@ async def replay(
     for table in CLICKHOUSE_PROJECTIONS:
         await asyncio.to_thread(clickhouse.command, f"TRUNCATE TABLE IF EXISTS {clickhouse.table(table)}")
     stats = ReplayStats()
-    after: tuple[datetime, str, int] | None = None
+    after: tuple[int, str, int] | None = None
     while True:
         rows = await asyncio.to_thread(_page, clickhouse, after)
         if not rows:

@@ -6,12 +6,16 @@ by running its own services process with its own state directory and database).
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+
 from runledger.embedded.broker import EmbeddedBroker
 from runledger.embedded.postgres import EmbeddedPostgres
 
@@ -20,8 +24,18 @@ DLQ_TOPIC = "runledger.events.dlq"
 
 
 @pytest.fixture(scope="session")
-def test_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("runledger")
+def test_root() -> Iterator[Path]:
+    """Session scratch space directly under /tmp.
+
+    Not pytest's tmp dir: as root, PostgreSQL runs as the `postgres` user, which needs
+    o+x on every parent directory, and pytest re-locks /tmp/pytest-of-root to 0700
+    whenever another session starts.
+    """
+    path = Path(tempfile.mkdtemp(prefix="runledger-test-"))
+    path.chmod(0o755)
+    yield path
+    if not os.environ.get("RUNLEDGER_KEEP_TEST_STATE"):  # set it to keep logs and data for a post-mortem
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

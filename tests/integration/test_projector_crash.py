@@ -12,9 +12,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 from kafka import KafkaProducer
+
 from runledger.embedded.broker import EmbeddedBroker
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
-
 from tests.support.events import metrics_batch, run_started
 from tests.support.services import ServiceProcess
 
@@ -54,6 +54,22 @@ async def test_projector_killed_mid_stream_loses_and_duplicates_nothing(
     }
     projector = ServiceProcess("ingest", tmp_path / "state", env)
     projector.start()
+    try:
+        await _stream_with_kills(projector, broker, topics, fresh_dsn, group, tenant, experiment, tmp_path)
+    finally:
+        projector.kill()
+
+
+async def _stream_with_kills(
+    projector: ServiceProcess,
+    broker: EmbeddedBroker,
+    topics: dict[str, str],
+    fresh_dsn: str,
+    group: str,
+    tenant: str,
+    experiment: str,
+    tmp_path: Path,
+) -> None:
 
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
     run_ids = [uuid.uuid4().hex for _ in range(RUNS)]

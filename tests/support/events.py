@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from runledger.events.codec import encode, envelope_dict, metric_columns, producer
 from runledger.events.models import EventType
 

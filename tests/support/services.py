@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from runledger.embedded.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]

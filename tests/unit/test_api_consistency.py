@@ -64,5 +64,7 @@ async def test_wait_is_immediate_when_already_known_and_times_out_otherwise() ->
 async def test_checkpoints_only_move_forward() -> None:
     waiter = _waiter()
     waiter._on_notify(None, 0, "", notification(PartitionKey("g", "inc", "t", 0), 10))
-    waiter._on_notify(None, 0, "", notification(PartitionKey("g", "inc", "t", 0), 4))  # a late, stale notification
+    waiter._on_notify(
+        None, 0, "", notification(PartitionKey("g", "inc", "t", 0), 4)
+    )  # a late, stale notification
     assert waiter.committed("inc", "t", 0) == 10

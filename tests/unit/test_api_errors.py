@@ -60,7 +60,9 @@ class RecordingPublisher:
             positions.append((len(event.key) % 4, len(self.events) - 1))
         if self.waiter is not None:
             for partition, offset in positions:
-                self.waiter._on_notify(None, 0, "", notification(PartitionKey("g", "unit", "events", partition), offset))
+                self.waiter._on_notify(
+                    None, 0, "", notification(PartitionKey("g", "unit", "events", partition), offset)
+                )
         return PublishResult(self.incarnation, self.topic, tuple(positions))
 
     async def ping(self) -> bool:

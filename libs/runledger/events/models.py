@@ -111,7 +111,9 @@ class MetricsLoggedPayload(Payload):
     key_index: list[Annotated[int, Field(ge=0)]] | str = Field(
         description="Per point, the position of its key in `keys`; " + _PACKED.format("int32")
     )
-    values: list[float | NonFinite] | str = Field(description="Per point, the value; " + _PACKED.format("float64"))
+    values: list[float | NonFinite] | str = Field(
+        description="Per point, the value; " + _PACKED.format("float64")
+    )
     steps: list[int] | str = Field(description="Per point, the step; " + _PACKED.format("int64"))
     timestamps: list[int] | str = Field(
         description="Per point, milliseconds since the epoch; " + _PACKED.format("int64")

@@ -1,0 +1,153 @@
+"""SDK settings, read from RUNLEDGER_* environment variables (or `rl.init(**overrides)`).
+
+Where events go
+  RUNLEDGER_TRANSPORT        kafka | http | auto (default). auto = kafka when a bootstrap is
+                             known, else http.
+  RUNLEDGER_KAFKA_BOOTSTRAP  Kafka bootstrap servers, host:port[,host:port].
+  RUNLEDGER_URL              Base URL of the RunLedger API (HTTP transport), e.g.
+                             http://127.0.0.1:8765. Events are POSTed to {URL}/api/v1/events.
+  RUNLEDGER_API_KEY          API key, sent as `Authorization: Bearer <key>` by the HTTP transport.
+  RUNLEDGER_TENANT           Tenant id written into every envelope (default "default").
+  RUNLEDGER_EVENTS_TOPIC     Topic of run events (default "runledger.events.v1").
+  RUNLEDGER_STATE_DIR        State dir of a local `runledger up` (default ".runledger"). When
+                             neither KAFKA_BOOTSTRAP nor URL is set, `<STATE_DIR>/connection.json`
+                             (keys url, kafka_bootstrap, api_key) supplies them. When nothing
+                             is found the SDK uses http://127.0.0.1:8765 (the embedded API).
+
+Durability
+  RUNLEDGER_SPOOL_DIR        Directory of the on-disk spool (default ~/.runledger/spool). Files
+                             go to a subdirectory per destination (transport, broker or URL,
+                             topic, tenant), so leftovers are only ever sent where they were
+                             meant to go. Each process writes its own files there; files left
+                             by a dead process are sent by the next SDK process with the same
+                             destination.
+  RUNLEDGER_SEND_TIMEOUT_S   How long one send may wait for the broker/API before its events
+                             are spooled (default 10).
+  RUNLEDGER_EXIT_TIMEOUT_S   How long interpreter exit waits for acknowledgements before the
+                             rest stays spooled (default 30).
+  RUNLEDGER_MAX_QUEUE_BYTES  Encoded events held in memory while sends are slow; beyond this
+                             they are spilled to the spool instead (default 64 MiB).
+  RUNLEDGER_RESEND_BACKOFF_MAX_S  Longest pause between two attempts to drain the spool (default 5).
+  RUNLEDGER_HANDLE_SIGTERM   When true (default) and SIGTERM has no handler yet, SIGTERM
+                             raises SystemExit in the main thread, so open runs end KILLED
+                             and buffered events are flushed/spooled (preempted jobs).
+
+Batching
+  RUNLEDGER_BATCH_MAX_POINTS   Metric points per MetricsLogged event (default 10000).
+  RUNLEDGER_BATCH_INTERVAL_MS  Buffered metrics/params/tags are cut into events at least this
+                               often (default 150).
+
+Kafka producer
+  RUNLEDGER_KAFKA_LINGER_MS         linger_ms (default 20).
+  RUNLEDGER_KAFKA_BATCH_SIZE        batch_size in bytes (default 1 MiB).
+  RUNLEDGER_KAFKA_MAX_REQUEST_SIZE  max_request_size in bytes (default 8 MiB).
+
+HTTP
+  RUNLEDGER_HTTP_MAX_REQUEST_BYTES  Largest body of one POST (default 4 MiB).
+  RUNLEDGER_HTTP_RETRIES            Attempts per request on 5xx/connection errors before the
+                                    events are spooled (default 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from runledger.config import DEFAULT_TENANT_ID, EVENTS_TOPIC
+
+log = logging.getLogger("runledger_sdk")
+
+DEFAULT_API_URL = "http://127.0.0.1:8765"
+
+
+class SdkSettings(BaseSettings):
+    """Settings of the SDK; env var = RUNLEDGER_ + upper-case field name."""
+
+    model_config = SettingsConfigDict(env_prefix="RUNLEDGER_", extra="ignore")
+
+    transport: Literal["kafka", "http", "auto"] = Field("auto", description="kafka, http or auto.")
+    kafka_bootstrap: str = Field("", description="Kafka bootstrap servers, host:port[,host:port].")
+    url: str = Field("", description="Base URL of the RunLedger API, for the HTTP transport.")
+    api_key: SecretStr = Field(SecretStr(""), description="API key for the HTTP transport.")
+    tenant: str = Field(DEFAULT_TENANT_ID, description="Tenant id of every event.")
+    events_topic: str = Field(EVENTS_TOPIC, description="Topic of run events.")
+    state_dir: Path = Field(Path(".runledger"), description="State dir holding connection.json.")
+    spool_dir: Path = Field(
+        Path("~/.runledger/spool"), description="Directory of the on-disk spool (shared by processes)."
+    )
+
+    send_timeout_s: float = Field(10.0, gt=0, description="Wait for one send before spooling.")
+    exit_timeout_s: float = Field(30.0, ge=0, description="Wait for acknowledgements at exit.")
+    max_queue_bytes: int = Field(64 << 20, gt=0, description="In-memory bound before spilling.")
+    resend_backoff_initial_s: float = Field(0.2, gt=0, description="First pause after a failed resend.")
+    resend_backoff_max_s: float = Field(5.0, gt=0, description="Longest pause between resends.")
+    handle_sigterm: bool = Field(True, description="Turn SIGTERM into SystemExit (runs end KILLED).")
+
+    # Capped so one event (~37 bytes per point: base64 of 28 binary bytes) stays far below
+    # the 8 MiB max_request_size.
+    batch_max_points: int = Field(10_000, ge=1, le=100_000, description="Points per metrics event.")
+    batch_interval_ms: int = Field(150, ge=1, description="Cut buffered data at least this often.")
+
+    kafka_linger_ms: int = Field(20, ge=0, description="Producer linger_ms.")
+    kafka_batch_size: int = Field(1 << 20, gt=0, description="Producer batch_size (bytes).")
+    kafka_max_request_size: int = Field(8 << 20, gt=0, description="Producer max_request_size (bytes).")
+
+    http_max_request_bytes: int = Field(4 << 20, gt=0, description="Largest POST body.")
+    http_retries: int = Field(3, ge=1, description="Attempts per request before spooling.")
+
+    def resolved(self) -> SdkSettings:
+        """These settings with connection.json applied and the transport decided."""
+        data = self.model_dump()
+        if not self.kafka_bootstrap and not self.url:
+            conn = _read_connection_file(self.state_dir / "connection.json")
+            data["url"] = str(conn.get("url") or "")
+            data["kafka_bootstrap"] = str(conn.get("kafka_bootstrap") or "")
+            if not self.api_key.get_secret_value() and conn.get("api_key"):
+                data["api_key"] = SecretStr(str(conn["api_key"]))
+        if data["transport"] == "auto":
+            data["transport"] = "kafka" if data["kafka_bootstrap"] else "http"
+        if data["transport"] == "http" and not data["url"]:
+            # Nothing configured: the API of a local `runledger up`. If it is not running,
+            # events wait in the spool rather than being lost.
+            data["url"] = DEFAULT_API_URL
+        if data["transport"] == "kafka" and not data["kafka_bootstrap"]:
+            raise ValueError("RUNLEDGER_TRANSPORT=kafka needs RUNLEDGER_KAFKA_BOOTSTRAP")
+        data["spool_dir"] = Path(data["spool_dir"]).expanduser()
+        return SdkSettings.model_validate(data)
+
+
+def destination_id(settings: SdkSettings) -> str:
+    """A short stable id of where events go (the spool subdirectory of that destination)."""
+    endpoint = settings.kafka_bootstrap if settings.transport == "kafka" else settings.url
+    topic = settings.events_topic if settings.transport == "kafka" else ""
+    raw = f"{settings.transport}|{endpoint}|{topic}|{settings.tenant}"
+    return f"{settings.transport}-{hashlib.sha256(raw.encode()).hexdigest()[:16]}"
+
+
+def _read_connection_file(path: Path) -> dict[str, Any]:
+    """The connection file of `runledger up`, or {} when absent or unreadable."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        log.warning("ignoring %s: not valid JSON", path)
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def load_settings(**overrides: Any) -> SdkSettings:
+    """Settings from the environment, with `overrides` (field names) taking precedence."""
+    unknown = set(overrides) - set(SdkSettings.model_fields)
+    if unknown:
+        raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    # Passing overrides as init kwargs makes them win over the environment.
+    return SdkSettings(**overrides).resolved()

@@ -1,0 +1,1 @@
+"""Platform administration: operations on the whole deployment (replay)."""

@@ -1,0 +1,28 @@
+"""Admin routes: `POST /admin/replay`."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from services.api.admin.service import replay_projections
+from services.api.deps import Auth, RuntimeDep
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+def _projector_lock(request: Request) -> threading.Lock | None:
+    thread = getattr(request.app.state, "projector_thread", None)
+    projector = getattr(thread, "projector", None)
+    lock: threading.Lock | None = getattr(projector, "write_lock", None)
+    return lock
+
+
+@router.post("/replay", summary="Rebuild every projection from the event archive")
+async def replay(request: Request, runtime: RuntimeDep, principal: Auth) -> dict[str, Any]:
+    """Wipe the Postgres and ClickHouse projections and re-apply the archived events in order."""
+    stats = await replay_projections(runtime.clickhouse, runtime.pool, _projector_lock(request))
+    return dataclasses.asdict(stats)
