@@ -53,6 +53,9 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "max_partition_fetch_bytes": 16 * 1024 * 1024,
         "fetch_max_bytes": 64 * 1024 * 1024,
         "max_poll_records": _POLL_RECORDS,
+        # A topic re-created after an embedded broker restart must be seen in seconds, not
+        # after kafka-python's default 5 minutes.
+        "metadata_max_age_ms": 5000,
     }
 
 
@@ -156,8 +159,17 @@ class Projector:
         consumer = await asyncio.to_thread(KafkaConsumer, **consumer_config(s))
         try:
             rebalance = _Rebalance()
-            consumer.subscribe([s.events_topic], listener=rebalance)
-            await asyncio.to_thread(consumer.topics)  # fetch metadata: the cluster id comes with it
+            # Subscribe only once the topic exists (a restarted broker gets it back from the
+            # supervisor shortly); the metadata fetch also brings the cluster id.
+            while s.events_topic not in await asyncio.to_thread(consumer.topics):
+                if self.stop.is_set():
+                    return
+                await asyncio.sleep(0.5)
+            if s.projector_assign_all:
+                numbers = await asyncio.to_thread(consumer.partitions_for_topic, s.events_topic)
+                consumer.assign([TopicPartition(s.events_topic, p) for p in sorted(numbers or ())])
+            else:
+                consumer.subscribe([s.events_topic], listener=rebalance)
             incarnation = consumer._client.cluster.cluster_id or "static"
             partitions: dict[TopicPartition, _Partition] = {}
             while not self.stop.is_set():

@@ -43,6 +43,7 @@ def stack(broker: EmbeddedBroker, postgres: object, test_root: Path) -> Iterator
             "RUNLEDGER_EVENTS_TOPIC": events,
             "RUNLEDGER_DLQ_TOPIC": dlq,
             "RUNLEDGER_PROJECTOR_MAX_WAIT_MS": "50",
+            "RUNLEDGER_PROJECTOR_ASSIGN_ALL": "true",
         },
     )
     services.start()

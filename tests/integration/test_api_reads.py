@@ -24,6 +24,7 @@ from runledger.events.codec import experiment_id_for
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
 from runledger.stores.postgres.migrate import migrate
 from services.api.app import create_app
+from services.ingest.checkpoints import PartitionKey, notification
 from tests.integration.conftest import create_database
 from tests.unit.test_api_errors import RecordingPublisher
 
@@ -157,7 +158,7 @@ async def dsn(postgres: EmbeddedPostgres) -> str:
 
 @pytest.fixture(scope="module")
 async def client(dsn: str, clickhouse: ChdbClickHouse) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(postgres_dsn=dsn, default_tenant=T, write_wait_timeout_s=0.3)
+    settings = Settings(postgres_dsn=dsn, default_tenant=T, write_wait_timeout_s=1.5)
     app = create_app(settings, clickhouse, publisher=RecordingPublisher())
     transport = httpx.ASGITransport(app=app)
     async with (
@@ -479,7 +480,10 @@ async def test_pending_write_and_consistency_token(client: httpx.AsyncClient, ds
                 partition,
                 offset,
             )
-            await conn.execute("SELECT pg_notify('runledger_projected', $1)", f"x|{parsed.topic}|0|0")
+            await conn.execute(
+                "SELECT pg_notify('runledger_projected', $1)",
+                notification(PartitionKey("runledger-projector", "x", parsed.topic, 0), 0),
+            )
         ok = await client.get("/api/v1/runs/run01", params={"consistency_token": token})
         assert ok.status_code == 200  # found by polling (the notification named another incarnation)
 
@@ -487,7 +491,8 @@ async def test_pending_write_and_consistency_token(client: httpx.AsyncClient, ds
         t2 = ConsistencyToken.decode(r2.json()["consistency_token"])
         ((p2, o2),) = t2.offsets
         await conn.execute(
-            "SELECT pg_notify('runledger_projected', $1)", f"{t2.incarnation}|{t2.topic}|{p2}|{o2}"
+            "SELECT pg_notify('runledger_projected', $1)",
+            notification(PartitionKey("runledger-projector", t2.incarnation, t2.topic, p2), o2),
         )
         again = await client.get(
             "/api/v1/runs/run02", params={"consistency_token": r2.json()["consistency_token"]}

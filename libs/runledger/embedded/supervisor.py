@@ -339,6 +339,9 @@ class Supervisor:
         }
         if self.broker is not None:
             concrete["KAFKA_PORT"] = str(self.broker.port)
+            # One projector owns every partition: no group rebalances, which tansu can
+            # wedge after a restart (a member that left is still awaited).
+            concrete["PROJECTOR_ASSIGN_ALL"] = "true"
         if self.postgres is not None:
             concrete["POSTGRES_PORT"] = str(self.postgres.port)
         env.update({prefix + k: v for k, v in concrete.items()})
