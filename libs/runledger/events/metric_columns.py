@@ -59,7 +59,9 @@ def _unpack(raw: Any, column: str) -> npt.NDArray[Any]:
     dtype = _DTYPES[column]
     if isinstance(raw, str):
         try:
-            data = base64.b64decode(raw, validate=True)
+            # binascii in strict mode: the C validator (base64.b64decode(validate=True)
+            # runs a regex over the whole string first, 17% of the projector's CPU).
+            data = binascii.a2b_base64(raw, strict_mode=True)
         except (binascii.Error, ValueError):
             raise InvalidColumns(f"{column}: not valid base64") from None
         if len(data) % dtype.itemsize:
