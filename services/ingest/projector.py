@@ -9,10 +9,9 @@ point neither loses nor duplicates an event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -21,18 +20,15 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
 from runledger.config import Settings
-from runledger.events.codec import DecodedEvent, InvalidEvent, decode
-from runledger.events.models import utc_now
 from runledger.stores.clickhouse import ClickHouse
 from services.ingest import checkpoints
+from services.ingest.batch_writer import BatchWriter, PreparedBatch, prepare
 from services.ingest.checkpoints import Checkpoint, PartitionKey
 from services.ingest.dead_letters import DeadLetters
-from services.ingest.metadata_writer import already_applied, apply_projection, record_applied
-from services.ingest.projection import ArchivedEvent, build_projection
+from services.ingest.partition_buffer import PartitionBuffer
 
 log = logging.getLogger(__name__)
 
-_MAX_BATCH_BYTES = 32 * 1024 * 1024
 _POLL_RECORDS = 2000
 
 
@@ -57,48 +53,6 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         # after kafka-python's default 5 minutes.
         "metadata_max_age_ms": 5000,
     }
-
-
-@dataclass
-class _Partition:
-    key: PartitionKey
-    tp: TopicPartition
-    committed: int
-    pending_until: int | None
-    buffer: list[Any] = field(default_factory=list)
-    buffered_bytes: int = 0
-    oldest: float = 0.0
-
-    def add(self, record: Any) -> None:
-        if record.offset <= self.committed or (self.buffer and record.offset <= self.buffer[-1].offset):
-            return  # already projected, or re-fetched after a seek
-        if not self.buffer:
-            self.oldest = time.monotonic()
-        self.buffer.append(record)
-        self.buffered_bytes += len(record.value or b"")
-
-    def take_batch(self, max_events: int, max_wait_s: float, caught_up: bool) -> list[Any]:
-        """Records to project now, or [] to keep buffering."""
-        if not self.buffer:
-            return []
-        if self.pending_until is not None:
-            # Recovery: the unfinished batch must be re-formed exactly.
-            if self.buffer[-1].offset < self.pending_until:
-                return []
-            cut = next(i for i, r in enumerate(self.buffer) if r.offset >= self.pending_until) + 1
-        elif (
-            len(self.buffer) >= max_events
-            or self.buffered_bytes >= _MAX_BATCH_BYTES
-            or caught_up
-            or time.monotonic() - self.oldest >= max_wait_s
-        ):
-            cut = min(len(self.buffer), max_events)
-        else:
-            return []
-        batch, self.buffer = self.buffer[:cut], self.buffer[cut:]
-        self.buffered_bytes = sum(len(r.value or b"") for r in self.buffer)
-        self.oldest = time.monotonic()
-        return batch
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -156,7 +110,13 @@ class Projector:
 
     async def _consume(self) -> None:
         s = self._settings
+        assert self._dead_letters is not None
+        writer = BatchWriter(self._clickhouse, self._pool, self._dead_letters)
         consumer = await asyncio.to_thread(KafkaConsumer, **consumer_config(s))
+        # Decoding the next batch overlaps with writing the previous one (the ClickHouse
+        # insert releases the GIL); one writer keeps each partition's batches in order.
+        queue: asyncio.Queue[PreparedBatch] = asyncio.Queue(maxsize=2)
+        write_loop = asyncio.create_task(self._write_loop(consumer, writer, queue))
         try:
             rebalance = _Rebalance()
             # Subscribe only once the topic exists (a restarted broker gets it back from the
@@ -171,7 +131,7 @@ class Projector:
             else:
                 consumer.subscribe([s.events_topic], listener=rebalance)
             incarnation = consumer._client.cluster.cluster_id or "static"
-            partitions: dict[TopicPartition, _Partition] = {}
+            partitions: dict[TopicPartition, PartitionBuffer] = {}
             while not self.stop.is_set():
                 polled = await asyncio.to_thread(consumer.poll, 100, _POLL_RECORDS)
                 if (consumer._client.cluster.cluster_id or "static") != incarnation:
@@ -180,6 +140,7 @@ class Projector:
                     )
                 if rebalance.changed:
                     rebalance.changed = False
+                    await self._drain(queue, write_loop)  # positions move only with nothing in flight
                     fresh = await self._reassign(consumer, partitions, incarnation)
                     polled = {tp: recs for tp, recs in polled.items() if tp not in fresh}
                 total = 0
@@ -191,16 +152,66 @@ class Projector:
                     total += len(records)
                 caught_up = total < _POLL_RECORDS
                 for state in list(partitions.values()):
-                    batch = state.take_batch(
-                        s.projector_max_batch_events, s.projector_max_wait_ms / 1000, caught_up
+                    records = state.take_batch(
+                        s.projector_max_batch_events, s.projector_max_wait_ms / 1000, caught_up, queue.empty()
                     )
-                    if batch:
-                        await self._project(consumer, state, batch)
+                    if records:
+                        await self._enqueue(queue, write_loop, prepare(state, records, self._dead_letters))
+            await self._drain(queue, write_loop)
         finally:
+            write_loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await write_loop
             await asyncio.to_thread(consumer.close, False)
 
+    async def _write_loop(
+        self, consumer: KafkaConsumer, writer: BatchWriter, queue: asyncio.Queue[PreparedBatch]
+    ) -> None:
+        """The write stage: batches in queue order, each under the write lock."""
+        while True:
+            batch = await queue.get()
+            try:
+                await asyncio.to_thread(self.write_lock.acquire)
+                try:
+                    projection = await writer.write(batch)
+                finally:
+                    self.write_lock.release()
+                self.projected_points += projection.point_count
+                self.projected_events += len(projection.metadata_events) + (
+                    0 if projection.points is None else 1
+                )
+                state = batch.partition
+                try:
+                    consumer.commit({state.tp: OffsetAndMetadata(state.committed + 1, "", -1)})
+                except Exception as exc:  # the Postgres checkpoint is the truth; this feeds lag tools
+                    log.debug("kafka offset commit failed: %s", exc)
+            finally:
+                queue.task_done()
+
+    @staticmethod
+    async def _enqueue(
+        queue: asyncio.Queue[PreparedBatch], write_loop: asyncio.Task[None], batch: PreparedBatch
+    ) -> None:
+        """Hand a batch to the writer; a failed writer surfaces here instead of blocking."""
+        put = asyncio.ensure_future(queue.put(batch))
+        await asyncio.wait({put, write_loop}, return_when=asyncio.FIRST_COMPLETED)
+        if write_loop.done():
+            put.cancel()
+            write_loop.result()  # raises the writer's error
+            raise RuntimeError("the batch writer stopped")
+
+    @staticmethod
+    async def _drain(queue: asyncio.Queue[PreparedBatch], write_loop: asyncio.Task[None]) -> None:
+        """Wait until every queued batch is written (or the writer failed)."""
+        joined = asyncio.ensure_future(queue.join())
+        await asyncio.wait({joined, write_loop}, return_when=asyncio.FIRST_COMPLETED)
+        if write_loop.done():
+            joined.cancel()
+            write_loop.result()
+            raise RuntimeError("the batch writer stopped")
+
     async def _reassign(
-        self, consumer: KafkaConsumer, partitions: dict[TopicPartition, _Partition], incarnation: str
+        self, consumer: KafkaConsumer, partitions: dict[TopicPartition, PartitionBuffer], incarnation: str
     ) -> set[TopicPartition]:
         """Drop revoked partitions; load checkpoints of new ones and seek there."""
         assigned = set(consumer.assignment())
@@ -212,7 +223,7 @@ class Projector:
             for tp in fresh:
                 key = PartitionKey(self._settings.projector_group, incarnation, tp.topic, tp.partition)
                 cp: Checkpoint = await checkpoints.load(conn, key)
-                partitions[tp] = _Partition(
+                partitions[tp] = PartitionBuffer(
                     key=key, tp=tp, committed=cp.committed, pending_until=cp.pending_until
                 )
                 consumer.seek(tp, cp.committed + 1)
@@ -220,67 +231,3 @@ class Projector:
                     "partition %s: resuming after offset %d (pending %s)", tp, cp.committed, cp.pending_until
                 )
         return fresh
-
-    async def _project(self, consumer: KafkaConsumer, state: _Partition, batch: list[Any]) -> None:
-        await asyncio.to_thread(self.write_lock.acquire)
-        try:
-            await self._write(state, batch)
-        finally:
-            self.write_lock.release()
-        try:
-            consumer.commit({state.tp: OffsetAndMetadata(state.committed + 1, "", -1)})
-        except Exception as exc:  # the Postgres checkpoint is the truth; this only feeds lag tools
-            log.debug("kafka offset commit failed: %s", exc)
-
-    async def _write(self, state: _Partition, batch: list[Any]) -> None:
-        key, first, last = state.key, state.committed + 1, batch[-1].offset
-        source = f"{key.incarnation}.{key.topic}.{key.partition}"
-        assert self._dead_letters is not None
-        events: list[ArchivedEvent] = []
-        seen: set[str] = set()
-        for record in batch:
-            try:
-                decoded = decode(record.value)
-            except InvalidEvent as exc:
-                self._dead_letters.reject(record.value, exc.reason, source, record.offset, record.key)
-                continue
-            if decoded.envelope.event_id not in seen:
-                seen.add(decoded.envelope.event_id)
-                events.append(ArchivedEvent(decoded, source, record.offset))
-        async with self._pool.acquire() as conn:
-            applied = await already_applied(conn, [a.event.envelope.event_id for a in events])
-            fresh = [a for a in events if a.event.envelope.event_id not in applied]
-            projection = build_projection(fresh, utc_now())
-            await asyncio.to_thread(self._dead_letters.flush)  # decode rejects are durable first
-            await checkpoints.mark_pending(conn, key, last)
-            token = key.token(first, last)
-            if projection.points is not None:
-                await asyncio.to_thread(
-                    self._clickhouse.insert_arrow, "metric_points", projection.points, token + ".p"
-                )
-            if projection.archive is not None:
-                await asyncio.to_thread(
-                    self._clickhouse.insert_arrow, "events_archive", projection.archive, token + ".a"
-                )
-            fresh_ids = [a.event.envelope.event_id for a in fresh]
-            try:
-                async with conn.transaction():
-                    await apply_projection(conn, projection)
-                    await record_applied(conn, fresh_ids)
-                    await checkpoints.advance(conn, key, state.committed, last)
-            except asyncpg.PostgresError as exc:
-                log.warning("batch %s refused by Postgres (%s); isolating the bad events", token, exc)
-                dead = self._dead_letters
-
-                def reject(event: DecodedEvent, reason: str) -> None:
-                    dead.reject(event.raw, reason, source, offsets[event.envelope.event_id], None)
-
-                offsets = {a.event.envelope.event_id: a.offset for a in fresh}
-                async with conn.transaction():
-                    await apply_projection(conn, projection, reject)
-                    await asyncio.to_thread(dead.flush)  # durable before the batch counts as done
-                    await record_applied(conn, fresh_ids)
-                    await checkpoints.advance(conn, key, state.committed, last)
-        state.committed, state.pending_until = last, None
-        self.projected_points += projection.point_count
-        self.projected_events += len(fresh)
