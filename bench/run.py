@@ -163,7 +163,7 @@ def main() -> None:
     """Run both benchmarks on a fresh embedded stack and print the figures."""
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("--producers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=15000)
     parser.add_argument("--keys", type=int, default=100)
     parser.add_argument("--series-points", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=40)

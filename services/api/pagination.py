@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 
@@ -45,3 +46,29 @@ def decode_page_token(token: str, filters: str) -> list[Any]:
         raise InvalidParameter("page_token was issued for other filters; repeat the first request")
     position: list[Any] = body["p"]
     return position
+
+
+def time_id_position(token: str | None, filters: str) -> tuple[int, str] | None:
+    """The (time, id) keyset position a token resumes after; None for a first page."""
+    if not token:
+        return None
+    position = decode_page_token(token, filters)
+    if len(position) != 2 or not isinstance(position[0], int) or not isinstance(position[1], str):
+        raise InvalidParameter("invalid page_token")
+    return position[0], position[1]
+
+
+Row = TypeVar("Row")
+
+
+def split_page(
+    rows: list[Row], page_size: int, position_of: Callable[[Row], list[Any]], filters: str
+) -> tuple[list[Row], str | None]:
+    """The page and the next page's token, from a query that fetched page_size + 1 rows.
+
+    The extra row tells whether a next page exists without a count query.
+    """
+    if len(rows) <= page_size:
+        return rows, None
+    page = rows[:page_size]
+    return page, encode_page_token(position_of(page[-1]), filters)

@@ -7,7 +7,7 @@ from runledger.events.models import EventType
 from services.api.errors import AlreadyExists, InvalidParameter, NotFound
 from services.api.experiments.repository import ExperimentFilters, ExperimentRepository
 from services.api.experiments.schemas import Experiment, ExperimentList
-from services.api.pagination import decode_page_token, encode_page_token, fingerprint
+from services.api.pagination import fingerprint, split_page, time_id_position
 from services.api.principal import Principal
 from services.api.writes import EventWriter, WriteReceipt, build_event
 
@@ -26,20 +26,9 @@ class ExperimentService:
     ) -> ExperimentList:
         """One page of experiments and the token of the next."""
         scope = fingerprint("experiments", filters.name_contains, filters.lifecycle.value)
-        after: tuple[int, str] | None = None
-        if page_token:
-            position = decode_page_token(page_token, scope)
-            if len(position) != 2 or not isinstance(position[0], int) or not isinstance(position[1], str):
-                raise InvalidParameter("invalid page_token")
-            after = (position[0], position[1])
-        # One row more than asked tells whether a next page exists without a count query.
-        rows = await self._repo.page(filters, after, page_size + 1)
-        next_token = None
-        if len(rows) > page_size:
-            rows = rows[:page_size]
-            last = rows[-1]
-            next_token = encode_page_token([last.creation_time, last.experiment_id], scope)
-        return ExperimentList(experiments=rows, next_page_token=next_token)
+        rows = await self._repo.page(filters, time_id_position(page_token, scope), page_size + 1)
+        page, next_token = split_page(rows, page_size, lambda e: [e.creation_time, e.experiment_id], scope)
+        return ExperimentList(experiments=page, next_page_token=next_token)
 
     async def get(self, experiment_id: str) -> Experiment:
         """The experiment, or NotFound."""

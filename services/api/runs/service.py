@@ -13,7 +13,7 @@ from runledger.events.codec import DEFAULT_EXPERIMENT_ID, experiment_id_for, met
 from runledger.events.models import EventType, RunStatus
 from services.api.errors import AlreadyExists, InvalidParameter, NotFound
 from services.api.experiments.repository import ExperimentRepository
-from services.api.pagination import decode_page_token, encode_page_token, fingerprint
+from services.api.pagination import fingerprint, split_page, time_id_position
 from services.api.principal import Principal
 from services.api.publisher import OutgoingEvent
 from services.api.runs.naming import generate_run_name
@@ -76,19 +76,9 @@ class RunService:
             [(f.key, f.value) for f in filters.params],
             filters.lifecycle.value,
         )
-        after: tuple[int, str] | None = None
-        if page_token:
-            position = decode_page_token(page_token, scope)
-            if len(position) != 2 or not isinstance(position[0], int) or not isinstance(position[1], str):
-                raise InvalidParameter("invalid page_token")
-            after = (position[0], position[1])
-        runs = await self._runs.page(filters, after, page_size + 1)
-        next_token = None
-        if len(runs) > page_size:
-            runs = runs[:page_size]
-            last = runs[-1].info
-            next_token = encode_page_token([last.start_time, last.run_id], scope)
-        return RunList(runs=runs, next_page_token=next_token)
+        runs = await self._runs.page(filters, time_id_position(page_token, scope), page_size + 1)
+        page, next_token = split_page(runs, page_size, lambda r: [r.info.start_time, r.info.run_id], scope)
+        return RunList(runs=page, next_page_token=next_token)
 
     async def get(self, run_id: str) -> Run:
         """The run with its data, or NotFound."""

@@ -51,14 +51,24 @@ class ClickHouse(ABC):
         return f"{self.database}.{name}"
 
 
-def _insert_prefix(database: str, table: str, data: pa.Table, dedup_token: str | None) -> str:
-    cols = ", ".join(f"`{c}`" for c in data.column_names)
-    settings = ""
+def _insert_settings(dedup_token: str | None) -> dict[str, str | int]:
+    # Blocks arrive already deduplicated (the projector guarantees it), so the
+    # replacing merge on insert is skipped: ~30% of a metric insert's cost.
+    settings: dict[str, str | int] = {"optimize_on_insert": 0}
     if dedup_token is not None:
         if "'" in dedup_token or "\\" in dedup_token:
             raise ValueError("dedup token must not contain quotes or backslashes")
-        settings = f" SETTINGS insert_deduplication_token = '{dedup_token}'"
-    return f"INSERT INTO {database}.{table} ({cols}){settings}"
+        settings["insert_deduplication_token"] = dedup_token
+    return settings
+
+
+def _insert_prefix(database: str, table: str, data: pa.Table, dedup_token: str | None) -> str:
+    cols = ", ".join(f"`{c}`" for c in data.column_names)
+    settings = ", ".join(
+        f"{k} = '{v}'" if isinstance(v, str) else f"{k} = {v}"
+        for k, v in _insert_settings(dedup_token).items()
+    )
+    return f"INSERT INTO {database}.{table} ({cols}) SETTINGS {settings}"
 
 
 class ChdbClickHouse(ClickHouse):
@@ -109,8 +119,7 @@ class ServerClickHouse(ClickHouse):
     def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> None:
         if data.num_rows == 0:
             return
-        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
-        self._client.insert_arrow(table, data, database=self.database, settings=settings)
+        self._client.insert_arrow(table, data, database=self.database, settings=_insert_settings(dedup_token))
 
     def query_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
         result = self._client.query_arrow(sql, parameters=params, use_strings=True)
