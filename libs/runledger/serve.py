@@ -12,9 +12,12 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import uvicorn
+from fastapi import FastAPI
 
 from runledger.config import Settings, get_settings
 from runledger.stores.clickhouse import ClickHouse, open_clickhouse
@@ -63,9 +66,28 @@ class ProjectorThread(threading.Thread):
         """Ask the projector to stop after its current batch, and wait."""
         self._started.wait(timeout)
         projector = self.projector
-        if projector is not None:
+        if projector is not None and self.is_alive():
             self._loop.call_soon_threadsafe(projector.stop.set)  # type: ignore[attr-defined]
         self.join(timeout)
+
+
+def _stop_with_app(app: FastAPI, projector: ProjectorThread | None, clickhouse: ClickHouse) -> None:
+    """Stop the projector and close ClickHouse when the app shuts down.
+
+    uvicorn re-raises SIGTERM after its graceful shutdown, which ends the process
+    before any `finally` here runs; the app's lifespan exit is the last sure point.
+    """
+    app_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: FastAPI) -> AsyncIterator[None]:
+        async with app_lifespan(a):
+            yield
+        if projector is not None:
+            await asyncio.to_thread(projector.stop)
+        clickhouse.close()
+
+    app.router.lifespan_context = lifespan
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -85,6 +107,7 @@ def serve(role: str, settings: Settings) -> None:
 
             app = create_app(settings, clickhouse)
             app.state.projector_thread = projector
+            _stop_with_app(app, projector, clickhouse)
             uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         else:
             signal.signal(signal.SIGTERM, _interrupt)

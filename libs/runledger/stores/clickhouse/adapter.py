@@ -79,6 +79,7 @@ class ChdbClickHouse(ClickHouse):
 
         path.mkdir(parents=True, exist_ok=True)
         self._session = session.Session(str(path))
+        self._closed = False
 
     def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self._session.query(sql, "CSV", params=params or None)
@@ -100,7 +101,9 @@ class ChdbClickHouse(ClickHouse):
         return result
 
     def close(self) -> None:
-        self._session.close()
+        if not self._closed:  # idempotent: the app's shutdown and the process exit both close
+            self._closed = True
+            self._session.close()
 
 
 class ServerClickHouse(ClickHouse):
