@@ -344,18 +344,25 @@ async def apply_projection(
     latest = projection.latest
     if latest is not None:
         await conn.execute(
-            "INSERT INTO latest_metrics (tenant_id, run_id, key, value, step, timestamp)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::int8[], $6::int8[])"
-            " ON CONFLICT (tenant_id, run_id, key) DO UPDATE SET value = excluded.value, step = excluded.step,"
-            " timestamp = excluded.timestamp"
-            " WHERE (excluded.step, excluded.timestamp, excluded.value)"
-            " > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)",
+            "INSERT INTO latest_metrics (tenant_id, run_id, key, value, step, timestamp, first_step)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::int8[], $6::int8[],"
+            " $7::int8[])"
+            " ON CONFLICT (tenant_id, run_id, key) DO UPDATE SET"
+            " first_step = LEAST(latest_metrics.first_step, excluded.first_step),"
+            " value = CASE WHEN (excluded.step, excluded.timestamp, excluded.value)"
+            "  > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)"
+            "  THEN excluded.value ELSE latest_metrics.value END,"
+            " timestamp = CASE WHEN (excluded.step, excluded.timestamp, excluded.value)"
+            "  > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)"
+            "  THEN excluded.timestamp ELSE latest_metrics.timestamp END,"
+            " step = GREATEST(latest_metrics.step, excluded.step)",
             latest.tenant_ids,
             latest.run_ids,
             latest.keys,
             latest.values.tolist(),
             latest.steps.tolist(),
             latest.timestamps.tolist(),
+            latest.first_steps.tolist(),
         )
 
 

@@ -42,6 +42,7 @@ class LatestMetrics:
     values: npt.NDArray[np.float64]
     steps: npt.NDArray[np.int64]
     timestamps: npt.NDArray[np.int64]
+    first_steps: npt.NDArray[np.int64]
 
 
 @dataclass
@@ -95,16 +96,19 @@ def _latest(
     steps: npt.NDArray[np.int64],
     timestamps: npt.NDArray[np.int64],
     values: npt.NDArray[np.float64],
-) -> npt.NDArray[np.intp]:
-    """Index of the latest point of each series present: max by (step, timestamp, value)."""
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]:
+    """Index of the latest point of each series present (max by step, timestamp, value),
+    and each of those series' first step."""
     max_step = np.full(n_series, np.iinfo(np.int64).min, dtype=np.int64)
     np.maximum.at(max_step, series, steps)
+    min_step = np.full(n_series, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(min_step, series, steps)
     # Only points at their series' last step can win; usually one per series.
     candidates = np.flatnonzero(steps == max_step[series])
     order = candidates[np.lexsort((values[candidates], timestamps[candidates], series[candidates]))]
     ends = np.append(series[order][1:] != series[order][:-1], True)
     winners: npt.NDArray[np.intp] = order[ends]
-    return winners
+    return winners, min_step[series[winners]]
 
 
 def _metric_points(events: list[DecodedEvent]) -> tuple[pa.Table, LatestMetrics] | None:
@@ -147,7 +151,7 @@ def _metric_points(events: list[DecodedEvent]) -> tuple[pa.Table, LatestMetrics]
             "value": pa.array(values[order], pa.float64()),
         }
     )
-    last = _latest(series, n_series, steps, timestamps, values)
+    last, first_steps = _latest(series, n_series, steps, timestamps, values)
     latest = LatestMetrics(
         tenant_ids=[tenant_names[i] for i in tenant_idx[last].tolist()],
         run_ids=[run_names[i] for i in run_idx[last].tolist()],
@@ -155,6 +159,7 @@ def _metric_points(events: list[DecodedEvent]) -> tuple[pa.Table, LatestMetrics]
         values=values[last],
         steps=steps[last],
         timestamps=timestamps[last],
+        first_steps=first_steps,
     )
     return table, latest
 

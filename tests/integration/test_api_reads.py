@@ -85,11 +85,12 @@ async def _seed_postgres(conn: asyncpg.Connection[Any]) -> None:
     params = [(T, f"run{i:02d}", "lr", str(i % 5)) for i in range(25)] + [(OTHER, "foreign", "lr", "0")]
     await conn.executemany("INSERT INTO params VALUES ($1, $2, $3, $4)", params)
     await conn.executemany(
-        "INSERT INTO latest_metrics VALUES ($1, $2, $3, $4, $5, $6)",
-        [
-            (T, RUN, "loss", 0.25, N - 1, 1_700_000_000_000 + N - 1),
-            (T, RUN, "train/acc", math.nan, 3, 1_700_000_000_003),
-            (OTHER, RUN, "loss", 1e9, 1, 1),
+        "INSERT INTO latest_metrics VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        [  # as the projector keeps them for the series seeded into ClickHouse below
+            (T, RUN, "loss", 0.25, N - 1, 1_700_000_000_000 + N - 1, 0),
+            (T, RUN, "train/acc", math.nan, 3, 1_700_000_000_003, 0),
+            (T, "nanrun", "loss", 1.0 + 2047 / 4096, 2047, 1_700_000_002_047, 0),
+            (OTHER, RUN, "loss", 1e9, 1, 1, 0),
         ],
     )
 

@@ -62,6 +62,7 @@ def test_latest_is_max_by_step_then_timestamp_then_value() -> None:
     assert latest is not None
     assert latest.keys == ["loss"] and latest.steps.tolist() == [2]
     assert latest.timestamps.tolist() == [200] and latest.values.tolist() == [4.0]
+    assert latest.first_steps.tolist() == [1]  # the series' extent starts at its smallest step
 
 
 def test_metadata_events_keep_topic_order() -> None:

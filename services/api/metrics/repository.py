@@ -147,15 +147,6 @@ class MetricSeriesRepository:
     async def _query(self, sql: str, params: dict[str, Any]) -> pa.Table:
         return await asyncio.to_thread(self._ch.query_arrow, sql, params)
 
-    async def extent(self, run_id: str, key: str) -> StepRange | None:
-        """First and last step of a series, from the rollup (cheap); None when it has no points."""
-        table = await self._query(
-            f"SELECT count() AS n, min(first_step) AS lo, max(last_step) AS hi FROM {self._rollup} WHERE {_SCOPE}",
-            self._scope(run_id, key),
-        )
-        row = table.to_pylist()[0]
-        return StepRange(int(row["lo"]), int(row["hi"])) if row["n"] else None
-
     async def count(self, run_id: str, key: str, rng: StepRange) -> int:
         """Points of a series within a step range."""
         table = await self._query(

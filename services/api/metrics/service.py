@@ -12,6 +12,7 @@ from services.api.metrics.downsample import (
     Method,
     Plan,
     RawPlan,
+    StepRange,
     clamp,
     minmax_buckets,
     plan_downsample,
@@ -80,7 +81,8 @@ class MetricService:
         requested = requested_range(query.start_step, query.end_step)
         if method is Method.RAW:
             return SeriesAnswer(RawPlan(requested), Method.RAW.value, False)
-        rng = clamp(requested, await self._series.extent(run_id, key))
+        extent = await self._runs.step_extent(run_id, key)
+        rng = clamp(requested, None if extent is None else StepRange(*extent))
         if rng is None:
             # The rollup knows no point here; raw still answers (it may hold non-finite points).
             return SeriesAnswer(RawPlan(requested), Method.RAW.value, False)

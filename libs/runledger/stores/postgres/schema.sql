@@ -61,15 +61,17 @@ CREATE TABLE IF NOT EXISTS tags (
 );
 CREATE INDEX IF NOT EXISTS tags_by_key ON tags (tenant_id, key, value);
 
--- Latest value of each metric per run (max by step, timestamp, value), kept by
--- the projector so run lists and searches never scan the point store.
+-- Latest value of each metric per run (max by step, timestamp, value) and the
+-- first step seen, kept by the projector so run lists, searches and the planning
+-- of a history read never scan the point store.
 CREATE TABLE IF NOT EXISTS latest_metrics (
-    tenant_id text NOT NULL,
-    run_id    text NOT NULL,
-    key       text NOT NULL,
-    value     double precision NOT NULL,
-    step      bigint NOT NULL,
-    timestamp bigint NOT NULL,
+    tenant_id  text NOT NULL,
+    run_id     text NOT NULL,
+    key        text NOT NULL,
+    value      double precision NOT NULL,
+    step       bigint NOT NULL,
+    timestamp  bigint NOT NULL,
+    first_step bigint NOT NULL,
     PRIMARY KEY (tenant_id, run_id, key)
 );
 
