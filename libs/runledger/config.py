@@ -47,7 +47,6 @@ class Settings(BaseSettings):
     # Projector.
     projector_group: str = Field("runledger-projector", description="Consumer group of the projector.")
     projector_max_batch_events: int = Field(5000, description="Max events per projected batch.")
-    projector_max_batch_points: int = Field(500_000, description="Max metric points per projected batch.")
     projector_assign_all: bool = Field(
         False,
         description="Take every partition of the events topic instead of joining the consumer group"
