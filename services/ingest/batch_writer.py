@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -18,7 +19,12 @@ from runledger.events.models import utc_now
 from runledger.stores.clickhouse import ClickHouse
 from services.ingest import checkpoints
 from services.ingest.dead_letters import DeadLetters
-from services.ingest.metadata_writer import already_applied, apply_projection, record_applied
+from services.ingest.metadata_writer import (
+    already_applied,
+    apply_projection,
+    count_dead_letters,
+    record_applied,
+)
 from services.ingest.partition_buffer import PartitionBuffer
 from services.ingest.projection import ArchivedEvent, Projection, build_projection
 
@@ -27,12 +33,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PreparedBatch:
-    """A decoded batch: its partition, last offset, valid events and their projection."""
+    """A decoded batch: its partition, last offset, valid events, their projection, and
+    how many of its messages were dead-lettered, by (tenant, reason)."""
 
     partition: PartitionBuffer
     last_offset: int
     events: list[ArchivedEvent]
     projection: Projection
+    rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+def reason_class(reason: str) -> str:
+    """The stable part of a dead-letter reason ("bad envelope: type: ..." -> "bad envelope")."""
+    return reason.split(":", 1)[0]
 
 
 def prepare(partition: PartitionBuffer, records: list[Any], dead_letters: DeadLetters) -> PreparedBatch:
@@ -41,16 +54,19 @@ def prepare(partition: PartitionBuffer, records: list[Any], dead_letters: DeadLe
     source = f"{key.incarnation}.{key.topic}.{key.partition}"
     events: list[ArchivedEvent] = []
     seen: set[str] = set()
+    rejected: Counter[tuple[str, str]] = Counter()
     for record in records:
         try:
             decoded = decode(record.value)
         except InvalidEvent as exc:
             dead_letters.reject(record.value, exc.reason, source, record.offset, record.key)
+            rejected["", reason_class(exc.reason)] += 1  # tenant unknown: the event did not parse
             continue
         if decoded.envelope.event_id not in seen:
             seen.add(decoded.envelope.event_id)
             events.append(ArchivedEvent(decoded, source, record.offset))
-    return PreparedBatch(partition, records[-1].offset, events, build_projection(events, utc_now()))
+    projection = build_projection(events, utc_now())
+    return PreparedBatch(partition, records[-1].offset, events, projection, rejected)
 
 
 class BatchWriter:
@@ -87,10 +103,11 @@ class BatchWriter:
                 async with conn.transaction():
                     await apply_projection(conn, projection)
                     await record_applied(conn, ids)
+                    await count_dead_letters(conn, batch.rejected)
                     await checkpoints.advance(conn, key, state.committed, last)
             except asyncpg.PostgresError as exc:
                 log.warning("batch %s refused by Postgres (%s); isolating the bad events", token, exc)
-                await self._write_isolating(conn, events, projection, state, last)
+                await self._write_isolating(conn, events, projection, batch.rejected, state, last)
         state.committed = last
         return projection
 
@@ -99,6 +116,7 @@ class BatchWriter:
         conn: Any,
         events: list[ArchivedEvent],
         projection: Projection,
+        rejected: Counter[tuple[str, str]],
         state: PartitionBuffer,
         last: int,
     ) -> None:
@@ -106,12 +124,15 @@ class BatchWriter:
         offsets = {a.event.envelope.event_id: a.offset for a in events}
         source = f"{state.key.incarnation}.{state.key.topic}.{state.key.partition}"
         dead = self._dead_letters
+        counts = Counter(rejected)
 
         def reject(event: DecodedEvent, reason: str) -> None:
             dead.reject(event.raw, reason, source, offsets[event.envelope.event_id], None)
+            counts[event.envelope.tenant_id, reason_class(reason)] += 1
 
         async with conn.transaction():
             await apply_projection(conn, projection, reject)
             await asyncio.to_thread(dead.flush)  # durable before the batch counts as done
             await record_applied(conn, [a.event.envelope.event_id for a in events])
+            await count_dead_letters(conn, counts)
             await checkpoints.advance(conn, state.key, state.committed, last)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from typing import Any
 
 import orjson
@@ -13,12 +12,11 @@ log = logging.getLogger(__name__)
 
 
 class DeadLetters:
-    """Sends rejected messages to the DLQ topic and counts them by reason."""
+    """Sends rejected messages to the DLQ topic (the batch writer counts them in Postgres)."""
 
     def __init__(self, producer: KafkaProducer, topic: str) -> None:
         self._producer = producer
         self._topic = topic
-        self.counts: Counter[str] = Counter()
 
     def reject(self, raw: bytes | None, reason: str, source: str, offset: int, key: bytes | None) -> None:
         """Queue one dead letter; `flush` makes it durable."""
@@ -28,7 +26,6 @@ class DeadLetters:
             "offset": offset,
             "value": (raw or b"").decode("utf-8", errors="replace"),
         }
-        self.counts[reason.split(":", 1)[0]] += 1
         log.warning("dead letter at %s@%d: %s", source, offset, reason)
         # The key keeps redelivered dead letters recognisable as the same source message.
         self._producer.send(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -381,3 +381,17 @@ async def record_applied(conn: PgConnection, event_ids: list[str]) -> None:
             "INSERT INTO applied_events (event_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING",
             event_ids,
         )
+
+
+async def count_dead_letters(conn: PgConnection, counts: Mapping[tuple[str, str], int]) -> None:
+    """Add a batch's dead letters to the per-(tenant, reason) counters (same transaction)."""
+    if not counts:
+        return
+    await conn.execute(
+        "INSERT INTO dead_letters_count (tenant_id, reason, count)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])"
+        " ON CONFLICT (tenant_id, reason) DO UPDATE SET count = dead_letters_count.count + excluded.count",
+        [tenant for tenant, _ in counts],
+        [reason for _, reason in counts],
+        list(counts.values()),
+    )

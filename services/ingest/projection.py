@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -199,12 +198,3 @@ def build_projection(
         metadata_events=[a.event for a in events if a.event.envelope.type is not EventType.METRICS_LOGGED],
         tenants={a.event.envelope.tenant_id for a in events},
     )
-
-
-def summary(projection: Projection) -> dict[str, Any]:
-    """Counts for logs and metrics."""
-    return {
-        "points": projection.point_count,
-        "metadata_events": len(projection.metadata_events),
-        "archived": 0 if projection.archive is None else projection.archive.num_rows,
-    }

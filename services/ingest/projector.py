@@ -80,11 +80,6 @@ class Projector:
         self.projected_events = 0
         self._dead_letters: DeadLetters | None = None
 
-    @property
-    def dead_letter_counts(self) -> dict[str, int]:
-        """Rejected events by reason class since start."""
-        return dict(self._dead_letters.counts) if self._dead_letters else {}
-
     async def run(self) -> None:
         """Consume and project until stopped."""
         # Not idempotent: kafka-python's idempotent producer never recovers from a

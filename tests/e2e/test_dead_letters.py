@@ -74,3 +74,7 @@ def test_bad_events_are_dead_lettered_and_the_pipeline_goes_on(stack: Stack) -> 
         ]
     )
     assert all(stack.events_topic in letter["source"] and letter["offset"] >= 0 for letter in ours)
+
+    counted = httpx.get(f"{stack.url}/api/v1/admin/dead-letters", timeout=10).json()["dead_letters"]
+    by_reason = {(c["tenant_id"], c["reason"]): c["count"] for c in counted}
+    assert by_reason[("", "bad envelope")] >= 2 and by_reason[("", "NUL character in event")] >= 1

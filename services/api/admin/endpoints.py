@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from services.api.admin import repository
 from services.api.admin.service import replay_projections
 from services.api.deps import Auth, RuntimeDep
 
@@ -26,3 +27,9 @@ async def replay(request: Request, runtime: RuntimeDep, principal: Auth) -> dict
     """Wipe the Postgres and ClickHouse projections and re-apply the archived events in order."""
     stats = await replay_projections(runtime.clickhouse, runtime.pool, _projector_lock(request))
     return dataclasses.asdict(stats)
+
+
+@router.get("/dead-letters", summary="Dead-lettered events counted by tenant and reason")
+async def dead_letters(runtime: RuntimeDep, principal: Auth) -> dict[str, Any]:
+    """Counters kept by the projector in the same transaction as its checkpoint (exact)."""
+    return {"dead_letters": await repository.dead_letter_counts(runtime.pool)}

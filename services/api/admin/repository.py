@@ -1,0 +1,15 @@
+"""Platform-wide projections an operator reads: dead-letter counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+
+async def dead_letter_counts(pool: asyncpg.Pool[Any]) -> list[dict[str, Any]]:
+    """Dead letters by tenant ("" when the event did not parse) and reason class."""
+    rows = await pool.fetch(
+        "SELECT tenant_id, reason, count FROM dead_letters_count ORDER BY tenant_id, reason"
+    )
+    return [{"tenant_id": r["tenant_id"], "reason": r["reason"], "count": r["count"]} for r in rows]
