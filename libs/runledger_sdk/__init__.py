@@ -8,6 +8,10 @@
 Events are batched in a background thread and sent to Kafka (or the RunLedger API over
 HTTP); if neither is reachable they wait in an on-disk spool. Configuration:
 `runledger_sdk.config` (RUNLEDGER_* environment variables) or `rl.init(...)`.
+
+While a top-level run is active, CPU, memory, disk, network and (with the `gpu` extra)
+GPU use are sampled in the background as `system/*` metrics of that run every
+RUNLEDGER_SYSTEM_METRICS_INTERVAL_S seconds (`runledger_sdk.system_metrics`).
 """
 
 from runledger.events.models import RunStatus

@@ -18,7 +18,7 @@ import tempfile
 import threading
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runledger.events.codec import DEFAULT_EXPERIMENT_NAME, experiment_id_for, new_run_id, producer
 from runledger.events.models import EventType, RunStatus, utc_now
@@ -31,6 +31,9 @@ from runledger_sdk.run import Run, Terminated, now_ms, status_for_exception
 from runledger_sdk.spool import Spool
 from runledger_sdk.transport import Transport
 from runledger_sdk.validation import check_key, tag_value
+
+if TYPE_CHECKING:
+    from runledger_sdk.system_metrics import SystemSampler
 
 log = logging.getLogger("runledger_sdk")
 
@@ -102,6 +105,10 @@ class Client:
         # run id -> experiment name of the runs started here, so a child named by its parent's
         # id lands in the parent's experiment. Bounded: old entries are dropped.
         self._run_experiments: dict[str, str] = {}
+        # One system-metrics sampler per process, owned by the top-level run that started it.
+        self.sampler: SystemSampler | None = None
+        self._sampler_run_id: str | None = None
+        self._sampler_broken = False
         self.closed = False
 
     # --- runs ---------------------------------------------------------------------------------
@@ -173,12 +180,44 @@ class Client:
             self._run_experiments[run_id] = experiment_name
             if len(self._run_experiments) > 10_000:
                 del self._run_experiments[next(iter(self._run_experiments))]
+        if parent_run_id is None:
+            self._start_sampler(run)
         return run
+
+    def _start_sampler(self, run: Run) -> None:
+        """Sample system metrics onto `run` unless disabled or another run already has the sampler.
+
+        Nested runs never get one (their parent's covers the process), nor does a second
+        top-level run while the first is running: the metrics are of the whole process.
+        """
+        interval = self.settings.system_metrics_interval_s
+        if interval <= 0 or self._sampler_broken or self.sampler is not None:
+            return
+        try:
+            # Imported here: psutil takes ~20 ms to import, not worth paying without a run.
+            from runledger_sdk.system_metrics import SystemSampler
+
+            sampler = SystemSampler(run, interval)
+        except Exception as exc:  # e.g. psutil missing from a hand-made environment
+            self._sampler_broken = True  # said once, not at every run
+            log.warning("RunLedger: system metrics disabled: %s", exc)
+            return
+        with self._lock:
+            if self.sampler is not None:  # another thread's top-level run won the race
+                return
+            self.sampler, self._sampler_run_id = sampler, run.run_id
+        sampler.start()
 
     def end_run(self, run: Run, status: RunStatus, end_time: int) -> None:
         """Emit what the run buffered, then StatusChanged (called by Run.end_run)."""
+        sampler = None
         with self._lock:
             self.runs.pop(run.run_id, None)
+            if self._sampler_run_id == run.run_id:
+                sampler, self.sampler, self._sampler_run_id = self.sampler, None, None
+        if sampler is not None:
+            # Before the cut below, so the last sample goes out ahead of StatusChanged.
+            sampler.stop(2.0)
         self.batcher.unregister(run.buffer)
         self.batcher.emit(
             run.buffer,

@@ -42,6 +42,12 @@ Kafka producer
   RUNLEDGER_KAFKA_BATCH_SIZE        batch_size in bytes (default 1 MiB).
   RUNLEDGER_KAFKA_MAX_REQUEST_SIZE  max_request_size in bytes (default 8 MiB).
 
+System metrics
+  RUNLEDGER_SYSTEM_METRICS_INTERVAL_S  Seconds between two samples of CPU, memory, disk, network
+                               and GPU use, logged as system/* metrics on the first top-level
+                               run of the process (default 10; 0 disables). See
+                               runledger_sdk.system_metrics.
+
 HTTP
   RUNLEDGER_HTTP_MAX_REQUEST_BYTES  Largest body of one POST (default 4 MiB).
   RUNLEDGER_HTTP_RETRIES            Attempts per request on 5xx/connection errors before the
@@ -93,6 +99,10 @@ class SdkSettings(BaseSettings):
     # the 8 MiB max_request_size.
     batch_max_points: int = Field(10_000, ge=1, le=100_000, description="Points per metrics event.")
     batch_interval_ms: int = Field(150, ge=1, description="Cut buffered data at least this often.")
+
+    system_metrics_interval_s: float = Field(
+        10.0, ge=0, description="Seconds between samples of system/* metrics (CPU, memory, GPU); 0 disables."
+    )
 
     kafka_linger_ms: int = Field(20, ge=0, description="Producer linger_ms.")
     kafka_batch_size: int = Field(1 << 20, gt=0, description="Producer batch_size (bytes).")
