@@ -1,0 +1,68 @@
+"""Container health check of the RunLedger image, for every role (stdlib only).
+
+The api role answers `GET /healthz` (200 once Postgres, ClickHouse and Kafka answer),
+so its health is that answer. The ingest role runs no HTTP server, so its health is
+its process: alive and not stopped. A container whose main process exits is
+restarted by the runtime anyway; this check adds the states where it lingers
+(stopped, zombie). A wedged-but-running projector is not detected; that needs a
+heartbeat from the service (consumer lag or last-batch age), which it does not expose yet.
+
+Exit status 0 = healthy, 1 = unhealthy (Docker HEALTHCHECK and Kubernetes exec probes).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+TIMEOUT_S = 3.0
+# /proc/<pid>/stat states of a process that will not make progress.
+_DEAD_STATES = frozenset("ZXTt")
+
+
+def main_process_args(pid: int = 1, proc: Path = Path("/proc")) -> list[str]:
+    """argv of the container's main process (PID 1 in its PID namespace)."""
+    raw = (proc / str(pid) / "cmdline").read_bytes()
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def role_of(args: list[str]) -> str:
+    """The service role in `runledger serve ROLE` / `python -m runledger.serve ROLE`; "" if none."""
+    for i, arg in enumerate(args[:-1]):
+        if arg in ("serve", "runledger.serve"):
+            return args[i + 1]
+    return ""
+
+
+def process_alive(pid: int = 1, proc: Path = Path("/proc")) -> bool:
+    """Whether pid exists and is not a zombie, dead or stopped."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    # The state follows the command name, which is in parentheses and may contain spaces.
+    state = stat[stat.rindex(")") + 2 :].split(" ", 1)[0]
+    return state not in _DEAD_STATES
+
+
+def api_healthy(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether the API on host:port answers GET /healthz with 200."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=TIMEOUT_S) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def check(pid: int = 1, proc: Path = Path("/proc")) -> bool:
+    """Health of the container whose main process is pid."""
+    if role_of(main_process_args(pid, proc)) in ("api", "all"):
+        return api_healthy(int(os.environ.get("RUNLEDGER_API_PORT", "8765")))
+    return process_alive(pid, proc)
+
+
+if __name__ == "__main__":
+    sys.exit(0 if check() else 1)
