@@ -1,11 +1,10 @@
 """Container health check of the RunLedger image, for every role (stdlib only).
 
-The api role answers `GET /healthz` (200 once Postgres, ClickHouse and Kafka answer),
-so its health is that answer. The ingest role runs no HTTP server, so its health is
-its process: alive and not stopped. A container whose main process exits is
-restarted by the runtime anyway; this check adds the states where it lingers
-(stopped, zombie). A wedged-but-running projector is not detected; that needs a
-heartbeat from the service (consumer lag or last-batch age), which it does not expose yet.
+Every service role answers `GET /healthz` on RUNLEDGER_API_PORT, so its health is that
+answer: the api role once Postgres, ClickHouse and Kafka answer; the ingest role while
+its projector thread runs and its consumer loop turned in the last 30 s (a wedged or
+crash-looping projector answers 503). Any other command (e.g. `runledger up`) is
+healthy while its process is alive and not stopped.
 
 Exit status 0 = healthy, 1 = unhealthy (Docker HEALTHCHECK and Kubernetes exec probes).
 """
@@ -48,8 +47,8 @@ def process_alive(pid: int = 1, proc: Path = Path("/proc")) -> bool:
     return state not in _DEAD_STATES
 
 
-def api_healthy(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether the API on host:port answers GET /healthz with 200."""
+def healthz_ok(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether the service on host:port answers GET /healthz with 200."""
     try:
         with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=TIMEOUT_S) as response:
             return bool(response.status == 200)
@@ -59,8 +58,8 @@ def api_healthy(port: int, host: str = "127.0.0.1") -> bool:
 
 def check(pid: int = 1, proc: Path = Path("/proc")) -> bool:
     """Health of the container whose main process is pid."""
-    if role_of(main_process_args(pid, proc)) in ("api", "all"):
-        return api_healthy(int(os.environ.get("RUNLEDGER_API_PORT", "8765")))
+    if role_of(main_process_args(pid, proc)) in ("api", "all", "ingest"):
+        return healthz_ok(int(os.environ.get("RUNLEDGER_API_PORT", "8765")))
     return process_alive(pid, proc)
 
 

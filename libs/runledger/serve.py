@@ -2,7 +2,10 @@
 
 In the embedded mode one process runs the API and the projector together, because
 the in-process ClickHouse engine (chdb) allows one process per data directory. In
-the distributed mode each service runs alone and reaches ClickHouse over HTTP.
+the distributed mode each service runs alone and reaches ClickHouse over HTTP. Every
+role serves HTTP on RUNLEDGER_API_HOST:RUNLEDGER_API_PORT: the API (with /healthz and
+/metrics), or for ingest only the projector's /healthz and /metrics. uvicorn handles
+SIGINT/SIGTERM in every role; the app's shutdown stops the projector after its batch.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -62,6 +65,11 @@ class ProjectorThread(threading.Thread):
         finally:
             await pool.close()
 
+    def heartbeat_age(self) -> float | None:
+        """Seconds since the projector's consumer loop last turned; None before its first turn."""
+        beat: float = getattr(self.projector, "heartbeat", 0.0)
+        return time.monotonic() - beat if beat else None
+
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the projector to stop after its current batch, and wait."""
         self._started.wait(timeout)
@@ -90,10 +98,6 @@ def _stop_with_app(app: FastAPI, projector: ProjectorThread | None, clickhouse: 
     app.router.lifespan_context = lifespan
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def serve(role: str, settings: Settings) -> None:
     """Run `role` (all, api, ingest) in the foreground until SIGINT/SIGTERM."""
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -107,11 +111,13 @@ def serve(role: str, settings: Settings) -> None:
 
             app = create_app(settings, clickhouse)
             app.state.projector_thread = projector
-            _stop_with_app(app, projector, clickhouse)
-            uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         else:
-            signal.signal(signal.SIGTERM, _interrupt)
-            threading.Event().wait()  # ingest only: wait for a signal
+            from services.ingest.app import create_app as create_ingest_app
+
+            assert projector is not None
+            app = create_ingest_app(projector)
+        _stop_with_app(app, projector, clickhouse)
+        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
     except KeyboardInterrupt:
         pass
     finally:

@@ -7,6 +7,7 @@ and a consistency token that reads can wait on (`?consistency_token=`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from runledger.events.models import EventType
 from services.api.consistency import ConsistencyToken, ProjectionWaiter
 from services.api.errors import InvalidParameter
 from services.api.publisher import MAX_EVENT_BYTES, EventPublisher, OutgoingEvent
+from services.observability import WRITE_WAIT_SECONDS
 
 API_PRODUCER = producer("api")
 
@@ -78,7 +80,9 @@ class EventWriter:
         """Produce `events` in order and wait until all are projected (or the timeout passes)."""
         result = await self.publisher.publish(events)
         token = ConsistencyToken.from_positions(result.incarnation, result.topic, result.positions)
+        start = time.perf_counter()
         projected = await self.waiter.wait(token, self.timeout_s)
+        WRITE_WAIT_SECONDS.observe(time.perf_counter() - start)
         return WriteReceipt(projected=projected, token=token)
 
     async def wait_for(self, token: ConsistencyToken) -> bool:

@@ -18,7 +18,7 @@ from runledger.events.codec import DecodedEvent, InvalidEvent, decode
 from runledger.events.models import utc_now
 from runledger.stores.clickhouse import ClickHouse
 from services.ingest import checkpoints
-from services.ingest.dead_letters import DeadLetters
+from services.ingest.dead_letters import DeadLetters, reason_class
 from services.ingest.metadata_writer import (
     already_applied,
     apply_projection,
@@ -41,11 +41,6 @@ class PreparedBatch:
     events: list[ArchivedEvent]
     projection: Projection
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
-
-
-def reason_class(reason: str) -> str:
-    """The stable part of a dead-letter reason ("bad envelope: type: ..." -> "bad envelope")."""
-    return reason.split(":", 1)[0]
 
 
 def prepare(partition: PartitionBuffer, records: list[Any], dead_letters: DeadLetters) -> PreparedBatch:

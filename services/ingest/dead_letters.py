@@ -8,7 +8,14 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
+from services.observability import DEAD_LETTERS
+
 log = logging.getLogger(__name__)
+
+
+def reason_class(reason: str) -> str:
+    """The stable part of a dead-letter reason ("bad envelope: type: ..." -> "bad envelope")."""
+    return reason.split(":", 1)[0]
 
 
 class DeadLetters:
@@ -27,6 +34,7 @@ class DeadLetters:
             "value": (raw or b"").decode("utf-8", errors="replace"),
         }
         log.warning("dead letter at %s@%d: %s", source, offset, reason)
+        DEAD_LETTERS.labels(reason_class(reason)).inc()
         # The key keeps redelivered dead letters recognisable as the same source message.
         self._producer.send(
             self._topic,

@@ -12,20 +12,24 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from typing import Any
 
 import asyncpg
+import pyarrow.compute as pc
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
 from runledger.config import Settings
 from runledger.stores.clickhouse import ClickHouse
+from services import observability as metrics
 from services.ingest import checkpoints
 from services.ingest.batch_writer import BatchWriter, PreparedBatch, prepare
 from services.ingest.checkpoints import Checkpoint, PartitionKey
 from services.ingest.dead_letters import DeadLetters
 from services.ingest.partition_buffer import PartitionBuffer
+from services.ingest.projection import Projection
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,9 @@ class Projector:
         self.write_lock = threading.Lock()
         self.projected_points = 0
         self.projected_events = 0
+        # time.monotonic() of the consumer loop's last iteration (0.0: none yet); the
+        # ingest role's /healthz reports a projector whose loop stopped turning.
+        self.heartbeat = 0.0
         self._dead_letters: DeadLetters | None = None
 
     async def run(self) -> None:
@@ -117,6 +124,7 @@ class Projector:
             # Subscribe only once the topic exists (a restarted broker gets it back from the
             # supervisor shortly); the metadata fetch also brings the cluster id.
             while s.events_topic not in await asyncio.to_thread(consumer.topics):
+                self.heartbeat = time.monotonic()
                 if self.stop.is_set():
                     return
                 await asyncio.sleep(0.5)
@@ -128,6 +136,7 @@ class Projector:
             incarnation = consumer._client.cluster.cluster_id or "static"
             partitions: dict[TopicPartition, PartitionBuffer] = {}
             while not self.stop.is_set():
+                self.heartbeat = time.monotonic()
                 polled = await asyncio.to_thread(consumer.poll, 100, _POLL_RECORDS)
                 if (consumer._client.cluster.cluster_id or "static") != incarnation:
                     raise BrokerRestarted(
@@ -167,10 +176,12 @@ class Projector:
             batch = await queue.get()
             try:
                 await asyncio.to_thread(self.write_lock.acquire)
+                started = time.perf_counter()
                 try:
                     projection = await writer.write(batch)
                 finally:
                     self.write_lock.release()
+                _observe(batch, projection, time.perf_counter() - started)
                 self.projected_points += projection.point_count
                 self.projected_events += len(projection.metadata_events) + (
                     0 if projection.points is None else 1
@@ -213,6 +224,9 @@ class Projector:
         for tp in list(partitions):
             if tp not in assigned:
                 del partitions[tp]
+                for gauge in (metrics.COMMITTED_OFFSET, metrics.INGEST_LAG_SECONDS):
+                    with contextlib.suppress(KeyError):  # no batch of it written here yet
+                        gauge.remove(tp.topic, str(tp.partition))
         fresh = assigned - set(partitions)
         async with self._pool.acquire() as conn:
             for tp in fresh:
@@ -226,3 +240,27 @@ class Projector:
                     "partition %s: resuming after offset %d (pending %s)", tp, cp.committed, cp.pending_until
                 )
         return fresh
+
+
+def _observe(batch: PreparedBatch, projection: Projection, seconds: float) -> None:
+    """Prometheus metrics of one written batch (services/observability.py)."""
+    metrics.PROJECTOR_BATCH_SECONDS.observe(seconds)
+    metrics.PROJECTOR_BATCH_POINTS.observe(projection.point_count)
+    if projection.points is not None:
+        counts = pc.value_counts(projection.points.column("tenant_id"))
+        for tenant, n in zip(
+            counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
+        ):
+            metrics.POINTS_PROJECTED.labels(tenant).inc(n)
+    if projection.archive is not None:
+        counts = pc.value_counts(projection.archive.column("type"))
+        for type_, n in zip(
+            counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
+        ):
+            metrics.EVENTS_PROJECTED.labels(type_).inc(n)
+    tp = batch.partition.tp
+    partition = (tp.topic, str(tp.partition))
+    metrics.COMMITTED_OFFSET.labels(*partition).set(batch.partition.committed)
+    if batch.events:
+        newest = max(a.event.envelope.occurred_at for a in batch.events)
+        metrics.INGEST_LAG_SECONDS.labels(*partition).set(max(0.0, time.time() - newest.timestamp()))

@@ -35,11 +35,11 @@ class ServiceProcess:
 
     @property
     def url(self) -> str:
-        """Base URL of the API (roles all and api)."""
+        """Base URL of the process: the API (roles all and api), or /healthz and /metrics (ingest)."""
         return f"http://127.0.0.1:{self.api_port}"
 
     def start(self) -> None:
-        """Start the process (and wait for /healthz when it serves the API)."""
+        """Start the process and wait for its /healthz (ingest: its projector consumes)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -50,8 +50,7 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        if self.role in ("all", "api"):
-            self.wait_healthy()
+        self.wait_healthy()
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         """Poll /healthz until 200."""

@@ -3,14 +3,16 @@
 deploy/compose/compose.yaml, deploy/k8s/*.yaml and deploy/docker/Dockerfile are read
 as data: every setting the services read is set, none is unknown to
 `runledger.config.Settings`, the commands exist in the `runledger` CLI, ports agree
-(container = RUNLEDGER_API_PORT = probes = Service), selectors select, the topic
-settings match the configuration, and the image's entry point is the console script.
+(container = RUNLEDGER_API_PORT = probes = Service = scrape target, for both roles),
+selectors select, the topic settings match the configuration, the dashboard queries
+metrics the services export, and the image's entry point is the console script.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -28,10 +30,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from prometheus_client import Counter, Gauge, Histogram
 
 from runledger.cli import build_parser
 from runledger.config import Settings
 from runledger.stores.clickhouse.tables import CLUSTER
+from services import observability
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -162,15 +166,17 @@ def test_compose_store_addresses_point_at_compose_services(compose: Doc) -> None
         assert urlsplit(env["RUNLEDGER_CLICKHOUSE_URL"]).path == "/runledger"
 
 
-def test_compose_api_ports_agree(compose: Doc) -> None:
+def test_compose_ports_agree(compose: Doc) -> None:
+    """Every replica of both roles publishes RUNLEDGER_API_PORT (the API, or ingest's /healthz
+    and /metrics), each on its own host port."""
     host_ports = []
-    for name in _by_role(compose)["api"]:
+    for name in _runledger_services(compose):
         svc = compose["services"][name]
         port = int(_env(svc)["RUNLEDGER_API_PORT"])
         mappings = [str(p).split(":") for p in svc["ports"]]
         assert [int(m[-1]) for m in mappings] == [port], (name, svc["ports"])
         host_ports.append(int(mappings[0][0]))
-    assert len(set(host_ports)) == len(host_ports), "two API replicas on one host port"
+    assert len(set(host_ports)) == len(host_ports), "two replicas on one host port"
 
 
 def _kafka_init_topics(compose: Doc) -> dict[str, dict[str, str]]:
@@ -252,28 +258,64 @@ def test_clickhouse_cluster_config(compose: Doc) -> None:
     assert (DEPLOY / "clickhouse" / "cluster.sql").resolve() in sql.values()
 
 
-def test_prometheus_scrapes_every_api_replica(compose: Doc) -> None:
+def _scrape_jobs() -> dict[str, Doc]:
     config = yaml.safe_load((COMPOSE_DIR / "prometheus" / "prometheus.yml").read_text())
-    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    api = jobs["runledger-api"]
-    assert api["metrics_path"] == "/metrics"
-    targets = {t for sc in api["static_configs"] for t in sc["targets"]}
+    return {job["job_name"]: job for job in config["scrape_configs"]}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_prometheus_scrapes_every_replica(compose: Doc, role: str) -> None:
+    job = _scrape_jobs()[f"runledger-{role}"]
+    assert job["metrics_path"] == observability.METRICS_PATH
+    targets = {t for sc in job["static_configs"] for t in sc["targets"]}
     expected = {
-        f"{name}:{_env(compose['services'][name])['RUNLEDGER_API_PORT']}" for name in _by_role(compose)["api"]
+        f"{name}:{_env(compose['services'][name])['RUNLEDGER_API_PORT']}" for name in _by_role(compose)[role]
     }
     assert targets == expected
+
+
+def _dashboards(compose: Doc) -> list[Path]:
+    grafana = COMPOSE_DIR / "grafana"
+    provider = yaml.safe_load((grafana / "provisioning" / "dashboards" / "runledger.yaml").read_text())
+    mounts = {t: s for s, t in _bind_mounts(compose["services"]["grafana"])}
+    dashboards = sorted(mounts[provider["providers"][0]["options"]["path"]].glob("*.json"))
+    assert dashboards
+    return dashboards
+
+
+def _exprs(path: Path) -> list[str]:
+    dash = json.loads(path.read_text())
+    return [t["expr"] for p in dash["panels"] if p["type"] != "row" for t in p["targets"]]
+
+
+def test_grafana_queries_metrics_the_services_export(compose: Doc) -> None:
+    """Every runledger_* series a panel queries is declared in services/observability.py,
+    and every job it filters on is scraped."""
+    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_count", "_sum"]}
+    exported = {
+        family.name + suffix
+        for value in vars(observability).values()
+        if isinstance(value, (Counter, Gauge, Histogram))
+        for family in value.collect()
+        for suffix in suffixes[family.type]
+    }
+    jobs = set(_scrape_jobs())
+    queried: set[str] = set()
+    for path in _dashboards(compose):
+        for expr in _exprs(path):
+            queried |= set(re.findall(r"\brunledger_[a-z_]+\b", expr))
+            for match in re.findall(r'job=~?"([^"]+)"', expr):
+                assert set(match.split("|")) <= jobs, (path.name, expr)
+    assert queried, "the dashboard shows no RunLedger metric"
+    unknown = queried - exported
+    assert not unknown, f"queried but not exported: {sorted(unknown)}"
 
 
 def test_grafana_dashboard_uses_the_provisioned_datasource(compose: Doc) -> None:
     grafana = COMPOSE_DIR / "grafana"
     datasources = yaml.safe_load((grafana / "provisioning" / "datasources" / "prometheus.yaml").read_text())
     uids = {ds["uid"] for ds in datasources["datasources"]}
-    provider = yaml.safe_load((grafana / "provisioning" / "dashboards" / "runledger.yaml").read_text())
-    mounts = {t: s for s, t in _bind_mounts(compose["services"]["grafana"])}
-    dashboard_dir = mounts[provider["providers"][0]["options"]["path"]]
-    dashboards = sorted(dashboard_dir.glob("*.json"))
-    assert dashboards
-    for path in dashboards:
+    for path in _dashboards(compose):
         dash = json.loads(path.read_text())
         panels = [p for p in dash["panels"] if p["type"] != "row"]
         assert panels, path
@@ -419,27 +461,36 @@ def _selects(selector: dict[str, str], deployment: Doc) -> bool:
     return selector.items() <= labels.items()
 
 
-def test_api_ports_agree(kustomization: Doc, k8s_docs: list[Doc]) -> None:
+@pytest.mark.parametrize("role", ROLES)
+def test_ports_agree(kustomization: Doc, k8s_docs: list[Doc], role: str) -> None:
+    """Both roles listen on RUNLEDGER_API_PORT; probes, Services and scrape annotations use it."""
     port = int(_literals(kustomization, "runledger-config")["RUNLEDGER_API_PORT"])
-    deployment, container = _deployment_roles(k8s_docs)["api"]
+    deployment, container = _deployment_roles(k8s_docs)[role]
     assert [p["containerPort"] for p in container["ports"]] == [port]
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         if probe in container:
             assert _probe_port(container, container[probe]) == port, probe
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == port
+    assert annotations["prometheus.io/path"] == observability.METRICS_PATH
     services = [s for s in _kind(k8s_docs, "Service").values() if _selects(s["spec"]["selector"], deployment)]
-    assert services, "no Service selects the API"
+    if role == "api":
+        assert services, "no Service selects the API"
     for service in services:
         for sp in service["spec"]["ports"]:
             assert _resolve_port(container, sp["targetPort"]) == port
 
 
-def test_ingest_has_no_port_and_exec_probes(k8s_docs: list[Doc]) -> None:
+def test_ingest_probes_are_its_healthz(k8s_docs: list[Doc]) -> None:
+    """The projector's heartbeat (GET /healthz) decides liveness, readiness and start-up."""
     _, container = _deployment_roles(k8s_docs)["ingest"]
-    assert "ports" not in container  # no HTTP server in the ingest role
-    for probe in ("livenessProbe", "readinessProbe"):
-        command = container[probe]["exec"]["command"]
-        assert command[0] == "python" and command[1].endswith("healthcheck.py")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/healthz", probe
+    # Stale after 30 s (services/ingest/app.py), so liveness must not fire much sooner.
+    live = container["livenessProbe"]
+    assert live["periodSeconds"] * live["failureThreshold"] >= 30
 
 
 def test_selectors_and_targets_resolve(k8s_docs: list[Doc]) -> None:
@@ -592,10 +643,10 @@ def test_healthcheck_finds_the_role(healthcheck: ModuleType, argv: list[str], ro
 
 
 @pytest.mark.parametrize(("state", "healthy"), [("S", True), ("R", True), ("Z", False), ("T", False)])
-def test_healthcheck_ingest_is_its_process(
+def test_healthcheck_of_a_non_service_command_is_its_process(
     healthcheck: ModuleType, tmp_path: Path, state: str, healthy: bool
 ) -> None:
-    proc = _fake_proc(tmp_path, ["runledger", "serve", "ingest"], state)
+    proc = _fake_proc(tmp_path, ["runledger", "up"], state)
     assert healthcheck.check(1, proc) is healthy
     assert healthcheck.process_alive(2, proc) is False  # no such process
 
@@ -621,18 +672,20 @@ def healthz_server() -> Iterator[tuple[int, list[int]]]:
     server.server_close()
 
 
-def test_healthcheck_api_is_healthz(
+@pytest.mark.parametrize("role", ROLES)
+def test_healthcheck_of_a_role_is_its_healthz(
     healthcheck: ModuleType,
     healthz_server: tuple[int, list[int]],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
+    role: str,
 ) -> None:
     port, statuses = healthz_server
-    assert healthcheck.api_healthy(port) is True
+    assert healthcheck.healthz_ok(port) is True
     statuses[0] = 503
-    assert healthcheck.api_healthy(port) is False
-    # check() picks the API test from PID 1's argv and the port from RUNLEDGER_API_PORT.
-    proc = _fake_proc(tmp_path, ["/opt/venv/bin/runledger", "serve", "api"], "S")
+    assert healthcheck.healthz_ok(port) is False
+    # check() picks the HTTP test from PID 1's argv and the port from RUNLEDGER_API_PORT.
+    proc = _fake_proc(tmp_path, ["/opt/venv/bin/runledger", "serve", role], "S")
     monkeypatch.setenv("RUNLEDGER_API_PORT", str(port))
     assert healthcheck.check(1, proc) is False
     statuses[0] = 200

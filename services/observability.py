@@ -1,0 +1,86 @@
+"""The Prometheus metrics of every service, declared once, and their exposition (`GET /metrics`).
+
+Metrics live in prometheus_client's default registry (with its process_* and python_*
+collectors), so one scrape of a process shows whatever runs in it: the API, the
+projector, or both in the embedded mode. Labels stay bounded: tenants (a bounded
+set), event types, dead-letter reason classes, partitions, and route templates
+(never raw paths).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
+
+# --- projector (services/ingest) ---------------------------------------------------
+
+EVENTS_PROJECTED = Counter(
+    "runledger_events_projected_total",
+    "Events written to the stores by the projector (re-sent duplicates excluded), by event type.",
+    ["type"],
+)
+POINTS_PROJECTED = Counter(
+    "runledger_points_projected_total",
+    "Metric points inserted into ClickHouse by the projector, by tenant.",
+    ["tenant"],
+)
+DEAD_LETTERS = Counter(
+    "runledger_dead_letters_total",
+    "Messages sent to the dead-letter topic, by reason class (the reason up to its first ':'). "
+    "Exact per-tenant counts are in Postgres (GET /api/v1/admin/dead-letters).",
+    ["reason"],
+)
+PROJECTOR_BATCH_SECONDS = Histogram(
+    "runledger_projector_batch_seconds",
+    "Time to write one batch to ClickHouse and Postgres (the write stage, lock wait excluded).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+PROJECTOR_BATCH_POINTS = Histogram(
+    "runledger_projector_batch_points",
+    "Metric points per written batch (0: a batch of metadata events only).",
+    buckets=(0, 10, 100, 1_000, 10_000, 50_000, 100_000, 250_000, 500_000, 1_000_000),
+)
+INGEST_LAG_SECONDS = Gauge(
+    "runledger_ingest_lag_seconds",
+    "Wall-clock time between the newest event of the last written batch of a partition "
+    "occurring (its occurred_at) and that batch being projected.",
+    ["topic", "partition"],
+)
+COMMITTED_OFFSET = Gauge(
+    "runledger_projector_committed_offset",
+    "Last offset of a partition projected into both stores (the checkpoint).",
+    ["topic", "partition"],
+)
+
+# --- API (services/api) -----------------------------------------------------------
+
+API_REQUEST_SECONDS = Histogram(
+    "runledger_api_request_seconds",
+    "API request latency, by method, route template (e.g. /api/v1/runs/{run_id}) and status code.",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+API_REQUESTS_IN_FLIGHT = Gauge(
+    "runledger_api_requests_in_flight",
+    "API requests being handled (scrapes of /metrics excluded).",
+)
+WRITE_WAIT_SECONDS = Histogram(
+    "runledger_write_wait_seconds",
+    "Time an API write waits for the projector to apply its events (capped by RUNLEDGER_WRITE_WAIT_TIMEOUT_S).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
+# --- exposition -----------------------------------------------------------------------
+
+METRICS_PATH = "/metrics"
+# The classic text format: every Prometheus version scrapes it (prometheus_client's
+# CONTENT_TYPE_LATEST moved to version 1.0.0, which older servers refuse).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+metrics_router = APIRouter()
+
+
+@metrics_router.get(METRICS_PATH, include_in_schema=False)
+async def metrics() -> Response:
+    """Every metric of this process in the Prometheus text format."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE)

@@ -1,0 +1,141 @@
+"""GET /metrics of the real services, and the ingest role's /healthz.
+
+The embedded `serve all` process shows the API's and the projector's metrics in one
+scrape; `serve ingest` answers /healthz and /metrics on its own port and stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from kafka import KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+import runledger_sdk as rl
+from runledger.embedded.broker import EmbeddedBroker
+from tests.e2e.conftest import Stack
+from tests.integration.conftest import create_database
+from tests.support.events import metrics_batch, run_started
+from tests.support.services import ServiceProcess
+
+pytestmark = pytest.mark.integration
+
+Sample = tuple[str, dict[str, str], float]
+
+
+def _scrape(url: str) -> list[Sample]:
+    response = httpx.get(f"{url}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    ]
+
+
+def _value(samples: list[Sample], name: str, **labels: str) -> float:
+    """The sum of `name` over the samples whose labels include `labels`."""
+    return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
+
+
+def _wait_for(url: str, ready: Callable[[list[Sample]], bool], timeout: float = 30) -> list[Sample]:
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = _scrape(url)
+        if ready(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.2)
+
+
+def test_one_scrape_shows_the_api_and_the_projector(stack: Stack, tmp_path: Path) -> None:
+    rl.init(transport="http", url=stack.url, spool_dir=tmp_path / "spool")
+    try:
+        with rl.start_run(experiment=f"metrics-{uuid.uuid4().hex[:6]}", name="scraped") as run:
+            rl.log_params({"lr": 0.1})
+            for step in range(50):
+                rl.log_metric("loss", 1.0 / (step + 1), step=step)
+        assert rl.flush(30)
+    finally:
+        rl.shutdown()
+    assert httpx.get(f"{stack.url}/api/v1/runs/{run.run_id}", timeout=10).status_code == 200
+
+    samples = _wait_for(
+        stack.url, lambda s: _value(s, "runledger_points_projected_total", tenant="default") >= 50
+    )
+    assert _value(samples, "runledger_points_projected_total", tenant="default") >= 50
+    assert _value(samples, "runledger_events_projected_total", type="run.started") >= 1
+    assert _value(samples, "runledger_projector_batch_seconds_count") >= 1
+    assert _value(samples, "runledger_write_wait_seconds_count") >= 1  # the SDK's POSTs waited
+    assert any(n == "runledger_projector_committed_offset" and v >= 0 for n, _, v in samples)
+    assert any(n == "runledger_ingest_lag_seconds" for n, _, _ in samples)
+
+    requests = [(lab, v) for n, lab, v in samples if n == "runledger_api_request_seconds_count"]
+    assert requests, "no runledger_api_request_seconds samples"
+    routes = {lab["route"] for lab, _ in requests}
+    assert "/api/v1/events" in routes  # the SDK's HTTP transport
+    assert (
+        _value(samples, "runledger_api_request_seconds_count", method="GET", route="/api/v1/runs/{run_id}")
+        >= 1
+    )
+    assert not any(run.run_id in route for route in routes), routes
+    assert "/metrics" not in routes
+
+
+def test_serve_ingest_answers_healthz_and_metrics_and_stops_on_sigterm(
+    broker: EmbeddedBroker, postgres: object, test_root: Path
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    events, dlq = f"runledger.events.v1.ingest{suffix}", f"runledger.events.dlq.ingest{suffix}"
+    broker.ensure_topics({events: 2, dlq: 1})
+    dsn = asyncio.run(create_database(postgres))  # type: ignore[arg-type]
+    ingest = ServiceProcess(
+        "ingest",
+        test_root / f"ingest-{suffix}",
+        {
+            "RUNLEDGER_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "RUNLEDGER_POSTGRES_DSN": dsn,
+            "RUNLEDGER_EVENTS_TOPIC": events,
+            "RUNLEDGER_DLQ_TOPIC": dlq,
+            "RUNLEDGER_PROJECTOR_GROUP": f"projector-{suffix}",
+            "RUNLEDGER_PROJECTOR_MAX_WAIT_MS": "50",
+        },
+    )
+    ingest.start()  # returns once /healthz answers 200
+    try:
+        health = httpx.get(f"{ingest.url}/healthz", timeout=5)
+        assert health.status_code == 200, health.text
+        assert health.json()["status"] == "ok" and health.json()["heartbeat_age_s"] < 30
+        assert httpx.get(f"{ingest.url}/api/v1/runs", timeout=5).status_code == 404  # not the API
+
+        tenant, run_id = f"ingest-{suffix}", uuid.uuid4().hex
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        try:
+            producer.send(events, key=run_id.encode(), value=run_started(tenant, "exp", run_id))
+            raw, _ = metrics_batch(tenant, "exp", run_id, ["loss", "acc"], 0, 100, seed=3)
+            producer.send(events, key=run_id.encode(), value=raw)
+            producer.flush()
+        finally:
+            producer.close()
+        samples = _wait_for(
+            ingest.url, lambda s: _value(s, "runledger_points_projected_total", tenant=tenant) >= 200
+        )
+        assert _value(samples, "runledger_points_projected_total", tenant=tenant) == 200
+        assert _value(samples, "runledger_events_projected_total", type="run.started") == 1
+        assert _value(samples, "runledger_projector_committed_offset", topic=events) >= 1
+        assert not any(n.startswith("runledger_api_request") for n, _, _ in samples if n.endswith("_count"))
+        assert httpx.get(f"{ingest.url}/healthz", timeout=5).status_code == 200
+
+        started = time.monotonic()
+        ingest.stop(timeout=30)  # SIGTERM: the projector stops after its batch, the process exits
+        assert ingest.proc is not None and ingest.proc.returncode is not None
+        assert time.monotonic() - started < 25, ingest.log_tail()
+        assert "Traceback" not in ingest.log_tail(200), ingest.log_tail(200)
+    finally:
+        ingest.kill()
