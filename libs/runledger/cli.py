@@ -127,7 +127,62 @@ def _add_replay(subparsers: Any) -> None:
     parser.set_defaults(handler=_cmd_replay)
 
 
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_up, _add_serve, _add_schemas, _add_config_doc, _add_replay]
+def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
+    from runledger_sdk.sync import sync_command
+
+    return sync_command(
+        Path(args.dir) if args.dir is not None else None,
+        url=args.url,
+        kafka_bootstrap=args.kafka_bootstrap,
+        api_key=args.api_key,
+        topic=args.topic,
+        state_dir=settings.state_dir,
+        force=args.force,
+        skip_rejected=args.skip_rejected,
+    )
+
+
+def _add_sync(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "sync",
+        help="send the events that offline mode (RUNLEDGER_MODE=offline) wrote to DIR",
+        description="Sends every offline segment of DIR in order through the SDK's HTTP or Kafka "
+        "transport (default target: RUNLEDGER_URL / RUNLEDGER_KAFKA_BOOTSTRAP, else <state dir>/"
+        "connection.json, as the SDK resolves it). Safe to repeat: events keep their event ids and "
+        "duplicates are dropped; segments already acknowledged are marked (.synced) and skipped. "
+        "Exit code 1 when something could not be sent (it is left for the next sync).",
+    )
+    parser.add_argument(
+        "dir",
+        nargs="?",
+        metavar="DIR",
+        help="offline directory (default: $RUNLEDGER_OFFLINE_DIR or .runledger/offline)",
+    )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--url", help="API base URL: send over HTTP (POST {URL}/api/v1/events)")
+    target.add_argument("--kafka-bootstrap", metavar="HOST:PORT", help="send to Kafka directly")
+    parser.add_argument(
+        "--api-key", help="API key for --url (default: $RUNLEDGER_API_KEY or connection.json)"
+    )
+    parser.add_argument("--topic", help="events topic for Kafka (default: $RUNLEDGER_EVENTS_TOPIC)")
+    parser.add_argument("--force", action="store_true", help="ignore the markers: send every segment again")
+    parser.add_argument(
+        "--skip-rejected",
+        action="store_true",
+        help="count events the target refuses for good as done (default: stop there, exit 1)",
+    )
+    _add_state_dir(parser)
+    parser.set_defaults(handler=_cmd_sync)
+
+
+SUBCOMMANDS: list[Callable[[Any], None]] = [
+    _add_up,
+    _add_serve,
+    _add_schemas,
+    _add_config_doc,
+    _add_replay,
+    _add_sync,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

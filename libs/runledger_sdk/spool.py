@@ -88,6 +88,40 @@ def _frame(record: Record) -> bytes:
     return _FRAME.pack(len(body), crc32c.crc32c(body)) + body
 
 
+def read_frames(
+    fd: int, start: int, end: int, max_records: int, max_bytes: int
+) -> tuple[list[Record], list[int], int | None]:
+    """Whole frames of the segment `fd` from offset `start` up to `end`.
+
+    Returns the records (at most `max_records`; at most `max_bytes` of bodies, but always
+    at least one), the file offset just past each, and the offset of the first frame that
+    is cut short by `end` or fails its length or CRC check (a torn tail or corruption:
+    nothing after it can be trusted), or None when the read stopped at `end` or at a limit.
+    """
+    records: list[Record] = []
+    ends: list[int] = []
+    pos, total = start, 0
+    while pos < end and len(records) < max_records:
+        header = os.pread(fd, _FRAME.size, pos)
+        if len(header) < _FRAME.size:
+            return records, ends, pos  # torn inside the header
+        length, crc = _FRAME.unpack(header)
+        if records and total + length > max_bytes:
+            break
+        if length < _BODY.size or pos + _FRAME.size + length > end:
+            return records, ends, pos  # torn inside the body, or a garbled length
+        body = os.pread(fd, length, pos + _FRAME.size)
+        if len(body) != length or crc32c.crc32c(body) != crc:
+            return records, ends, pos
+        seq, key_len = _BODY.unpack_from(body)
+        key = body[_BODY.size : _BODY.size + key_len]
+        records.append(Record(seq=seq, key=key, value=body[_BODY.size + key_len :]))
+        pos += _FRAME.size + length
+        total += length
+        ends.append(pos)
+    return records, ends, None
+
+
 def _write_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -202,32 +236,15 @@ class Spool:
             return None
 
     def _read(self, seg: _Segment, max_records: int, max_bytes: int) -> tuple[list[Record], list[int]]:
-        records: list[Record] = []
-        ends: list[int] = []
-        pos, total = seg.acked, 0
-        while pos < seg.end and len(records) < max_records:
-            header = os.pread(seg.fd, _FRAME.size, pos)
-            if len(header) < _FRAME.size:
-                break
-            length, crc = _FRAME.unpack(header)
-            if records and total + length > max_bytes:
-                break
-            body = os.pread(seg.fd, length, pos + _FRAME.size) if length >= _BODY.size else b""
-            if len(body) != length or length < _BODY.size or crc32c.crc32c(body) != crc:
-                # A torn tail (the writer died mid-append) or corruption: nothing after it
-                # can be trusted, so the segment ends here.
-                if seg.orphan:
-                    log.info("spool %s: ignoring a torn record at offset %d", seg.path.name, pos)
-                else:
-                    log.error("spool %s: corrupt record at offset %d; dropping the rest", seg.path.name, pos)
-                seg.end = pos
-                break
-            seq, key_len = _BODY.unpack_from(body)
-            key = body[_BODY.size : _BODY.size + key_len]
-            records.append(Record(seq=seq, key=key, value=body[_BODY.size + key_len :]))
-            pos += _FRAME.size + length
-            total += length
-            ends.append(pos)
+        records, ends, bad = read_frames(seg.fd, seg.acked, seg.end, max_records, max_bytes)
+        if bad is not None:
+            # A torn tail (the writer died mid-append) or corruption: nothing after it
+            # can be trusted, so the segment ends here.
+            if seg.orphan:
+                log.info("spool %s: ignoring a torn record at offset %d", seg.path.name, bad)
+            else:
+                log.error("spool %s: corrupt record at offset %d; dropping the rest", seg.path.name, bad)
+            seg.end = bad
         return records, ends
 
     def ack(self, batch: SpoolBatch, count: int) -> None:
