@@ -1,0 +1,1 @@
+"""The lineage graph: datasets, runs and models linked by LineageLinked events."""
