@@ -34,8 +34,12 @@ class Settings(BaseSettings):
     )
 
     # Embedded ports (0 = pick a free port at start).
-    api_host: str = Field("127.0.0.1", description="Address the API listens on.")
-    api_port: int = Field(8765, description="Port the API listens on.")
+    api_host: str = Field(
+        "127.0.0.1", description="Address the API listens on (the ingest role: its /healthz and /metrics)."
+    )
+    api_port: int = Field(
+        8765, description="Port the API listens on (the ingest role: its /healthz and /metrics)."
+    )
     kafka_port: int = Field(0, description="Port of the embedded broker (0 = a free one).")
     postgres_port: int = Field(0, description="Port of the embedded PostgreSQL (0 = a free one).")
 

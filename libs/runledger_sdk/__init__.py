@@ -12,30 +12,47 @@ HTTP); if neither is reachable they wait in an on-disk spool. Configuration:
 While a top-level run is active, CPU, memory, disk, network and (with the `gpu` extra)
 GPU use are sampled in the background as `system/*` metrics of that run every
 RUNLEDGER_SYSTEM_METRICS_INTERVAL_S seconds (`runledger_sdk.system_metrics`).
+
+`RUNLEDGER_MODE=offline` writes events to RUNLEDGER_OFFLINE_DIR instead; send them
+later with `runledger sync DIR`. Lineage: `rl.log_input`, `rl.log_output`,
+`rl.log_model`, `rl.derived_from` (`runledger_sdk.lineage`). Top-level runs also record
+their code state (git), environment (packages, CUDA) and lint findings
+(`runledger_sdk.code_state`, `.environment`, `.lint`); `rl.seed_everything(seed)`.
 """
 
 from runledger.events.models import RunStatus
+from runledger.lineage import dataset_id, model_id
 from runledger_sdk._version import __version__
 from runledger_sdk.client import init, shutdown
 from runledger_sdk.config import SdkSettings
 from runledger_sdk.fluent import (
     active_run,
+    derived_from,
     end_run,
     flush,
+    log_input,
     log_metric,
     log_metrics,
+    log_model,
+    log_output,
     log_param,
     log_params,
     set_tag,
     set_tags,
     start_run,
 )
+from runledger_sdk.lineage import Dataset, DigestTooLarge, compute_digest
 from runledger_sdk.run import Run, RunEndedError
+from runledger_sdk.seeds import seed_everything
 from runledger_sdk.transport import Outcome, Record, Transport
 from runledger_sdk.transport_memory import InMemoryTransport
+from runledger_sdk.transport_offline import OfflineTransport
 
 __all__ = [
+    "Dataset",
+    "DigestTooLarge",
     "InMemoryTransport",
+    "OfflineTransport",
     "Outcome",
     "Record",
     "Run",
@@ -45,13 +62,21 @@ __all__ = [
     "Transport",
     "__version__",
     "active_run",
+    "compute_digest",
+    "dataset_id",
+    "derived_from",
     "end_run",
     "flush",
     "init",
+    "log_input",
     "log_metric",
     "log_metrics",
+    "log_model",
+    "log_output",
     "log_param",
     "log_params",
+    "model_id",
+    "seed_everything",
     "set_tag",
     "set_tags",
     "shutdown",

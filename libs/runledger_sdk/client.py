@@ -28,6 +28,7 @@ from runledger_sdk.config import SdkSettings, destination_id, load_settings
 from runledger_sdk.delivery import Delivery
 from runledger_sdk.names import random_run_name
 from runledger_sdk.run import Run, Terminated, now_ms, status_for_exception
+from runledger_sdk.run_context import capture_run_context, close_run_context
 from runledger_sdk.spool import Spool
 from runledger_sdk.transport import Transport
 from runledger_sdk.validation import check_key, tag_value
@@ -43,6 +44,10 @@ _RUN_ID_RE = re.compile(r"[A-Za-z0-9_\-.]{1,64}")
 
 def make_transport(settings: SdkSettings) -> Transport:
     """The transport the (resolved) settings ask for."""
+    if settings.mode == "offline":
+        from runledger_sdk.transport_offline import OfflineTransport
+
+        return OfflineTransport(settings.offline_dir)
     if settings.transport == "kafka":
         from runledger_sdk.transport_kafka import KafkaTransport
 
@@ -182,6 +187,7 @@ class Client:
                 del self._run_experiments[next(iter(self._run_experiments))]
         if parent_run_id is None:
             self._start_sampler(run)
+            capture_run_context(self, run)  # code state, environment, pending seed
         return run
 
     def _start_sampler(self, run: Run) -> None:
@@ -218,6 +224,8 @@ class Client:
         if sampler is not None:
             # Before the cut below, so the last sample goes out ahead of StatusChanged.
             sampler.stop(2.0)
+        if run.parent_run_id is None:
+            close_run_context(self, run, status)  # lint findings, ahead of StatusChanged
         self.batcher.unregister(run.buffer)
         self.batcher.emit(
             run.buffer,

@@ -14,6 +14,15 @@ Where events go
                              (keys url, kafka_bootstrap, api_key) supplies them. When nothing
                              is found the SDK uses http://127.0.0.1:8765 (the embedded API).
 
+Offline mode
+  RUNLEDGER_MODE             online (default) | offline. offline = no network at all: every
+                             event is appended (fsync per batch) to segment files under
+                             OFFLINE_DIR, one file per process; runs behave exactly as online.
+                             `runledger sync OFFLINE_DIR` sends them later (see runledger_sdk.sync).
+  RUNLEDGER_OFFLINE_DIR      Where offline mode writes (default .runledger/offline, i.e. under the
+                             working directory, next to the state dir; made absolute at init so a
+                             later chdir does not move it).
+
 Durability
   RUNLEDGER_SPOOL_DIR        Directory of the on-disk spool (default ~/.runledger/spool). Files
                              go to a subdirectory per destination (transport, broker or URL,
@@ -48,6 +57,14 @@ System metrics
                                run of the process (default 10; 0 disables). See
                                runledger_sdk.system_metrics.
 
+Run context (top-level runs; see runledger_sdk.code_state, .environment and .lint)
+  RUNLEDGER_CAPTURE_CODE_STATE   Record git commit, branch, remote, dirty flag, the capped
+                                 diff, entry point and arguments at run start (default true).
+  RUNLEDGER_CAPTURE_ENVIRONMENT  Record Python, platform, installed packages (hashed into the
+                                 env.hash tag), conda and CUDA versions at run start (default true).
+  RUNLEDGER_LINT_RUNS            At run end, record anti-patterns (no seed logged, no validation
+                                 metric) as lint.* findings of the run (default true).
+
 HTTP
   RUNLEDGER_HTTP_MAX_REQUEST_BYTES  Largest body of one POST (default 4 MiB).
   RUNLEDGER_HTTP_RETRIES            Attempts per request on 5xx/connection errors before the
@@ -77,6 +94,13 @@ class SdkSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RUNLEDGER_", extra="ignore")
 
+    mode: Literal["online", "offline"] = Field(
+        "online", description="offline: write events to OFFLINE_DIR (send them later with `runledger sync`)."
+    )
+    offline_dir: Path = Field(
+        Path(".runledger/offline"),
+        description="Directory of offline mode's event segments (relative: to the cwd).",
+    )
     transport: Literal["kafka", "http", "auto"] = Field("auto", description="kafka, http or auto.")
     kafka_bootstrap: str = Field("", description="Kafka bootstrap servers, host:port[,host:port].")
     url: str = Field("", description="Base URL of the RunLedger API, for the HTTP transport.")
@@ -103,6 +127,15 @@ class SdkSettings(BaseSettings):
     system_metrics_interval_s: float = Field(
         10.0, ge=0, description="Seconds between samples of system/* metrics (CPU, memory, GPU); 0 disables."
     )
+    capture_code_state: bool = Field(
+        True, description="Record git state, diff, entry point and arguments of top-level runs."
+    )
+    capture_environment: bool = Field(
+        True, description="Record Python, platform, packages (env.hash), conda and CUDA of top-level runs."
+    )
+    lint_runs: bool = Field(
+        True, description="Flag anti-patterns (no seed, no validation metric) at run end."
+    )
 
     kafka_linger_ms: int = Field(20, ge=0, description="Producer linger_ms.")
     kafka_batch_size: int = Field(1 << 20, gt=0, description="Producer batch_size (bytes).")
@@ -126,14 +159,20 @@ class SdkSettings(BaseSettings):
             # Nothing configured: the API of a local `runledger up`. If it is not running,
             # events wait in the spool rather than being lost.
             data["url"] = DEFAULT_API_URL
-        if data["transport"] == "kafka" and not data["kafka_bootstrap"]:
+        if data["transport"] == "kafka" and not data["kafka_bootstrap"] and self.mode == "online":
             raise ValueError("RUNLEDGER_TRANSPORT=kafka needs RUNLEDGER_KAFKA_BOOTSTRAP")
         data["spool_dir"] = Path(data["spool_dir"]).expanduser()
+        # Absolute now: a training script that changes directory keeps writing to one place.
+        data["offline_dir"] = Path(data["offline_dir"]).expanduser().absolute()
         return SdkSettings.model_validate(data)
 
 
 def destination_id(settings: SdkSettings) -> str:
     """A short stable id of where events go (the spool subdirectory of that destination)."""
+    if settings.mode == "offline":
+        # Spooled only when the offline dir refuses a write: they belong to that dir.
+        raw = f"offline|{settings.offline_dir}|{settings.tenant}"
+        return f"offline-{hashlib.sha256(raw.encode()).hexdigest()[:16]}"
     endpoint = settings.kafka_bootstrap if settings.transport == "kafka" else settings.url
     topic = settings.events_topic if settings.transport == "kafka" else ""
     raw = f"{settings.transport}|{endpoint}|{topic}|{settings.tenant}"

@@ -15,6 +15,7 @@ from typing import Any, SupportsFloat, SupportsIndex
 
 from runledger.events.models import RunStatus
 from runledger_sdk.client import current_client, get_client
+from runledger_sdk.lineage import Dataset
 from runledger_sdk.run import Run
 
 log = logging.getLogger("runledger_sdk")
@@ -137,3 +138,23 @@ def flush(timeout: float | None = None) -> bool:
     are only spooled (they are resent later)."""
     client = current_client()
     return client.flush(timeout) if client is not None else True
+
+
+def log_input(dataset: Dataset | str, **details: Any) -> Dataset:
+    """Record a dataset the active run reads (see Run.log_input)."""
+    return _run_for_logging().log_input(dataset, **details)
+
+
+def log_output(dataset: Dataset | str, **details: Any) -> Dataset:
+    """Record a dataset the active run writes (see Run.log_output)."""
+    return _run_for_logging().log_output(dataset, **details)
+
+
+def log_model(name: str, version: int | None = None, source: str = "") -> str:
+    """Record a model the active run produced; returns its lineage node id."""
+    return _run_for_logging().log_model(name, version, source)
+
+
+def derived_from(other: Run | str, relation: str = "derived_from") -> None:
+    """Record that the active run derives from another run."""
+    _run_for_logging().derived_from(other, relation)

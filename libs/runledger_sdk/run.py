@@ -9,10 +9,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, SupportsFloat, SupportsIndex
 
 from runledger.events.models import RunStatus
+from runledger_sdk import lineage
 from runledger_sdk.batcher import RunBuffer, normalize_step
 from runledger_sdk.validation import check_key, param_value, tag_value, terminal_status
 
 if TYPE_CHECKING:
+    import os
+
     from runledger_sdk.client import Client
 
 
@@ -54,6 +57,8 @@ class Run:
         self.parent_run_id = parent_run_id
         self.start_time = start_time
         self.tags = dict(tags)
+        # Keys of the params this process logged to the run (what runledger_sdk.lint checks).
+        self.param_keys: set[str] = set()
         self.end_time: int | None = None
         self.status = RunStatus.RUNNING
         self.ended = False
@@ -103,6 +108,7 @@ class Run:
         checked = {check_key(k, "param key"): param_value(k, v) for k, v in params.items()}
         if checked:
             self._buffer.add_params(checked)
+            self.param_keys.update(checked)
 
     def set_tag(self, key: str, value: Any) -> None:
         """Set one tag (the value is str()-ed)."""
@@ -116,6 +122,66 @@ class Run:
         if checked:
             self._buffer.add_tags(checked)
             self.tags.update(checked)
+
+    # --- lineage (runledger_sdk.lineage) ---------------------------------------------------------------
+
+    def log_input(
+        self,
+        dataset: lineage.Dataset | str,
+        *,
+        version: str | None = None,
+        digest: str | None = None,
+        source: str | os.PathLike[str] | None = None,
+        source_type: str | None = None,
+        context: str = lineage.DEFAULT_CONTEXT,
+        tags: Mapping[str, Any] | None = None,
+        max_digest_bytes: int = lineage.MAX_DIGEST_BYTES,
+    ) -> lineage.Dataset:
+        """Record a dataset the run reads (hashing a local `source` when no digest is given)."""
+        ds = lineage.resolve_dataset(
+            dataset, version=version, digest=digest, source=source, source_type=source_type,
+            max_digest_bytes=max_digest_bytes,
+        )  # fmt: skip
+        self._emit_lineage(lineage.input_events(self.run_id, ds, context, tags))
+        return ds
+
+    def log_output(
+        self,
+        dataset: lineage.Dataset | str,
+        *,
+        version: str | None = None,
+        digest: str | None = None,
+        source: str | os.PathLike[str] | None = None,
+        source_type: str | None = None,
+        max_digest_bytes: int = lineage.MAX_DIGEST_BYTES,
+    ) -> lineage.Dataset:
+        """Record a dataset the run writes (edge run -> dataset, "output")."""
+        ds = lineage.resolve_dataset(
+            dataset, version=version, digest=digest, source=source, source_type=source_type,
+            max_digest_bytes=max_digest_bytes,
+        )  # fmt: skip
+        self._emit_lineage(lineage.output_events(self.run_id, ds))
+        return ds
+
+    def log_model(self, name: str, version: int | None = None, source: str = "") -> str:
+        """Record a model the run produced; with `version`, register that version. Returns its node id."""
+        node, events = lineage.model_events(self.run_id, name, version, source)
+        self._emit_lineage(events)
+        return node
+
+    def derived_from(self, other: Run | str, relation: str = "derived_from") -> None:
+        """Record that this run derives from another (fine_tuned_from, resumed_from, ...)."""
+        other_id = other.run_id if isinstance(other, Run) else other
+        self._emit_lineage(lineage.derived_events(self.run_id, other_id, relation))
+
+    def _emit_lineage(self, events: list[lineage.Event]) -> None:
+        if self.ended:
+            raise RunEndedError(f"run {self.run_id} has ended")
+        for type, payload in events:
+            self._client.batcher.emit(
+                self._buffer, type, payload, key=self._buffer.run_key,
+                run_id=self.run_id, experiment_id=self.experiment_id,
+            )  # fmt: skip
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -133,6 +199,12 @@ class Run:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything logged so far is acknowledged (see `runledger_sdk.flush`)."""
         return self._client.flush(timeout)
+
+    @property
+    def metric_keys(self) -> list[str]:
+        """Keys of the metrics this process logged to the run, in first-logged order."""
+        with self._buffer.lock:
+            return list(self._buffer.keys)
 
     @property
     def buffer(self) -> RunBuffer:

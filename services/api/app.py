@@ -19,13 +19,18 @@ from services.api import health
 from services.api.admin import endpoints as admin
 from services.api.consistency import ProjectionWaiter
 from services.api.deps import Runtime
+from services.api.documents import endpoints as documents
 from services.api.events import endpoints as events
 from services.api.experiments import endpoints as experiments
+from services.api.findings import endpoints as findings
 from services.api.handlers import install_error_handlers
+from services.api.instrumentation import RequestMetrics
+from services.api.lineage import endpoints as lineage
 from services.api.metrics import endpoints as metrics
 from services.api.publisher import EventPublisher, KafkaEventPublisher
 from services.api.runs import endpoints as runs
 from services.api.writes import EventWriter
+from services.observability import metrics_router
 
 API_PREFIX = "/api/v1"
 
@@ -84,7 +89,9 @@ def create_app(
     app.state.settings = settings
     app.state.runtime = None
     install_error_handlers(app)
+    app.add_middleware(RequestMetrics)
     app.include_router(health.router)
-    for domain in (experiments, runs, metrics, events, admin):
+    app.include_router(metrics_router)  # GET /metrics (Prometheus), outside the API and its schema
+    for domain in (experiments, runs, metrics, events, admin, lineage, documents, findings):
         app.include_router(domain.router, prefix=API_PREFIX)
     return app

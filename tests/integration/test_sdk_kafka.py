@@ -73,6 +73,12 @@ def sdk_settings(bootstrap: str, topic: str, spool_dir: Path, **extra: Any) -> d
         "events_topic": topic,
         "spool_dir": spool_dir,
         "tenant": f"sdk-{uuid.uuid4().hex[:6]}",
+        # These tests count events exactly: no run context (code state, environment,
+        # lint findings) or system metrics beside what they log themselves.
+        "capture_code_state": False,
+        "capture_environment": False,
+        "lint_runs": False,
+        "system_metrics_interval_s": 0,
         **extra,
     }
 

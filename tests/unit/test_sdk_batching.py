@@ -21,7 +21,16 @@ from runledger.events.models import EventType
 @pytest.fixture
 def transport(tmp_path: Path) -> Iterator[rl.InMemoryTransport]:
     memory = rl.InMemoryTransport()
-    rl.init(transport=memory, spool_dir=tmp_path / "spool", batch_max_points=1000, batch_interval_ms=20)
+    # Without the run context (code state, environment, lint): these tests count every event.
+    rl.init(
+        transport=memory,
+        spool_dir=tmp_path / "spool",
+        batch_max_points=1000,
+        batch_interval_ms=20,
+        capture_code_state=False,
+        capture_environment=False,
+        lint_runs=False,
+    )
     yield memory
     rl.shutdown(5)
 

@@ -32,7 +32,15 @@ def _shutdown() -> Iterator[None]:
     rl.shutdown(5)
 
 
-FAST = {"batch_interval_ms": 20, "resend_backoff_initial_s": 0.02, "resend_backoff_max_s": 0.1}
+FAST = {
+    "batch_interval_ms": 20,
+    "resend_backoff_initial_s": 0.02,
+    "resend_backoff_max_s": 0.1,
+    # No run context (code state, environment, lint): these tests count events.
+    "capture_code_state": False,
+    "capture_environment": False,
+    "lint_runs": False,
+}
 
 
 def decoded(transport: rl.InMemoryTransport) -> list[DecodedEvent]:

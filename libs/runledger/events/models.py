@@ -150,13 +150,21 @@ class InputsLoggedPayload(Payload):
 
 
 class CodeStateCapturedPayload(Payload):
+    """The code a run ran: git state of its working tree and how the process was started."""
+
     commit: str = ""
     branch: str = ""
-    remote_url: str = ""
+    remote_url: str = Field("", description="URL of the remote, without credentials.")
     dirty: bool = False
     diff_artifact: str | None = None
     entry_point: str = ""
     args: list[str] = Field(default_factory=list)
+    diff: str | None = Field(
+        None,
+        description="`git diff HEAD` of a dirty tree, size-capped (carried inline until the"
+        " artifact store lands; then it moves to `diff_artifact`).",
+    )
+    diff_truncated: bool = Field(False, description="True when `diff` was cut at the size cap.")
 
 
 class EnvironmentCapturedPayload(Payload):
@@ -166,6 +174,10 @@ class EnvironmentCapturedPayload(Payload):
     environment_hash: str
     cuda_version: str | None = None
     driver_version: str | None = None
+    conda_env: str | None = Field(None, description="Name of the active conda environment, if any.")
+    conda_export: str | None = Field(
+        None, description="`conda env export` of the active conda environment (size-capped)."
+    )
 
 
 class StatusChangedPayload(Payload):

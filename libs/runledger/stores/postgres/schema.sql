@@ -121,6 +121,8 @@ CREATE TABLE IF NOT EXISTS lineage_edges (
     relation    text NOT NULL,
     PRIMARY KEY (tenant_id, source_kind, source_id, target_kind, target_id, relation)
 );
+-- The lineage walk upstream (GET /lineage) looks edges up by their target.
+CREATE INDEX IF NOT EXISTS lineage_edges_by_target ON lineage_edges (tenant_id, target_kind, target_id);
 
 CREATE TABLE IF NOT EXISTS findings (
     tenant_id  text NOT NULL,
@@ -132,6 +134,9 @@ CREATE TABLE IF NOT EXISTS findings (
     occurred_at timestamptz NOT NULL,
     PRIMARY KEY (tenant_id, event_id)
 );
+-- GET /findings and /runs/{id}/findings: newest first, by tenant or by run.
+CREATE INDEX IF NOT EXISTS findings_by_time ON findings (tenant_id, occurred_at DESC, event_id);
+CREATE INDEX IF NOT EXISTS findings_by_run ON findings (tenant_id, run_id, occurred_at DESC, event_id);
 
 -- Exactly-once bookkeeping of the projector -------------------------------------------
 
