@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -139,4 +142,15 @@ def test_nested_run_tree_round_trips_exactly_and_survives_replay(stack: Stack, t
         replayed = client.post("/api/v1/admin/replay", timeout=120)
         assert replayed.status_code == 200, replayed.text
         assert replayed.json()["events"] > 0
+        assert _snapshot(client, experiment_id) == before
+
+        # The same through the CLI a user runs.
+        cli = subprocess.run(
+            [sys.executable, "-m", "runledger.cli", "replay", "--url", stack.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(cli.stdout)["events"] == replayed.json()["events"]
         assert _snapshot(client, experiment_id) == before
