@@ -16,23 +16,14 @@ import runledger_sdk as rl
 from runledger.events.codec import decode, experiment_id_for, metric_arrays
 from runledger.events.metric_columns import MetricColumns
 from runledger.events.models import EventType
+from tests.support.sdk import memory_sdk
 
 
 @pytest.fixture
 def transport(tmp_path: Path) -> Iterator[rl.InMemoryTransport]:
-    memory = rl.InMemoryTransport()
-    # Without the run context (code state, environment, lint): these tests count every event.
-    rl.init(
-        transport=memory,
-        spool_dir=tmp_path / "spool",
-        batch_max_points=1000,
-        batch_interval_ms=20,
-        capture_code_state=False,
-        capture_environment=False,
-        lint_runs=False,
-    )
-    yield memory
-    rl.shutdown(5)
+    # These tests count every event: nothing recorded by the SDK itself.
+    with memory_sdk(tmp_path, batch_max_points=1000) as memory:
+        yield memory
 
 
 def events(transport: rl.InMemoryTransport, type: EventType | None = None) -> list[Any]:

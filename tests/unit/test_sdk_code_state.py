@@ -15,6 +15,7 @@ import runledger_sdk as rl
 from runledger.events.codec import decode
 from runledger.events.models import CodeStateCapturedPayload, EventType
 from runledger_sdk import code_state
+from tests.support.sdk import memory_sdk
 
 
 def git(repo: Path, *args: str) -> str:
@@ -43,17 +44,8 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def transport(tmp_path: Path) -> Iterator[rl.InMemoryTransport]:
-    memory = rl.InMemoryTransport()
-    rl.init(
-        transport=memory,
-        spool_dir=tmp_path / "spool",
-        batch_interval_ms=20,
-        system_metrics_interval_s=0,
-        capture_environment=False,
-        lint_runs=False,
-    )
-    yield memory
-    rl.shutdown(5)
+    with memory_sdk(tmp_path, capture_code_state=True) as memory:
+        yield memory
 
 
 def run_events(transport: rl.InMemoryTransport, run_id: str) -> list[Any]:

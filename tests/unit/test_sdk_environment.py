@@ -13,6 +13,7 @@ import runledger_sdk as rl
 from runledger.events.codec import decode
 from runledger.events.models import EnvironmentCapturedPayload, EventType, TagsSetPayload
 from runledger_sdk import environment
+from tests.support.sdk import memory_sdk
 
 PACKAGES = {"numpy": "1.26.4", "Torch_Vision": "0.17.0", "requests": "2.31.0"}
 
@@ -129,17 +130,8 @@ def test_conda_export_timeout_keeps_the_name(monkeypatch: pytest.MonkeyPatch, tm
 
 @pytest.fixture
 def transport(tmp_path: Path) -> Iterator[rl.InMemoryTransport]:
-    memory = rl.InMemoryTransport()
-    rl.init(
-        transport=memory,
-        spool_dir=tmp_path / "spool",
-        batch_interval_ms=20,
-        system_metrics_interval_s=0,
-        capture_code_state=False,
-        lint_runs=False,
-    )
-    yield memory
-    rl.shutdown(5)
+    with memory_sdk(tmp_path, capture_environment=True) as memory:
+        yield memory
 
 
 def test_top_level_run_emits_environment_and_hash_tag(transport: rl.InMemoryTransport) -> None:

@@ -14,21 +14,13 @@ from runledger.events.codec import decode
 from runledger.events.models import AnomalyDetectedPayload, EventType
 from runledger_sdk import code_state, lint, run_context
 from runledger_sdk.seeds import seed_everything
+from tests.support.sdk import memory_sdk
 
 
 @pytest.fixture
 def transport(tmp_path: Path) -> Iterator[rl.InMemoryTransport]:
-    memory = rl.InMemoryTransport()
-    rl.init(
-        transport=memory,
-        spool_dir=tmp_path / "spool",
-        batch_interval_ms=20,
-        system_metrics_interval_s=0,
-        capture_code_state=False,
-        capture_environment=False,
-    )
-    yield memory
-    rl.shutdown(5)
+    with memory_sdk(tmp_path, lint_runs=True) as memory:
+        yield memory
 
 
 def run_events(transport: rl.InMemoryTransport, run_id: str) -> list[Any]:

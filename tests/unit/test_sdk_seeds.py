@@ -18,6 +18,7 @@ from runledger.events.codec import decode
 from runledger.events.models import ParamsLoggedPayload
 from runledger_sdk import seeds
 from runledger_sdk.seeds import seed_everything
+from tests.support.sdk import memory_sdk
 
 
 @pytest.fixture(autouse=True)
@@ -32,18 +33,8 @@ def clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def transport(tmp_path: Path) -> Iterator[rl.InMemoryTransport]:
-    memory = rl.InMemoryTransport()
-    rl.init(
-        transport=memory,
-        spool_dir=tmp_path / "spool",
-        batch_interval_ms=20,
-        system_metrics_interval_s=0,
-        capture_code_state=False,
-        capture_environment=False,
-        lint_runs=False,
-    )
-    yield memory
-    rl.shutdown(5)
+    with memory_sdk(tmp_path) as memory:
+        yield memory
 
 
 def draws() -> tuple[list[float], list[float]]:
