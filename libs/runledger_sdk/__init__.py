@@ -22,6 +22,7 @@ their code state (git), environment (packages, CUDA) and lint findings
 
 from runledger.events.models import RunStatus
 from runledger.lineage import dataset_id, model_id
+from runledger_sdk import integrations
 from runledger_sdk._version import __version__
 from runledger_sdk.client import init, shutdown
 from runledger_sdk.config import SdkSettings
@@ -68,6 +69,7 @@ __all__ = [
     "end_run",
     "flush",
     "init",
+    "integrations",
     "log_input",
     "log_metric",
     "log_metrics",

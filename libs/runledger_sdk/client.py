@@ -26,6 +26,7 @@ from runledger_sdk._version import __version__
 from runledger_sdk.batcher import Batcher, RunBuffer
 from runledger_sdk.config import SdkSettings, destination_id, load_settings
 from runledger_sdk.delivery import Delivery
+from runledger_sdk.integrations import airflow as airflow_integration
 from runledger_sdk.names import random_run_name
 from runledger_sdk.run import Run, Terminated, now_ms, status_for_exception
 from runledger_sdk.run_context import capture_run_context, close_run_context
@@ -135,6 +136,8 @@ class Client:
             raise ValueError("experiment name must be 1..500 characters")
         if name is not None and len(name) > 500:
             raise ValueError("run name must be at most 500 characters")
+        if parent_run_id is None:  # inside an Airflow task: airflow.dag_id, .task_id, ... (caller's tags win)
+            tags = {**airflow_integration.tags_for_new_run(), **(tags or {})}
         checked_tags = {check_key(k, "tag key"): tag_value(k, v) for k, v in (tags or {}).items()}
         run_id = _check_run_id(run_id) if run_id is not None else new_run_id()
         if run_id in self.runs:
