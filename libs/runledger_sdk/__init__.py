@@ -18,6 +18,9 @@ later with `runledger sync DIR`. Lineage: `rl.log_input`, `rl.log_output`,
 `rl.log_model`, `rl.derived_from` (`runledger_sdk.lineage`). Top-level runs also record
 their code state (git), environment (packages, CUDA) and lint findings
 (`runledger_sdk.code_state`, `.environment`, `.lint`); `rl.seed_everything(seed)`.
+Metric helpers compute and log in one call: `rl.log_classification_metrics`,
+`log_regression_metrics`, `log_ranking_metrics`, `log_fairness_metrics`
+(`runledger_sdk.helpers`; scikit-learn through the `metrics` extra).
 """
 
 from runledger.events.models import RunStatus
@@ -42,6 +45,13 @@ from runledger_sdk.fluent import (
     set_tags,
     start_run,
 )
+from runledger_sdk.helpers import (
+    ClassificationMetrics,
+    log_classification_metrics,
+    log_fairness_metrics,
+    log_ranking_metrics,
+    log_regression_metrics,
+)
 from runledger_sdk.lineage import Dataset, DigestTooLarge, compute_digest
 from runledger_sdk.run import Run, RunEndedError
 from runledger_sdk.seeds import seed_everything
@@ -50,6 +60,7 @@ from runledger_sdk.transport_memory import InMemoryTransport
 from runledger_sdk.transport_offline import OfflineTransport
 
 __all__ = [
+    "ClassificationMetrics",
     "Dataset",
     "DigestTooLarge",
     "InMemoryTransport",
@@ -70,6 +81,8 @@ __all__ = [
     "flush",
     "init",
     "integrations",
+    "log_classification_metrics",
+    "log_fairness_metrics",
     "log_input",
     "log_metric",
     "log_metrics",
@@ -77,6 +90,8 @@ __all__ = [
     "log_output",
     "log_param",
     "log_params",
+    "log_ranking_metrics",
+    "log_regression_metrics",
     "model_id",
     "seed_everything",
     "set_tag",
