@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install run test lint format bench schemas clean
+.PHONY: install run test lint format bench bench-fleet schemas clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ test: lint
 
 bench: install
 	$(PY) -m bench.run
+
+bench-fleet: install
+	$(PY) -m bench.fleet
 
 schemas: install
 	$(VENV)/bin/runledger schemas
