@@ -37,6 +37,7 @@ from runledger_sdk.integrations.airflow import (
     tags_for_new_run,
     task_run_id,
 )
+from tests.support.sdk import memory_sdk
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -166,18 +167,8 @@ def outside_airflow(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def transport(tmp_path: Path) -> Iterator[rl.InMemoryTransport]:
-    memory = rl.InMemoryTransport()
-    rl.init(
-        transport=memory,
-        spool_dir=tmp_path / "spool",
-        batch_interval_ms=20,
-        capture_code_state=False,
-        capture_environment=False,
-        lint_runs=False,
-        system_metrics_interval_s=0,
-    )
-    yield memory
-    rl.shutdown(5)
+    with memory_sdk(tmp_path) as memory:  # only what the test logs: no run context
+        yield memory
 
 
 def sent(transport: rl.InMemoryTransport) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from runledger_sdk.helpers import (
     log_ranking_metrics,
     log_regression_metrics,
 )
+from tests.support.sdk import memory_sdk
 
 pytest.importorskip("sklearn")
 
@@ -35,19 +36,8 @@ Floats = npt.NDArray[np.float64]
 
 @pytest.fixture
 def transport(tmp_path: Path) -> Iterator[rl.InMemoryTransport]:
-    memory = rl.InMemoryTransport()
-    # Only the helpers' metrics: no code state, environment, lint or system/* metrics.
-    rl.init(
-        transport=memory,
-        spool_dir=tmp_path / "spool",
-        batch_interval_ms=20,
-        capture_code_state=False,
-        capture_environment=False,
-        lint_runs=False,
-        system_metrics_interval_s=0,
-    )
-    yield memory
-    rl.shutdown(5)
+    with memory_sdk(tmp_path) as memory:  # only what the test logs: no run context
+        yield memory
 
 
 def logged(transport: rl.InMemoryTransport, run_id: str) -> dict[str, tuple[float, int]]:
