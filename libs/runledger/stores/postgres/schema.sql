@@ -74,6 +74,10 @@ CREATE TABLE IF NOT EXISTS latest_metrics (
     first_step bigint NOT NULL,
     PRIMARY KEY (tenant_id, run_id, key)
 );
+-- Columns added after a table first shipped: CREATE TABLE IF NOT EXISTS leaves an
+-- existing table as it was, so each addition is also applied here, idempotently.
+-- (Series projected before first_step existed get 0: a wider extent, never a cut one.)
+ALTER TABLE latest_metrics ADD COLUMN IF NOT EXISTS first_step bigint NOT NULL DEFAULT 0;
 
 CREATE TABLE IF NOT EXISTS artifacts (
     tenant_id  text NOT NULL,
