@@ -20,7 +20,6 @@ import re
 from typing import Final, Literal
 
 NodeKind = Literal["dataset", "run", "model"]
-NODE_KINDS: Final[tuple[NodeKind, ...]] = ("dataset", "run", "model")
 
 MAX_NAME_LENGTH: Final = 500
 MAX_VERSION_LENGTH: Final = 200

@@ -158,10 +158,6 @@ class RunBuffer:
         with self.lock:
             self.tags.update(tags)
 
-    def buffered_points(self) -> int:
-        """Points waiting for the next cut."""
-        return len(self.values)
-
     def take(self) -> _Taken | None:
         """Swap out everything buffered (None when empty)."""
         with self.lock:

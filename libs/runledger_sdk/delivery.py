@@ -123,11 +123,6 @@ class Delivery:
                     break
                 self._cond.wait(min(remaining, 0.5))
 
-    def pending_count(self) -> int:
-        """Events enqueued but neither acknowledged, rejected nor spooled (for diagnostics)."""
-        with self._cond:
-            return len(self._queue)
-
     def stop(self, timeout: float) -> None:
         """Stop the thread (what is queued goes to the spool) and wait up to `timeout` s."""
         with self._cond:
