@@ -63,7 +63,20 @@ class Settings(BaseSettings):
         10.0, description="How long a write waits for its event to be projected (read-your-writes)."
     )
 
-    default_tenant: str = Field(DEFAULT_TENANT_ID, description="Tenant used until tenancy lands.")
+    default_tenant: str = Field(
+        DEFAULT_TENANT_ID, description="The tenant the bootstrap key administers (created at first start)."
+    )
+    bootstrap_api_key: str = Field(
+        "",
+        description="An API key (rlk_<id>_<secret>) provisioned at start, if it does not exist yet, as"
+        " the platform superadmin and admin of the default tenant. `runledger up` generates one on first"
+        " start and keeps it in <state dir>/connection.json. A revoked bootstrap key stays revoked.",
+    )
+    auth_poll_interval_s: float = Field(
+        0.5,
+        description="How often API and projector processes check for changed keys, roles and policies"
+        " (revocations take effect within this, plus one reload).",
+    )
     log_level: str = Field("INFO", description="Python logging level of the services.")
 
     # Embedded supervisor (`runledger up`).

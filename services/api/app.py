@@ -10,20 +10,24 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import asyncpg
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from runledger.auth.keys import parse_key
 from runledger.config import Settings
 from runledger.stores.clickhouse import ClickHouse
+from runledger.stores.postgres import directory
 from runledger.stores.postgres.migrate import migrate
 from services.api import health
 from services.api.admin import endpoints as admin
+from services.api.audit import AuditSink
 from services.api.consistency import ProjectionWaiter
-from services.api.deps import Runtime
+from services.api.deps import Runtime, get_principal
 from services.api.documents import endpoints as documents
 from services.api.events import endpoints as events
 from services.api.experiments import endpoints as experiments
 from services.api.findings import endpoints as findings
 from services.api.handlers import install_error_handlers
+from services.api.identity import endpoints as identity
 from services.api.instrumentation import RequestMetrics
 from services.api.lineage import endpoints as lineage
 from services.api.metrics import endpoints as metrics
@@ -66,13 +70,24 @@ def create_app(
             stack.push_async_callback(pool.close)
             async with pool.acquire() as conn:
                 await migrate(conn)
+                if settings.bootstrap_api_key:
+                    await directory.bootstrap(
+                        conn, settings.default_tenant, parse_key(settings.bootstrap_api_key)
+                    )
+            auth = await directory.watch(pool, settings.auth_poll_interval_s)
+            stack.push_async_callback(auth.close)
+            audit = AuditSink(pool)
+            await audit.start()
+            stack.push_async_callback(audit.close)
             waiter = ProjectionWaiter(settings.postgres_dsn, pool, settings.projector_group)
             await waiter.start()
             stack.push_async_callback(waiter.close)
             events_publisher = publisher or await KafkaEventPublisher.connect(settings)
             stack.push_async_callback(events_publisher.close)
             writer = EventWriter(events_publisher, waiter, settings.write_wait_timeout_s)
-            app.state.runtime = Runtime(settings=settings, clickhouse=clickhouse, pool=pool, writer=writer)
+            app.state.runtime = Runtime(
+                settings=settings, clickhouse=clickhouse, pool=pool, writer=writer, auth=auth, audit=audit
+            )
             try:
                 yield
             finally:
@@ -92,6 +107,7 @@ def create_app(
     app.add_middleware(RequestMetrics)
     app.include_router(health.router)
     app.include_router(metrics_router)  # GET /metrics (Prometheus), outside the API and its schema
-    for domain in (experiments, runs, metrics, events, admin, lineage, documents, findings):
-        app.include_router(domain.router, prefix=API_PREFIX)
+    authenticated = [Depends(get_principal)]  # before anything else of a route, even body parsing
+    for domain in (identity, experiments, runs, metrics, events, admin, lineage, documents, findings):
+        app.include_router(domain.router, prefix=API_PREFIX, dependencies=authenticated)
     return app

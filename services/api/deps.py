@@ -1,25 +1,36 @@
 """Typed dependencies of the routes: the runtime, the caller (principal), read consistency.
 
-Tenancy plugs in at `get_principal`: today every request acts for the configured
-default tenant; an API-key lookup will resolve the principal from the request's
-credentials instead, and nothing downstream changes (repositories scope every
-query by `principal.tenant_id`).
+Authentication: every API route depends on `get_principal` (installed per router in
+app.py, so it runs before the body is even parsed). The key comes from
+`Authorization: Bearer rlk_...`, HTTP basic auth (username = key id, password =
+secret; what MLflow clients and BI tools send) or `X-API-Key`. The tenant is the
+key's, never one named by the request.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Query, Request
 
+from runledger.auth.keys import ApiKey, InvalidKey, from_parts, parse_key, secret_matches
+from runledger.auth.model import Action
+from runledger.auth.watcher import AuthWatcher
 from runledger.config import Settings
 from runledger.stores.clickhouse import ClickHouse
+from runledger.stores.postgres.directory import AuditEntry
+from services.api.audit import AuditSink
 from services.api.consistency import ConsistencyToken
-from services.api.errors import TemporarilyUnavailable
+from services.api.errors import PermissionDenied, TemporarilyUnavailable, Unauthenticated
 from services.api.principal import Principal
 from services.api.writes import EventWriter
+
+_CHALLENGE = {"WWW-Authenticate": 'Basic realm="RunLedger", charset="UTF-8"'}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +41,8 @@ class Runtime:
     clickhouse: ClickHouse
     pool: asyncpg.Pool[Any]
     writer: EventWriter
+    auth: AuthWatcher
+    audit: AuditSink
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -43,13 +56,122 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def get_principal(request: Request) -> Principal:
-    """The caller. Until API keys land, everyone is the default tenant's anonymous user."""
-    settings: Settings = request.app.state.settings
-    return Principal(tenant_id=settings.default_tenant)
+def client_address(request: Request) -> str:
+    """Where the request came from (for the audit log)."""
+    return request.client.host if request.client else ""
+
+
+def presented_key(request: Request) -> ApiKey | None:
+    """The API key the request carries, None when it carries none; Unauthenticated when malformed."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    try:
+        if scheme.lower() == "bearer" and value:
+            return parse_key(value)
+        if scheme.lower() == "basic" and value:
+            try:
+                user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                raise InvalidKey("malformed basic credentials") from None
+            return from_parts(user, password)
+        if token := request.headers.get("x-api-key"):
+            return parse_key(token)
+    except InvalidKey as exc:
+        raise Unauthenticated(f"invalid API key: {exc}", headers=_CHALLENGE) from None
+    if header:
+        raise Unauthenticated("unsupported Authorization scheme: use Bearer or Basic", headers=_CHALLENGE)
+    return None
+
+
+def deny(runtime: Runtime, request: Request, tenant_id: str | None, actor: str, reason: str) -> None:
+    """Append a denied request to the audit log (in the background)."""
+    runtime.audit.record(
+        AuditEntry(
+            tenant_id=tenant_id,
+            actor=actor,
+            action=f"{request.method} {request.url.path}",
+            outcome="denied",
+            source=client_address(request),
+            details={"reason": reason},
+        )
+    )
+
+
+async def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
+    """The caller of the key the request presents; 401 without a usable key."""
+    cached: Principal | None = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    try:
+        key = presented_key(request)
+    except Unauthenticated as exc:
+        deny(runtime, request, None, "anonymous", exc.message)
+        raise
+    if key is None:
+        deny(runtime, request, None, "anonymous", "no API key")
+        raise Unauthenticated(
+            "an API key is required: Authorization: Bearer rlk_<id>_<secret> (or basic auth with the key"
+            " id and secret)",
+            headers=_CHALLENGE,
+        )
+    authorizer = runtime.auth.authorizer
+    record = authorizer.snapshot.usable_key(key.key_id, datetime.now(UTC))
+    if record is None or not secret_matches(key.secret, record.secret_hash):
+        known = authorizer.snapshot.keys.get(key.key_id)
+        deny(
+            runtime,
+            request,
+            known.tenant_id if known else None,
+            key.key_id,
+            "unknown, revoked or expired key",
+        )
+        raise Unauthenticated(
+            "the API key is unknown, revoked or expired, or its tenant is suspended", headers=_CHALLENGE
+        )
+    principal = Principal(
+        tenant_id=record.tenant_id,
+        authorizer=authorizer,
+        principal_id=record.principal_id,
+        key_id=record.key_id,
+        signing_key=key.signing_key,
+        source=client_address(request),
+    )
+    request.state.principal = principal
+    return principal
 
 
 Auth = Annotated[Principal, Depends(get_principal)]
+
+
+def forbid(runtime: Runtime, request: Request, principal: Principal, what: str) -> PermissionDenied:
+    """Audit a denial and return the 403 to raise."""
+    deny(runtime, request, principal.tenant_id, principal.principal_id, what)
+    return PermissionDenied(what)
+
+
+def require(action: Action) -> Any:
+    """A route dependency: the caller may do `action` on at least part of its tenant, else 403.
+
+    Routes that touch one experiment check it again, narrowly (principal.can).
+    """
+
+    async def check(request: Request, runtime: RuntimeDep, principal: Auth) -> Principal:
+        if not principal.may_act(action):
+            raise forbid(runtime, request, principal, f"the caller's role does not allow {action.value}")
+        return principal
+
+    return Depends(check)
+
+
+def require_superadmin() -> Any:
+    """A route dependency: only the platform superadmin."""
+
+    async def check(request: Request, runtime: RuntimeDep, principal: Auth) -> Principal:
+        if not principal.is_superadmin:
+            raise forbid(runtime, request, principal, "platform superadmin only")
+        return principal
+
+    return Depends(check)
 
 
 async def wait_for_consistency(

@@ -171,3 +171,110 @@ CREATE TABLE IF NOT EXISTS dead_letters_count (
     count     bigint NOT NULL,
     PRIMARY KEY (tenant_id, reason)
 );
+
+-- Control plane: tenants, identities, keys, role grants, sharing, policies, quotas, audit.
+-- These are the source of truth (not projections of the event log): `runledger replay`
+-- never touches them. Every change bumps auth_generation in the same transaction and
+-- NOTIFYs runledger_auth, so API and projector processes reload within a second.
+
+ALTER TABLE tenants ADD COLUMN IF NOT EXISTS status text NOT NULL DEFAULT 'active';  -- active | suspended
+
+CREATE TABLE IF NOT EXISTS principals (
+    principal_id  text PRIMARY KEY,
+    tenant_id     text NOT NULL REFERENCES tenants (tenant_id),
+    kind          text NOT NULL CHECK (kind IN ('user', 'service_account')),
+    name          text NOT NULL,
+    is_superadmin boolean NOT NULL DEFAULT false,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    disabled_at   timestamptz,
+    UNIQUE (tenant_id, kind, name)
+);
+
+-- An API key is shown once; only two one-way derivations of its secret are kept:
+-- secret_hash authenticates API calls, signing_key verifies event signatures (HMAC).
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id       text PRIMARY KEY,
+    principal_id text NOT NULL REFERENCES principals (principal_id),
+    tenant_id    text NOT NULL REFERENCES tenants (tenant_id),
+    name         text NOT NULL DEFAULT '',
+    secret_hash  bytea NOT NULL,
+    signing_key  bytea NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    expires_at   timestamptz,
+    revoked_at   timestamptz
+);
+CREATE INDEX IF NOT EXISTS api_keys_by_principal ON api_keys (principal_id);
+
+-- Role grants (casbin policy source): experiment_id '' = the whole tenant.
+CREATE TABLE IF NOT EXISTS role_grants (
+    tenant_id     text NOT NULL REFERENCES tenants (tenant_id),
+    principal_id  text NOT NULL REFERENCES principals (principal_id),
+    role          text NOT NULL CHECK (role IN ('viewer', 'engineer', 'admin')),
+    experiment_id text NOT NULL DEFAULT '',
+    granted_at    timestamptz NOT NULL DEFAULT now(),
+    granted_by    text NOT NULL DEFAULT '',
+    PRIMARY KEY (tenant_id, principal_id, role, experiment_id)
+);
+
+-- Read-only sharing of one experiment with another tenant.
+CREATE TABLE IF NOT EXISTS experiment_shares (
+    owner_tenant   text NOT NULL REFERENCES tenants (tenant_id),
+    experiment_id  text NOT NULL,
+    grantee_tenant text NOT NULL REFERENCES tenants (tenant_id),
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    created_by     text NOT NULL DEFAULT '',
+    PRIMARY KEY (owner_tenant, experiment_id, grantee_tenant)
+);
+CREATE INDEX IF NOT EXISTS experiment_shares_by_grantee ON experiment_shares (grantee_tenant);
+
+-- Required run tags: {"project": [], "stage": ["dev", "prod"]} ([] = any value);
+-- enforcement 'flag' records a finding, 'reject' refuses the run.
+CREATE TABLE IF NOT EXISTS tagging_policies (
+    tenant_id   text PRIMARY KEY REFERENCES tenants (tenant_id),
+    required    jsonb NOT NULL,
+    enforcement text NOT NULL CHECK (enforcement IN ('flag', 'reject')),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- NULL = unlimited.
+CREATE TABLE IF NOT EXISTS tenant_quotas (
+    tenant_id         text PRIMARY KEY REFERENCES tenants (tenant_id),
+    events_per_second integer CHECK (events_per_second > 0),
+    max_points        bigint CHECK (max_points >= 0),
+    updated_at        timestamptz NOT NULL DEFAULT now()
+);
+
+-- Metric points stored per tenant, advanced by the projector in each batch's transaction.
+CREATE TABLE IF NOT EXISTS tenant_usage (
+    tenant_id text PRIMARY KEY,
+    points    bigint NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq       bigserial PRIMARY KEY,
+    tenant_id text,              -- NULL: platform actions and callers whose tenant is unknown
+    at        timestamptz NOT NULL DEFAULT now(),
+    actor     text NOT NULL,     -- principal id, else key id, else 'anonymous'
+    action    text NOT NULL,     -- e.g. key.create, tenant.suspend, POST /api/v1/runs
+    target    text NOT NULL DEFAULT '',
+    outcome   text NOT NULL CHECK (outcome IN ('ok', 'denied')),
+    source    text NOT NULL DEFAULT '',  -- client address
+    details   jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS audit_log_by_tenant ON audit_log (tenant_id, seq DESC);
+
+-- Append-only: no UPDATE, DELETE or TRUNCATE, whoever asks.
+CREATE OR REPLACE FUNCTION audit_log_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_log is append-only';
+END $$;
+CREATE OR REPLACE TRIGGER audit_log_no_update_or_delete
+    BEFORE UPDATE OR DELETE ON audit_log FOR EACH ROW EXECUTE FUNCTION audit_log_is_append_only();
+CREATE OR REPLACE TRIGGER audit_log_no_truncate
+    BEFORE TRUNCATE ON audit_log FOR EACH STATEMENT EXECUTE FUNCTION audit_log_is_append_only();
+
+CREATE TABLE IF NOT EXISTS auth_generation (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    generation bigint NOT NULL
+);
+INSERT INTO auth_generation VALUES (true, 1) ON CONFLICT DO NOTHING;

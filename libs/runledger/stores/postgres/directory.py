@@ -1,0 +1,305 @@
+"""The control plane in Postgres: tenants, principals, keys, grants, shares, policies, audit.
+
+Every function that changes what authorization sees calls `bump_generation` inside
+the caller's transaction, so the change and its announcement commit together.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from runledger.auth.keys import ApiKey, generate_key
+from runledger.auth.model import (
+    AuthSnapshot,
+    Grant,
+    KeyRecord,
+    Quota,
+    Role,
+    Share,
+    TaggingPolicy,
+    TenantStatus,
+)
+from runledger.auth.watcher import AuthWatcher
+from runledger.stores.postgres import PgConnection
+
+AUTH_CHANNEL = "runledger_auth"
+BOOTSTRAP_PRINCIPAL = "admin"
+
+
+async def current_generation(conn: PgConnection) -> int:
+    """The control plane's change counter."""
+    value = await conn.fetchval("SELECT generation FROM auth_generation")
+    return int(value)
+
+
+async def bump_generation(conn: PgConnection) -> int:
+    """Announce a change (call inside the changing transaction)."""
+    value = await conn.fetchval("UPDATE auth_generation SET generation = generation + 1 RETURNING generation")
+    await conn.execute(f"NOTIFY {AUTH_CHANNEL}")
+    return int(value)
+
+
+async def load_snapshot(conn: PgConnection) -> AuthSnapshot:
+    """Everything authorization needs, read in one repeatable-read transaction."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        generation = await current_generation(conn)
+        tenants = {
+            r["tenant_id"]: TenantStatus(r["status"])
+            for r in await conn.fetch("SELECT tenant_id, status FROM tenants")
+        }
+        keys = {
+            r["key_id"]: KeyRecord(
+                key_id=r["key_id"],
+                tenant_id=r["tenant_id"],
+                principal_id=r["principal_id"],
+                secret_hash=bytes(r["secret_hash"]),
+                signing_key=bytes(r["signing_key"]),
+                expires_at=r["expires_at"],
+                revoked=r["revoked_at"] is not None,
+            )
+            for r in await conn.fetch(
+                "SELECT key_id, tenant_id, principal_id, secret_hash, signing_key, expires_at, revoked_at"
+                " FROM api_keys"
+            )
+        }
+        principals = await conn.fetch("SELECT principal_id, is_superadmin, disabled_at FROM principals")
+        grants = tuple(
+            Grant(r["tenant_id"], r["principal_id"], Role(r["role"]), r["experiment_id"])
+            for r in await conn.fetch("SELECT tenant_id, principal_id, role, experiment_id FROM role_grants")
+        )
+        shares = tuple(
+            Share(r["owner_tenant"], r["experiment_id"], r["grantee_tenant"])
+            for r in await conn.fetch(
+                "SELECT owner_tenant, experiment_id, grantee_tenant FROM experiment_shares"
+            )
+        )
+        tagging = {
+            r["tenant_id"]: TaggingPolicy(
+                {k: tuple(v) for k, v in json.loads(r["required"]).items()}, r["enforcement"] == "reject"
+            )
+            for r in await conn.fetch("SELECT tenant_id, required::text, enforcement FROM tagging_policies")
+        }
+        quotas = {
+            r["tenant_id"]: Quota(r["events_per_second"], r["max_points"])
+            for r in await conn.fetch("SELECT tenant_id, events_per_second, max_points FROM tenant_quotas")
+        }
+    return AuthSnapshot(
+        generation=generation,
+        tenants=tenants,
+        keys=keys,
+        superadmins=frozenset(r["principal_id"] for r in principals if r["is_superadmin"]),
+        disabled_principals=frozenset(r["principal_id"] for r in principals if r["disabled_at"] is not None),
+        grants=grants,
+        shares=shares,
+        tagging=tagging,
+        quotas=quotas,
+    )
+
+
+async def watch(pool: asyncpg.Pool[Any], poll_s: float) -> AuthWatcher:
+    """A started AuthWatcher over the control-plane tables of `pool`'s database."""
+
+    async def load() -> AuthSnapshot:
+        async with pool.acquire() as conn:
+            return await load_snapshot(conn)
+
+    async def generation() -> int:
+        async with pool.acquire() as conn:
+            return await current_generation(conn)
+
+    watcher = AuthWatcher(load, generation, poll_s)
+    await watcher.start()
+    return watcher
+
+
+# --- changes -------------------------------------------------------------------------------
+
+
+def new_principal_id(kind: str) -> str:
+    """`u_<hex>` for users, `sa_<hex>` for service accounts."""
+    return f"{'u' if kind == 'user' else 'sa'}_{secrets.token_hex(6)}"
+
+
+async def create_tenant(conn: PgConnection, tenant_id: str, name: str) -> bool:
+    """Create a tenant; False when it already exists."""
+    status = await conn.execute(
+        "INSERT INTO tenants (tenant_id, name, status) VALUES ($1, $2, 'active') ON CONFLICT DO NOTHING",
+        tenant_id,
+        name,
+    )
+    created = status.endswith(" 1")
+    if created:
+        await bump_generation(conn)
+    return created
+
+
+async def set_tenant_status(conn: PgConnection, tenant_id: str, status: TenantStatus) -> bool:
+    """Suspend or re-activate a tenant; False when there is no such tenant."""
+    done = await conn.execute("UPDATE tenants SET status = $2 WHERE tenant_id = $1", tenant_id, status.value)
+    if done.endswith(" 0"):
+        return False
+    await bump_generation(conn)
+    return True
+
+
+async def create_principal(
+    conn: PgConnection, tenant_id: str, kind: str, name: str, *, superadmin: bool = False
+) -> str:
+    """A user or service account of a tenant; returns its principal id."""
+    principal_id = new_principal_id(kind)
+    await conn.execute(
+        "INSERT INTO principals (principal_id, tenant_id, kind, name, is_superadmin) VALUES ($1, $2, $3, $4, $5)",
+        principal_id,
+        tenant_id,
+        kind,
+        name,
+        superadmin,
+    )
+    await bump_generation(conn)
+    return principal_id
+
+
+async def create_key(
+    conn: PgConnection,
+    principal_id: str,
+    *,
+    name: str = "",
+    expires_at: datetime | None = None,
+    key: ApiKey | None = None,
+) -> ApiKey:
+    """A new key of the principal (in the principal's tenant); the secret is returned, not stored."""
+    key = key or generate_key()
+    await conn.execute(
+        "INSERT INTO api_keys (key_id, principal_id, tenant_id, name, secret_hash, signing_key, expires_at)"
+        " SELECT $1, principal_id, tenant_id, $3, $4, $5, $6 FROM principals WHERE principal_id = $2",
+        key.key_id,
+        principal_id,
+        name,
+        key.secret_hash,
+        key.signing_key,
+        expires_at,
+    )
+    await bump_generation(conn)
+    return key
+
+
+async def revoke_key(conn: PgConnection, key_id: str) -> bool:
+    """Revoke a key; False when it does not exist or was already revoked."""
+    done = await conn.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL", key_id
+    )
+    if done.endswith(" 0"):
+        return False
+    await bump_generation(conn)
+    return True
+
+
+async def grant_role(conn: PgConnection, grant: Grant, granted_by: str = "") -> bool:
+    """Grant a role (idempotent); False when it already existed."""
+    done = await conn.execute(
+        "INSERT INTO role_grants (tenant_id, principal_id, role, experiment_id, granted_by)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        grant.tenant_id,
+        grant.principal_id,
+        grant.role.value,
+        grant.experiment_id,
+        granted_by,
+    )
+    if done.endswith(" 0"):
+        return False
+    await bump_generation(conn)
+    return True
+
+
+async def revoke_role(conn: PgConnection, grant: Grant) -> bool:
+    """Remove a grant; False when there was none."""
+    done = await conn.execute(
+        "DELETE FROM role_grants WHERE tenant_id = $1 AND principal_id = $2 AND role = $3 AND experiment_id = $4",
+        grant.tenant_id,
+        grant.principal_id,
+        grant.role.value,
+        grant.experiment_id,
+    )
+    if done.endswith(" 0"):
+        return False
+    await bump_generation(conn)
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap:
+    """What `bootstrap` set up: the platform admin principal of the default tenant."""
+
+    principal_id: str
+    key_created: bool
+
+
+async def bootstrap(conn: PgConnection, tenant_id: str, key: ApiKey) -> Bootstrap:
+    """Idempotently: the default tenant, its `admin` user (superadmin, tenant admin) and `key`.
+
+    A key that exists already is left as it is (a revoked bootstrap key stays revoked).
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(7301002)")
+        await conn.execute(
+            "INSERT INTO tenants (tenant_id, name, status) VALUES ($1, $1, 'active') ON CONFLICT DO NOTHING",
+            tenant_id,
+        )
+        principal_id = await conn.fetchval(
+            "SELECT principal_id FROM principals WHERE tenant_id = $1 AND kind = 'user' AND name = $2",
+            tenant_id,
+            BOOTSTRAP_PRINCIPAL,
+        )
+        if principal_id is None:
+            principal_id = await create_principal(
+                conn, tenant_id, "user", BOOTSTRAP_PRINCIPAL, superadmin=True
+            )
+            await grant_role(conn, Grant(tenant_id, principal_id, Role.ADMIN), "bootstrap")
+        exists = await conn.fetchval("SELECT 1 FROM api_keys WHERE key_id = $1", key.key_id)
+        if not exists:
+            await create_key(conn, principal_id, name="bootstrap", key=key)
+        await bump_generation(conn)
+        return Bootstrap(principal_id, not exists)
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One line of the audit log."""
+
+    tenant_id: str | None
+    actor: str
+    action: str
+    outcome: str  # ok | denied
+    target: str = ""
+    source: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+async def append_audit(conn: PgConnection, entries: Sequence[AuditEntry]) -> None:
+    """Append entries (the table refuses every other change)."""
+    if not entries:
+        return
+    await conn.executemany(
+        "INSERT INTO audit_log (tenant_id, actor, action, target, outcome, source, details)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)",
+        [
+            (e.tenant_id, e.actor, e.action, e.target, e.outcome, e.source, json.dumps(e.details))
+            for e in entries
+        ],
+    )
+
+
+async def tenant_ids(conn: PgConnection, ids: Iterable[str]) -> set[str]:
+    """Which of `ids` are tenants."""
+    rows = await conn.fetch("SELECT tenant_id FROM tenants WHERE tenant_id = ANY($1::text[])", list(ids))
+    return {r["tenant_id"] for r in rows}

@@ -1,0 +1,1 @@
+"""GET /whoami: what the presented key is (the SDK learns its tenant from it)."""
