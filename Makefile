@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install run test lint format bench bench-fleet schemas clean
+.PHONY: install run test lint format bench bench-fleet bench-tenancy schemas clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ bench: install
 
 bench-fleet: install
 	$(PY) -m bench.fleet
+
+bench-tenancy: install
+	$(PY) -m bench.tenancy
 
 schemas: install
 	$(VENV)/bin/runledger schemas

@@ -1,0 +1,156 @@
+"""Noisy neighbour: does one tenant flooding the API slow another's writes? (`make bench-tenancy`)
+
+On the real embedded stack, as a platform operator would set it up through the
+admin API: the bootstrap key creates tenants `quiet` and `noisy` (each with an admin
+key), then the quiet tenant writes small metric batches one after the other and we
+record each write's latency (a write returns once projected: read-your-writes).
+Three phases side by side in one run, so the ratios hold on a noisy machine:
+
+  baseline   quiet alone
+  flood      noisy floods with CONCURRENCY writers, under an events/s quota
+  unlimited  the same flood with the quota removed
+
+Prints a JSON summary (copied into bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from bench.stack import embedded_stack
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+
+
+async def _create_tenant(admin: httpx.AsyncClient, tenant_id: str) -> str:
+    response = await admin.post(
+        "/api/v1/tenants", json={"tenant_id": tenant_id, "name": tenant_id, "admin_user": "ops"}
+    )
+    response.raise_for_status()
+    return str(response.json()["api_key"]["api_key"])
+
+
+async def _new_run(client: httpx.AsyncClient, experiment: str) -> str:
+    response = await client.post("/api/v1/runs", json={"experiment_name": experiment})
+    response.raise_for_status()
+    return str(response.json()["run_id"])
+
+
+def _points(step: int, count: int) -> dict[str, Any]:
+    return {"metrics": [{"key": f"m{i}", "value": float(step + i), "step": step} for i in range(count)]}
+
+
+async def _quiet_writes(client: httpx.AsyncClient, run_id: str, seconds: float) -> list[float]:
+    """Latencies (s) of sequential 10-point writes for `seconds`."""
+    latencies: list[float] = []
+    step = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        response = await client.post(f"/api/v1/runs/{run_id}/metrics", json=_points(step, 10))
+        response.raise_for_status()
+        latencies.append(time.perf_counter() - started)
+        step += 1
+    return latencies
+
+
+async def _flood(client: httpx.AsyncClient, run_id: str, stop: asyncio.Event, outcomes: Counter[int]) -> None:
+    step = 0
+    while not stop.is_set():
+        response = await client.post(f"/api/v1/runs/{run_id}/metrics", json=_points(step, 200))
+        outcomes[response.status_code] += 1
+        step += 1
+
+
+async def _phase(
+    quiet: httpx.AsyncClient,
+    quiet_run: str,
+    noisy: httpx.AsyncClient | None,
+    noisy_runs: list[str],
+    seconds: float,
+) -> dict[str, Any]:
+    stop = asyncio.Event()
+    outcomes: Counter[int] = Counter()
+    flooders = (
+        [asyncio.create_task(_flood(noisy, run, stop, outcomes)) for run in noisy_runs] if noisy else []
+    )
+    await asyncio.sleep(0.5 if flooders else 0)  # let the flood build up first
+    started = time.perf_counter()
+    latencies = await _quiet_writes(quiet, quiet_run, seconds)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await asyncio.gather(*flooders)
+    return {
+        "quiet_writes": len(latencies),
+        "quiet_p50_ms": _pct(latencies, 0.5),
+        "quiet_p99_ms": _pct(latencies, 0.99),
+        "quiet_mean_ms": round(statistics.fmean(latencies) * 1000, 1),
+        "noisy_accepted_per_s": round(outcomes[200] / elapsed, 1),
+        "noisy_rejected_429_per_s": round(outcomes[429] / elapsed, 1),
+        "noisy_other_statuses": {str(k): v for k, v in outcomes.items() if k not in (200, 429)},
+    }
+
+
+async def _main(seconds: float, concurrency: int, quota: int) -> dict[str, Any]:
+    with embedded_stack() as stack:
+        info = json.loads(stack.settings.connection_file.read_text())
+        limits = httpx.Limits(max_connections=concurrency + 4)
+
+        def client(key: str) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                base_url=stack.api_url,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=60,
+                trust_env=False,
+                limits=limits,
+            )
+
+        async with client(info["api_key"]) as admin:
+            quiet_key = await _create_tenant(admin, "quiet")
+            noisy_key = await _create_tenant(admin, "noisy")
+            async with client(quiet_key) as quiet, client(noisy_key) as noisy:
+                quiet_run = await _new_run(quiet, "latency")
+                noisy_runs = [await _new_run(noisy, "flood") for _ in range(concurrency)]
+                results: dict[str, Any] = {"seconds_per_phase": seconds, "concurrency": concurrency}
+                results["baseline"] = await _phase(quiet, quiet_run, None, [], seconds)
+                quota_body = {"events_per_second": quota, "max_points": None}
+                (await admin.put("/api/v1/tenants/noisy/quotas", json=quota_body)).raise_for_status()
+                results["flood_with_quota"] = {
+                    "events_per_second_quota": quota,
+                    **await _phase(quiet, quiet_run, noisy, noisy_runs, seconds),
+                }
+                unlimited = {"events_per_second": None, "max_points": None}
+                (await admin.put("/api/v1/tenants/noisy/quotas", json=unlimited)).raise_for_status()
+                results["flood_unlimited"] = await _phase(quiet, quiet_run, noisy, noisy_runs, seconds)
+                base = results["baseline"]["quiet_p99_ms"]
+                results["p99_ratio_flood_with_quota"] = round(
+                    results["flood_with_quota"]["quiet_p99_ms"] / base, 2
+                )
+                results["p99_ratio_flood_unlimited"] = round(
+                    results["flood_unlimited"]["quiet_p99_ms"] / base, 2
+                )
+                return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent writers of the noisy tenant")
+    parser.add_argument("--quota", type=int, default=20, help="events/s quota of the noisy tenant")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(_main(args.seconds, args.concurrency, args.quota)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
