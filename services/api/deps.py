@@ -1,7 +1,9 @@
 """Typed dependencies of the routes: the runtime, the caller (principal), read consistency.
 
-Authentication: every API route depends on `get_principal` (installed per router in
-app.py, so it runs before the body is even parsed). The key comes from
+Authentication: `AuthenticateApi` (an ASGI middleware, app.py) resolves the caller of
+every /api/ request before routing, so a request without a usable key is a 401 even
+when its body is malformed; `get_principal` (a dependency of every API router) hands
+that caller to the routes. The key comes from
 `Authorization: Bearer rlk_...`, HTTP basic auth (username = key id, password =
 secret; what MLflow clients and BI tools send) or `X-API-Key`. The tenant is the
 key's, never one named by the request.
@@ -17,6 +19,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Query, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runledger.auth.keys import ApiKey, InvalidKey, from_parts, parse_key, secret_matches
 from runledger.auth.model import Action
@@ -26,7 +29,7 @@ from runledger.stores.clickhouse import ClickHouse
 from runledger.stores.postgres.directory import AuditEntry
 from services.api.audit import AuditSink
 from services.api.consistency import ConsistencyToken
-from services.api.errors import PermissionDenied, TemporarilyUnavailable, Unauthenticated
+from services.api.errors import ApiError, PermissionDenied, TemporarilyUnavailable, Unauthenticated
 from services.api.principal import Principal
 from services.api.writes import EventWriter
 
@@ -102,6 +105,9 @@ async def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
     cached: Principal | None = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
+    failed: ApiError | None = getattr(request.state, "auth_error", None)
+    if failed is not None:  # AuthenticateApi tried already (and audited the denial)
+        raise failed
     try:
         key = presented_key(request)
     except Unauthenticated as exc:
@@ -143,10 +149,36 @@ async def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
 Auth = Annotated[Principal, Depends(get_principal)]
 
 
+class AuthenticateApi:
+    """ASGI middleware: authenticate every request under `prefix` before its body is parsed.
+
+    The caller lands in request.state.principal; a failure (401, or 503 while starting)
+    in request.state.auth_error. Routing then runs as usual: an unknown endpoint is a
+    404 either way, get_principal raises the failure for every known route, and the
+    validation-error handler answers it instead of a body error, so a request without
+    a usable key is a 401 even when its body is malformed.
+    """
+
+    def __init__(self, app: ASGIApp, prefix: str = "/api/") -> None:
+        self._app = app
+        self._prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self._prefix):
+            request = Request(scope)
+            try:
+                await get_principal(request, get_runtime(request))
+            except ApiError as exc:
+                request.state.auth_error = exc
+        await self._app(scope, receive, send)
+
+
 def forbid(runtime: Runtime, request: Request, principal: Principal, what: str) -> PermissionDenied:
     """Audit a denial and return the 403 to raise."""
     deny(runtime, request, principal.tenant_id, principal.principal_id, what)
-    return PermissionDenied(what)
+    error = PermissionDenied(what)
+    error.audited = True
+    return error
 
 
 def require(action: Action) -> Any:

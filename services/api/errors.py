@@ -70,6 +70,15 @@ class PermissionDenied(ApiError):
 
     status_code = 403
     error_code = "PERMISSION_DENIED"
+    # Set once the denial is in the audit log, so the error handler does not append it twice.
+    audited = False
+
+
+class RequestLimitExceeded(ApiError):
+    """A tenant quota (events per second, stored points) refuses the request; see Retry-After."""
+
+    status_code = 429
+    error_code = "REQUEST_LIMIT_EXCEEDED"
 
 
 class TemporarilyUnavailable(ApiError):

@@ -17,12 +17,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.api.deps import Runtime, deny
 from services.api.errors import (
     ApiError,
     EndpointNotFound,
     InvalidParameter,
+    PermissionDenied,
     TemporarilyUnavailable,
 )
+from services.api.principal import Principal
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +57,28 @@ def validation_message(errors: Sequence[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
+    if isinstance(exc, PermissionDenied) and not exc.audited:
+        _audit_denial(request, exc)
     return error_response(exc)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+def _audit_denial(request: Request, exc: PermissionDenied) -> None:
+    """Every 403 goes to the audit log, wherever in a route it was raised."""
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if runtime is None or principal is None:
+        return
+    deny(runtime, request, principal.tenant_id, principal.principal_id, exc.message)
+    exc.audited = True
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    unauthenticated: ApiError | None = getattr(request.state, "auth_error", None)
+    if unauthenticated is not None:  # the body was parsed before get_principal could refuse
+        return error_response(unauthenticated)
     return error_response(InvalidParameter(validation_message(exc.errors())))
 
 

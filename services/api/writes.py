@@ -12,11 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from runledger.auth.signing import sign
 from runledger.events.codec import InvalidEvent, decode, encode, envelope_dict, producer
 from runledger.events.models import EventType
 from services.api.consistency import ConsistencyToken, ProjectionWaiter
 from services.api.errors import InvalidParameter
+from services.api.principal import Principal
 from services.api.publisher import MAX_EVENT_BYTES, EventPublisher, OutgoingEvent
+from services.api.quotas import QuotaGate
 from services.observability import WRITE_WAIT_SECONDS
 
 API_PRODUCER = producer("api")
@@ -48,36 +51,51 @@ def checked_event(raw: bytes) -> OutgoingEvent:
 
 
 def build_event(
-    tenant_id: str,
+    principal: Principal,
     type: EventType,
     payload: dict[str, Any],
     *,
     run_id: str | None = None,
     experiment_id: str | None = None,
 ) -> OutgoingEvent:
-    """An event the API emits on behalf of `tenant_id`, validated and keyed."""
+    """An event the API emits for `principal`: in its tenant, signed with its key, validated, keyed."""
     envelope = envelope_dict(
-        tenant_id=tenant_id,
+        tenant_id=principal.tenant_id,
         type=type,
         payload=payload,
         producer=API_PRODUCER,
         run_id=run_id,
         experiment_id=experiment_id,
     )
+    # The projector verifies every event against the key that authorized it.
+    sign(envelope, principal.key_id, principal.signing_key)
     return checked_event(encode(envelope))
 
 
 class EventWriter:
     """Produces events and waits (bounded) for the projector to apply them."""
 
-    def __init__(self, publisher: EventPublisher, waiter: ProjectionWaiter, timeout_s: float) -> None:
-        """Write through `publisher`; wait at most `timeout_s` for projection."""
+    def __init__(
+        self,
+        publisher: EventPublisher,
+        waiter: ProjectionWaiter,
+        timeout_s: float,
+        quotas: QuotaGate | None = None,
+    ) -> None:
+        """Write through `publisher`; wait at most `timeout_s` for projection; `quotas` admit writes."""
         self.publisher = publisher
         self.waiter = waiter
         self.timeout_s = timeout_s
+        self.quotas = quotas
 
-    async def write(self, events: Sequence[OutgoingEvent]) -> WriteReceipt:
-        """Produce `events` in order and wait until all are projected (or the timeout passes)."""
+    async def write(
+        self, principal: Principal, events: Sequence[OutgoingEvent], *, points: int = 0
+    ) -> WriteReceipt:
+        """Produce `events` for `principal` in order and wait until all are projected (or the timeout
+        passes); 429 when the tenant's quotas refuse `len(events)` events carrying `points` points."""
+        if self.quotas is not None:
+            quota = principal.authorizer.snapshot.quota(principal.tenant_id)
+            await self.quotas.admit(principal.tenant_id, quota, len(events), points)
         result = await self.publisher.publish(events)
         token = ConsistencyToken.from_positions(result.incarnation, result.topic, result.positions)
         start = time.perf_counter()

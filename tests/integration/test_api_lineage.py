@@ -12,6 +12,7 @@ of the tenant under test (-> is an edge, its relation in brackets):
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +22,8 @@ import httpx
 import orjson
 import pytest
 
+from runledger.auth.keys import generate_key
+from runledger.auth.model import Role
 from runledger.config import Settings
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.lineage import dataset_id, model_id
@@ -28,6 +31,7 @@ from runledger.stores.postgres.migrate import migrate
 from services.api.app import create_app
 from services.api.lineage import service as lineage_service
 from tests.integration.conftest import create_database
+from tests.support.auth import provision
 from tests.unit.test_api_errors import NoClickHouse, RecordingPublisher
 
 pytestmark = pytest.mark.integration
@@ -128,12 +132,16 @@ async def dsn(postgres: EmbeddedPostgres) -> str:
 
 
 async def _client_for(dsn: str, tenant: str) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        Settings(postgres_dsn=dsn, default_tenant=tenant), NoClickHouse(), publisher=RecordingPublisher()
-    )
+    key = generate_key()  # provisioned by the lifespan as admin of `tenant`
+    settings = Settings(postgres_dsn=dsn, default_tenant=tenant, bootstrap_api_key=key.token)
+    app = create_app(settings, NoClickHouse(), publisher=RecordingPublisher())
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://api",
+            headers={"Authorization": f"Bearer {key.token}"},
+        ) as c,
     ):
         yield c
 
@@ -314,3 +322,20 @@ async def test_huge_walks_are_truncated(client: httpx.AsyncClient, monkeypatch: 
     assert body["truncated"] is True
     assert _nodes(body) == {("run", c): i for i, c in enumerate(CHAIN[:4])}
     assert len(body["edges"]) == 3
+
+
+async def test_a_grant_narrowed_to_another_experiment_sees_no_lineage(
+    client: httpx.AsyncClient, dsn: str
+) -> None:
+    everything = await provision(dsn, T, Role.VIEWER, experiment_id="0")  # every seeded run is in "0"
+    elsewhere = await provision(dsn, T, Role.ENGINEER, experiment_id="not-0")
+    for _ in range(50):  # the API's auth watcher picks the new keys up within a second
+        if (await client.get("/api/v1/whoami", headers=elsewhere.headers)).status_code == 200:
+            break
+        await asyncio.sleep(0.1)
+    full = await _graph(client, "run", "run-b", depth=2)
+    r = await client.get("/api/v1/lineage/run/run-b", params={"depth": 2}, headers=everything.headers)
+    assert r.status_code == 200 and _nodes(r.json()) == _nodes(full) and _edges(r.json()) == _edges(full)
+    for kind, node in (("run", "run-a"), ("dataset", MNIST), ("model", NET), ("dataset", ORPHAN)):
+        r = await client.get(f"/api/v1/lineage/{kind}/{node}", headers=elsewhere.headers)
+        assert r.status_code == 404, (kind, node, r.text)

@@ -18,6 +18,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from runledger.auth.keys import generate_key
 from runledger.config import Settings
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.events.codec import experiment_id_for
@@ -159,12 +160,16 @@ async def dsn(postgres: EmbeddedPostgres) -> str:
 
 @pytest.fixture(scope="module")
 async def client(dsn: str, clickhouse: ChdbClickHouse) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(postgres_dsn=dsn, default_tenant=T, write_wait_timeout_s=1.5)
+    key = generate_key()  # provisioned by the lifespan as admin of T
+    settings = Settings(
+        postgres_dsn=dsn, default_tenant=T, write_wait_timeout_s=1.5, bootstrap_api_key=key.token
+    )
     app = create_app(settings, clickhouse, publisher=RecordingPublisher())
     transport = httpx.ASGITransport(app=app)
+    headers = {"Authorization": f"Bearer {key.token}"}
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://api") as c,
+        httpx.AsyncClient(transport=transport, base_url="http://api", headers=headers) as c,
     ):
         yield c
 

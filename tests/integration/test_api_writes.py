@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from runledger.auth.keys import generate_key
 from runledger.config import Settings
 from runledger.embedded.broker import EmbeddedBroker
 from runledger.embedded.postgres import EmbeddedPostgres
@@ -80,15 +81,17 @@ def clickhouse(settings: Settings) -> Iterator[ChdbClickHouse]:
 async def client(
     settings: Settings, dsn: str, clickhouse: ChdbClickHouse
 ) -> AsyncIterator[httpx.AsyncClient]:
-    live = settings.model_copy(update={"postgres_dsn": dsn})
+    key = generate_key()  # provisioned by the lifespan as admin of T
+    live = settings.model_copy(update={"postgres_dsn": dsn, "bootstrap_api_key": key.token})
     projector = ProjectorThread(live, clickhouse)
     projector.start()
     app = create_app(live, clickhouse)
     transport = httpx.ASGITransport(app=app)
+    headers = {"Authorization": f"Bearer {key.token}"}
     try:
         async with (
             app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://api", timeout=60) as c,
+            httpx.AsyncClient(transport=transport, base_url="http://api", timeout=60, headers=headers) as c,
         ):
             yield c
     finally:

@@ -5,19 +5,26 @@ The runtime holds fakes: nothing here reaches Postgres, ClickHouse or Kafka.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
+import orjson
 import pyarrow as pa
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from runledger.auth import signing
+from runledger.auth.keys import ApiKey, generate_key
+from runledger.auth.model import AuthSnapshot, Grant, KeyRecord, Role, TenantStatus
+from runledger.auth.watcher import AuthWatcher
 from runledger.config import Settings
-from runledger.events.codec import encode, envelope_dict, producer
+from runledger.events.codec import envelope_dict, producer
 from runledger.events.models import EventType
 from runledger.stores.clickhouse import ClickHouse
 from services.api.app import create_app
+from services.api.audit import AuditSink
 from services.api.consistency import ConsistencyToken, ProjectionWaiter
 from services.api.deps import Runtime
 from services.api.publisher import OutgoingEvent, PublishResult
@@ -25,6 +32,38 @@ from services.api.writes import EventWriter
 from services.ingest.checkpoints import PartitionKey, notification
 
 TENANT = "unit-tenant"
+KEY = generate_key()
+VIEWER_KEY = generate_key()
+
+
+def snapshot(*keys: tuple[ApiKey, Role]) -> AuthSnapshot:
+    """A control plane holding these keys, each of its own principal of TENANT with the role."""
+    records = {
+        k.key_id: KeyRecord(k.key_id, TENANT, f"p-{k.key_id}", k.secret_hash, k.signing_key) for k, _ in keys
+    }
+    grants = tuple(Grant(TENANT, f"p-{k.key_id}", role) for k, role in keys)
+    return AuthSnapshot(generation=1, tenants={TENANT: TenantStatus.ACTIVE}, keys=records, grants=grants)
+
+
+def static_auth(snap: AuthSnapshot) -> AuthWatcher:
+    """A watcher over a fixed snapshot (never polled)."""
+
+    async def load() -> AuthSnapshot:
+        return snap
+
+    async def generation() -> int:
+        return snap.generation
+
+    watcher = AuthWatcher(load, generation)
+    asyncio.run(watcher.refresh())
+    return watcher
+
+
+class NoRows:
+    """A pool whose lookups find nothing (no run or experiment exists yet)."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        return []
 
 
 class NoClickHouse(ClickHouse):
@@ -78,9 +117,18 @@ def _app(publisher: RecordingPublisher, timeout_s: float = 0.05) -> FastAPI:
     waiter = ProjectionWaiter("postgresql://unused", cast(Any, None), "g")
     writer = EventWriter(publisher, waiter, timeout_s)
     app.state.runtime = Runtime(
-        settings=settings, clickhouse=NoClickHouse(), pool=cast(Any, None), writer=writer
+        settings=settings,
+        clickhouse=NoClickHouse(),
+        pool=cast(Any, NoRows()),
+        writer=writer,
+        auth=static_auth(snapshot((KEY, Role.ENGINEER), (VIEWER_KEY, Role.VIEWER))),
+        audit=AuditSink(cast(Any, None)),  # never started: denials queue in memory
     )
     return app
+
+
+def _headers(key: ApiKey = KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key.token}"}
 
 
 @pytest.fixture
@@ -91,7 +139,7 @@ def publisher() -> RecordingPublisher:
 @pytest.fixture
 def client(publisher: RecordingPublisher) -> Iterator[TestClient]:
     # Not entered as a context manager: the lifespan (real connections) never runs.
-    yield TestClient(_app(publisher), raise_server_exceptions=False)
+    yield TestClient(_app(publisher), raise_server_exceptions=False, headers=_headers())
 
 
 def _event(tenant: str = TENANT, **overrides: Any) -> dict[str, Any]:
@@ -218,16 +266,18 @@ def test_events_pending_projection_answers_202_with_a_token(
     assert body["accepted"] == 2 and body["projected"] is False
     token = ConsistencyToken.decode(body["consistency_token"])
     assert token.incarnation == "unit" and token.topic == "events"
-    # Produced unchanged (same event ids), keyed by run for per-run ordering.
+    # Produced with the same event ids, keyed by run for per-run ordering, re-signed by the caller.
     assert [e.event_id for e in publisher.events] == [e["event_id"] for e in events]
     assert [e.key for e in publisher.events] == [b"r1", b"r2"]
-    assert encode(events[0]) == publisher.events[0].value
+    produced = orjson.loads(publisher.events[0].value)
+    assert produced["key_id"] == KEY.key_id and signing.verify(produced, KEY.signing_key)
+    assert {**events[0], "key_id": None, "signature": None} == {**produced, "key_id": None, "signature": None}
 
 
 def test_events_projected_answer_200(publisher: RecordingPublisher) -> None:
     app = _app(publisher, timeout_s=5)
     publisher.waiter = app.state.runtime.writer.waiter
-    r = TestClient(app).post("/api/v1/events", json=[_event()])
+    r = TestClient(app, headers=_headers()).post("/api/v1/events", json=[_event()])
     assert r.status_code == 200, r.text
     assert r.json()["accepted"] == 1 and r.json()["projected"] is True
 
@@ -235,3 +285,83 @@ def test_events_projected_answer_200(publisher: RecordingPublisher) -> None:
 def test_empty_event_batch_is_accepted(client: TestClient) -> None:
     r = client.post("/api/v1/events", json=[])
     assert r.status_code == 200 and r.json()["accepted"] == 0
+
+
+def test_events_signed_by_another_key_are_re_signed_by_the_caller(
+    client: TestClient, publisher: RecordingPublisher
+) -> None:
+    forged = signing.sign(_event(), "0" * 16, b"not the caller's key")
+    r = client.post("/api/v1/events", json=[forged])
+    assert r.status_code == 202, r.text
+    produced = orjson.loads(publisher.events[0].value)
+    assert produced["key_id"] == KEY.key_id and signing.verify(produced, KEY.signing_key)
+
+
+# --- authentication and role checks before anything else ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer rlk_nope"}, {"Authorization": f"Bearer {generate_key().token}"}],
+)
+@pytest.mark.parametrize("url", ["/api/v1/experiments", "/api/v1/events", "/api/v1/runs/r1/metrics"])
+def test_no_or_bad_key_is_401_even_with_a_malformed_body(
+    publisher: RecordingPublisher, headers: dict[str, str], url: str
+) -> None:
+    client = TestClient(_app(publisher), raise_server_exceptions=False)
+    r = client.post(url, content=b"{not json", headers={"content-type": "application/json", **headers})
+    assert r.status_code == 401, r.text
+    assert r.json()["error_code"] == "UNAUTHENTICATED" and "www-authenticate" in r.headers
+    assert publisher.events == []
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        ("post", "/api/v1/experiments", {"name": ""}),
+        ("patch", "/api/v1/experiments/e1", {"bogus": 1}),
+        ("post", "/api/v1/runs", {"experiment_id": "1", "experiment_name": "x"}),
+        ("post", "/api/v1/runs/r1/metrics", {"metrics": [{"key": "a", "value": "high"}]}),
+        ("delete", "/api/v1/runs/r1", None),
+        ("post", "/api/v1/events", [{"not": "an event"}]),
+    ],
+)
+def test_a_viewer_on_a_write_route_is_403_before_the_body_is_validated(
+    publisher: RecordingPublisher, method: str, url: str, body: Any
+) -> None:
+    app = _app(publisher)
+    client = TestClient(app, raise_server_exceptions=False, headers=_headers(VIEWER_KEY))
+    r = client.request(method.upper(), url, json=body)
+    assert r.status_code == 403, r.text
+    assert r.json()["error_code"] == "PERMISSION_DENIED"
+    assert publisher.events == []
+    audit: AuditSink = app.state.runtime.audit
+    assert [e.outcome for e in audit._queue] == ["denied"]  # audited once
+
+
+def test_events_the_caller_may_not_write_are_403(publisher: RecordingPublisher) -> None:
+    narrowed = generate_key()
+    snap = snapshot((narrowed, Role.ENGINEER))
+    snap = AuthSnapshot(
+        generation=1,
+        tenants=snap.tenants,
+        keys=snap.keys,
+        grants=(Grant(TENANT, f"p-{narrowed.key_id}", Role.ENGINEER, "e1"),),
+    )
+    app = _app(publisher)
+    app.state.runtime = Runtime(
+        settings=app.state.runtime.settings,
+        clickhouse=NoClickHouse(),
+        pool=cast(Any, NoRows()),
+        writer=app.state.runtime.writer,
+        auth=static_auth(snap),
+        audit=AuditSink(cast(Any, None)),
+    )
+    client = TestClient(app, raise_server_exceptions=False, headers=_headers(narrowed))
+    ok = client.post("/api/v1/events", json=[_event()])  # experiment e1
+    assert ok.status_code == 202, ok.text
+    r = client.post("/api/v1/events", json=[_event(), _event(experiment_id="e2")])
+    assert r.status_code == 403
+    assert [d["index"] for d in r.json()["details"]] == [1]
+    assert "e2" in r.json()["details"][0]["reason"]
+    assert len(publisher.events) == 1

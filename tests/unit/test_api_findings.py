@@ -8,7 +8,10 @@ from typing import Any, cast
 
 import pytest
 
+from runledger.auth.model import AuthSnapshot, Grant, Role, TenantStatus
+from runledger.auth.rbac import Authorizer
 from runledger.events.models import CodeStateCapturedPayload
+from services.api.access import Access
 from services.api.documents.repository import DocumentRepository
 from services.api.documents.service import DocumentService
 from services.api.errors import InvalidParameter, NotFound
@@ -22,15 +25,37 @@ from services.api.findings.repository import (
 from services.api.findings.schemas import Finding
 from services.api.findings.service import FindingService
 from services.api.pagination import encode_page_token, fingerprint
+from services.api.principal import Principal
 from services.api.runs.repository import RunRepository
+from services.api.runs.schemas import RunInfo
+
+TENANT = "t1"
+
+
+def access(experiment_id: str = "") -> Access:
+    """A viewer of TENANT (narrowed to one experiment when given)."""
+    snapshot = AuthSnapshot(
+        generation=1,
+        tenants={TENANT: TenantStatus.ACTIVE},
+        grants=(Grant(TENANT, "p", Role.VIEWER, experiment_id),),
+    )
+    return Access(Principal(tenant_id=TENANT, authorizer=Authorizer(snapshot), principal_id="p"))
 
 
 class FakeRuns:
+    """Runs of TENANT, all in experiment e1."""
+
     def __init__(self, known: set[str]) -> None:
         self.known = known
 
-    async def get_info(self, run_id: str) -> object | None:
-        return object() if run_id in self.known else None
+    async def locate(self, run_id: str, shared: dict[str, str]) -> tuple[str, RunInfo] | None:
+        if run_id not in self.known:
+            return None
+        info = RunInfo(
+            run_id=run_id, experiment_id="e1", name="r", user_id="", status="RUNNING", start_time=0,
+            lifecycle_stage="active",
+        )  # fmt: skip
+        return TENANT, info
 
 
 class FakeFindings:
@@ -40,8 +65,17 @@ class FakeFindings:
         self.rows = sorted(rows, key=lambda r: (-r.micros, r.finding.event_id))  # as the SQL orders
         self.calls: list[tuple[FindingFilters, tuple[int, str] | None, int]] = []
 
+    def bound_to(self, tenant_id: str) -> FakeFindings:
+        assert tenant_id == TENANT
+        return self
+
     async def page(
-        self, filters: FindingFilters, after: tuple[int, str] | None, limit: int
+        self,
+        filters: FindingFilters,
+        after: tuple[int, str] | None,
+        limit: int,
+        readable: frozenset[str] | None = None,
+        shared: dict[str, str] | None = None,
     ) -> list[FindingRow]:
         self.calls.append((filters, after, limit))
         rows = [r for r in self.rows if not filters.run_ids or r.finding.run_id in filters.run_ids]
@@ -58,9 +92,12 @@ def row(micros: int, run_id: str = "r1") -> FindingRow:
     return FindingRow(finding, micros)
 
 
-def service(rows: list[FindingRow], known: set[str]) -> tuple[FindingService, FakeFindings]:
+def service(
+    rows: list[FindingRow], known: set[str], caller: Access | None = None
+) -> tuple[FindingService, FakeFindings]:
     fake = FakeFindings(rows)
-    return FindingService(cast(FindingRepository, fake), cast(RunRepository, FakeRuns(known))), fake
+    runs = cast(RunRepository, FakeRuns(known))
+    return FindingService(cast(FindingRepository, fake), runs, caller or access()), fake
 
 
 def test_micros_round_trip_exactly() -> None:
@@ -92,6 +129,13 @@ async def test_run_findings_need_the_run_and_scope_to_it() -> None:
     assert fake.calls[-1][0] == FindingFilters(run_ids=["r1"], kinds=["lint.metric_myopia"])
 
 
+async def test_run_findings_of_an_unreadable_experiment_are_404() -> None:
+    svc, fake = service([row(1, "r1")], {"r1"}, access(experiment_id="other"))
+    with pytest.raises(NotFound):
+        await svc.for_run("r1", FindingFilters(), 10, None)
+    assert fake.calls == []
+
+
 async def test_foreign_or_forged_tokens_are_refused() -> None:
     svc, _ = service([], set())
     scope = fingerprint("findings", [], [], [], None)
@@ -105,6 +149,10 @@ class FakeDocuments:
     def __init__(self, docs: dict[str, dict[str, Any]]) -> None:
         self.docs = docs
 
+    def bound_to(self, tenant_id: str) -> FakeDocuments:
+        assert tenant_id == TENANT
+        return self
+
     async def for_run(self, run_id: str) -> dict[str, dict[str, Any]]:
         return self.docs
 
@@ -112,7 +160,9 @@ class FakeDocuments:
 async def test_documents_of_a_run() -> None:
     code = CodeStateCapturedPayload(commit="abc", dirty=True, diff="+x\n").model_dump()
     svc = DocumentService(
-        cast(DocumentRepository, FakeDocuments({"code_state": code})), cast(RunRepository, FakeRuns({"r1"}))
+        cast(DocumentRepository, FakeDocuments({"code_state": code})),
+        cast(RunRepository, FakeRuns({"r1"})),
+        access(),
     )
     docs = await svc.for_run("r1")
     assert docs.code_state is not None and docs.code_state.diff == "+x\n"

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from services.api.access import Access
 from services.api.deps import Auth, ConsistentRead, RuntimeDep
 from services.api.documents.repository import DocumentRepository
 from services.api.documents.schemas import RunDocuments
@@ -19,7 +20,7 @@ router = APIRouter(tags=["runs"])
 def get_service(runtime: RuntimeDep, principal: Auth) -> DocumentService:
     """The document service acting for the caller."""
     return DocumentService(
-        DocumentRepository(runtime.pool, principal), RunRepository(runtime.pool, principal)
+        DocumentRepository(runtime.pool, principal), RunRepository(runtime.pool, principal), Access(principal)
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import asyncpg
@@ -17,6 +18,12 @@ class DocumentRepository:
         """Bind the repository to the caller's tenant."""
         self._pool = pool
         self._tenant_id = principal.tenant_id
+
+    def bound_to(self, tenant_id: str) -> DocumentRepository:
+        """The same reads over another tenant's rows (a run of an experiment shared with the caller's)."""
+        bound = copy.copy(self)
+        bound._tenant_id = tenant_id
+        return bound
 
     async def for_run(self, run_id: str) -> dict[str, dict[str, Any]]:
         """The run's documents by kind (code_state, environment); {} when it has none."""

@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from services.api.deps import Auth, RuntimeDep
+from runledger.auth.model import Action
+from services.api.deps import Auth, RuntimeDep, require
 from services.api.events.schemas import EventsAccepted
 from services.api.events.service import EventService
 from services.api.schemas import WRITE_RESPONSES, write_status
@@ -16,7 +17,7 @@ router = APIRouter(prefix="/events", tags=["events"])
 
 def get_service(runtime: RuntimeDep, principal: Auth) -> EventService:
     """The event service acting for the caller."""
-    return EventService(runtime.writer, principal)
+    return EventService(runtime.writer, principal, runtime.pool)
 
 
 Service = Annotated[EventService, Depends(get_service)]
@@ -36,10 +37,17 @@ _BODY_SCHEMA: dict[str, Any] = {
 }
 
 
-@router.post("", response_model=EventsAccepted, responses=WRITE_RESPONSES, openapi_extra=_BODY_SCHEMA)
+@router.post(
+    "",
+    response_model=EventsAccepted,
+    responses=WRITE_RESPONSES,
+    openapi_extra=_BODY_SCHEMA,
+    dependencies=[require(Action.WRITE)],
+)
 async def ingest_events(request: Request, service: Service, response: Response) -> EventsAccepted:
-    """Produce a JSON array of envelopes: all valid and of the caller's tenant, or none (400/403
-    with per-index reasons). Events keep their event_id, so a retried batch is deduplicated."""
+    """Produce a JSON array of envelopes: all valid, of the caller's tenant and on experiments it
+    may write, or none (400/403 with per-index reasons). Each event is re-signed with the caller's
+    key. Events keep their event_id, so a retried batch is deduplicated."""
     accepted, receipt = await service.ingest(await request.body())
     if receipt is None:
         return EventsAccepted(accepted=0, projected=True, consistency_token="")

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from services.api.deps import Auth, ConsistentRead, RuntimeDep
+from runledger.auth.model import Action
+from services.api.deps import Auth, ConsistentRead, RuntimeDep, require
 from services.api.experiments.repository import ExperimentFilters, ExperimentRepository
 from services.api.experiments.schemas import (
     Experiment,
@@ -22,6 +23,9 @@ from services.api.schemas import READ_RESPONSES, WRITE_RESPONSES, write_status
 from services.api.writes import WriteReceipt
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
+
+# A caller that may write nothing at all is refused before its body is even read.
+Writer = require(Action.WRITE)
 
 
 def get_service(runtime: RuntimeDep, principal: Auth) -> ExperimentService:
@@ -65,7 +69,13 @@ async def get_experiment(experiment_id: str, service: Service) -> Experiment:
     return await service.get(experiment_id)
 
 
-@router.post("", response_model=ExperimentWriteResult, status_code=201, responses=WRITE_RESPONSES)
+@router.post(
+    "",
+    response_model=ExperimentWriteResult,
+    status_code=201,
+    responses=WRITE_RESPONSES,
+    dependencies=[Writer],
+)
 async def create_experiment(
     body: ExperimentCreate, service: Service, response: Response
 ) -> ExperimentWriteResult:
@@ -75,7 +85,9 @@ async def create_experiment(
     return _result(experiment_id, receipt, experiment)
 
 
-@router.patch("/{experiment_id}", response_model=ExperimentWriteResult, responses=WRITE_RESPONSES)
+@router.patch(
+    "/{experiment_id}", response_model=ExperimentWriteResult, responses=WRITE_RESPONSES, dependencies=[Writer]
+)
 async def rename_experiment(
     experiment_id: str, body: ExperimentUpdate, service: Service, response: Response
 ) -> ExperimentWriteResult:
@@ -85,7 +97,9 @@ async def rename_experiment(
     return _result(experiment_id, receipt, experiment)
 
 
-@router.delete("/{experiment_id}", response_model=ExperimentWriteResult, responses=WRITE_RESPONSES)
+@router.delete(
+    "/{experiment_id}", response_model=ExperimentWriteResult, responses=WRITE_RESPONSES, dependencies=[Writer]
+)
 async def delete_experiment(
     experiment_id: str, service: Service, response: Response
 ) -> ExperimentWriteResult:

@@ -1,7 +1,9 @@
-"""Experiment reads from Postgres, always scoped to the principal's tenant."""
+"""Experiment reads from Postgres, always scoped to the principal's tenant (or, for
+experiments shared with it, to the owner tenant of exactly those experiments)."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +13,9 @@ from services.api.experiments.schemas import Experiment, LifecycleFilter
 from services.api.principal import Principal
 from services.api.sql import Conditions
 
-_COLUMNS = "experiment_id, name, artifact_location, lifecycle_stage, creation_time, last_update_time"
+_COLUMNS = (
+    "tenant_id, experiment_id, name, artifact_location, lifecycle_stage, creation_time, last_update_time"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +32,14 @@ class ExperimentRepository:
     def __init__(self, pool: asyncpg.Pool[Any], principal: Principal) -> None:
         """Bind the repository to the caller's tenant."""
         self._pool = pool
+        self._home = principal.tenant_id
         self._tenant_id = principal.tenant_id
+
+    def bound_to(self, tenant_id: str) -> ExperimentRepository:
+        """The same reads over another tenant's rows (an experiment shared with the caller's)."""
+        bound = copy.copy(self)
+        bound._tenant_id = tenant_id
+        return bound
 
     async def get(self, experiment_id: str) -> Experiment | None:
         """One experiment with its tags, or None."""
@@ -51,11 +62,29 @@ class ExperimentRepository:
         return (await self._with_tags([row]))[0]
 
     async def page(
-        self, filters: ExperimentFilters, after: tuple[int, str] | None, limit: int
+        self,
+        filters: ExperimentFilters,
+        after: tuple[int, str] | None,
+        limit: int,
+        readable: frozenset[str] | None = None,
+        shared: dict[str, str] | None = None,
     ) -> list[Experiment]:
-        """Experiments by (creation_time DESC, experiment_id), after a keyset position."""
+        """Experiments by (creation_time DESC, experiment_id), after a keyset position: the tenant's
+        (only `readable` ones unless None) and the `shared` ones (id -> owner tenant) it lacks."""
         where = Conditions()
-        where.add(f"tenant_id = {where.param(self._tenant_id)}")
+        tenant = where.param(self._home)
+        own = f"tenant_id = {tenant}"
+        if readable is not None:
+            own += f" AND experiment_id = ANY({where.param(sorted(readable))}::text[])"
+        if shared:
+            owners, ids = where.param(list(shared.values())), where.param(list(shared))
+            where.add(
+                f"(({own}) OR ((tenant_id, experiment_id) IN (SELECT * FROM unnest({owners}::text[], {ids}::text[]))"
+                f" AND NOT EXISTS (SELECT 1 FROM experiments o WHERE o.tenant_id = {tenant}"
+                " AND o.experiment_id = experiments.experiment_id)))"
+            )
+        else:
+            where.add(own)
         if filters.lifecycle is not LifecycleFilter.ALL:
             where.add(f"lifecycle_stage = {where.param(filters.lifecycle.value)}")
         if filters.name_contains:
@@ -76,12 +105,24 @@ class ExperimentRepository:
         if not rows:
             return []
         tag_rows = await self._pool.fetch(
-            "SELECT experiment_id, key, value FROM experiment_tags"
-            " WHERE tenant_id = $1 AND experiment_id = ANY($2::text[])",
-            self._tenant_id,
+            "SELECT t.tenant_id, t.experiment_id, t.key, t.value FROM experiment_tags t"
+            " JOIN unnest($1::text[], $2::text[]) AS p(tenant_id, experiment_id)"
+            " ON t.tenant_id = p.tenant_id AND t.experiment_id = p.experiment_id",
+            [r["tenant_id"] for r in rows],
             [r["experiment_id"] for r in rows],
         )
-        tags: dict[str, dict[str, str]] = {}
+        tags: dict[tuple[str, str], dict[str, str]] = {}
         for t in tag_rows:
-            tags.setdefault(t["experiment_id"], {})[t["key"]] = t["value"]
-        return [Experiment(**dict(r), tags=tags.get(r["experiment_id"], {})) for r in rows]
+            tags.setdefault((t["tenant_id"], t["experiment_id"]), {})[t["key"]] = t["value"]
+        experiments = []
+        for r in rows:
+            fields = dict(r)
+            owner = fields.pop("tenant_id")
+            experiments.append(
+                Experiment(
+                    **fields,
+                    tags=tags.get((owner, r["experiment_id"]), {}),
+                    shared_from=None if owner == self._home else owner,
+                )
+            )
+        return experiments

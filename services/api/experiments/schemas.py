@@ -31,6 +31,10 @@ class Experiment(BaseModel):
     creation_time: int = Field(description="Milliseconds since the epoch.")
     last_update_time: int = Field(description="Milliseconds since the epoch.")
     tags: dict[str, str] = Field(default_factory=dict)
+    shared_from: str | None = Field(
+        None,
+        description="Set on an experiment another tenant shared read-only with the caller's: that tenant.",
+    )
 
 
 class ExperimentList(BaseModel):

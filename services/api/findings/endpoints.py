@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
+from services.api.access import Access
 from services.api.deps import Auth, ConsistentRead, RuntimeDep
 from services.api.findings.repository import FindingFilters, FindingRepository
 from services.api.findings.schemas import FindingList
@@ -22,7 +23,9 @@ _MAX_MS = 9_999_999_999_999
 
 def get_service(runtime: RuntimeDep, principal: Auth) -> FindingService:
     """The finding service acting for the caller."""
-    return FindingService(FindingRepository(runtime.pool, principal), RunRepository(runtime.pool, principal))
+    return FindingService(
+        FindingRepository(runtime.pool, principal), RunRepository(runtime.pool, principal), Access(principal)
+    )
 
 
 Service = Annotated[FindingService, Depends(get_service)]

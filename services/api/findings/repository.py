@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,12 +54,33 @@ class FindingRepository:
         self._pool = pool
         self._tenant_id = principal.tenant_id
 
+    def bound_to(self, tenant_id: str) -> FindingRepository:
+        """The same reads over another tenant's rows (a run of an experiment shared with the caller's)."""
+        bound = copy.copy(self)
+        bound._tenant_id = tenant_id
+        return bound
+
     async def page(
-        self, filters: FindingFilters, after: tuple[int, str] | None, limit: int
+        self,
+        filters: FindingFilters,
+        after: tuple[int, str] | None,
+        limit: int,
+        readable: frozenset[str] | None = None,
+        shared: dict[str, str] | None = None,
     ) -> list[FindingRow]:
-        """Findings by (occurred_at DESC, event_id), after a keyset position."""
+        """Findings by (occurred_at DESC, event_id), after a keyset position: the tenant's (of
+        `readable` experiments unless None) and those of `shared` experiments (id -> owner)."""
         where = Conditions()
-        where.add(f"tenant_id = {where.param(self._tenant_id)}")
+        own = f"tenant_id = {where.param(self._tenant_id)}"
+        if readable is not None:
+            own += f" AND experiment_id = ANY({where.param(sorted(readable))}::text[])"
+        if shared:
+            owners, ids = where.param(list(shared.values())), where.param(list(shared))
+            where.add(
+                f"(({own}) OR (tenant_id, experiment_id) IN (SELECT * FROM unnest({owners}::text[], {ids}::text[])))"
+            )
+        else:
+            where.add(own)
         if filters.run_ids:
             where.add(f"run_id = ANY({where.param(filters.run_ids)}::text[])")
         if filters.experiment_ids:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
+from services.api.access import Access
 from services.api.deps import Auth, ConsistentRead, RuntimeDep
 from services.api.lineage.repository import LineageRepository
 from services.api.lineage.schemas import (
@@ -24,7 +25,8 @@ router = APIRouter(prefix="/lineage", tags=["lineage"])
 
 def get_service(runtime: RuntimeDep, principal: Auth) -> LineageService:
     """The lineage service acting for the caller."""
-    return LineageService(LineageRepository(runtime.pool, principal))
+    Access(principal).require_listing()
+    return LineageService(LineageRepository(runtime.pool, principal), principal.readable_experiments())
 
 
 Service = Annotated[LineageService, Depends(get_service)]

@@ -49,9 +49,11 @@ def _input_details(digest: str, body: Any) -> dict[str, str | int | None]:
 class LineageService:
     """What the lineage route does, independent of HTTP."""
 
-    def __init__(self, repository: LineageRepository) -> None:
-        """Read through the caller's tenant-scoped repository."""
+    def __init__(self, repository: LineageRepository, readable: frozenset[str] | None = None) -> None:
+        """Read through the caller's tenant-scoped repository; a caller whose grants are narrowed
+        to some experiments (`readable`; None = all) sees only their runs and what those reach."""
         self._repo = repository
+        self._readable = readable
 
     async def graph(self, kind: NodeKind, node_id: str, depth: int, direction: Direction) -> LineageGraph:
         """The nodes at most `depth` hops from the root and the edges between them; NotFound
@@ -75,6 +77,8 @@ class LineageService:
         )
         truncated = truncated or len(edge_rows) > MAX_EDGES
         edges = [LineageEdge(**dict(r)) for r in edge_rows[:MAX_EDGES]]
+        if self._readable is not None:
+            depths, edges = await self._visible(kind, node_id, depths, edges, depth)
         nodes = {key: LineageNode(kind=NodeKind(key[0]), id=key[1], depth=d) for key, d in depths.items()}
         await self._describe(nodes, edges)
         ordered = sorted(nodes.values(), key=lambda n: (n.depth, n.kind.value, n.id))
@@ -86,6 +90,55 @@ class LineageService:
             edges=edges,
             truncated=truncated,
         )
+
+    async def _visible(
+        self,
+        kind: NodeKind,
+        node_id: str,
+        depths: dict[tuple[str, str], int],
+        edges: list[LineageEdge],
+        depth: int,
+    ) -> tuple[dict[tuple[str, str], int], list[LineageEdge]]:
+        """The part of the graph a narrowed caller may see: runs of its experiments, and the
+        datasets and models reached through them (within `depth` hops of the root); NotFound
+        when that leaves no run of its experiments at all."""
+        assert self._readable is not None
+        run_ids = [i for k, i in depths if k == NodeKind.RUN.value]
+        rows = await self._repo.runs(run_ids) if run_ids else []
+        visible_runs = {r["run_id"] for r in rows if r["experiment_id"] in self._readable}
+        if not visible_runs:
+            raise NotFound(f"{kind.value} {node_id!r} has no lineage")
+
+        def allowed(k: str, i: str) -> bool:
+            return k != NodeKind.RUN.value or i in visible_runs
+
+        root = (kind.value, node_id)
+        if not allowed(*root):
+            raise NotFound(f"{kind.value} {node_id!r} has no lineage")
+        kept = [
+            e
+            for e in edges
+            if allowed(e.source_kind.value, e.source_id) and allowed(e.target_kind.value, e.target_id)
+        ]
+        neighbours: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        for e in kept:
+            a, b = (e.source_kind.value, e.source_id), (e.target_kind.value, e.target_id)
+            neighbours.setdefault(a, set()).add(b)
+            neighbours.setdefault(b, set()).add(a)
+        # Hops are counted again without the hidden runs: nothing is reached through them.
+        reached = {root: 0}
+        frontier = [root]
+        for hops in range(1, depth + 1):
+            frontier = list({n for f in frontier for n in neighbours.get(f, ()) if n not in reached})
+            for n in frontier:
+                reached[n] = hops
+        if len(reached) == 1 and kind is not NodeKind.RUN:
+            raise NotFound(f"{kind.value} {node_id!r} has no lineage")
+        return reached, [
+            e
+            for e in kept
+            if (e.source_kind.value, e.source_id) in reached and (e.target_kind.value, e.target_id) in reached
+        ]
 
     async def _known(self, kind: NodeKind, node_id: str) -> bool:
         """Whether a node without edges still exists as a run, model version or dataset input."""

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 
+from services.api.access import Access
 from services.api.deps import Auth, ConsistentRead, RuntimeDep
 from services.api.metrics.downsample import MAX_MAX_POINTS, Method
 from services.api.metrics.encode import ARROW_STREAM, arrow_stream, columnar_json, points_json
@@ -29,7 +30,9 @@ Int64Query = Annotated[int | None, Query(ge=-(2**63), le=2**63 - 1)]
 def get_service(runtime: RuntimeDep, principal: Auth) -> MetricService:
     """The metric service acting for the caller."""
     return MetricService(
-        RunRepository(runtime.pool, principal), MetricSeriesRepository(runtime.clickhouse, principal)
+        RunRepository(runtime.pool, principal),
+        MetricSeriesRepository(runtime.clickhouse, principal),
+        Access(principal),
     )
 
 

@@ -11,6 +11,7 @@ so the answer is the same whichever path serves it; method=raw returns every poi
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import Any
 
 import pyarrow as pa
@@ -140,6 +141,12 @@ class MetricSeriesRepository:
         self._tenant_id = principal.tenant_id
         self._points = clickhouse.table(METRIC_POINTS.name)
         self._rollup = clickhouse.table(METRIC_ROLLUP.name)
+
+    def bound_to(self, tenant_id: str) -> MetricSeriesRepository:
+        """The same reads over another tenant's series (a run of an experiment shared with the caller's)."""
+        bound = copy.copy(self)
+        bound._tenant_id = tenant_id
+        return bound
 
     def _scope(self, run_id: str, key: str) -> dict[str, Any]:
         return {"tenant": self._tenant_id, "run": run_id, "key": key}

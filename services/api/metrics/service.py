@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from services.api.errors import InvalidParameter, NotFound
+from services.api.access import Access, readable_run
+from services.api.errors import InvalidParameter
 from services.api.metrics.downsample import (
     DEFAULT_MAX_POINTS,
     Method,
@@ -57,15 +58,16 @@ class SeriesAnswer:
 class MetricService:
     """What the metric routes do, independent of HTTP."""
 
-    def __init__(self, runs: RunRepository, series: MetricSeriesRepository) -> None:
-        """Read runs (existence, latest values) and series of the caller's tenant."""
+    def __init__(self, runs: RunRepository, series: MetricSeriesRepository, access: Access) -> None:
+        """Read runs (existence, latest values) and series the caller may read."""
         self._runs = runs
         self._series = series
+        self._access = access
 
     async def keys(self, run_id: str) -> MetricKeys:
         """Every metric key of a run with its latest point."""
-        await self._require_run(run_id)
-        latest = await self._runs.latest_metrics(run_id)
+        runs, _ = await self._require_run(run_id)
+        latest = await runs.latest_metrics(run_id)
         return MetricKeys(
             run_id=run_id,
             metrics=[
@@ -75,9 +77,10 @@ class MetricService:
         )
 
     async def plan(self, run_id: str, key: str, query: HistoryQuery) -> SeriesAnswer:
-        """Decide how to read a series: raw, minmax (rollup or raw) or lttb."""
+        """Decide how to read a series: raw, minmax (rollup or raw) or lttb; binds this service to
+        the tenant holding the run (the caller's, or the owner of a shared experiment)."""
         method, max_points = query.resolved()
-        await self._require_run(run_id)
+        self._runs, self._series = await self._require_run(run_id)
         requested = requested_range(query.start_step, query.end_step)
         if method is Method.RAW:
             return SeriesAnswer(RawPlan(requested), Method.RAW.value, False)
@@ -103,6 +106,7 @@ class MetricService:
         """The planned points as the body of a JSON array of point objects."""
         return await self._series.fetch_json_rows(run_id, key, answer.plan)
 
-    async def _require_run(self, run_id: str) -> None:
-        if await self._runs.get_info(run_id) is None:
-            raise NotFound(f"run {run_id!r} does not exist")
+    async def _require_run(self, run_id: str) -> tuple[RunRepository, MetricSeriesRepository]:
+        """The repositories bound to the tenant holding the run; NotFound unless the caller may read it."""
+        located, _ = await readable_run(self._access, self._runs, run_id)
+        return self._runs.bound_to(located.tenant_id), self._series.bound_to(located.tenant_id)

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from services.api.deps import Auth, ConsistentRead, RuntimeDep
+from runledger.auth.model import Action
+from services.api.deps import Auth, ConsistentRead, RuntimeDep, require
 from services.api.experiments.repository import ExperimentRepository
 from services.api.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from services.api.runs.filters import parse_key_values
@@ -27,6 +28,9 @@ from services.api.schemas import READ_RESPONSES, WRITE_RESPONSES, write_status
 from services.api.writes import WriteReceipt
 
 router = APIRouter(prefix="/runs", tags=["runs"])
+
+# A caller that may write nothing at all is refused before its body is even read.
+Writer = require(Action.WRITE)
 
 
 def get_service(runtime: RuntimeDep, principal: Auth) -> RunService:
@@ -83,7 +87,9 @@ async def get_run(run_id: str, service: Service) -> Run:
     return await service.get(run_id)
 
 
-@router.post("", response_model=RunWriteResult, status_code=201, responses=WRITE_RESPONSES)
+@router.post(
+    "", response_model=RunWriteResult, status_code=201, responses=WRITE_RESPONSES, dependencies=[Writer]
+)
 async def create_run(body: RunCreate, service: Service, response: Response) -> RunWriteResult:
     """Start a run; with experiment_name the experiment is created when missing."""
     run_id, receipt, run = await service.create(body)
@@ -91,7 +97,9 @@ async def create_run(body: RunCreate, service: Service, response: Response) -> R
     return _result(run_id, receipt, run)
 
 
-@router.post("/{run_id}/params", response_model=RunWriteResult, responses=WRITE_RESPONSES)
+@router.post(
+    "/{run_id}/params", response_model=RunWriteResult, responses=WRITE_RESPONSES, dependencies=[Writer]
+)
 async def log_params(run_id: str, body: ParamsLog, service: Service, response: Response) -> RunWriteResult:
     """Log params (immutable: re-logging the same value is fine, another value is refused)."""
     receipt = await service.log_params(run_id, body.params)
@@ -99,7 +107,9 @@ async def log_params(run_id: str, body: ParamsLog, service: Service, response: R
     return _result(run_id, receipt, None)
 
 
-@router.post("/{run_id}/metrics", response_model=RunWriteResult, responses=WRITE_RESPONSES)
+@router.post(
+    "/{run_id}/metrics", response_model=RunWriteResult, responses=WRITE_RESPONSES, dependencies=[Writer]
+)
 async def log_metrics(run_id: str, body: MetricsLog, service: Service, response: Response) -> RunWriteResult:
     """Log metric points as columnar events (up to 100,000 points per request)."""
     receipt = await service.log_metrics(run_id, body.metrics)
@@ -107,7 +117,9 @@ async def log_metrics(run_id: str, body: MetricsLog, service: Service, response:
     return _result(run_id, receipt, None)
 
 
-@router.post("/{run_id}/tags", response_model=RunWriteResult, responses=WRITE_RESPONSES)
+@router.post(
+    "/{run_id}/tags", response_model=RunWriteResult, responses=WRITE_RESPONSES, dependencies=[Writer]
+)
 async def set_tags(run_id: str, body: TagsSet, service: Service, response: Response) -> RunWriteResult:
     """Set tags (overwriting existing values)."""
     receipt = await service.set_tags(run_id, body.tags)
@@ -115,7 +127,12 @@ async def set_tags(run_id: str, body: TagsSet, service: Service, response: Respo
     return _result(run_id, receipt, None)
 
 
-@router.delete("/{run_id}/tags/{key:path}", response_model=RunWriteResult, responses=WRITE_RESPONSES)
+@router.delete(
+    "/{run_id}/tags/{key:path}",
+    response_model=RunWriteResult,
+    responses=WRITE_RESPONSES,
+    dependencies=[Writer],
+)
 async def delete_tag(run_id: str, key: str, service: Service, response: Response) -> RunWriteResult:
     """Delete one tag (keys may contain '/')."""
     receipt = await service.delete_tag(run_id, key)
@@ -123,7 +140,9 @@ async def delete_tag(run_id: str, key: str, service: Service, response: Response
     return _result(run_id, receipt, None)
 
 
-@router.post("/{run_id}/status", response_model=RunWriteResult, responses=WRITE_RESPONSES)
+@router.post(
+    "/{run_id}/status", response_model=RunWriteResult, responses=WRITE_RESPONSES, dependencies=[Writer]
+)
 async def set_status(run_id: str, body: StatusUpdate, service: Service, response: Response) -> RunWriteResult:
     """Change the run's status; terminal states get end_time (default now)."""
     receipt = await service.set_status(run_id, body.status, body.end_time)
@@ -131,7 +150,7 @@ async def set_status(run_id: str, body: StatusUpdate, service: Service, response
     return _result(run_id, receipt, await service.after_write(run_id, receipt))
 
 
-@router.delete("/{run_id}", response_model=RunWriteResult, responses=WRITE_RESPONSES)
+@router.delete("/{run_id}", response_model=RunWriteResult, responses=WRITE_RESPONSES, dependencies=[Writer])
 async def delete_run(run_id: str, service: Service, response: Response) -> RunWriteResult:
     """Soft-delete a run (lifecycle_stage becomes deleted)."""
     receipt = await service.delete(run_id)

@@ -1,7 +1,9 @@
-"""Run reads from Postgres, always scoped to the principal's tenant."""
+"""Run reads from Postgres, always scoped to the principal's tenant (or, for runs of
+experiments shared with it, to the owner tenant of exactly those experiments)."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +50,28 @@ class RunRepository:
         self._pool = pool
         self._tenant_id = principal.tenant_id
 
+    def bound_to(self, tenant_id: str) -> RunRepository:
+        """The same reads over another tenant's rows (a run of an experiment shared with the caller's)."""
+        bound = copy.copy(self)
+        bound._tenant_id = tenant_id
+        return bound
+
+    async def locate(self, run_id: str, shared: dict[str, str]) -> tuple[str, RunInfo] | None:
+        """(tenant, run) of `run_id` in the bound tenant, else in a `shared` experiment (id -> owner)."""
+        row = await self._pool.fetchrow(
+            f"SELECT tenant_id, {_COLUMNS} FROM runs WHERE run_id = $1 AND (tenant_id = $2"
+            " OR (tenant_id, experiment_id) IN (SELECT * FROM unnest($3::text[], $4::text[])))"
+            " ORDER BY tenant_id = $2 DESC LIMIT 1",
+            run_id,
+            self._tenant_id,
+            list(shared.values()),
+            list(shared),
+        )
+        if row is None:
+            return None
+        fields = dict(row)
+        return fields.pop("tenant_id"), RunInfo(**fields)
+
     async def get_info(self, run_id: str) -> RunInfo | None:
         """The run's own fields, or None."""
         row = await self._pool.fetchrow(
@@ -60,12 +84,30 @@ class RunRepository:
         info = await self.get_info(run_id)
         if info is None:
             return None
-        return (await self._with_data([info]))[0]
+        return (await self._with_data([(self._tenant_id, info)]))[0]
 
-    async def page(self, filters: RunFilters, after: tuple[int, str] | None, limit: int) -> list[Run]:
-        """Runs by (start_time DESC, run_id), after a keyset position, with their data."""
+    async def page(
+        self,
+        filters: RunFilters,
+        after: tuple[int, str] | None,
+        limit: int,
+        readable: frozenset[str] | None = None,
+        shared: dict[str, str] | None = None,
+    ) -> list[Run]:
+        """Runs by (start_time DESC, run_id), after a keyset position, with their data: the
+        tenant's (of `readable` experiments unless None) and those of `shared` experiments."""
         where = Conditions()
-        where.add(f"r.tenant_id = {where.param(self._tenant_id)}")
+        own = f"r.tenant_id = {where.param(self._tenant_id)}"
+        if readable is not None:
+            own += f" AND r.experiment_id = ANY({where.param(sorted(readable))}::text[])"
+        if shared:
+            owners, ids = where.param(list(shared.values())), where.param(list(shared))
+            where.add(
+                f"(({own}) OR (r.tenant_id, r.experiment_id) IN"
+                f" (SELECT * FROM unnest({owners}::text[], {ids}::text[])))"
+            )
+        else:
+            where.add(own)
         if filters.experiment_ids:
             where.add(f"r.experiment_id = ANY({where.param(filters.experiment_ids)}::text[])")
         if filters.statuses:
@@ -83,11 +125,15 @@ class RunRepository:
             s, r = where.param(start), where.param(run_id)
             where.add(f"(r.start_time < {s} OR (r.start_time = {s} AND r.run_id > {r}))")
         rows = await self._pool.fetch(
-            f"SELECT {_COLUMNS} FROM runs r WHERE {where.sql}"
+            f"SELECT r.tenant_id, {_COLUMNS} FROM runs r WHERE {where.sql}"
             f" ORDER BY r.start_time DESC, r.run_id LIMIT {where.param(limit)}",
             *where.args,
         )
-        return await self._with_data([RunInfo(**dict(row)) for row in rows])
+        infos = []
+        for row in rows:
+            fields = dict(row)
+            infos.append((fields.pop("tenant_id"), RunInfo(**fields)))
+        return await self._with_data(infos)
 
     async def params(self, run_id: str, keys: list[str]) -> dict[str, str]:
         """The values already logged for these param keys."""
@@ -135,37 +181,40 @@ class RunRepository:
             r["key"]: LatestMetric(value=r["value"], step=r["step"], timestamp=r["timestamp"]) for r in rows
         }
 
-    async def _with_data(self, infos: list[RunInfo]) -> list[Run]:
+    async def _with_data(self, infos: list[tuple[str, RunInfo]]) -> list[Run]:
         """Attach params, tags and latest metrics: three queries per page, not per run."""
         if not infos:
             return []
-        ids = [i.run_id for i in infos]
-        params: dict[str, dict[str, str]] = {}
-        tags: dict[str, dict[str, str]] = {}
-        metrics: dict[str, dict[str, LatestMetric]] = {}
+        tenants = [t for t, _ in infos]
+        ids = [i.run_id for _, i in infos]
+        params: dict[tuple[str, str], dict[str, str]] = {}
+        tags: dict[tuple[str, str], dict[str, str]] = {}
+        metrics: dict[tuple[str, str], dict[str, LatestMetric]] = {}
+        pairs = "unnest($1::text[], $2::text[]) AS p(tenant_id, run_id)"
         async with self._pool.acquire() as conn:
             for table, target in (("params", params), ("tags", tags)):
                 for row in await conn.fetch(
-                    f"SELECT run_id, key, value FROM {table} WHERE tenant_id = $1 AND run_id = ANY($2::text[])",
-                    self._tenant_id,
+                    f"SELECT x.tenant_id, x.run_id, x.key, x.value FROM {table} x JOIN {pairs}"
+                    " ON x.tenant_id = p.tenant_id AND x.run_id = p.run_id",
+                    tenants,
                     ids,
                 ):
-                    target.setdefault(row["run_id"], {})[row["key"]] = row["value"]
+                    target.setdefault((row["tenant_id"], row["run_id"]), {})[row["key"]] = row["value"]
             for row in await conn.fetch(
-                "SELECT run_id, key, value, step, timestamp FROM latest_metrics"
-                " WHERE tenant_id = $1 AND run_id = ANY($2::text[])",
-                self._tenant_id,
+                "SELECT x.tenant_id, x.run_id, x.key, x.value, x.step, x.timestamp FROM latest_metrics x"
+                f" JOIN {pairs} ON x.tenant_id = p.tenant_id AND x.run_id = p.run_id",
+                tenants,
                 ids,
             ):
-                metrics.setdefault(row["run_id"], {})[row["key"]] = LatestMetric(
+                metrics.setdefault((row["tenant_id"], row["run_id"]), {})[row["key"]] = LatestMetric(
                     value=row["value"], step=row["step"], timestamp=row["timestamp"]
                 )
         return [
             Run(
                 info=i,
-                params=params.get(i.run_id, {}),
-                tags=tags.get(i.run_id, {}),
-                metrics=metrics.get(i.run_id, {}),
+                params=params.get((t, i.run_id), {}),
+                tags=tags.get((t, i.run_id), {}),
+                metrics=metrics.get((t, i.run_id), {}),
             )
-            for i in infos
+            for t, i in infos
         ]

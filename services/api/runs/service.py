@@ -11,7 +11,8 @@ import numpy as np
 
 from runledger.events.codec import DEFAULT_EXPERIMENT_ID, experiment_id_for, metric_columns, new_run_id
 from runledger.events.models import EventType, RunStatus
-from services.api.errors import AlreadyExists, InvalidParameter, NotFound
+from services.api.access import Access, readable_run
+from services.api.errors import AlreadyExists, InvalidParameter, NotFound, PermissionDenied
 from services.api.experiments.repository import ExperimentRepository
 from services.api.pagination import fingerprint, split_page, time_id_position
 from services.api.principal import Principal
@@ -62,6 +63,7 @@ class RunService:
         self._experiments = experiments
         self._writer = writer
         self._principal = principal
+        self._access = Access(principal)
 
     # ------------------------------------------------------------------ reads
 
@@ -76,13 +78,23 @@ class RunService:
             [(f.key, f.value) for f in filters.params],
             filters.lifecycle.value,
         )
-        runs = await self._runs.page(filters, time_id_position(page_token, scope), page_size + 1)
+        self._access.require_listing()
+        # Runs of a shared experiment are listed when the search names that experiment.
+        shared = {e: t for e, t in self._access.shared().items() if e in filters.experiment_ids}
+        runs = await self._runs.page(
+            filters,
+            time_id_position(page_token, scope),
+            page_size + 1,
+            readable=self._access.readable(),
+            shared=shared,
+        )
         page, next_token = split_page(runs, page_size, lambda r: [r.info.start_time, r.info.run_id], scope)
         return RunList(runs=page, next_page_token=next_token)
 
     async def get(self, run_id: str) -> Run:
-        """The run with its data, or NotFound."""
-        run = await self._runs.get(run_id)
+        """The run with its data (the caller's, or one of a shared experiment), or NotFound."""
+        located, _ = await readable_run(self._access, self._runs, run_id)
+        run = await self._runs.bound_to(located.tenant_id).get(run_id)
         if run is None:
             raise NotFound(f"run {run_id!r} does not exist")
         return run
@@ -91,7 +103,6 @@ class RunService:
 
     async def create(self, body: RunCreate) -> tuple[str, WriteReceipt, Run | None]:
         """Emit RunStarted (after ExperimentCreated when the experiment is named and new)."""
-        tenant = self._principal.tenant_id
         events: list[OutgoingEvent] = []
         if body.experiment_name is not None:
             experiment_id = await self._experiment_for_name(body.experiment_name, events)
@@ -100,8 +111,13 @@ class RunService:
             # Every tenant has "0" (the projector creates it with the tenant's first event).
             if experiment_id != DEFAULT_EXPERIMENT_ID:
                 await self._active_experiment(experiment_id)
-        if body.parent_run_id is not None and await self._runs.get_info(body.parent_run_id) is None:
-            raise NotFound(f"parent run {body.parent_run_id!r} does not exist")
+            elif not self._access.can_write(experiment_id):
+                raise PermissionDenied(f"the caller may not write experiment {experiment_id}")
+        if body.parent_run_id is not None:
+            parent, _ = await readable_run(self._access, self._runs, body.parent_run_id)
+            if parent.shared:
+                raise NotFound(f"parent run {body.parent_run_id!r} does not exist")
+        self._check_tagging(body.tags)
         run_id = new_run_id()
         payload: dict[str, Any] = {
             "name": body.name or generate_run_name(),
@@ -111,9 +127,11 @@ class RunService:
             "tags": body.tags,
         }
         events.append(
-            build_event(tenant, EventType.RUN_STARTED, payload, run_id=run_id, experiment_id=experiment_id)
+            build_event(
+                self._principal, EventType.RUN_STARTED, payload, run_id=run_id, experiment_id=experiment_id
+            )
         )
-        receipt = await self._writer.write(events)
+        receipt = await self._writer.write(self._principal, events)
         return run_id, receipt, (await self._runs.get(run_id) if receipt.projected else None)
 
     async def log_params(self, run_id: str, params: dict[str, str]) -> WriteReceipt:
@@ -131,18 +149,18 @@ class RunService:
     async def log_metrics(self, run_id: str, points: Sequence[MetricPoint]) -> WriteReceipt:
         """Emit the points as columnar MetricsLogged events (in order, on the run's partition)."""
         info = await self._active_run(run_id)
-        tenant = self._principal.tenant_id
+        principal = self._principal
 
         def build() -> list[OutgoingEvent]:
             return [
                 build_event(
-                    tenant, EventType.METRICS_LOGGED, p, run_id=run_id, experiment_id=info.experiment_id
+                    principal, EventType.METRICS_LOGGED, p, run_id=run_id, experiment_id=info.experiment_id
                 )
                 for p in metric_payloads(points, now_ms())
             ]
 
         # Up to 100k points: encoding and validating them is CPU work, kept off the event loop.
-        return await self._writer.write(await asyncio.to_thread(build))
+        return await self._writer.write(principal, await asyncio.to_thread(build), points=len(points))
 
     async def set_tags(self, run_id: str, tags: dict[str, str]) -> WriteReceipt:
         """Emit TagsSet."""
@@ -166,9 +184,7 @@ class RunService:
 
     async def delete(self, run_id: str) -> WriteReceipt:
         """Emit RunDeleted (a soft delete; deleting twice is harmless)."""
-        info = await self._runs.get_info(run_id)
-        if info is None:
-            raise NotFound(f"run {run_id!r} does not exist")
+        info = await self._writable_run(run_id)
         return await self._write_run_event(info, EventType.RUN_DELETED, {})
 
     async def after_write(self, run_id: str, receipt: WriteReceipt) -> Run | None:
@@ -179,20 +195,37 @@ class RunService:
 
     async def _write_run_event(self, info: RunInfo, type: EventType, payload: dict[str, Any]) -> WriteReceipt:
         event = build_event(
-            self._principal.tenant_id, type, payload, run_id=info.run_id, experiment_id=info.experiment_id
+            self._principal, type, payload, run_id=info.run_id, experiment_id=info.experiment_id
         )
-        return await self._writer.write([event])
+        return await self._writer.write(self._principal, [event])
+
+    def _check_tagging(self, tags: dict[str, str]) -> None:
+        """400 when the tenant's tagging policy rejects runs without these tags."""
+        policy = self._principal.authorizer.snapshot.tagging.get(self._principal.tenant_id)
+        if policy is None or not policy.reject:
+            return
+        problems = policy.violations(tags)
+        if problems:
+            raise InvalidParameter(
+                f"the tenant's tagging policy rejects this run: {'; '.join(problems)}", details=problems
+            )
+
+    async def _writable_run(self, run_id: str) -> RunInfo:
+        """The run, if the caller may write it: 404 when it may not read it, 403 when only read."""
+        located, info = await readable_run(self._access, self._runs, run_id)
+        self._access.require_write(located, f"run {run_id}")
+        return info
 
     async def _active_run(self, run_id: str) -> RunInfo:
-        info = await self._runs.get_info(run_id)
-        if info is None:
-            raise NotFound(f"run {run_id!r} does not exist")
+        info = await self._writable_run(run_id)
         if info.lifecycle_stage != "active":
             raise InvalidParameter(f"run {run_id} is deleted; it must be active to be written to")
         return info
 
     async def _active_experiment(self, experiment_id: str) -> None:
         experiment = await self._experiments.get(experiment_id)
+        located = self._access.locate(experiment is not None, experiment_id, f"experiment {experiment_id!r}")
+        self._access.require_write(located, f"experiment {experiment_id}")
         if experiment is None:
             raise NotFound(f"experiment {experiment_id!r} does not exist")
         if experiment.lifecycle_stage != "active":
@@ -201,10 +234,14 @@ class RunService:
     async def _experiment_for_name(self, name: str, events: list[OutgoingEvent]) -> str:
         """The id of experiment `name`; appends its ExperimentCreated to `events` when it is new."""
         existing = await self._experiments.get_by_name(name)
-        if existing is not None:
+        if existing is not None and self._access.can_read(existing.experiment_id):
+            if not self._access.can_write(existing.experiment_id):
+                raise PermissionDenied(f"the caller may not write experiment {existing.experiment_id}")
             if existing.lifecycle_stage != "active":
                 raise InvalidParameter(f"experiment {name!r} is deleted; runs cannot start in it")
             return existing.experiment_id
+        # New to the caller (or not readable by it, which must look the same): a creation.
+        self._access.require_create_experiment()
         experiment_id = experiment_id_for(self._principal.tenant_id, name)
         holder = await self._experiments.get(experiment_id)
         if holder is not None:
@@ -213,7 +250,7 @@ class RunService:
             )
         events.append(
             build_event(
-                self._principal.tenant_id,
+                self._principal,
                 EventType.EXPERIMENT_CREATED,
                 {"name": name},
                 experiment_id=experiment_id,

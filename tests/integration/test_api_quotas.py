@@ -1,0 +1,154 @@
+"""Tenant quotas (429 + Retry-After) and the tagging policy in reject mode, through the API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+
+from runledger.auth.keys import generate_key
+from runledger.auth.model import Quota, Role, TaggingPolicy
+from runledger.config import Settings
+from runledger.embedded.postgres import EmbeddedPostgres
+from runledger.events.codec import encode, envelope_dict, new_run_id, producer
+from runledger.events.models import EventType
+from runledger.stores.postgres import directory
+from runledger.stores.postgres.migrate import migrate
+from services.api.app import create_app
+from tests.integration.conftest import create_database
+from tests.support.auth import Identity, provision
+from tests.unit.test_api_errors import NoClickHouse, RecordingPublisher
+
+pytestmark = pytest.mark.integration
+
+NOISY, QUIET, FULL, STRICT = "q-noisy", "q-quiet", "q-full", "q-strict"
+RUN = "9" * 32
+API = "/api/v1"
+
+
+@pytest.fixture(scope="module")
+async def dsn(postgres: EmbeddedPostgres) -> str:
+    dsn = await create_database(postgres)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        await conn.executemany(
+            "INSERT INTO runs (tenant_id, run_id, experiment_id, name, status, start_time)"
+            " VALUES ($1, $2, '0', 'r', 'RUNNING', 1)",
+            [(t, RUN) for t in (NOISY, QUIET, FULL)],
+        )
+    finally:
+        await conn.close()
+    return dsn
+
+
+@pytest.fixture(scope="module")
+async def client(dsn: str) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(postgres_dsn=dsn, bootstrap_api_key=generate_key().token, write_wait_timeout_s=0.05)
+    app = create_app(settings, NoClickHouse(), publisher=RecordingPublisher())
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c,
+    ):
+        yield c
+
+
+async def _engineer(client: httpx.AsyncClient, dsn: str, tenant: str) -> Identity:
+    identity = await provision(dsn, tenant, Role.ENGINEER)
+    for _ in range(100):  # the auth watcher loads new keys within a second
+        if (await client.get(f"{API}/whoami", headers=identity.headers)).status_code == 200:
+            break
+        await asyncio.sleep(0.05)
+    return identity
+
+
+async def _configure(dsn: str, change: Any) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await change(conn)
+    finally:
+        await conn.close()
+    await asyncio.sleep(1.0)  # the watcher's next reload (0.5 s polls)
+
+
+def _metrics(n: int) -> dict[str, Any]:
+    return {"metrics": [{"key": "m", "value": float(i), "step": i} for i in range(n)]}
+
+
+async def test_events_per_second_quota_is_429_with_retry_after_and_other_tenants_go_on(
+    client: httpx.AsyncClient, dsn: str
+) -> None:
+    noisy = await _engineer(client, dsn, NOISY)
+    quiet = await _engineer(client, dsn, QUIET)
+    await _configure(dsn, lambda conn: directory.set_quota(conn, NOISY, Quota(events_per_second=2)))
+    statuses = []
+    refused: httpx.Response | None = None
+    for _ in range(30):  # 30 events at once: the bucket holds 4 (2 s at 2/s)
+        r = await client.post(f"{API}/runs/{RUN}/tags", json={"tags": {"k": "v"}}, headers=noisy.headers)
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            refused = r
+    assert statuses.count(202) >= 4 and 429 in statuses and set(statuses) == {202, 429}
+    assert refused is not None
+    assert refused.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    assert "events-per-second quota of 2" in refused.json()["message"]
+    assert int(refused.headers["retry-after"]) >= 1
+    for _ in range(30):  # the quiet tenant is not held back by the noisy one
+        r = await client.post(f"{API}/runs/{RUN}/tags", json={"tags": {"k": "v"}}, headers=quiet.headers)
+        assert r.status_code == 202, r.text
+    await asyncio.sleep(int(refused.headers["retry-after"]))
+    again = await client.post(f"{API}/runs/{RUN}/tags", json={"tags": {"k": "v"}}, headers=noisy.headers)
+    assert again.status_code == 202  # Retry-After was enough
+
+
+async def test_stored_points_quota_is_429(client: httpx.AsyncClient, dsn: str) -> None:
+    full = await _engineer(client, dsn, FULL)
+
+    async def change(conn: asyncpg.Connection[Any]) -> None:
+        await conn.execute("INSERT INTO tenant_usage (tenant_id, points) VALUES ($1, 95)", FULL)
+        await directory.set_quota(conn, FULL, Quota(max_points=100))
+
+    await _configure(dsn, change)
+    ok = await client.post(f"{API}/runs/{RUN}/metrics", json=_metrics(5), headers=full.headers)
+    assert ok.status_code == 202, ok.text
+    over = await client.post(f"{API}/runs/{RUN}/metrics", json=_metrics(6), headers=full.headers)
+    assert over.status_code == 429
+    assert over.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    assert "stored-points quota of 100 reached" in over.json()["message"]
+    assert over.headers["retry-after"] == "60"
+    tags = await client.post(f"{API}/runs/{RUN}/tags", json={"tags": {"k": "v"}}, headers=full.headers)
+    assert tags.status_code == 202  # writes without points go on
+    sdk = producer("test")
+    event = envelope_dict(
+        tenant_id=FULL, type=EventType.METRICS_LOGGED, run_id=RUN, experiment_id="0", producer=sdk,
+        payload={"keys": ["m"], "key_index": [0] * 6, "values": [1.0] * 6, "steps": list(range(6)),
+                 "timestamps": [1] * 6},
+    )  # fmt: skip
+    raw = await client.post(f"{API}/events", json=[orjson.loads(encode(event))], headers=full.headers)
+    assert raw.status_code == 429, raw.text
+
+
+async def test_tagging_policy_in_reject_mode(client: httpx.AsyncClient, dsn: str) -> None:
+    strict = await _engineer(client, dsn, STRICT)
+    policy = TaggingPolicy({"project": (), "stage": ("dev", "prod")}, reject=True)
+    await _configure(dsn, lambda conn: directory.set_tagging_policy(conn, STRICT, policy))
+    r = await client.post(f"{API}/runs", json={"tags": {"stage": "qa"}}, headers=strict.headers)
+    assert r.status_code == 400 and r.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "missing tag 'project'" in r.json()["message"]
+    assert "'stage'='qa' is not one of ['dev', 'prod']" in r.json()["message"]
+    ok = await client.post(
+        f"{API}/runs", json={"tags": {"project": "x", "stage": "dev"}}, headers=strict.headers
+    )
+    assert ok.status_code == 202, ok.text
+    sdk = producer("test")
+    started = envelope_dict(
+        tenant_id=STRICT, type=EventType.RUN_STARTED, run_id=new_run_id(), experiment_id="0", producer=sdk,
+        payload={"name": "r", "start_time": 1, "tags": {"project": "x"}},
+    )  # fmt: skip
+    raw = await client.post(f"{API}/events", json=[orjson.loads(encode(started))], headers=strict.headers)
+    assert raw.status_code == 400 and "missing tag 'stage'" in raw.json()["details"][0]["reason"]

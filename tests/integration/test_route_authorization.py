@@ -1,0 +1,309 @@
+"""Every route of the OpenAPI schema, probed across tenants and roles.
+
+For each (method, path): no key -> 401; an engineer of another tenant on tenant A's
+real resources -> 404 (lists: 200 without any of A's data); a viewer of A on a write
+-> 403; nothing ever answers 5xx. Administration routes (tenants, principals, keys,
+grants, shares, policies, quotas, audit, admin) need more than engineer: 403 for
+viewers and engineers alike (platform routes: for everyone but the superadmin).
+
+Path parameters are filled from SAMPLES by name: a route with a parameter this test
+does not know fails loudly, so every route added later is covered or noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+
+from runledger.auth.keys import generate_key
+from runledger.auth.model import Role
+from runledger.config import Settings
+from runledger.embedded.postgres import EmbeddedPostgres
+from runledger.events.codec import encode, envelope_dict, experiment_id_for, producer
+from runledger.events.models import EventType
+from runledger.lineage import dataset_id
+from runledger.stores.postgres.migrate import migrate
+from services.api.app import create_app
+from tests.integration.conftest import create_database
+from tests.support.auth import Identity, provision
+from tests.unit.test_api_errors import NoClickHouse, RecordingPublisher
+
+pytestmark = pytest.mark.integration
+
+A, B = "routes-a", "routes-b"
+EXP = experiment_id_for(A, "confidential")
+RUN = "c0ffee" * 5 + "00"
+DATASET = dataset_id("secret-data", "v1")
+MARKERS = (A, EXP, RUN, "confidential", "secret-data")  # none may appear in B's answers
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# Prefixes of the administration routes (ADMIN of the tenant) and platform routes (superadmin).
+PLATFORM_PREFIXES = ("/api/v1/tenants", "/api/v1/admin")
+ADMIN_PREFIXES = (
+    "/api/v1/principals",
+    "/api/v1/users",
+    "/api/v1/service-accounts",
+    "/api/v1/keys",
+    "/api/v1/grants",
+    "/api/v1/roles",
+    "/api/v1/shares",
+    "/api/v1/policies",
+    "/api/v1/tagging-policy",
+    "/api/v1/quotas",
+    "/api/v1/audit",
+    "/api/v1/orgs",
+)
+# Any authenticated caller, about itself.
+SELF_PATHS = {"/api/v1/whoami"}
+
+
+@dataclass(frozen=True)
+class World:
+    client: httpx.AsyncClient
+    admin: Identity  # admin of A (and platform superadmin: the bootstrap key)
+    viewer: Identity  # viewer of A
+    engineer: Identity  # engineer of A
+    intruder: Identity  # engineer of B
+
+
+# Sample path-parameter values by name: A's real resources.
+def samples(world: World) -> dict[str, str]:
+    return {
+        "experiment_id": EXP,
+        "run_id": RUN,
+        "key": "loss",
+        "kind": "run",
+        "node_id": RUN,
+        "tenant_id": A,
+        "principal_id": world.viewer.principal_id,
+        "key_id": world.viewer.key.key_id,
+        "grantee_tenant": B,
+        "role": Role.VIEWER.value,
+    }
+
+
+async def _seed(conn: asyncpg.Connection[Any]) -> None:
+    await conn.execute(
+        "INSERT INTO experiments (tenant_id, experiment_id, name, creation_time, last_update_time)"
+        " VALUES ($1, $2, 'confidential', 1, 1), ($1, '0', 'Default', 1, 1), ($3, '0', 'Default', 1, 1)",
+        A,
+        EXP,
+        B,
+    )
+    await conn.execute(
+        "INSERT INTO runs (tenant_id, run_id, experiment_id, name, status, start_time)"
+        " VALUES ($1, $2, $3, 'confidential-run', 'RUNNING', 1)",
+        A,
+        RUN,
+        EXP,
+    )
+    await conn.execute("INSERT INTO tags VALUES ($1, $2, 'loss', 'x')", A, RUN)
+    await conn.execute("INSERT INTO params VALUES ($1, $2, 'lr', '1')", A, RUN)
+    await conn.execute("INSERT INTO latest_metrics VALUES ($1, $2, 'loss', 1.0, 1, 1, 0)", A, RUN)
+    await conn.execute(
+        "INSERT INTO findings (tenant_id, event_id, run_id, experiment_id, kind, body, occurred_at)"
+        " VALUES ($1, $2, $3, $4, 'lint.x', '{}'::jsonb, now())",
+        A,
+        uuid.uuid4(),
+        RUN,
+        EXP,
+    )
+    await conn.execute(
+        "INSERT INTO lineage_edges (tenant_id, source_kind, source_id, target_kind, target_id, relation)"
+        " VALUES ($1, 'dataset', $2, 'run', $3, 'input')",
+        A,
+        DATASET,
+        RUN,
+    )
+
+
+@pytest.fixture(scope="module")
+async def world(postgres: EmbeddedPostgres) -> AsyncIterator[World]:
+    dsn = await create_database(postgres)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        await _seed(conn)
+    finally:
+        await conn.close()
+    key = generate_key()
+    settings = Settings(
+        postgres_dsn=dsn, default_tenant=A, bootstrap_api_key=key.token, write_wait_timeout_s=0.2
+    )
+    app = create_app(settings, NoClickHouse(), publisher=RecordingPublisher())
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
+    ):
+        viewer = await provision(dsn, A, Role.VIEWER)
+        engineer = await provision(dsn, A, Role.ENGINEER)
+        intruder = await provision(dsn, B, Role.ENGINEER)
+        await wait_until_known(client, intruder)
+        admin = Identity(A, "", key)
+        yield World(client, admin, viewer, engineer, intruder)
+
+
+async def wait_until_known(client: httpx.AsyncClient, identity: Identity) -> None:
+    """The API's auth watcher loads new keys within a second."""
+    for _ in range(100):
+        if (await client.get("/api/v1/whoami", headers=identity.headers)).status_code == 200:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"key of {identity.principal_id} never became usable")
+
+
+def _routes(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    return sorted(
+        (method.upper(), path)
+        for path, operations in spec["paths"].items()
+        for method in operations
+        if path.startswith("/api/")
+    )
+
+
+def _fill(path: str, values: dict[str, str]) -> str:
+    filled = path
+    for name in [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]:
+        if name not in values:
+            pytest.fail(f"no sample for path parameter {name!r} of {path}: add one to SAMPLES")
+        filled = filled.replace("{" + name + "}", values[name])
+    return filled
+
+
+def _body(method: str, path: str) -> Any:
+    """A valid body where the route needs one (B's caller then acts on A's ids)."""
+    if method not in WRITE_METHODS:
+        return None
+    if path == "/api/v1/events":
+        event = envelope_dict(
+            tenant_id=A,
+            type=EventType.TAGS_SET,
+            run_id=RUN,
+            experiment_id=EXP,
+            producer=producer("test"),
+            payload={"tags": {"x": "1"}},
+        )
+        return [orjson.loads(encode(event))]
+    if path == "/api/v1/runs":
+        return {"experiment_id": EXP}
+    if path.endswith("/params"):
+        return {"params": {"p": "1"}}
+    if path.endswith("/metrics"):
+        return {"metrics": [{"key": "m", "value": 1.0}]}
+    if path.endswith("/tags"):
+        return {"tags": {"t": "1"}}
+    if path.endswith("/status"):
+        return {"status": "FINISHED"}
+    if path.startswith("/api/v1/experiments"):
+        return {"name": f"n-{uuid.uuid4().hex[:6]}"}
+    return {}
+
+
+def _kind(path: str) -> str:
+    if path in SELF_PATHS:
+        return "self"
+    if path.startswith(PLATFORM_PREFIXES):
+        return "platform"
+    if path.startswith(ADMIN_PREFIXES):
+        return "admin"
+    return "data"
+
+
+async def _call(world: World, method: str, path: str, identity: Identity | None) -> httpx.Response:
+    url = _fill(path, samples(world))
+    headers = identity.headers if identity else {}
+    body = _body(method, path)
+    kwargs: dict[str, Any] = {"headers": headers}
+    if body is not None:
+        kwargs["json"] = body
+    response = await world.client.request(method, url, **kwargs)
+    assert response.status_code < 500, (
+        f"{method} {path} as {identity}: {response.status_code} {response.text}"
+    )
+    return response
+
+
+def _fmt(method: str, path: str, r: httpx.Response) -> str:
+    return f"{method} {path}: {r.status_code} {r.text[:300]}"
+
+
+async def test_every_route_needs_a_key(world: World) -> None:
+    spec = (await world.client.get("/openapi.json")).json()
+    routes = _routes(spec)
+    assert len(routes) > 15
+    for method, path in routes:
+        r = await _call(world, method, path, None)
+        assert r.status_code == 401, _fmt(method, path, r)
+        assert r.json()["error_code"] == "UNAUTHENTICATED"
+        # A malformed body changes nothing: authentication comes first.
+        bad = await world.client.request(
+            method, _fill(path, samples(world)), content=b"{", headers={"content-type": "application/json"}
+        )
+        assert bad.status_code == 401, _fmt(method, path, bad)
+
+
+async def test_another_tenant_sees_nothing_of_a(world: World) -> None:
+    spec = (await world.client.get("/openapi.json")).json()
+    failures: list[str] = []
+    for method, path in _routes(spec):
+        r = await _call(world, method, path, world.intruder)
+        kind = _kind(path)
+        if kind == "self":
+            ok = r.status_code == 200
+        elif kind in ("admin", "platform"):
+            ok = r.status_code in (403, 404)
+        elif "{" in path:
+            ok = r.status_code == 404
+        elif method == "GET":
+            ok = r.status_code == 200
+        elif path == "/api/v1/events":
+            ok = r.status_code == 403  # an event of A's tenant
+        elif path == "/api/v1/runs":
+            ok = r.status_code == 404  # A's experiment id means nothing in B
+        else:
+            ok = r.status_code in (200, 201, 202, 400)  # acts inside B
+        # Errors may echo the ids the caller sent; a successful answer must hold nothing of A.
+        leaked = r.status_code < 300 and kind != "self" and any(m in r.text for m in MARKERS)
+        if not ok or leaked:
+            failures.append(_fmt(method, path, r))
+    assert not failures, "\n".join(failures)
+
+
+async def test_a_viewer_may_not_write_and_only_admins_administer(world: World) -> None:
+    spec = (await world.client.get("/openapi.json")).json()
+    failures: list[str] = []
+    for method, path in _routes(spec):
+        kind = _kind(path)
+        if method in WRITE_METHODS and kind != "self":
+            r = await _call(world, method, path, world.viewer)
+            if r.status_code != 403:
+                failures.append("viewer " + _fmt(method, path, r))
+        if kind in ("admin", "platform"):
+            r = await _call(world, method, path, world.engineer)
+            if r.status_code != 403:
+                failures.append("engineer " + _fmt(method, path, r))
+        if kind == "platform" and method == "GET":
+            r = await _call(world, method, path, world.admin)
+            if r.status_code >= 400:
+                failures.append("superadmin " + _fmt(method, path, r))
+    assert not failures, "\n".join(failures)
+
+
+async def test_the_owner_reads_its_resources(world: World) -> None:
+    """The samples are real: A's admin reads every data route of them (200)."""
+    spec = (await world.client.get("/openapi.json")).json()
+    failures: list[str] = []
+    for method, path in _routes(spec):
+        if method != "GET" or _kind(path) != "data" or path.endswith("/history"):  # no ClickHouse here
+            continue
+        r = await _call(world, method, path, world.admin)
+        if r.status_code != 200:
+            failures.append(_fmt(method, path, r))
+    assert not failures, "\n".join(failures)
