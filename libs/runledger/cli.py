@@ -175,6 +175,127 @@ def _add_sync(subparsers: Any) -> None:
     parser.set_defaults(handler=_cmd_sync)
 
 
+def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
+    from runledger.admin_client import run_admin
+
+    return run_admin(args.admin_command, args, settings)
+
+
+def _admin_connection_options() -> argparse.ArgumentParser:
+    """Options every `admin` command takes (a parent parser, so they go after the command)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="API base URL (default: $RUNLEDGER_URL, else connection.json)")
+    common.add_argument("--api-key", help="API key (default: $RUNLEDGER_API_KEY, else connection.json)")
+    common.add_argument("--json", action="store_true", help="print the server's JSON answer")
+    _add_state_dir(common)
+    return common
+
+
+def _add_admin(subparsers: Any) -> None:
+    from runledger.admin_client import parse_tag_requirement
+
+    parser = subparsers.add_parser(
+        "admin",
+        help="administer tenants, users, service accounts, keys, roles, sharing, tagging; read the audit log",
+        description="Talks to a running API with an admin key. Tenants are for the platform superadmin;"
+        " everything else acts on the key's own tenant and needs its admin role. Exit code 1 with the"
+        " server's message when a request is refused.",
+    )
+    parser.set_defaults(handler=_cmd_admin)
+    common = [_admin_connection_options()]
+    groups = parser.add_subparsers(dest="admin_group", metavar="GROUP", required=True)
+
+    def command(group: Any, name: str, action: str, help_text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(name, help=help_text, parents=common)
+        sub.set_defaults(admin_command=action)
+        return sub
+
+    tenants = groups.add_parser("tenants", help="tenants (superadmin)").add_subparsers(
+        metavar="COMMAND", required=True
+    )
+    create = command(tenants, "create", "tenants.create", "create a tenant (and its first admin)")
+    create.add_argument("tenant_id")
+    create.add_argument("--name", help="display name (default: the id)")
+    create.add_argument("--admin-user", help="create this user as the tenant's admin and print its key")
+    command(tenants, "list", "tenants.list", "list tenants")
+    command(tenants, "suspend", "tenants.suspend", "suspend a tenant (its keys stop working)").add_argument(
+        "tenant_id"
+    )
+    command(tenants, "resume", "tenants.resume", "re-activate a tenant").add_argument("tenant_id")
+    quota = command(tenants, "quota", "tenants.quota", "set a tenant's limits (an omitted limit = unlimited)")
+    quota.add_argument("tenant_id")
+    quota.add_argument("--events-per-second", type=int)
+    quota.add_argument("--max-points", type=int)
+
+    principals = groups.add_parser("principals", help="users and service accounts").add_subparsers(
+        metavar="COMMAND", required=True
+    )
+    create = command(principals, "create", "principals.create", "create a user or service account")
+    create.add_argument("name")
+    create.add_argument("--kind", choices=["user", "service_account"], default="user")
+    command(principals, "list", "principals.list", "list users and service accounts with their roles")
+    command(
+        principals, "disable", "principals.disable", "disable a principal (its keys stop working)"
+    ).add_argument("principal_id")
+
+    keys = groups.add_parser("keys", help="API keys").add_subparsers(metavar="COMMAND", required=True)
+    create = command(keys, "create", "keys.create", "create a key for a principal (shown once)")
+    create.add_argument("principal_id")
+    create.add_argument("--name", default="")
+    create.add_argument("--expires-in-days", type=int)
+    command(keys, "list", "keys.list", "list keys (never their secrets)").add_argument(
+        "--principal", help="only this principal's keys"
+    )
+    command(keys, "revoke", "keys.revoke", "revoke a key").add_argument("key_id")
+
+    grants = groups.add_parser("grants", help="role grants").add_subparsers(metavar="COMMAND", required=True)
+    for name, action, text in (
+        ("add", "grants.add", "grant a role (optionally on one experiment)"),
+        ("remove", "grants.remove", "remove a grant"),
+    ):
+        grant = command(grants, name, action, text)
+        grant.add_argument("principal_id")
+        grant.add_argument("role", choices=["viewer", "engineer", "admin"])
+        grant.add_argument("--experiment", help="narrow the grant to this experiment id")
+    command(grants, "list", "grants.list", "list role grants").add_argument(
+        "--principal", help="only this principal's grants"
+    )
+
+    shares = groups.add_parser("shares", help="read-only sharing of experiments with other tenants")
+    share_commands = shares.add_subparsers(metavar="COMMAND", required=True)
+    for name, action, text in (
+        ("add", "shares.add", "share an experiment read-only with another tenant"),
+        ("remove", "shares.remove", "withdraw a share"),
+    ):
+        share = command(share_commands, name, action, text)
+        share.add_argument("experiment_id")
+        share.add_argument("tenant", help="the grantee tenant")
+    command(share_commands, "list", "shares.list", "list outgoing and incoming shares")
+
+    tagging = groups.add_parser("tagging", help="the tenant's tagging policy").add_subparsers(
+        metavar="COMMAND", required=True
+    )
+    policy = command(tagging, "set", "tagging.set", "require run tags (replaces the policy)")
+    policy.add_argument(
+        "requirements",
+        nargs="+",
+        type=parse_tag_requirement,
+        metavar="KEY[=V1,V2]",
+        help="a required tag key, optionally with its allowed values",
+    )
+    policy.add_argument("--reject", action="store_true", help="reject runs that miss them (default: flag)")
+    command(tagging, "show", "tagging.show", "show the tagging policy")
+    command(tagging, "clear", "tagging.clear", "remove the tagging policy")
+
+    audit = command(groups, "audit", "audit", "read the tenant's audit log, newest first")
+    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--cursor", type=int, help="continue with entries older than this seq")
+    audit.add_argument("--outcome", choices=["ok", "denied"])
+    audit.add_argument("--action", help="action prefix, e.g. key.")
+    audit.add_argument("--actor", help="principal or key id")
+    audit.add_argument("--platform", action="store_true", help="platform entries (superadmin)")
+
+
 SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_up,
     _add_serve,
@@ -182,6 +303,7 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_config_doc,
     _add_replay,
     _add_sync,
+    _add_admin,
 ]
 
 

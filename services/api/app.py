@@ -13,6 +13,7 @@ import asyncpg
 from fastapi import Depends, FastAPI
 
 from runledger.auth.keys import parse_key
+from runledger.auth.quota import TokenBuckets
 from runledger.config import Settings
 from runledger.stores.clickhouse import ClickHouse
 from runledger.stores.postgres import directory
@@ -21,7 +22,7 @@ from services.api import health
 from services.api.admin import endpoints as admin
 from services.api.audit import AuditSink
 from services.api.consistency import ProjectionWaiter
-from services.api.deps import Runtime, get_principal
+from services.api.deps import AuthenticateApi, Runtime, get_principal
 from services.api.documents import endpoints as documents
 from services.api.events import endpoints as events
 from services.api.experiments import endpoints as experiments
@@ -31,7 +32,9 @@ from services.api.identity import endpoints as identity
 from services.api.instrumentation import RequestMetrics
 from services.api.lineage import endpoints as lineage
 from services.api.metrics import endpoints as metrics
+from services.api.orgs import endpoints as orgs
 from services.api.publisher import EventPublisher, KafkaEventPublisher
+from services.api.quotas import QuotaGate, usage_reader
 from services.api.runs import endpoints as runs
 from services.api.writes import EventWriter
 from services.observability import metrics_router
@@ -84,7 +87,8 @@ def create_app(
             stack.push_async_callback(waiter.close)
             events_publisher = publisher or await KafkaEventPublisher.connect(settings)
             stack.push_async_callback(events_publisher.close)
-            writer = EventWriter(events_publisher, waiter, settings.write_wait_timeout_s)
+            quotas = QuotaGate(usage_reader(pool), TokenBuckets())
+            writer = EventWriter(events_publisher, waiter, settings.write_wait_timeout_s, quotas)
             app.state.runtime = Runtime(
                 settings=settings, clickhouse=clickhouse, pool=pool, writer=writer, auth=auth, audit=audit
             )
@@ -104,10 +108,12 @@ def create_app(
     app.state.settings = settings
     app.state.runtime = None
     install_error_handlers(app)
+    # Added before RequestMetrics, so it runs inside it: 401s are counted like any answer.
+    app.add_middleware(AuthenticateApi, prefix="/api/")
     app.add_middleware(RequestMetrics)
     app.include_router(health.router)
     app.include_router(metrics_router)  # GET /metrics (Prometheus), outside the API and its schema
-    authenticated = [Depends(get_principal)]  # before anything else of a route, even body parsing
-    for domain in (identity, experiments, runs, metrics, events, admin, lineage, documents, findings):
+    authenticated = [Depends(get_principal)]  # the caller AuthenticateApi resolved
+    for domain in (identity, experiments, runs, metrics, events, admin, orgs, lineage, documents, findings):
         app.include_router(domain.router, prefix=API_PREFIX, dependencies=authenticated)
     return app

@@ -1,1 +1,1 @@
-"""Platform administration: operations on the whole deployment (replay)."""
+"""Operator routes: replay (whole deployment) and dead-letter counters."""

@@ -233,6 +233,83 @@ async def revoke_role(conn: PgConnection, grant: Grant) -> bool:
     return True
 
 
+async def set_quota(conn: PgConnection, tenant_id: str, quota: Quota) -> None:
+    """Set a tenant's limits (None = unlimited)."""
+    await conn.execute(
+        "INSERT INTO tenant_quotas (tenant_id, events_per_second, max_points) VALUES ($1, $2, $3)"
+        " ON CONFLICT (tenant_id) DO UPDATE SET events_per_second = EXCLUDED.events_per_second,"
+        " max_points = EXCLUDED.max_points, updated_at = now()",
+        tenant_id,
+        quota.events_per_second,
+        quota.max_points,
+    )
+    await bump_generation(conn)
+
+
+async def disable_principal(conn: PgConnection, principal_id: str) -> bool:
+    """Disable a principal (all its keys stop working); False when absent or already disabled."""
+    done = await conn.execute(
+        "UPDATE principals SET disabled_at = now() WHERE principal_id = $1 AND disabled_at IS NULL",
+        principal_id,
+    )
+    if done.endswith(" 0"):
+        return False
+    await bump_generation(conn)
+    return True
+
+
+async def set_tagging_policy(conn: PgConnection, tenant_id: str, policy: TaggingPolicy) -> None:
+    """Replace a tenant's tagging policy."""
+    await conn.execute(
+        "INSERT INTO tagging_policies (tenant_id, required, enforcement) VALUES ($1, $2::jsonb, $3)"
+        " ON CONFLICT (tenant_id) DO UPDATE SET required = EXCLUDED.required,"
+        " enforcement = EXCLUDED.enforcement, updated_at = now()",
+        tenant_id,
+        json.dumps({k: list(v) for k, v in policy.required.items()}),
+        "reject" if policy.reject else "flag",
+    )
+    await bump_generation(conn)
+
+
+async def clear_tagging_policy(conn: PgConnection, tenant_id: str) -> bool:
+    """Remove a tenant's tagging policy; False when it had none."""
+    done = await conn.execute("DELETE FROM tagging_policies WHERE tenant_id = $1", tenant_id)
+    if done.endswith(" 0"):
+        return False
+    await bump_generation(conn)
+    return True
+
+
+async def share_experiment(conn: PgConnection, share: Share, created_by: str = "") -> bool:
+    """Share an experiment read-only with another tenant; False when it already was."""
+    done = await conn.execute(
+        "INSERT INTO experiment_shares (owner_tenant, experiment_id, grantee_tenant, created_by)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        share.owner_tenant,
+        share.experiment_id,
+        share.grantee_tenant,
+        created_by,
+    )
+    if done.endswith(" 0"):
+        return False
+    await bump_generation(conn)
+    return True
+
+
+async def unshare_experiment(conn: PgConnection, share: Share) -> bool:
+    """Withdraw a share; False when there was none."""
+    done = await conn.execute(
+        "DELETE FROM experiment_shares WHERE owner_tenant = $1 AND experiment_id = $2 AND grantee_tenant = $3",
+        share.owner_tenant,
+        share.experiment_id,
+        share.grantee_tenant,
+    )
+    if done.endswith(" 0"):
+        return False
+    await bump_generation(conn)
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class Bootstrap:
     """What `bootstrap` set up: the platform admin principal of the default tenant."""

@@ -1,0 +1,1 @@
+"""Organisation administration: tenants (platform), principals, keys, grants, policies, sharing, audit."""
