@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import pyarrow.compute as pc
 
 from runledger.events.codec import DecodedEvent, InvalidEvent, decode
-from runledger.events.models import utc_now
+from runledger.events.models import EventType, utc_now
 from runledger.stores.clickhouse import ClickHouse
+from runledger.stores.postgres.usage import add_usage
 from services.ingest import checkpoints
 from services.ingest.dead_letters import DeadLetters, reason_class
+from services.ingest.gate import Admitted, BatchGate, Gate
 from services.ingest.metadata_writer import (
     already_applied,
     apply_projection,
@@ -31,25 +34,46 @@ from services.ingest.projection import ArchivedEvent, Projection, build_projecti
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class RunCheck:
+    """An event of a principal narrowed to some experiments, to check against the
+    experiment its run is recorded in (`event_ids`: the event and what it brought along)."""
+
+    tenant_id: str
+    run_id: str
+    principal_id: str
+    event: DecodedEvent
+    offset: int
+    event_ids: frozenset[str]
+
+
 @dataclass
 class PreparedBatch:
     """A decoded batch: its partition, last offset, valid events, their projection, and
-    how many of its messages were dead-lettered, by (tenant, reason)."""
+    how many of its messages were dead-lettered, by (tenant, reason); `run_checks` and
+    `gate` are what the writer still checks against the recorded runs."""
 
     partition: PartitionBuffer
     last_offset: int
     events: list[ArchivedEvent]
     projection: Projection
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
+    run_checks: list[RunCheck] = field(default_factory=list)
+    gate: BatchGate | None = None
 
 
-def prepare(partition: PartitionBuffer, records: list[Any], dead_letters: DeadLetters) -> PreparedBatch:
-    """Decode records (bad ones to the DLQ), drop repeats within the batch, build the columns."""
+def prepare(
+    partition: PartitionBuffer, records: list[Any], dead_letters: DeadLetters, gate: Gate | None = None
+) -> PreparedBatch:
+    """Decode records, admit them through `gate` (rejects to the DLQ), drop repeats within
+    the batch, build the columns. Without a gate nothing is verified (tools and tests only)."""
     key = partition.key
     source = f"{key.incarnation}.{key.topic}.{key.partition}"
     events: list[ArchivedEvent] = []
     seen: set[str] = set()
     rejected: Counter[tuple[str, str]] = Counter()
+    checks: list[RunCheck] = []
+    admission = gate.batch() if gate is not None else None
     for record in records:
         try:
             decoded = decode(record.value)
@@ -57,11 +81,54 @@ def prepare(partition: PartitionBuffer, records: list[Any], dead_letters: DeadLe
             dead_letters.reject(record.value, exc.reason, source, record.offset, record.key)
             rejected["", reason_class(exc.reason)] += 1  # tenant unknown: the event did not parse
             continue
-        if decoded.envelope.event_id not in seen:
-            seen.add(decoded.envelope.event_id)
-            events.append(ArchivedEvent(decoded, source, record.offset))
+        env = decoded.envelope
+        if env.event_id in seen:
+            continue
+        finding = None
+        if admission is not None:
+            verdict = admission.admit(decoded, record.timestamp)
+            if not isinstance(verdict, Admitted):
+                dead_letters.reject(record.value, verdict.reason, source, record.offset, record.key)
+                rejected[verdict.tenant_id, reason_class(verdict.reason)] += 1
+                continue
+            finding = verdict.finding
+            if verdict.narrowed and env.run_id is not None:
+                ids = {env.event_id} | ({finding.envelope.event_id} if finding else set())
+                checks.append(
+                    RunCheck(
+                        env.tenant_id,
+                        env.run_id,
+                        verdict.principal_id,
+                        decoded,
+                        record.offset,
+                        frozenset(ids),
+                    )
+                )
+        seen.add(env.event_id)
+        events.append(ArchivedEvent(decoded, source, record.offset))
+        if finding is not None:
+            events.append(ArchivedEvent(finding, source, record.offset))
     projection = build_projection(events, utc_now())
-    return PreparedBatch(partition, records[-1].offset, events, projection, rejected)
+    return PreparedBatch(partition, records[-1].offset, events, projection, rejected, checks, admission)
+
+
+def points_by_tenant(projection: Projection) -> dict[str, int]:
+    """Metric points of a projection per tenant (what tenant_usage advances by)."""
+    if projection.points is None:
+        return {}
+    counts = pc.value_counts(projection.points.column("tenant_id"))
+    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
+
+
+async def recorded_experiments(conn: Any, runs: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The experiment each (tenant, run) is recorded in (absent: no such run yet)."""
+    rows = await conn.fetch(
+        "SELECT r.tenant_id, r.run_id, r.experiment_id FROM runs r"
+        " JOIN unnest($1::text[], $2::text[]) AS q(t, r) ON r.tenant_id = q.t AND r.run_id = q.r",
+        [t for t, _ in runs],
+        [r for _, r in runs],
+    )
+    return {(r["tenant_id"], r["run_id"]): r["experiment_id"] for r in rows}
 
 
 class BatchWriter:
@@ -73,17 +140,19 @@ class BatchWriter:
         self._dead_letters = dead_letters
 
     async def write(self, batch: PreparedBatch) -> Projection:
-        """Project one batch; returns what was written (re-sent events removed)."""
+        """Project one batch; returns what was written (re-sent and refused events removed)."""
         state, last = batch.partition, batch.last_offset
         key, first = state.key, state.committed + 1
         token = key.token(first, last)
+        rejected = Counter(batch.rejected)
         async with self._pool.acquire() as conn:
             events, projection = batch.events, batch.projection
-            applied = await already_applied(conn, [a.event.envelope.event_id for a in events])
-            if applied:  # re-sent events (same id, new offset): rare, so rebuild only then
-                events = [a for a in events if a.event.envelope.event_id not in applied]
+            drop = await self._denied_by_recorded_run(conn, batch, rejected)
+            drop |= await already_applied(conn, [a.event.envelope.event_id for a in events])
+            if drop:  # re-sent events (same id, new offset) or refused ones: rare, so rebuild only then
+                events = [a for a in events if a.event.envelope.event_id not in drop]
                 projection = build_projection(events, utc_now())
-            await asyncio.to_thread(self._dead_letters.flush)  # decode rejects are durable first
+            await asyncio.to_thread(self._dead_letters.flush)  # rejects are durable first
             await checkpoints.mark_pending(conn, key, last)
             if projection.points is not None:
                 await asyncio.to_thread(
@@ -98,13 +167,48 @@ class BatchWriter:
                 async with conn.transaction():
                     await apply_projection(conn, projection)
                     await record_applied(conn, ids)
-                    await count_dead_letters(conn, batch.rejected)
+                    await count_dead_letters(conn, rejected)
+                    await add_usage(conn, points_by_tenant(projection))
                     await checkpoints.advance(conn, key, state.committed, last)
             except asyncpg.PostgresError as exc:
                 log.warning("batch %s refused by Postgres (%s); isolating the bad events", token, exc)
-                await self._write_isolating(conn, events, projection, batch.rejected, state, last)
+                await self._write_isolating(conn, events, projection, rejected, state, last)
         state.committed = last
         return projection
+
+    async def _denied_by_recorded_run(
+        self, conn: Any, batch: PreparedBatch, rejected: Counter[tuple[str, str]]
+    ) -> set[str]:
+        """Dead-letter the events of narrowed principals whose run is recorded in an experiment
+        they may not write (or is not recorded at all); returns the event ids to drop."""
+        gate = batch.gate
+        if not batch.run_checks or gate is None:
+            return set()
+        recorded = await recorded_experiments(conn, {(c.tenant_id, c.run_id) for c in batch.run_checks})
+        started: dict[tuple[str, str], str] = {}  # runs this batch records (first RunStarted wins)
+        for archived in batch.events:
+            env = archived.event.envelope
+            if env.type is EventType.RUN_STARTED and env.run_id and env.experiment_id:
+                started.setdefault((env.tenant_id, env.run_id), env.experiment_id)
+        key = batch.partition.key
+        source = f"{key.incarnation}.{key.topic}.{key.partition}"
+        denied: set[str] = set()
+        for check in batch.run_checks:
+            run = (check.tenant_id, check.run_id)
+            experiment = recorded.get(run) or started.get(run)
+            if experiment is None:
+                reason = f"permission denied: run {check.run_id} is not recorded"
+            elif not gate.may_write_recorded(check.principal_id, check.tenant_id, experiment):
+                reason = (
+                    f"permission denied: {check.principal_id} may not write experiment {experiment}"
+                    f" (run {check.run_id})"
+                )
+            else:
+                continue
+            self._dead_letters.reject(check.event.raw, reason, source, check.offset, None)
+            rejected[check.tenant_id, reason_class(reason)] += 1
+            denied |= check.event_ids
+        return denied
 
     async def _write_isolating(
         self,
@@ -130,4 +234,5 @@ class BatchWriter:
             await asyncio.to_thread(dead.flush)  # durable before the batch counts as done
             await record_applied(conn, [a.event.envelope.event_id for a in events])
             await count_dead_letters(conn, counts)
+            await add_usage(conn, points_by_tenant(projection))
             await checkpoints.advance(conn, state.key, state.committed, last)

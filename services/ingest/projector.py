@@ -21,13 +21,17 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
+from runledger.auth.watcher import AuthWatcher
 from runledger.config import Settings
 from runledger.stores.clickhouse import ClickHouse
+from runledger.stores.postgres import directory
+from runledger.stores.postgres.usage import load_usage
 from services import observability as metrics
 from services.ingest import checkpoints
 from services.ingest.batch_writer import BatchWriter, PreparedBatch, prepare
 from services.ingest.checkpoints import Checkpoint, PartitionKey
 from services.ingest.dead_letters import DeadLetters
+from services.ingest.gate import Gate
 from services.ingest.partition_buffer import PartitionBuffer
 from services.ingest.projection import Projection
 
@@ -86,6 +90,10 @@ class Projector:
         # ingest role's /healthz reports a projector whose loop stopped turning.
         self.heartbeat = 0.0
         self._dead_letters: DeadLetters | None = None
+        # Keys, grants, policies and quotas, reloaded when they change (revocations apply
+        # within auth_poll_interval_s plus one reload).
+        self._auth: AuthWatcher | None = None
+        self.gate: Gate | None = None
 
     async def run(self) -> None:
         """Consume and project until stopped."""
@@ -108,11 +116,20 @@ class Projector:
                     log.exception("projector loop failed; restarting in 1 s")
                     await asyncio.sleep(1)
         finally:
+            if self._auth is not None:
+                await self._auth.close()
             await asyncio.to_thread(producer.close, 5)
 
     async def _consume(self) -> None:
         s = self._settings
         assert self._dead_letters is not None
+        if self._auth is None:
+            self._auth = await directory.watch(self._pool, s.auth_poll_interval_s)
+        auth = self._auth
+        gate = Gate(lambda: auth.authorizer, auth.refresh)
+        async with self._pool.acquire() as conn:
+            gate.load_usage(await load_usage(conn))
+        self.gate = gate
         writer = BatchWriter(self._clickhouse, self._pool, self._dead_letters)
         consumer = await asyncio.to_thread(KafkaConsumer, **consumer_config(s))
         # Decoding the next batch overlaps with writing the previous one (the ClickHouse
@@ -164,7 +181,9 @@ class Projector:
                         s.projector_max_batch_events, s.projector_max_wait_ms / 1000, caught_up, writer_free
                     )
                     if records:
-                        await self._enqueue(queue, write_loop, prepare(state, records, self._dead_letters))
+                        await gate.refresh_for(r.value for r in records)
+                        batch = prepare(state, records, self._dead_letters, gate)
+                        await self._enqueue(queue, write_loop, batch)
             await self._drain(queue, write_loop)
         finally:
             write_loop.cancel()

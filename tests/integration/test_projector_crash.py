@@ -15,6 +15,7 @@ from kafka import KafkaProducer
 
 from runledger.embedded.broker import EmbeddedBroker
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
+from tests.support.auth import Identity, provision
 from tests.support.events import metrics_batch, run_started
 from tests.support.services import ServiceProcess
 
@@ -52,10 +53,11 @@ async def test_projector_killed_mid_stream_loses_and_duplicates_nothing(
         "RUNLEDGER_PROJECTOR_GROUP": group,
         "RUNLEDGER_PROJECTOR_MAX_BATCH_EVENTS": "20",
     }
+    identity = await provision(fresh_dsn, tenant)
     projector = ServiceProcess("ingest", tmp_path / "state", env)
     projector.start()
     try:
-        await _stream_with_kills(projector, broker, topics, fresh_dsn, group, tenant, experiment, tmp_path)
+        await _stream_with_kills(projector, broker, topics, fresh_dsn, group, identity, experiment, tmp_path)
     finally:
         projector.kill()
 
@@ -66,10 +68,11 @@ async def _stream_with_kills(
     topics: dict[str, str],
     fresh_dsn: str,
     group: str,
-    tenant: str,
+    identity: Identity,
     experiment: str,
     tmp_path: Path,
 ) -> None:
+    tenant = identity.tenant_id
 
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
     run_ids = [uuid.uuid4().hex for _ in range(RUNS)]
@@ -81,14 +84,14 @@ async def _stream_with_kills(
         nonlocal expected_sum
         for run_id in run_ids:
             md = producer.send(
-                topics["events"], key=run_id.encode(), value=run_started(tenant, experiment, run_id)
+                topics["events"], key=run_id.encode(), value=run_started(identity, experiment, run_id)
             ).get(30)
             with lock:
                 last_offset[md.partition] = max(last_offset.get(md.partition, -1), md.offset)
         for batch in range(BATCHES_PER_RUN):
             for i, run_id in enumerate(run_ids):
                 raw, cols = metrics_batch(
-                    tenant,
+                    identity,
                     experiment,
                     run_id,
                     KEYS,
