@@ -22,19 +22,27 @@ import asyncpg
 import uvicorn
 from fastapi import FastAPI
 
+from runledger.auth.keys import parse_key
 from runledger.config import Settings, get_settings
 from runledger.stores.clickhouse import ClickHouse, open_clickhouse
+from runledger.stores.postgres import directory
 from runledger.stores.postgres.migrate import migrate
 
 log = logging.getLogger("runledger.serve")
 
 
 async def connect_postgres(settings: Settings, max_size: int = 8) -> asyncpg.Pool:
-    """A connection pool with the schema migrated."""
+    """A connection pool with the schema migrated and the bootstrap key provisioned.
+
+    Provisioning here too (the API's lifespan does it as well; it is idempotent) lets an
+    ingest-only process accept events signed with the bootstrap key without any API.
+    """
     pool = await asyncpg.create_pool(settings.postgres_dsn, min_size=1, max_size=max_size)
     assert pool is not None
     async with pool.acquire() as conn:
         await migrate(conn)
+        if settings.bootstrap_api_key:
+            await directory.bootstrap(conn, settings.default_tenant, parse_key(settings.bootstrap_api_key))
     return pool
 
 

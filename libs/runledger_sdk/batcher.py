@@ -22,9 +22,10 @@ from typing import Any, SupportsIndex, cast
 
 import numpy as np
 
-from runledger.events.codec import encode, envelope_dict, metric_columns
+from runledger.events.codec import envelope_dict, metric_columns
 from runledger.events.models import EventType, Producer
 from runledger_sdk.delivery import Delivery
+from runledger_sdk.signing import Signer
 from runledger_sdk.validation import check_key
 
 log = logging.getLogger("runledger_sdk.batcher")
@@ -186,8 +187,12 @@ class Batcher:
         producer: Producer,
         max_points: int,
         interval_s: float,
+        signer: Signer | None = None,
     ) -> None:
         self._delivery = delivery
+        # Every event is signed as it is encoded (once): spool, offline files and resends
+        # carry the signed bytes.
+        self._encode = (signer or Signer(None)).encode
         self._tenant_id = tenant_id
         self._producer = producer
         self.max_points = max_points
@@ -242,7 +247,7 @@ class Batcher:
                 experiment_id=experiment_id,
                 occurred_at=occurred_at,
             )
-            items.append((key, encode(event)))
+            items.append((key, self._encode(event)))
             return self._delivery.enqueue(items)
 
     def cut(self, buffer: RunBuffer) -> int:
@@ -282,7 +287,7 @@ class Batcher:
             run_id=buffer.run_id,
             experiment_id=buffer.experiment_id,
         )
-        return buffer.run_key, encode(event)
+        return buffer.run_key, self._encode(event)
 
     def _form(self, buffer: RunBuffer) -> list[tuple[bytes, bytes]]:
         taken = buffer.take()

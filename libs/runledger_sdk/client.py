@@ -26,10 +26,12 @@ from runledger_sdk._version import __version__
 from runledger_sdk.batcher import Batcher, RunBuffer
 from runledger_sdk.config import SdkSettings, destination_id, load_settings
 from runledger_sdk.delivery import Delivery
+from runledger_sdk.identity import identify
 from runledger_sdk.integrations import airflow as airflow_integration
 from runledger_sdk.names import random_run_name
 from runledger_sdk.run import Run, Terminated, now_ms, status_for_exception
 from runledger_sdk.run_context import capture_run_context, close_run_context
+from runledger_sdk.signing import Signer
 from runledger_sdk.spool import Spool
 from runledger_sdk.transport import Transport
 from runledger_sdk.validation import check_key, tag_value
@@ -85,6 +87,9 @@ class Client:
     """Everything one process needs to log runs."""
 
     def __init__(self, settings: SdkSettings, transport: Transport | None = None) -> None:
+        # Online, every event must be signed: no key is an error now, not dead letters later.
+        # A given transport (tests, InMemoryTransport) signs only when a key is configured.
+        settings, key = identify(settings, online=transport is None and settings.mode == "online")
         self.settings = settings
         self.spool = _open_spool(settings.spool_dir / destination_id(settings))
         # Leftovers of dead processes in the same spool dir are sent by us.
@@ -104,6 +109,7 @@ class Client:
             producer=producer("python-sdk", __version__),
             max_points=settings.batch_max_points,
             interval_s=settings.batch_interval_ms / 1000,
+            signer=Signer(key),
         )
         self._lock = threading.Lock()
         self._experiments: set[str] = set()

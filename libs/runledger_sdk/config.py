@@ -6,8 +6,17 @@ Where events go
   RUNLEDGER_KAFKA_BOOTSTRAP  Kafka bootstrap servers, host:port[,host:port].
   RUNLEDGER_URL              Base URL of the RunLedger API (HTTP transport), e.g.
                              http://127.0.0.1:8765. Events are POSTed to {URL}/api/v1/events.
-  RUNLEDGER_API_KEY          API key, sent as `Authorization: Bearer <key>` by the HTTP transport.
-  RUNLEDGER_TENANT           Tenant id written into every envelope (default "default").
+  RUNLEDGER_API_KEY          API key (rlk_<id>_<secret>). Required online (any transport): every
+                             event is signed with it (HMAC-SHA256, key id in the envelope) and
+                             the projector refuses unsigned events; the HTTP transport also sends
+                             it as `Authorization: Bearer <key>`. `runledger up` prints one and
+                             writes it to <STATE_DIR>/connection.json (api_key), where the SDK
+                             finds it; admins create more with `runledger admin keys create`.
+                             Offline mode signs with it when set; else `runledger sync` signs
+                             the unsigned events with the key it sends with.
+  RUNLEDGER_TENANT           Tenant id written into every envelope. When not set and an API URL
+                             is known, the key's tenant (GET {URL}/api/v1/whoami, once at init);
+                             else "default". Events of another tenant than the key's are refused.
   RUNLEDGER_EVENTS_TOPIC     Topic of run events (default "runledger.events.v1").
   RUNLEDGER_STATE_DIR        State dir of a local `runledger up` (default ".runledger"). When
                              neither KAFKA_BOOTSTRAP nor URL is set, `<STATE_DIR>/connection.json`
@@ -79,7 +88,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, PrivateAttr, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runledger.config import DEFAULT_TENANT_ID, EVENTS_TOPIC
@@ -104,8 +113,12 @@ class SdkSettings(BaseSettings):
     transport: Literal["kafka", "http", "auto"] = Field("auto", description="kafka, http or auto.")
     kafka_bootstrap: str = Field("", description="Kafka bootstrap servers, host:port[,host:port].")
     url: str = Field("", description="Base URL of the RunLedger API, for the HTTP transport.")
-    api_key: SecretStr = Field(SecretStr(""), description="API key for the HTTP transport.")
-    tenant: str = Field(DEFAULT_TENANT_ID, description="Tenant id of every event.")
+    api_key: SecretStr = Field(
+        SecretStr(""), description="API key: signs every event; Bearer token of the HTTP transport."
+    )
+    tenant: str = Field(
+        DEFAULT_TENANT_ID, description="Tenant id of every event (unset: the key's, via /whoami)."
+    )
     events_topic: str = Field(EVENTS_TOPIC, description="Topic of run events.")
     state_dir: Path = Field(Path(".runledger"), description="State dir holding connection.json.")
     spool_dir: Path = Field(
@@ -144,6 +157,15 @@ class SdkSettings(BaseSettings):
     http_max_request_bytes: int = Field(4 << 20, gt=0, description="Largest POST body.")
     http_retries: int = Field(3, ge=1, description="Attempts per request before spooling.")
 
+    # Whether RUNLEDGER_TENANT / tenant= was given (else the key's tenant is asked for).
+    _tenant_explicit: bool = PrivateAttr(False)
+    _resolved: bool = PrivateAttr(False)
+
+    @property
+    def tenant_explicit(self) -> bool:
+        """Whether the tenant was configured rather than defaulted (known once resolved())."""
+        return self._tenant_explicit
+
     def resolved(self) -> SdkSettings:
         """These settings with connection.json applied and the transport decided."""
         data = self.model_dump()
@@ -164,7 +186,13 @@ class SdkSettings(BaseSettings):
         data["spool_dir"] = Path(data["spool_dir"]).expanduser()
         # Absolute now: a training script that changes directory keeps writing to one place.
         data["offline_dir"] = Path(data["offline_dir"]).expanduser().absolute()
-        return SdkSettings.model_validate(data)
+        resolved = SdkSettings.model_validate(data)
+        # A resolved model has every field set: only an unresolved one tells what was given.
+        resolved._tenant_explicit = (
+            self._tenant_explicit if self._resolved else "tenant" in self.model_fields_set
+        )
+        resolved._resolved = True
+        return resolved
 
 
 def destination_id(settings: SdkSettings) -> str:

@@ -3,6 +3,10 @@
 Every segment of DIR (runledger_sdk.transport_offline) is read in name order (process
 start, then segment index) and its events are sent, as they were written (same bytes,
 same event_id), through the SDK's own HTTP or Kafka transport, in batches, in order.
+Events written without an API key (offline mode needs none) are signed here with the
+key the sync sends with; signing is deterministic, so a resent event is the same bytes.
+Their tenant stays the one they were written for: it must be the syncing key's tenant
+(set RUNLEDGER_TENANT when logging offline), else the projector refuses them.
 Sending an event twice is harmless: the projector drops duplicates by event_id. So a
 sync can always be repeated, and two markers only save work:
 
@@ -177,11 +181,13 @@ def sync_directory(
     max_records: int = CHUNK_MAX_RECORDS,
     max_bytes: int = CHUNK_MAX_BYTES,
     progress: Callable[[int], ProgressCallback] | None = None,
+    sign: Callable[[bytes], bytes] | None = None,
 ) -> SyncReport:
     """Send every segment of `directory` that is not marked synced through `transport`.
 
     `progress(total_bytes)` is called once with the bytes to send and returns a callback
-    that gets the bytes and events done after each batch. Raises FileNotFoundError /
+    that gets the bytes and events done after each batch. `sign` turns each event's bytes
+    into what is sent (signing events written without a key). Raises FileNotFoundError /
     NotADirectoryError for a bad `directory` and SyncBusy when another sync holds it.
     """
     if not directory.exists():
@@ -194,7 +200,7 @@ def sync_directory(
         advance = progress(sum(p.size - p.start for p in plans)) if progress is not None else None
         for i, plan in enumerate(plans):
             if not _sync_segment(
-                plan, transport, send_timeout_s, skip_rejected, max_records, max_bytes, report, advance
+                plan, transport, send_timeout_s, skip_rejected, max_records, max_bytes, report, advance, sign
             ):
                 report.unsent_segments = len(plans) - i
                 break
@@ -210,6 +216,7 @@ def _sync_segment(
     max_bytes: int,
     report: SyncReport,
     advance: ProgressCallback | None,
+    sign: Callable[[bytes], bytes] | None = None,
 ) -> bool:
     """Send one segment from its saved offset; False when the sync must stop here."""
     path = plan.path
@@ -235,6 +242,8 @@ def _sync_segment(
             if not records and bad is None:  # pragma: no cover - read_frames always progresses
                 break
             if records:
+                if sign is not None:
+                    records = [Record(r.seq, r.key, sign(r.value)) for r in records]
                 outcomes = _send(transport, records, timeout)
                 done = 0
                 for outcome in outcomes:
@@ -357,6 +366,8 @@ def sync_command(
     """`runledger sync`: resolve the target like the SDK does, sync, report; the exit code."""
     from runledger_sdk.client import make_transport
     from runledger_sdk.config import load_settings
+    from runledger_sdk.identity import ApiKeyError, signing_key
+    from runledger_sdk.signing import Signer
 
     out = stream if stream is not None else sys.stderr
     # Always online, whatever RUNLEDGER_MODE says: sending is the point.
@@ -373,7 +384,8 @@ def sync_command(
         overrides["state_dir"] = state_dir
     try:
         settings = load_settings(**overrides)
-    except ValueError as exc:
+        key = signing_key(settings, required=False)
+    except (ValueError, ApiKeyError) as exc:
         print(f"runledger sync: {exc}", file=out)
         return 2
     if directory is None:
@@ -399,6 +411,7 @@ def sync_command(
             force=force,
             skip_rejected=skip_rejected,
             progress=start,
+            sign=Signer(key).sign_raw if key is not None else None,
         )
     except (FileNotFoundError, NotADirectoryError) as exc:
         print(f"runledger sync: {exc}", file=out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from runledger.auth.keys import ApiKey, generate_key
 from runledger.embedded.broker import EmbeddedBroker
 from tests.integration.conftest import broker, create_database, postgres, test_root  # noqa: F401
+from tests.support.auth import Identity
 from tests.support.services import ServiceProcess
 
 
@@ -24,6 +27,18 @@ class Stack:
     dlq_topic: str
     dsn: str
     services: ServiceProcess
+    # The bootstrap key (superadmin, admin of tenant "default") the services provisioned.
+    bootstrap_key: ApiKey
+    admin: Identity
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers of the bootstrap admin."""
+        return self.admin.headers
+
+    def sdk_env(self) -> dict[str, str]:
+        """RUNLEDGER_* variables that let an SDK process log to this stack as the admin."""
+        return {"RUNLEDGER_API_KEY": self.bootstrap_key.token, "RUNLEDGER_TENANT": "default"}
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +49,7 @@ def stack(broker: EmbeddedBroker, postgres: object, test_root: Path) -> Iterator
     events, dlq = f"runledger.events.v1.e2e{suffix}", f"runledger.events.dlq.e2e{suffix}"
     broker.ensure_topics({events: 4, dlq: 1})
     dsn = asyncio.run(create_database(postgres))  # type: ignore[arg-type]
+    key = generate_key()
     services = ServiceProcess(
         "all",
         test_root / f"e2e-{suffix}",
@@ -44,10 +60,46 @@ def stack(broker: EmbeddedBroker, postgres: object, test_root: Path) -> Iterator
             "RUNLEDGER_DLQ_TOPIC": dlq,
             "RUNLEDGER_PROJECTOR_MAX_WAIT_MS": "50",
             "RUNLEDGER_PROJECTOR_ASSIGN_ALL": "true",
+            "RUNLEDGER_BOOTSTRAP_API_KEY": key.token,
+            "RUNLEDGER_AUTH_POLL_INTERVAL_S": "0.2",
         },
     )
     services.start()
+    principal = asyncio.run(_bootstrap_principal(dsn))
+    # SDK clients (and SDK subprocesses) of these tests log as the bootstrap admin.
+    saved = {k: os.environ.get(k) for k in ("RUNLEDGER_API_KEY", "RUNLEDGER_TENANT")}
+    os.environ.update({"RUNLEDGER_API_KEY": key.token, "RUNLEDGER_TENANT": "default"})
     try:
-        yield Stack(services.url, broker.bootstrap, events, dlq, dsn, services)
+        yield Stack(
+            services.url,
+            broker.bootstrap,
+            events,
+            dlq,
+            dsn,
+            services,
+            key,
+            Identity("default", principal, key),
+        )
     finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         services.stop()
+
+
+async def _bootstrap_principal(dsn: str) -> str:
+    import asyncpg
+
+    from runledger.stores.postgres.directory import BOOTSTRAP_PRINCIPAL
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        principal: str = await conn.fetchval(
+            "SELECT principal_id FROM principals WHERE tenant_id = 'default' AND name = $1",
+            BOOTSTRAP_PRINCIPAL,
+        )
+    finally:
+        await conn.close()
+    return principal

@@ -117,7 +117,7 @@ def test_tasks_of_one_dag_run_nest_under_one_parent(stack: Stack, tmp_path: Path
     assert parent_a == parent_b == parent
     assert prepare == task_run_id(dag_id, dag_run_id, "prepare", 1, tenant="default")
 
-    with httpx.Client(base_url=stack.url, timeout=30) as client:
+    with httpx.Client(base_url=stack.url, timeout=30, headers=stack.headers) as client:
         children = poll(
             client,
             "/api/v1/runs",

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 import runledger_sdk as rl
+from runledger.auth.keys import generate_key
 from runledger.embedded.broker import EmbeddedBroker
 from runledger.embedded.postgres import EmbeddedPostgres
 from tests.integration.conftest import create_database
@@ -53,6 +54,7 @@ def test_points_logged_while_the_broker_is_down_arrive_exactly_once(
     broker.start()
     broker.ensure_topics({EVENTS: 4, DLQ: 1})
     dsn = asyncio.run(create_database(postgres))
+    key = generate_key()
     services = ServiceProcess(
         "all",
         root / "state",
@@ -60,12 +62,22 @@ def test_points_logged_while_the_broker_is_down_arrive_exactly_once(
             "RUNLEDGER_KAFKA_BOOTSTRAP": broker.bootstrap,
             "RUNLEDGER_POSTGRES_DSN": dsn,
             "RUNLEDGER_PROJECTOR_ASSIGN_ALL": "true",  # as `runledger up` runs it
+            "RUNLEDGER_BOOTSTRAP_API_KEY": key.token,
         },
     )
     services.start()
-    rl.init(transport="kafka", kafka_bootstrap=broker.bootstrap, spool_dir=root / "spool", send_timeout_s=2.0)
+    rl.init(
+        transport="kafka",
+        kafka_bootstrap=broker.bootstrap,
+        spool_dir=root / "spool",
+        send_timeout_s=2.0,
+        api_key=key.token,
+        tenant="default",
+    )
     try:
-        with httpx.Client(base_url=services.url, timeout=30) as client:
+        with httpx.Client(
+            base_url=services.url, timeout=30, headers={"Authorization": f"Bearer {key.token}"}
+        ) as client:
             run = rl.start_run(experiment="outage", name="survivor")
             for step in range(1000):
                 run.log_metric("loss", step * 0.5, step=step)

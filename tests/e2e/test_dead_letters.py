@@ -19,8 +19,8 @@ pytestmark = pytest.mark.integration
 def test_bad_events_are_dead_lettered_and_the_pipeline_goes_on(stack: Stack) -> None:
     marker = uuid.uuid4().hex
     run_id = uuid.uuid4().hex
-    good_start = run_started("default", "0", run_id, name=f"dlq-{marker}")
-    good_points, _ = metrics_batch("default", "0", run_id, ["loss"], 0, 100, seed=1)
+    good_start = run_started(stack.admin, "0", run_id, name=f"dlq-{marker}")
+    good_points, _ = metrics_batch(stack.admin, "0", run_id, ["loss"], 0, 100, seed=1)
     bad = [
         f"not json {marker}".encode(),
         orjson.dumps({"marker": marker}),  # no envelope
@@ -40,7 +40,7 @@ def test_bad_events_are_dead_lettered_and_the_pipeline_goes_on(stack: Stack) -> 
     finally:
         producer.close()
 
-    with httpx.Client(base_url=stack.url, timeout=30) as client:
+    with httpx.Client(base_url=stack.url, timeout=30, headers=stack.headers) as client:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             run = client.get(f"/api/v1/runs/{run_id}")
@@ -75,6 +75,8 @@ def test_bad_events_are_dead_lettered_and_the_pipeline_goes_on(stack: Stack) -> 
     )
     assert all(stack.events_topic in letter["source"] and letter["offset"] >= 0 for letter in ours)
 
-    counted = httpx.get(f"{stack.url}/api/v1/admin/dead-letters", timeout=10).json()["dead_letters"]
+    counted = httpx.get(f"{stack.url}/api/v1/admin/dead-letters", timeout=10, headers=stack.headers).json()[
+        "dead_letters"
+    ]
     by_reason = {(c["tenant_id"], c["reason"]): c["count"] for c in counted}
     assert by_reason[("", "bad envelope")] >= 2 and by_reason[("", "NUL character in event")] >= 1

@@ -78,7 +78,7 @@ def test_lineage_of_a_fine_tuned_run(stack: Stack, tmp_path: Path) -> None:
         ("dataset", d1.id, "run", a.run_id, "input"),
         ("run", a.run_id, "model", model, "produced"),
     }
-    with httpx.Client(base_url=stack.url, timeout=30) as client:
+    with httpx.Client(base_url=stack.url, timeout=30, headers=stack.headers) as client:
         url = f"/api/v1/lineage/run/{b.run_id}"
         body = _wait_for_graph(client, url, {"depth": 2}, len(expected_nodes), len(expected_edges))
         assert {(n["kind"], n["id"]): n["depth"] for n in body["nodes"]} == expected_nodes

@@ -18,9 +18,11 @@ from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 import runledger_sdk as rl
+from runledger.auth.keys import generate_key
 from runledger.embedded.broker import EmbeddedBroker
 from tests.e2e.conftest import Stack
 from tests.integration.conftest import create_database
+from tests.support.auth import Identity
 from tests.support.events import metrics_batch, run_started
 from tests.support.services import ServiceProcess
 
@@ -64,7 +66,10 @@ def test_one_scrape_shows_the_api_and_the_projector(stack: Stack, tmp_path: Path
         assert rl.flush(30)
     finally:
         rl.shutdown()
-    assert httpx.get(f"{stack.url}/api/v1/runs/{run.run_id}", timeout=10).status_code == 200
+    assert (
+        httpx.get(f"{stack.url}/api/v1/runs/{run.run_id}", timeout=10, headers=stack.headers).status_code
+        == 200
+    )
 
     samples = _wait_for(
         stack.url, lambda s: _value(s, "runledger_points_projected_total", tenant="default") >= 50
@@ -95,6 +100,8 @@ def test_serve_ingest_answers_healthz_and_metrics_and_stops_on_sigterm(
     events, dlq = f"runledger.events.v1.ingest{suffix}", f"runledger.events.dlq.ingest{suffix}"
     broker.ensure_topics({events: 2, dlq: 1})
     dsn = asyncio.run(create_database(postgres))  # type: ignore[arg-type]
+    # No API process here: the ingest role itself provisions the bootstrap key it accepts.
+    key = generate_key()
     ingest = ServiceProcess(
         "ingest",
         test_root / f"ingest-{suffix}",
@@ -105,6 +112,7 @@ def test_serve_ingest_answers_healthz_and_metrics_and_stops_on_sigterm(
             "RUNLEDGER_DLQ_TOPIC": dlq,
             "RUNLEDGER_PROJECTOR_GROUP": f"projector-{suffix}",
             "RUNLEDGER_PROJECTOR_MAX_WAIT_MS": "50",
+            "RUNLEDGER_BOOTSTRAP_API_KEY": key.token,
         },
     )
     ingest.start()  # returns once /healthz answers 200
@@ -114,11 +122,12 @@ def test_serve_ingest_answers_healthz_and_metrics_and_stops_on_sigterm(
         assert health.json()["status"] == "ok" and health.json()["heartbeat_age_s"] < 30
         assert httpx.get(f"{ingest.url}/api/v1/runs", timeout=5).status_code == 404  # not the API
 
-        tenant, run_id = f"ingest-{suffix}", uuid.uuid4().hex
+        tenant, run_id = "default", uuid.uuid4().hex
+        admin = Identity(tenant, "admin", key)
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
         try:
-            producer.send(events, key=run_id.encode(), value=run_started(tenant, "exp", run_id))
-            raw, _ = metrics_batch(tenant, "exp", run_id, ["loss", "acc"], 0, 100, seed=3)
+            producer.send(events, key=run_id.encode(), value=run_started(admin, "exp", run_id))
+            raw, _ = metrics_batch(admin, "exp", run_id, ["loss", "acc"], 0, 100, seed=3)
             producer.send(events, key=run_id.encode(), value=raw)
             producer.flush()
         finally:

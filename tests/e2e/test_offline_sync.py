@@ -109,7 +109,7 @@ def test_offline_run_synced_over_http_shows_exactly_what_was_logged(stack: Stack
     assert list(offline_dir.glob("*.events"))
     assert not list((tmp_path / "spool").rglob("*.spool"))  # everything went to the offline dir
 
-    with httpx.Client(base_url=stack.url, timeout=30) as client:
+    with httpx.Client(base_url=stack.url, timeout=30, headers=stack.headers) as client:
         for run_id in logged:  # nothing left the machine while offline
             assert client.get(f"/api/v1/runs/{run_id}").status_code == 404
 
@@ -143,7 +143,7 @@ def test_offline_run_synced_to_kafka(stack: Stack, tmp_path: Path) -> None:
         state_dir=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    with httpx.Client(base_url=stack.url, timeout=30) as client:
+    with httpx.Client(base_url=stack.url, timeout=30, headers=stack.headers) as client:
         # Through Kafka the projector applies them asynchronously: wait until all is there.
         deadline = time.monotonic() + 60
         while True:

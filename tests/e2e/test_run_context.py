@@ -73,7 +73,7 @@ def test_run_context_is_captured_and_served(stack: Stack, tmp_path: Path) -> Non
     run_id = done.stdout.strip().splitlines()[-1]
     heads = {head_before, git("rev-parse", "HEAD")}
 
-    with httpx.Client(base_url=stack.url, timeout=30) as client:
+    with httpx.Client(base_url=stack.url, timeout=30, headers=stack.headers) as client:
         run = poll(client, f"/api/v1/runs/{run_id}", lambda r: r["info"]["status"] == "FINISHED")
         docs = poll(
             client,

@@ -27,7 +27,7 @@ def test_a_run_logged_over_http_is_projected_exactly(stack: Stack, tmp_path: Pat
     finally:
         rl.shutdown()
 
-    with httpx.Client(base_url=stack.url, timeout=30) as client:
+    with httpx.Client(base_url=stack.url, timeout=30, headers=stack.headers) as client:
         # The API answered each POST /events after projecting it: no polling needed.
         detail = client.get(f"/api/v1/runs/{run.run_id}").json()
         assert detail["info"]["status"] == "FINISHED"

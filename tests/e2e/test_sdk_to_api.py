@@ -112,7 +112,7 @@ def test_nested_run_tree_round_trips_exactly_and_survives_replay(stack: Stack, t
         rl.shutdown()
     experiment_id = experiment_id_for("default", experiment)
 
-    with httpx.Client(base_url=stack.url, timeout=30) as client:
+    with httpx.Client(base_url=stack.url, timeout=30, headers=stack.headers) as client:
         runs = _wait_finished(client, experiment_id, 7)
         assert {r["info"]["run_id"] for r in runs} == set(logged)
         for run in runs:

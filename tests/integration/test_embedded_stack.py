@@ -19,6 +19,7 @@ import httpx
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from runledger.auth.keys import parse_key
 from runledger.config import Settings
 from runledger.embedded.broker import EmbeddedBroker
 from runledger.embedded.ports import free_port
@@ -185,7 +186,6 @@ def test_supervisor_lifecycle(workdir: Path) -> None:
         sup = Supervisor(
             settings, services_command=[sys.executable, "-c", HEALTH_SERVER], postgres_fsync=False
         )
-        sup.extra_connection_info["api_key"] = "rl_test_key"
         result: list[int] = []
         # Started from a thread, so signals are not installed; request_stop() ends run().
         thread = threading.Thread(target=lambda: result.append(sup.run()))
@@ -207,12 +207,17 @@ def test_supervisor_lifecycle(workdir: Path) -> None:
         info = json.loads(sup.connection_file.read_text())
         assert stat.S_IMODE(sup.connection_file.stat().st_mode) == 0o600
         assert info["url"] == f"http://127.0.0.1:{settings.api_port}"
-        assert info["api_key"] == "rl_test_key"
+        # A bootstrap key made on first start: in connection.json, kept (0600) for later starts,
+        # and handed to the services to provision.
+        assert parse_key(info["api_key"]).token == info["api_key"] == sup.api_key
+        assert stat.S_IMODE(sup.bootstrap_key_file.stat().st_mode) == 0o600
+        keys.append(sup.api_key)
         assert info["kafka_bootstrap"] == sup.kafka_bootstrap
         assert info["postgres_dsn"] == sup.postgres_dsn
 
         health = httpx.get(info["url"] + "/healthz", trust_env=False).json()
         env = health["env"]
+        assert env["RUNLEDGER_BOOTSTRAP_API_KEY"] == sup.api_key
         assert env["RUNLEDGER_KAFKA_BOOTSTRAP"] == sup.kafka_bootstrap
         assert env["RUNLEDGER_POSTGRES_DSN"] == sup.postgres_dsn
         assert env["RUNLEDGER_STATE_DIR"] == str(sup.state_dir)
@@ -287,6 +292,8 @@ def test_supervisor_lifecycle(workdir: Path) -> None:
             return str(value)
 
         assert asyncio.run(read()) == "from run 1"
+        assert json.loads(sup.connection_file.read_text())["api_key"] == sup.api_key == keys[0]
 
+    keys: list[str] = []
     run_once(first_run)
     run_once(second_run)

@@ -16,6 +16,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 import runledger_sdk as rl
+from runledger.auth.keys import generate_key
 from runledger.embedded.broker import EmbeddedBroker
 from runledger.events.codec import DecodedEvent, decode
 from runledger.events.models import EventType
@@ -73,6 +74,7 @@ def sdk_settings(bootstrap: str, topic: str, spool_dir: Path, **extra: Any) -> d
         "events_topic": topic,
         "spool_dir": spool_dir,
         "tenant": f"sdk-{uuid.uuid4().hex[:6]}",
+        "api_key": generate_key().token,  # online clients sign every event
         # These tests count events exactly: no run context (code state, environment,
         # lint findings) or system metrics beside what they log themselves.
         "capture_code_state": False,

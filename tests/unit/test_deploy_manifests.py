@@ -437,7 +437,9 @@ def test_k8s_sets_every_setting(kustomization: Doc, k8s_docs: list[Doc]) -> None
 def test_credentials_stay_in_the_secret(kustomization: Doc) -> None:
     config = _literals(kustomization, "runledger-config")
     secret = _secret_example()["stringData"]
-    assert {"RUNLEDGER_POSTGRES_DSN", "RUNLEDGER_CLICKHOUSE_URL", "RUNLEDGER_BOOTSTRAP_API_KEY"} <= set(secret)
+    assert {"RUNLEDGER_POSTGRES_DSN", "RUNLEDGER_CLICKHOUSE_URL", "RUNLEDGER_BOOTSTRAP_API_KEY"} <= set(
+        secret
+    )
     assert not set(config) & set(secret), "a setting in both would depend on envFrom order"
     for name, value in config.items():
         assert urlsplit(value).password is None, name

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import runledger_sdk as rl
+from runledger.auth.keys import generate_key
 from runledger.events.codec import DecodedEvent, decode
 from runledger.events.models import EventType
 from runledger_sdk.transport import Outcome, Record
@@ -149,7 +150,7 @@ CHILD = textwrap.dedent(
     import runledger_sdk as rl
 
     # An API that is not there: every send fails, so everything goes to the spool.
-    rl.init(transport="http", url=sys.argv[2], spool_dir=sys.argv[1],
+    rl.init(transport="http", url=sys.argv[2], spool_dir=sys.argv[1], api_key=sys.argv[3],
             send_timeout_s=0.5, http_retries=1, batch_interval_ms=20)
     with rl.start_run(experiment="crashed") as run:
         for i in range(5000):
@@ -164,7 +165,9 @@ CHILD = textwrap.dedent(
 
 def test_spool_of_a_killed_process_is_sent_by_the_next(spool_dir: Path) -> None:
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(spool_dir), DEAD_API], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", CHILD, str(spool_dir), DEAD_API, generate_key().token],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert child.stdout is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,11 +16,14 @@ from typing import Any
 import pytest
 
 import runledger_sdk as rl
+from runledger.auth.keys import generate_key
 from runledger.events.codec import decode
 from runledger.events.models import EventType
 from runledger_sdk.config import load_settings
 from runledger_sdk.transport import Outcome, Record
 from runledger_sdk.transport_http import HttpTransport
+
+TEST_KEY = generate_key().token  # online clients sign every event: they need a key
 
 
 class EventsApi:
@@ -149,6 +153,8 @@ def test_sdk_over_http_end_to_end_with_outage(api: EventsApi, tmp_path: Path) ->
     rl.init(
         transport="http",
         url=api.url,
+        api_key=TEST_KEY,
+        tenant="default",
         spool_dir=tmp_path / "spool",
         http_retries=2,
         batch_interval_ms=20,
@@ -175,7 +181,7 @@ EXIT_SCRIPT = """
 import os, signal, sys, time
 import runledger_sdk as rl
 
-rl.init(transport="http", url=sys.argv[1], spool_dir=sys.argv[2], batch_interval_ms=20)
+rl.init(transport="http", url=sys.argv[1], spool_dir=sys.argv[2], batch_interval_ms=20, tenant="default")
 how = sys.argv[3]
 if how == "finish":
     for i in range(500):
@@ -217,6 +223,7 @@ def test_interpreter_exit_ends_runs_and_flushes(
 ) -> None:
     child = subprocess.Popen(
         [sys.executable, "-c", EXIT_SCRIPT, api.url, str(tmp_path / "spool"), how],
+        env={**os.environ, "RUNLEDGER_API_KEY": TEST_KEY},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

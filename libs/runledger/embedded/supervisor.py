@@ -2,7 +2,10 @@
 
 Start order: PostgreSQL, broker (+ topics), services (`python -m runledger.serve all`, the
 API and the projector in one process, because chdb allows one process per data path).
-Then the API URL is printed and <state_dir>/connection.json written (0600).
+Then the API URL and the bootstrap API key are printed and <state_dir>/connection.json
+written (0600). The bootstrap key (platform superadmin, admin of the default tenant) is
+generated on first start and kept in <state_dir>/bootstrap.key (0600, since connection.json
+goes away at stop); later starts reuse it. The services provision it at start.
 
 While up, every second the supervisor checks its children and restarts the dead ones
 with exponential backoff: a new broker is a new, empty incarnation (memory storage), so
@@ -37,6 +40,7 @@ from typing import Any
 import httpx
 from pydantic import SecretBytes, SecretStr
 
+from runledger.auth.keys import InvalidKey, generate_key, parse_key
 from runledger.config import Settings
 from runledger.embedded._proc import die_with_parent, log_tail, open_log, stop_process, write_log_line
 from runledger.embedded.broker import EmbeddedBroker, ensure_topics
@@ -160,6 +164,8 @@ class Supervisor:
         self._stop = threading.Event()
         self._lock_fd: int | None = None
         self._http: httpx.Client | None = None
+        #: The bootstrap API key (token) the services provision; decided by start().
+        self.api_key = ""
 
     # ----------------------------------------------------------------- addresses
 
@@ -184,6 +190,28 @@ class Supervisor:
         return self.state_dir / "connection.json"
 
     @property
+    def bootstrap_key_file(self) -> Path:
+        """Where the bootstrap key outlives a stop (connection.json does not)."""
+        return self.state_dir / "bootstrap.key"
+
+    def _bootstrap_key(self) -> str:
+        """The configured key, else the one of an earlier start, else a new one (saved)."""
+        if self.settings.bootstrap_api_key:
+            return self.settings.bootstrap_api_key
+        earlier = [_read_connection_key(self.connection_file)]
+        with contextlib.suppress(OSError):
+            earlier.append(self.bootstrap_key_file.read_text().strip())
+        for token in earlier:
+            if token:
+                try:
+                    return parse_key(token).token
+                except InvalidKey:
+                    log.warning("ignoring a malformed bootstrap key found in %s", self.state_dir)
+        token = generate_key().token
+        _write_private(self.bootstrap_key_file, token + "\n")
+        return token
+
+    @property
     def services_pid(self) -> int | None:
         """Process id of the services process while it runs."""
         proc = self._services.proc
@@ -205,6 +233,8 @@ class Supervisor:
                 return 0
             print(
                 f"RunLedger is up: {self.api_url}\n"
+                f"  API key (bootstrap: superadmin, admin of tenant {self.settings.default_tenant!r}):"
+                f" {self.api_key}\n"
                 f"  connection info: {self.connection_file}\n"
                 f"  logs: {self.logs_dir}\n"
                 "  press Ctrl-C to stop",
@@ -235,6 +265,7 @@ class Supervisor:
         self._acquire_lock()
         try:
             self._http = httpx.Client(timeout=2.0, trust_env=False)  # never via an HTTP proxy
+            self.api_key = self._bootstrap_key()  # before the file of a killed run goes away
             # A file left by a run that was killed would point scripts at a dead stack.
             self.connection_file.unlink(missing_ok=True)
             self._check_ports()
@@ -344,6 +375,8 @@ class Supervisor:
             concrete["PROJECTOR_ASSIGN_ALL"] = "true"
         if self.postgres is not None:
             concrete["POSTGRES_PORT"] = str(self.postgres.port)
+        if self.api_key:
+            concrete["BOOTSTRAP_API_KEY"] = self.api_key
         env.update({prefix + k: v for k, v in concrete.items()})
         env["PYTHONUNBUFFERED"] = "1"  # the log file should show what happened right away
         return env
@@ -519,19 +552,14 @@ class Supervisor:
             "postgres_dsn": self.postgres_dsn,
             "pid": os.getpid(),
         }
+        if self.api_key:
+            info["api_key"] = self.api_key
         info.update(self.extra_connection_info)
         return info
 
     def _write_connection_file(self) -> None:
-        """Write connection.json atomically, readable only by us (it may hold an API key)."""
-        tmp = self.connection_file.with_name(f".{self.connection_file.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(self.connection_info(), indent=2).encode() + b"\n")
-            os.fchmod(fd, 0o600)  # in case tmp existed with other bits
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.connection_file)
+        """Write connection.json atomically, readable only by us (it holds an API key)."""
+        _write_private(self.connection_file, json.dumps(self.connection_info(), indent=2) + "\n")
 
     # ----------------------------------------------------------------- signals
 
@@ -552,6 +580,28 @@ class Supervisor:
                 signal.signal(sig, handler)
 
         return _restore
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace `path` atomically with `text`, readable only by us."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fchmod(fd, 0o600)  # in case tmp existed with other bits
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _read_connection_key(path: Path) -> str:
+    """The api_key of a connection.json left by an earlier start ("" when none)."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    key = info.get("api_key") if isinstance(info, dict) else None
+    return key if isinstance(key, str) else ""
 
 
 def run_up(settings: Settings) -> int:
