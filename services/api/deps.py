@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Query, Request
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runledger.auth.keys import ApiKey, InvalidKey, from_parts, parse_key, secret_matches
@@ -33,6 +34,10 @@ from services.api.errors import ApiError, PermissionDenied, TemporarilyUnavailab
 from services.api.principal import Principal
 from services.api.writes import EventWriter
 
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Routes whose writes become events (and count against the events/s quota); admin routes
+# stay usable while a tenant is over its quota (an admin may be lifting it).
+_EVENT_WRITE_PREFIXES = ("/api/v1/runs", "/api/v1/experiments", "/api/v1/events", "/api/2.0/mlflow/")
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="RunLedger", charset="UTF-8"'}
 
 
@@ -167,10 +172,26 @@ class AuthenticateApi:
         if scope["type"] == "http" and scope["path"].startswith(self._prefix):
             request = Request(scope)
             try:
-                await get_principal(request, get_runtime(request))
+                principal = await get_principal(request, get_runtime(request))
             except ApiError as exc:
                 request.state.auth_error = exc
+            else:
+                refused = _over_rate_quota(request, principal)
+                if refused is not None:
+                    response = JSONResponse(refused.body(), refused.status_code, refused.headers)
+                    await response(scope, receive, send)
+                    return
         await self._app(scope, receive, send)
+
+
+def _over_rate_quota(request: Request, principal: Principal) -> ApiError | None:
+    """A 429 for a write by a tenant already past its events/s quota (else None)."""
+    if request.method not in _WRITE_METHODS or not request.url.path.startswith(_EVENT_WRITE_PREFIXES):
+        return None
+    quotas = get_runtime(request).writer.quotas
+    if quotas is None:
+        return None
+    return quotas.refuse_early(principal.tenant_id, principal.authorizer.snapshot.quota(principal.tenant_id))
 
 
 def forbid(runtime: Runtime, request: Request, principal: Principal, what: str) -> PermissionDenied:

@@ -56,6 +56,16 @@ class QuotaGate:
         self._usage[tenant_id] = (points, now)
         return points
 
+    def refuse_early(self, tenant_id: str, quota: Quota) -> RequestLimitExceeded | None:
+        """The 429 for a write of a tenant whose rate bucket is empty, decided before the
+        request body is even read: a client flooding past its quota costs almost nothing."""
+        if quota.events_per_second is None:
+            return None
+        wait = self._buckets.wait_for_one(tenant_id, quota.events_per_second)
+        if wait <= 0:
+            return None
+        return _rate_exceeded(quota.events_per_second, wait, "")
+
     async def admit(self, tenant_id: str, quota: Quota, events: int, points: int) -> None:
         """Raise RequestLimitExceeded (with Retry-After) when the write is over a quota."""
         # Points first: a write refused for its points must not spend rate tokens.
@@ -70,9 +80,14 @@ class QuotaGate:
         if quota.events_per_second is not None and events > 0:
             wait = self._buckets.take(tenant_id, events, quota.events_per_second)
             if wait > 0:
-                seconds = max(1, math.ceil(wait)) if math.isfinite(wait) else POINTS_RETRY_AFTER_S
-                raise RequestLimitExceeded(
-                    f"events-per-second quota of {quota.events_per_second} exceeded (this request produces"
-                    f" {events} events); retry after {seconds} s",
-                    headers={"Retry-After": str(seconds)},
+                raise _rate_exceeded(
+                    quota.events_per_second, wait, f" (this request produces {events} events)"
                 )
+
+
+def _rate_exceeded(rate: int, wait: float, what: str) -> RequestLimitExceeded:
+    seconds = max(1, math.ceil(wait)) if math.isfinite(wait) else POINTS_RETRY_AFTER_S
+    return RequestLimitExceeded(
+        f"events-per-second quota of {rate} exceeded{what}; retry after {seconds} s",
+        headers={"Retry-After": str(seconds)},
+    )

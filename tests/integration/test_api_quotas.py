@@ -98,6 +98,12 @@ async def test_events_per_second_quota_is_429_with_retry_after_and_other_tenants
     assert refused.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
     assert "events-per-second quota of 2" in refused.json()["message"]
     assert int(refused.headers["retry-after"]) >= 1
+    # Over the quota a write is refused before its body is read (a flood costs little):
+    # even a body that is not JSON gets the 429, not a 400.
+    early = await client.post(f"{API}/runs/{RUN}/tags", content=b"{not json", headers=noisy.headers)
+    assert early.status_code == 429 and early.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    # Reads are not rate-limited.
+    assert (await client.get(f"{API}/runs/{RUN}", headers=noisy.headers)).status_code == 200
     for _ in range(30):  # the quiet tenant is not held back by the noisy one
         r = await client.post(f"{API}/runs/{RUN}/tags", json={"tags": {"k": "v"}}, headers=quiet.headers)
         assert r.status_code == 202, r.text

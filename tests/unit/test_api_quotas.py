@@ -53,6 +53,17 @@ def test_a_batch_larger_than_the_bucket_waits_for_a_full_bucket_and_leaves_debt(
     assert buckets.take("a", 1, rate=4) == 23.25  # 92 tokens of debt, then one
 
 
+def test_waiting_for_one_token_takes_nothing() -> None:
+    clock = Clock()
+    buckets = TokenBuckets(clock=clock)
+    assert buckets.wait_for_one("a", rate=2) == 0.0  # an unseen tenant has a full bucket
+    assert buckets.take("a", 4, rate=2) == 0.0
+    assert buckets.wait_for_one("a", rate=2) == pytest.approx(0.5)
+    assert buckets.wait_for_one("a", rate=2) == pytest.approx(0.5)  # peeking spent nothing
+    clock.now += 0.5
+    assert buckets.wait_for_one("a", rate=2) == 0.0
+
+
 async def test_gate_refuses_over_the_rate_with_retry_after() -> None:
     clock = Clock()
     gate = QuotaGate(_usage({}), TokenBuckets(clock=clock), clock)

@@ -51,3 +51,15 @@ class TokenBuckets:
                 bucket.tokens -= n
                 return 0.0
             return (needed - bucket.tokens) / rate
+
+    def wait_for_one(self, tenant_id: str, rate: float) -> float:
+        """Seconds until the tenant's bucket holds one token (0.0: now), taking nothing."""
+        if rate <= 0:
+            return float("inf")
+        now = self._clock()
+        with self._lock:
+            bucket = self._buckets.get(tenant_id)
+            if bucket is None:
+                return 0.0
+            tokens = min(self.capacity(rate), bucket.tokens + (now - bucket.updated) * rate)
+            return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
