@@ -7,7 +7,8 @@ record each write's latency (a write returns once projected: read-your-writes).
 Three phases side by side in one run, so the ratios hold on a noisy machine:
 
   baseline   quiet alone
-  flood      noisy floods with CONCURRENCY writers, under each events/s quota
+  flood      noisy floods with CONCURRENCY writers, under each events/s quota: polite
+             writers wait a 429's Retry-After (as the SDK does), hostile ones retry at once
   unlimited  the same flood with the quota removed
 
 Prints a JSON summary (copied into bench/RESULTS.md).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import time
@@ -65,12 +67,18 @@ async def _quiet_writes(client: httpx.AsyncClient, run_id: str, seconds: float) 
     return latencies
 
 
-async def _flood(client: httpx.AsyncClient, run_id: str, stop: asyncio.Event, outcomes: Counter[int]) -> None:
+async def _flood(
+    client: httpx.AsyncClient, run_id: str, stop: asyncio.Event, outcomes: Counter[int], polite: bool
+) -> None:
+    """Write as fast as answers come; `polite` waits a 429's Retry-After as the SDK does."""
     step = 0
     while not stop.is_set():
         response = await client.post(f"/api/v1/runs/{run_id}/metrics", json=_points(step, 200))
         outcomes[response.status_code] += 1
         step += 1
+        if polite and response.status_code == 429:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), float(response.headers["retry-after"]))
 
 
 def _scrape(text: str) -> dict[str, float]:
@@ -95,11 +103,14 @@ async def _phase(
     noisy: httpx.AsyncClient | None,
     noisy_runs: list[str],
     seconds: float,
+    polite: bool = False,
 ) -> dict[str, Any]:
     stop = asyncio.Event()
     outcomes: Counter[int] = Counter()
     flooders = (
-        [asyncio.create_task(_flood(noisy, run, stop, outcomes)) for run in noisy_runs] if noisy else []
+        [asyncio.create_task(_flood(noisy, run, stop, outcomes, polite)) for run in noisy_runs]
+        if noisy
+        else []
     )
     await asyncio.sleep(0.5 if flooders else 0)  # let the flood build up first
     before = _scrape((await quiet.get("/metrics")).text)
@@ -152,9 +163,9 @@ async def _main(seconds: float, concurrency: int, quotas: list[int]) -> dict[str
                 for limit in quotas:
                     body = {"events_per_second": limit, "max_points": None}
                     (await admin.put("/api/v1/tenants/noisy/quotas", json=body)).raise_for_status()
-                    results[f"flood_with_quota_{limit}"] = await _phase(
-                        quiet, quiet_run, noisy, noisy_runs, seconds
-                    )
+                    for polite in (True, False):
+                        name = f"flood_quota_{limit}_{'polite' if polite else 'hostile'}"
+                        results[name] = await _phase(quiet, quiet_run, noisy, noisy_runs, seconds, polite)
                 unlimited = {"events_per_second": None, "max_points": None}
                 (await admin.put("/api/v1/tenants/noisy/quotas", json=unlimited)).raise_for_status()
                 results["flood_unlimited"] = await _phase(quiet, quiet_run, noisy, noisy_runs, seconds)

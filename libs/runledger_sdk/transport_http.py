@@ -59,6 +59,7 @@ class HttpTransport(Transport):
         body = b"[" + b",".join(r.value for r in group) + b"]"
         delay = 0.2
         for attempt in range(1, self._attempts + 1):
+            wait = 0.0
             remaining = max(deadline - time.monotonic(), 0.5)
             try:
                 response = self._client.post(self._endpoint, content=body, timeout=remaining)
@@ -74,13 +75,22 @@ class HttpTransport(Transport):
                     )
                     return Outcome.REJECTED
                 reason = f"HTTP {status}"
-            if attempt == self._attempts or time.monotonic() + delay > deadline:
+                wait = _retry_after(response)
+            if attempt == self._attempts or time.monotonic() + max(delay, wait) > deadline:
                 self.last_error = f"POST {self._endpoint}: {reason}"
                 break
-            time.sleep(delay)
+            time.sleep(max(delay, wait))  # a 429's Retry-After: the tenant's quota refills by then
             delay *= 2
         return Outcome.FAILED
 
     def close(self, timeout: float) -> None:
         """Close the connection pool."""
         self._client.close()
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """Seconds the server asked to wait (Retry-After in seconds), else 0."""
+    try:
+        return max(0.0, float(response.headers.get("retry-after", 0)))
+    except ValueError:
+        return 0.0
