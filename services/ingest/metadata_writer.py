@@ -139,10 +139,22 @@ async def _params(conn: PgConnection, ev: DecodedEvent) -> None:
     )
 
 
+# MLflow keeps a run's name in this tag too; setting it renames the run (searches and
+# lists read runs.name).
+RUN_NAME_TAG = "mlflow.runName"
+
+
 async def _tags_set(conn: PgConnection, ev: DecodedEvent) -> None:
     p = ev.payload
     assert isinstance(p, TagsSetPayload)
     await _upsert_pairs(conn, "tags", "run_id", ev.envelope.tenant_id, ev.envelope.run_id, p.tags)
+    if RUN_NAME_TAG in p.tags:
+        await conn.execute(
+            "UPDATE runs SET name = $3 WHERE tenant_id = $1 AND run_id = $2",
+            ev.envelope.tenant_id,
+            ev.envelope.run_id,
+            p.tags[RUN_NAME_TAG],
+        )
 
 
 async def _tags_deleted(conn: PgConnection, ev: DecodedEvent) -> None:

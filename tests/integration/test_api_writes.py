@@ -173,6 +173,19 @@ async def test_run_lifecycle_reads_its_writes(client: httpx.AsyncClient) -> None
     assert late.status_code == 400
 
 
+async def test_longest_param_and_tag_values_are_projected(client: httpx.AsyncClient) -> None:
+    # MLflow's limits: params up to 6,000 characters, tags up to 8,000 (longer than a btree entry).
+    created = await client.post("/api/v1/runs", json={"experiment_name": "long-values"})
+    run_id = created.json()["run_id"]
+    param, tag = "p" * 6000, "t" * 8000
+    assert (
+        await client.post(f"/api/v1/runs/{run_id}/params", json={"params": {"long": param}})
+    ).status_code == 200
+    assert (await client.post(f"/api/v1/runs/{run_id}/tags", json={"tags": {"long": tag}})).status_code == 200
+    run = (await client.get(f"/api/v1/runs/{run_id}")).json()
+    assert run["params"]["long"] == param and run["tags"]["long"] == tag
+
+
 async def test_logged_metrics_are_read_back_exactly(client: httpx.AsyncClient) -> None:
     run_id = (await _ok(await client.post("/api/v1/runs", json={"experiment_name": "metrics"}), 201))[
         "run_id"
