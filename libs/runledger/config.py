@@ -63,6 +63,22 @@ class Settings(BaseSettings):
         10.0, description="How long a write waits for its event to be projected (read-your-writes)."
     )
 
+    # Artifacts (content-addressed blobs; their metadata is in Postgres through events).
+    artifact_uri: str = Field(
+        "",
+        description="Where artifact blobs are stored: empty = <state dir>/artifacts; a directory (path or"
+        " file:///path); or s3://bucket/prefix on S3 or any S3-compatible store, with endpoint, region and"
+        " credentials from the standard AWS variables (AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL,"
+        " AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...).",
+    )
+    artifact_part_size_mb: int = Field(
+        8,
+        ge=5,
+        le=5120,
+        description="S3 multipart part size in MiB (S3's minimum is 5): memory an upload holds at most"
+        " about twice this; a blob up to one part is sent in a single PUT.",
+    )
+
     default_tenant: str = Field(
         DEFAULT_TENANT_ID, description="The tenant the bootstrap key administers (created at first start)."
     )

@@ -20,6 +20,7 @@ from runledger.stores.postgres import directory
 from runledger.stores.postgres.migrate import migrate
 from services.api import health
 from services.api.admin import endpoints as admin
+from services.api.artifacts import endpoints as artifacts
 from services.api.audit import AuditSink
 from services.api.consistency import ProjectionWaiter
 from services.api.deps import AuthenticateApi, Runtime, get_principal
@@ -32,6 +33,8 @@ from services.api.identity import endpoints as identity
 from services.api.instrumentation import RequestMetrics
 from services.api.lineage import endpoints as lineage
 from services.api.metrics import endpoints as metrics
+from services.api.mlflow import endpoints as mlflow
+from services.api.mlflow_artifacts import endpoints as mlflow_artifacts
 from services.api.orgs import endpoints as orgs
 from services.api.publisher import EventPublisher, KafkaEventPublisher
 from services.api.quotas import QuotaGate, usage_reader
@@ -116,4 +119,8 @@ def create_app(
     authenticated = [Depends(get_principal)]  # the caller AuthenticateApi resolved
     for domain in (identity, experiments, runs, metrics, events, admin, orgs, lineage, documents, findings):
         app.include_router(domain.router, prefix=API_PREFIX, dependencies=authenticated)
+    for router in (mlflow.router, mlflow.v3_router):  # MLflow's own paths, for the unmodified client
+        app.include_router(router, dependencies=authenticated)
+    app.include_router(artifacts.router, prefix=API_PREFIX, dependencies=authenticated)
+    app.include_router(mlflow_artifacts.router, prefix=mlflow_artifacts.PREFIX, dependencies=authenticated)
     return app

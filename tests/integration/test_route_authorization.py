@@ -13,6 +13,7 @@ does not know fails loudly, so every route added later is covered or noticed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import httpx
 import orjson
 import pytest
 
+from runledger.artifacts import LocalArtifactStore
 from runledger.auth.keys import generate_key
 from runledger.auth.model import Role
 from runledger.config import Settings
@@ -42,6 +44,8 @@ A, B = "routes-a", "routes-b"
 EXP = experiment_id_for(A, "confidential")
 RUN = "c0ffee" * 5 + "00"
 DATASET = dataset_id("secret-data", "v1")
+ARTIFACT, ARTIFACT_BYTES = "model/weights.bin", b"confidential weights"
+MODEL = "m-" + "5ec7e7" * 5 + "00"  # a logged model of A's run (MLflow 3)
 MARKERS = (A, EXP, RUN, "confidential", "secret-data")  # none may appear in B's answers
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 # Prefixes of the administration routes (ADMIN of the tenant) and platform routes (superadmin).
@@ -62,6 +66,16 @@ ADMIN_PREFIXES = (
 )
 # Any authenticated caller, about itself.
 SELF_PATHS = {"/api/v1/whoami"}
+MLFLOW = "/api/2.0/mlflow"
+# MLflow's searches are POSTs that only read.
+MLFLOW_READ_POSTS = {
+    f"{MLFLOW}/experiments/search",
+    f"{MLFLOW}/runs/search",
+    f"{MLFLOW}/logged-models/search",
+}
+# MLflow routes whose body or query names a resource of A (the rest search, or create in the caller's tenant).
+MLFLOW_CREATES = {f"{MLFLOW}/experiments/create"}
+MLFLOW_OPEN = {"/api/3.0/mlflow/server-info"}
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,9 @@ def samples(world: World) -> dict[str, str]:
         "key_id": world.viewer.key.key_id,
         "grantee_tenant": B,
         "role": Role.VIEWER.value,
+        "model_id": MODEL,
+        "tag_key": "mlflow.user",
+        "path": ARTIFACT,
     }
 
 
@@ -106,6 +123,14 @@ async def _seed(conn: asyncpg.Connection[Any]) -> None:
     )
     await conn.execute("INSERT INTO tags VALUES ($1, $2, 'loss', 'x')", A, RUN)
     await conn.execute("INSERT INTO params VALUES ($1, $2, 'lr', '1')", A, RUN)
+    model = {"model_id": MODEL, "experiment_id": EXP, "name": "confidential-model", "source_run_id": RUN}
+    await conn.execute(
+        "INSERT INTO tags VALUES ($1, $2, $3, $4)",
+        A,
+        RUN,
+        f"mlflow.loggedModels/{MODEL}",
+        orjson.dumps(model | {"tags": {"mlflow.user": "x"}}).decode(),
+    )
     await conn.execute("INSERT INTO latest_metrics VALUES ($1, $2, 'loss', 1.0, 1, 1, 0)", A, RUN)
     await conn.execute(
         "INSERT INTO findings (tenant_id, event_id, run_id, experiment_id, kind, body, occurred_at)"
@@ -122,10 +147,18 @@ async def _seed(conn: asyncpg.Connection[Any]) -> None:
         DATASET,
         RUN,
     )
+    await conn.execute(
+        "INSERT INTO artifacts VALUES ($1, $2, $3, $4, $5, 'application/octet-stream')",
+        A,
+        RUN,
+        ARTIFACT,
+        len(ARTIFACT_BYTES),
+        "sha256:" + hashlib.sha256(ARTIFACT_BYTES).hexdigest(),
+    )
 
 
 @pytest.fixture(scope="module")
-async def world(postgres: EmbeddedPostgres) -> AsyncIterator[World]:
+async def world(postgres: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     dsn = await create_database(postgres)
     conn = await asyncpg.connect(dsn)
     try:
@@ -134,8 +167,14 @@ async def world(postgres: EmbeddedPostgres) -> AsyncIterator[World]:
     finally:
         await conn.close()
     key = generate_key()
+    blobs = tmp_path_factory.mktemp("route-artifacts")
+    await LocalArtifactStore(blobs).put_stream(iter([ARTIFACT_BYTES]))
     settings = Settings(
-        postgres_dsn=dsn, default_tenant=A, bootstrap_api_key=key.token, write_wait_timeout_s=0.2
+        postgres_dsn=dsn,
+        default_tenant=A,
+        bootstrap_api_key=key.token,
+        write_wait_timeout_s=0.2,
+        artifact_uri=str(blobs),
     )
     app = create_app(settings, NoClickHouse(), publisher=RecordingPublisher())
     async with (
@@ -177,10 +216,48 @@ def _fill(path: str, values: dict[str, str]) -> str:
     return filled
 
 
+def _mlflow_query(path: str) -> dict[str, Any] | None:
+    """The query string of an MLflow GET, naming A's resources."""
+    if not path.startswith(f"{MLFLOW}/"):
+        return None
+    return {
+        "experiment_id": EXP,
+        "experiment_name": "confidential",
+        "run_id": RUN,
+        "run_ids": RUN,
+        "metric_key": "loss",
+    }
+
+
+def _mlflow_body(path: str) -> Any:
+    """The JSON body of an MLflow write, naming A's run and experiment."""
+    if path in MLFLOW_CREATES:
+        return {"name": f"n-{uuid.uuid4().hex[:6]}"}
+    if path.endswith(("/search", "/experiments/delete", "/experiments/restore")):
+        return {"experiment_ids": [EXP], "experiment_id": EXP}
+    if path.endswith("/logged-models/{model_id}"):
+        return {"status": "LOGGED_MODEL_READY"}
+    return {
+        "experiment_id": EXP,
+        "run_id": RUN,
+        "source_run_id": RUN,
+        "new_name": f"n-{uuid.uuid4().hex[:6]}",
+        "key": "t",
+        "value": "1",
+        "status": "FINISHED",
+        "metrics": [{"key": "m", "value": 1.0, "timestamp": 1, "step": 0}],
+        "tags": [{"key": "t", "value": "1"}],
+        "datasets": [{"dataset": {"name": "d", "digest": "x"}}],
+        "models": [{"model_id": MODEL, "step": 0}],
+    }
+
+
 def _body(method: str, path: str) -> Any:
     """A valid body where the route needs one (B's caller then acts on A's ids)."""
     if method not in WRITE_METHODS:
         return None
+    if path.startswith(f"{MLFLOW}/"):
+        return _mlflow_body(path)
     if path == "/api/v1/events":
         event = envelope_dict(
             tenant_id=A,
@@ -223,6 +300,8 @@ async def _call(world: World, method: str, path: str, identity: Identity | None)
     kwargs: dict[str, Any] = {"headers": headers}
     if body is not None:
         kwargs["json"] = body
+    if method == "GET" and (query := _mlflow_query(path)) is not None:
+        kwargs["params"] = query
     response = await world.client.request(method, url, **kwargs)
     assert response.status_code < 500, (
         f"{method} {path} as {identity}: {response.status_code} {response.text}"
@@ -261,7 +340,9 @@ async def test_another_tenant_sees_nothing_of_a(world: World) -> None:
             ok = r.status_code in (403, 404)
         elif "{" in path:
             ok = r.status_code == 404
-        elif method == "GET":
+        elif path.startswith(f"{MLFLOW}/") and path not in MLFLOW_READ_POSTS | MLFLOW_CREATES:
+            ok = r.status_code == 404  # names A's run or experiment, in the query or the body
+        elif method == "GET" or path in MLFLOW_READ_POSTS:
             ok = r.status_code == 200
         elif path == "/api/v1/events":
             ok = r.status_code == 403  # an event of A's tenant
@@ -281,7 +362,7 @@ async def test_a_viewer_may_not_write_and_only_admins_administer(world: World) -
     failures: list[str] = []
     for method, path in _routes(spec):
         kind = _kind(path)
-        if method in WRITE_METHODS and kind != "self":
+        if method in WRITE_METHODS and kind != "self" and path not in MLFLOW_READ_POSTS:
             r = await _call(world, method, path, world.viewer)
             if r.status_code != 403:
                 failures.append("viewer " + _fmt(method, path, r))
@@ -301,7 +382,8 @@ async def test_the_owner_reads_its_resources(world: World) -> None:
     spec = (await world.client.get("/openapi.json")).json()
     failures: list[str] = []
     for method, path in _routes(spec):
-        if method != "GET" or _kind(path) != "data" or path.endswith("/history"):  # no ClickHouse here
+        if method != "GET" or _kind(path) != "data" or path.endswith("/history") or "get-history" in path:
+            # no ClickHouse here
             continue
         r = await _call(world, method, path, world.admin)
         if r.status_code != 200:

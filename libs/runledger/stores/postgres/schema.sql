@@ -283,6 +283,23 @@ CREATE TABLE IF NOT EXISTS auth_generation (
 );
 INSERT INTO auth_generation VALUES (true, 1) ON CONFLICT DO NOTHING;
 
+-- Artifact storage (blobs are content-addressed: services/api/artifacts). NULL = unlimited.
+ALTER TABLE tenant_quotas ADD COLUMN IF NOT EXISTS max_artifact_bytes bigint CHECK (max_artifact_bytes >= 0);
+-- Bytes of the distinct blobs a tenant has stored: a blob counts once per tenant however
+-- many of its runs or paths log it (the same bytes in another tenant count there too).
+ALTER TABLE tenant_usage ADD COLUMN IF NOT EXISTS artifact_bytes bigint NOT NULL DEFAULT 0;
+-- The blobs each tenant stored (written by the API when an upload commits, before its
+-- run.artifact_logged event): what artifact_bytes sums, and what a retention sweeper
+-- checks, against the artifacts table, before it deletes a blob no run references.
+CREATE TABLE IF NOT EXISTS artifact_blobs (
+    tenant_id  text NOT NULL,
+    digest     text NOT NULL,
+    size       bigint NOT NULL,
+    stored_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, digest)
+);
+CREATE INDEX IF NOT EXISTS artifact_blobs_by_digest ON artifact_blobs (digest);
+
 -- MLflow runs/search (services/api/mlflow/search_repository.py). A metric filter is a range
 -- on (key, value) of the tenant's latest metrics, read index-only (run_id is in the index),
 -- as is the value per run of an order_by on a metric. The default order (start_time DESC,

@@ -1,0 +1,1 @@
+"""Artifacts of runs: content-addressed blobs (runledger.artifacts) and their metadata (events)."""

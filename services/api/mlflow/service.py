@@ -1,0 +1,499 @@
+"""What the MLflow routes do: MLflow's semantics over RunLedger's experiments, runs and events.
+
+Writes are events through the shared EventWriter (signed for the caller, projected
+before the answer). The mlflow client treats any status but 200 as an error, so a
+write whose projection outlasts the wait still answers 200 (the event is in the log).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from runledger.events.codec import DEFAULT_EXPERIMENT_ID, DEFAULT_EXPERIMENT_NAME
+from runledger.events.models import EventType, RunStatus
+from services.api.access import Access, Located, readable_run
+from services.api.deps import Runtime
+from services.api.errors import InvalidParameter, NotFound
+from services.api.experiments.repository import ExperimentRepository
+from services.api.experiments.schemas import Experiment
+from services.api.experiments.service import ExperimentService
+from services.api.mlflow import repository, schemas, search, search_repository, shapes
+from services.api.mlflow.experiment_filter import parse_filter, parse_order_by
+from services.api.mlflow.history import HistoryReader, Position
+from services.api.mlflow.shapes import PARENT_RUN_TAG, RUN_NAME_TAG, RunRecord
+from services.api.pagination import decode_page_token, encode_page_token, fingerprint
+from services.api.principal import Principal
+from services.api.publisher import OutgoingEvent
+from services.api.runs.naming import generate_run_name
+from services.api.runs.repository import RunRepository
+from services.api.runs.schemas import MetricPoint, RunInfo
+from services.api.runs.schemas import RunCreate as NativeRunCreate
+from services.api.runs.service import RunService, metric_payloads, now_ms
+from services.api.writes import WriteReceipt, build_event
+
+_ID = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
+_VIEW_STAGES = {
+    None: ("active",),
+    "": ("active",),
+    "ACTIVE_ONLY": ("active",),
+    "DELETED_ONLY": ("deleted",),
+    "ALL": ("active", "deleted"),
+}
+
+
+def view_stages(view_type: str | None) -> tuple[str, ...]:
+    """Lifecycle stages of an MLflow ViewType."""
+    stages = _VIEW_STAGES.get(view_type.upper() if view_type else None)
+    if stages is None:
+        raise InvalidParameter(f"invalid view type {view_type!r}: ACTIVE_ONLY, DELETED_ONLY or ALL")
+    return stages
+
+
+def offset_of(token: str | None, scope: str) -> int:
+    """The offset an offset page token resumes at (0 for a first page)."""
+    if not token:
+        return 0
+    position = decode_page_token(token, scope)
+    if len(position) != 1 or not isinstance(position[0], int) or position[0] < 0:
+        raise InvalidParameter("invalid page_token")
+    return position[0]
+
+
+def with_token(body: dict[str, Any], token: str | None) -> dict[str, Any]:
+    """A paged answer: next_page_token only when there is a next page (proto3 omits empty fields)."""
+    if token:
+        body["next_page_token"] = token
+    return body
+
+
+class MlflowService:
+    """MLflow's tracking API for one caller, over the native services and repositories."""
+
+    def __init__(self, runtime: Runtime, principal: Principal) -> None:
+        """Act for `principal` with the app's connections."""
+        self._pool = runtime.pool
+        self._clickhouse = runtime.clickhouse
+        self._writer = runtime.writer
+        self._principal = principal
+        self._access = Access(principal)
+        self._experiment_repo = ExperimentRepository(runtime.pool, principal)
+        self._experiments = ExperimentService(self._experiment_repo, runtime.writer, principal)
+        self._run_repo = RunRepository(runtime.pool, principal)
+        self._runs = RunService(self._run_repo, self._experiment_repo, runtime.writer, principal)
+
+    # ------------------------------------------------------------------ experiments
+
+    async def create_experiment(self, body: schemas.ExperimentCreate) -> dict[str, Any]:
+        """experiments/create: the new id (RESOURCE_ALREADY_EXISTS when the name is taken)."""
+        tags = {t.key: t.value for t in body.tags}
+        experiment_id, _, _ = await self._experiments.create(body.name, tags, body.artifact_location)
+        return {"experiment_id": experiment_id}
+
+    async def get_experiment(self, experiment_id: str) -> dict[str, Any]:
+        """experiments/get."""
+        if experiment_id == DEFAULT_EXPERIMENT_ID:
+            await self._ensure_default()
+        return {"experiment": shapes.experiment(await self._experiments.get(experiment_id))}
+
+    async def get_experiment_by_name(self, name: str) -> dict[str, Any]:
+        """experiments/get-by-name: RESOURCE_DOES_NOT_EXIST when missing (set_experiment then creates it)."""
+        if name == DEFAULT_EXPERIMENT_NAME:
+            await self._ensure_default()
+        found = await self._experiment_repo.get_by_name(name)
+        if found is None or not self._access.can_read(found.experiment_id):
+            raise NotFound(f"Could not find experiment with name '{name}'")
+        return {"experiment": shapes.experiment(found)}
+
+    async def search_experiments(self, body: schemas.ExperimentSearch) -> dict[str, Any]:
+        """experiments/search over the caller's tenant: filter, order_by, offset page tokens."""
+        self._access.require_listing()
+        clauses = parse_filter(body.filter)
+        orders = parse_order_by(body.order_by)
+        stages = view_stages(body.view_type)
+        scope = fingerprint("mlflow-experiments", body.filter, body.order_by, stages)
+        offset = offset_of(body.page_token, scope)
+        if offset == 0:
+            await self._ensure_default()
+        found = await repository.search_experiments(
+            self._pool,
+            self._principal.tenant_id,
+            self._access.readable(),
+            clauses,
+            orders,
+            stages,
+            offset,
+            body.max_results + 1,
+        )
+        token = None
+        if len(found) > body.max_results:
+            found = found[: body.max_results]
+            token = encode_page_token([offset + body.max_results], scope)
+        return with_token({"experiments": [shapes.experiment(e) for e in found]}, token)
+
+    async def rename_experiment(self, body: schemas.ExperimentUpdate) -> dict[str, Any]:
+        """experiments/update."""
+        await self._experiments.rename(body.experiment_id, body.new_name)
+        return {}
+
+    async def delete_experiment(self, experiment_id: str) -> dict[str, Any]:
+        """experiments/delete (soft)."""
+        await self._experiments.delete(experiment_id)
+        return {}
+
+    async def restore_experiment(self, experiment_id: str) -> dict[str, Any]:
+        """experiments/restore."""
+        await self._writable_experiment(experiment_id)
+        await self._write(
+            [build_event(self._principal, EventType.EXPERIMENT_RESTORED, {}, experiment_id=experiment_id)]
+        )
+        return {}
+
+    async def set_experiment_tag(self, body: schemas.ExperimentTag) -> dict[str, Any]:
+        """experiments/set-experiment-tag."""
+        await self._writable_experiment(body.experiment_id)
+        payload = {"key": body.key, "value": body.value}
+        await self._write(
+            [
+                build_event(
+                    self._principal,
+                    EventType.EXPERIMENT_TAG_SET,
+                    payload,
+                    experiment_id=body.experiment_id,
+                )
+            ]
+        )
+        return {}
+
+    async def _writable_experiment(self, experiment_id: str) -> Experiment:
+        """The experiment if the caller may change it: 404 when it may not read it, 403 when only read."""
+        if not _ID.match(experiment_id):
+            raise NotFound(f"experiment {experiment_id!r} does not exist")
+        own = await self._experiment_repo.get(experiment_id)
+        located = self._access.locate(own is not None, experiment_id, f"experiment {experiment_id!r}")
+        self._access.require_write(located, f"experiment {experiment_id}")
+        if own is None:
+            raise NotFound(f"experiment {experiment_id!r} does not exist")
+        return own
+
+    async def _ensure_default(self) -> None:
+        """Create "Default" (id "0") if the tenant has no event yet (the projector makes it with
+        the tenant's first event); only a caller that may write it can."""
+        if not self._access.can_write(DEFAULT_EXPERIMENT_ID):
+            return
+        if await self._experiment_repo.get(DEFAULT_EXPERIMENT_ID) is not None:
+            return
+        event = build_event(
+            self._principal,
+            EventType.EXPERIMENT_CREATED,
+            {"name": DEFAULT_EXPERIMENT_NAME},
+            experiment_id=DEFAULT_EXPERIMENT_ID,
+        )
+        await self._write([event])
+
+    # ------------------------------------------------------------------ runs: reads
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        """runs/get."""
+        located, _ = await self._readable_run(run_id)
+        return {"run": shapes.run(await self._load_run(located.tenant_id, run_id))}
+
+    async def search_runs(self, body: schemas.RunSearch) -> dict[str, Any]:
+        """runs/search: the grammar and the query are search.py / search_repository.py's."""
+        self._access.require_listing()
+        conditions = search.parse_filter(body.filter or "")
+        order = search.parse_order_by(body.order_by)
+        # Experiments the caller may not read look like missing ones: they add no runs.
+        experiment_ids = [e for e in dict.fromkeys(body.experiment_ids) if self._access.can_read(e)]
+        if not experiment_ids:
+            return {}
+        run_ids, token = await search_repository.search_run_ids(
+            self._pool,
+            self._principal.tenant_id,
+            experiment_ids,
+            conditions,
+            order,
+            body.run_view_type or "ACTIVE_ONLY",
+            body.max_results,
+            body.page_token,
+        )
+        records = await repository.load_runs(self._pool, self._principal.tenant_id, run_ids)
+        return with_token({"runs": [shapes.run(r) for r in records]}, token)
+
+    # ------------------------------------------------------------------ runs: writes
+
+    async def create_run(self, body: schemas.RunCreate) -> dict[str, Any]:
+        """runs/create: run_name generated when absent and mirrored in the mlflow.runName tag;
+        tag mlflow.parentRunId makes it a nested run."""
+        experiment_id = body.experiment_id or DEFAULT_EXPERIMENT_ID
+        if not _ID.match(experiment_id):
+            raise NotFound(f"experiment {experiment_id!r} does not exist")
+        tags = {t.key: t.value for t in body.tags}
+        name = body.run_name or tags.get(RUN_NAME_TAG) or generate_run_name()
+        tags[RUN_NAME_TAG] = name
+        parent = tags.get(PARENT_RUN_TAG)
+        if parent is not None and not await self._is_readable_own_run(parent):
+            parent = None  # MLflow keeps the tag without checking it; so does RunLedger
+        start_time = body.start_time if body.start_time is not None else now_ms()
+        native = NativeRunCreate(
+            experiment_id=experiment_id, name=name, tags=tags, parent_run_id=parent, start_time=start_time
+        )
+        run_id, _, created = await self._runs.create(native)
+        if created is not None:
+            record = RunRecord(info=created.info, params=created.params, tags=created.tags)
+        else:  # not projected within the wait: answer what was written
+            info = RunInfo(
+                run_id=run_id,
+                experiment_id=experiment_id,
+                parent_run_id=parent,
+                name=name,
+                user_id=self._principal.user_id,
+                status=RunStatus.RUNNING.value,
+                start_time=start_time,
+                lifecycle_stage="active",
+            )
+            record = RunRecord(info=info, tags=tags)
+        return {"run": shapes.run(record)}
+
+    async def update_run(self, body: schemas.RunUpdate) -> dict[str, Any]:
+        """runs/update: status, end_time and run_name (kept in the mlflow.runName tag)."""
+        info = await self._active_run(body.id())
+        events: list[OutgoingEvent] = []
+        status = info.status
+        end_time = info.end_time
+        if body.status is not None or body.end_time is not None:
+            status = _status(body.status) if body.status is not None else info.status
+            end_time = body.end_time
+            if end_time is None and status in ("FINISHED", "FAILED", "KILLED"):
+                end_time = now_ms()
+            events.append(
+                self._run_event(info, EventType.STATUS_CHANGED, {"status": status, "end_time": end_time})
+            )
+        if body.run_name:
+            events.append(self._run_event(info, EventType.TAGS_SET, {"tags": {RUN_NAME_TAG: body.run_name}}))
+        receipt = await self._write(events) if events else None
+        if receipt is None or receipt.projected:
+            record = await self._load_run(self._principal.tenant_id, info.run_id)
+            return {"run_info": shapes.run_info(record.info, record.name)}
+        updated = info.model_copy(update={"status": status, "end_time": end_time or info.end_time})
+        return {"run_info": shapes.run_info(updated, body.run_name or info.name)}
+
+    async def delete_run(self, run_id: str) -> dict[str, Any]:
+        """runs/delete (soft)."""
+        await self._runs.delete(run_id)
+        return {}
+
+    async def restore_run(self, run_id: str) -> dict[str, Any]:
+        """runs/restore."""
+        info = await self._writable_run(run_id)
+        await self._write([self._run_event(info, EventType.RUN_RESTORED, {})])
+        return {}
+
+    async def log_metric(self, body: schemas.LogMetric) -> dict[str, Any]:
+        """runs/log-metric: one point (duplicates are dropped by the stores)."""
+        await self.log_batch(schemas.LogBatch(run_id=body.id(), metrics=[body]))
+        return {}
+
+    async def log_param(self, body: schemas.LogParam) -> dict[str, Any]:
+        """runs/log-parameter: immutable (same value OK, another one INVALID_PARAMETER_VALUE)."""
+        param = schemas.ParamBody(key=body.key, value=body.value)
+        await self.log_batch(schemas.LogBatch(run_id=body.id(), params=[param]))
+        return {}
+
+    async def set_tag(self, body: schemas.SetTag) -> dict[str, Any]:
+        """runs/set-tag (mlflow.runName renames the run)."""
+        tag = schemas.TagBody(key=body.key, value=body.value)
+        await self.log_batch(schemas.LogBatch(run_id=body.id(), tags=[tag]))
+        return {}
+
+    async def delete_tag(self, body: schemas.DeleteTag) -> dict[str, Any]:
+        """runs/delete-tag: RESOURCE_DOES_NOT_EXIST when the run has no such tag."""
+        await self._runs.delete_tag(body.id(), body.key)
+        return {}
+
+    async def log_batch(self, body: schemas.LogBatch) -> dict[str, Any]:
+        """runs/log-batch: params, metrics and tags as one event per kind, in one write."""
+        total = len(body.metrics) + len(body.params) + len(body.tags)
+        if total > schemas.MAX_BATCH_ENTITIES:
+            raise InvalidParameter(
+                f"A batch logging request can contain at most {schemas.MAX_BATCH_ENTITIES} metrics, params"
+                f" and tags in total; got {total}"
+            )
+        info = await self._active_run(body.id())
+        events: list[OutgoingEvent] = []
+        if body.params:
+            params = await self._new_params(info.run_id, body.params)
+            if params:
+                events.append(self._run_event(info, EventType.PARAMS_LOGGED, {"params": params}))
+        if body.metrics:
+            points = [
+                MetricPoint(key=m.key, value=m.value, step=m.step, timestamp=m.timestamp)
+                for m in body.metrics
+            ]
+            for payload in metric_payloads(points, now_ms()):
+                events.append(self._run_event(info, EventType.METRICS_LOGGED, payload))
+        if body.tags:
+            tags = {t.key: t.value for t in body.tags}  # the last value of a key wins, as in MLflow
+            events.append(self._run_event(info, EventType.TAGS_SET, {"tags": tags}))
+        if events:
+            await self._write(events, points=len(body.metrics))
+        return {}
+
+    async def log_inputs(self, body: schemas.LogInputs) -> dict[str, Any]:
+        """runs/log-inputs: datasets with their context tags (model inputs are not kept)."""
+        info = await self._active_run(body.id())
+        datasets = [
+            {
+                "name": d.dataset.name,
+                "digest": d.dataset.digest,
+                "source_type": d.dataset.source_type,
+                "source": d.dataset.source,
+                "schema": d.dataset.schema_,
+                "profile": d.dataset.profile,
+                "tags": {t.key: t.value for t in d.tags},
+            }
+            for d in body.datasets
+        ]
+        if datasets:
+            await self._write([self._run_event(info, EventType.INPUTS_LOGGED, {"datasets": datasets})])
+        return {}
+
+    async def log_outputs(self, body: schemas.LogOutputs) -> dict[str, Any]:
+        """runs/outputs: the run must be writable and active; a run's outputs are the logged models
+        it is the source run of (kept with the model, see models.py), so nothing else is written."""
+        await self._active_run(body.id())
+        return {}
+
+    def require_listing(self) -> None:
+        """Searches need READ somewhere in the tenant."""
+        self._access.require_listing()
+
+    async def _new_params(self, run_id: str, params: Sequence[schemas.ParamBody]) -> dict[str, str]:
+        """The params not logged yet; INVALID_PARAMETER_VALUE for a changed or conflicting value."""
+        batch: dict[str, str] = {}
+        for p in params:
+            if batch.get(p.key, p.value) != p.value:
+                raise InvalidParameter(
+                    f"Duplicate parameter keys have been submitted with different values: {p.key!r}"
+                )
+            batch[p.key] = p.value
+        existing = await repository.param_values(self._pool, self._principal.tenant_id, run_id, list(batch))
+        for key, value in batch.items():
+            if key in existing and existing[key] != value:
+                raise InvalidParameter(
+                    f"Changing param values is not allowed. Param with key={key!r} was already logged with"
+                    f" value={existing[key]!r} for run ID={run_id!r}. Attempted logging new value {value!r}."
+                )
+        return {k: v for k, v in batch.items() if k not in existing}
+
+    # ------------------------------------------------------------------ metrics
+
+    async def metric_history(
+        self, run_id: str, key: str, max_results: int | None, page_token: str | None
+    ) -> bytes:
+        """metrics/get-history as JSON bytes: points by (timestamp, step, value), paged when
+        max_results is given (capped at 25,000 per page)."""
+        located, _ = await self._readable_run(run_id)
+        scope = fingerprint("mlflow-history", run_id, key)
+        after = None
+        if page_token:
+            raw = decode_page_token(page_token, scope)
+            if len(raw) != 4:
+                raise InvalidParameter("invalid page_token")
+            try:
+                after = Position(int(raw[0]), int(raw[1]), int(raw[2]), float(raw[3]))
+            except (TypeError, ValueError):
+                raise InvalidParameter("invalid page_token") from None
+        limit = (
+            None
+            if max_results is None and after is None
+            else min(max_results or schemas.MAX_HISTORY_RESULTS, schemas.MAX_HISTORY_RESULTS)
+        )
+        body, last = await HistoryReader(self._clickhouse, located.tenant_id).page(run_id, key, after, limit)
+        out = b'{"metrics":[' + body + b"]"
+        if last is not None:
+            out += b',"next_page_token":"' + encode_page_token(last.as_list(), scope).encode() + b'"'
+        return out + b"}"
+
+    async def metric_history_bulk(
+        self, run_ids: list[str], key: str, start_step: int | None, end_step: int | None, max_results: int
+    ) -> bytes:
+        """metrics/get-history-bulk-interval as JSON bytes: each run sampled to ~max_results steps."""
+        if not run_ids:
+            raise InvalidParameter("GetMetricHistoryBulkInterval request must specify at least one run_id.")
+        if len(run_ids) > schemas.MAX_BULK_RUNS:
+            raise InvalidParameter(
+                f"GetMetricHistoryBulkInterval request cannot specify more than {schemas.MAX_BULK_RUNS}"
+                f" run_ids. Received {len(run_ids)} run_ids."
+            )
+        if not 1 <= max_results <= schemas.MAX_BULK_RESULTS:
+            raise InvalidParameter(f"max_results must be between 1 and {schemas.MAX_BULK_RESULTS}.")
+        if (start_step is None) != (end_step is None):
+            raise InvalidParameter("If either start step or end step are specified, both must be specified.")
+        if start_step is not None and end_step is not None and start_step > end_step:
+            raise InvalidParameter(
+                f"end_step must be greater than start_step. Found start_step={start_step} and end_step={end_step}."
+            )
+        by_tenant: dict[str, list[str]] = {}
+        for run_id in dict.fromkeys(run_ids):
+            located, _ = await self._readable_run(run_id)
+            by_tenant.setdefault(located.tenant_id, []).append(run_id)
+        lo = 0 if start_step is None else start_step  # MLflow's default range starts at step 0
+        hi = 2**63 - 1 if end_step is None else end_step
+        bodies = []
+        for tenant_id, ids in by_tenant.items():
+            part = await HistoryReader(self._clickhouse, tenant_id).sampled(ids, key, lo, hi, max_results)
+            if part:
+                bodies.append(part)
+        return b'{"metrics":[' + b",".join(bodies) + b"]}"
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _write(self, events: list[OutgoingEvent], *, points: int = 0) -> WriteReceipt:
+        return await self._writer.write(self._principal, events, points=points)
+
+    def _run_event(self, info: RunInfo, type: EventType, payload: dict[str, Any]) -> OutgoingEvent:
+        return build_event(
+            self._principal, type, payload, run_id=info.run_id, experiment_id=info.experiment_id
+        )
+
+    async def _readable_run(self, run_id: str) -> tuple[Located, RunInfo]:
+        if not _ID.match(run_id):
+            raise NotFound(f"Run with id={run_id!r} not found")
+        return await readable_run(self._access, self._run_repo, run_id)
+
+    async def _is_readable_own_run(self, run_id: str) -> bool:
+        try:
+            located, _ = await self._readable_run(run_id)
+        except NotFound:
+            return False
+        return not located.shared
+
+    async def _writable_run(self, run_id: str) -> RunInfo:
+        located, info = await self._readable_run(run_id)
+        self._access.require_write(located, f"run {run_id}")
+        return info
+
+    async def _active_run(self, run_id: str) -> RunInfo:
+        info = await self._writable_run(run_id)
+        if info.lifecycle_stage != "active":
+            raise InvalidParameter(
+                f"The run {run_id} must be in the 'active' state. Current state is {info.lifecycle_stage}."
+            )
+        return info
+
+    async def _load_run(self, tenant_id: str, run_id: str) -> RunRecord:
+        records = await repository.load_runs(self._pool, tenant_id, [run_id])
+        if not records:
+            raise NotFound(f"Run with id={run_id!r} not found")
+        return records[0]
+
+
+def _status(value: str) -> str:
+    try:
+        return RunStatus(value.upper()).value
+    except ValueError:
+        raise InvalidParameter(
+            f"invalid run status {value!r}: one of {[s.value for s in RunStatus]}"
+        ) from None

@@ -1,0 +1,1 @@
+"""MLflow's artifact proxy (mlflow-artifacts:/ URIs), over RunLedger's artifact store."""
