@@ -226,6 +226,7 @@ def _add_admin(subparsers: Any) -> None:
     quota.add_argument("tenant_id")
     quota.add_argument("--events-per-second", type=int)
     quota.add_argument("--max-points", type=int)
+    quota.add_argument("--max-artifact-bytes", type=int)
 
     principals = groups.add_parser("principals", help="users and service accounts").add_subparsers(
         metavar="COMMAND", required=True

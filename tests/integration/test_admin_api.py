@@ -442,11 +442,18 @@ async def test_bootstrap_to_tenants_roles_keys_revocation_suspension_and_audit(a
     quota = ok(
         await api.put(
             f"/api/v1/tenants/{acme}/quotas",
-            json={"events_per_second": 500, "max_points": 10**9},
+            json={"events_per_second": 500, "max_points": 10**9, "max_artifact_bytes": 2**30},
             headers=ROOT.headers,
         )
     )
-    assert quota == {"tenant_id": acme, "events_per_second": 500, "max_points": 10**9, "points_used": 0}
+    assert quota == {
+        "tenant_id": acme,
+        "events_per_second": 500,
+        "max_points": 10**9,
+        "max_artifact_bytes": 2**30,
+        "points_used": 0,
+        "artifact_bytes_used": 0,
+    }
     assert ok(await api.get("/api/v1/quotas", headers=acme_admin.headers)) == quota
     assert ok(await api.get("/api/v1/quotas", headers=globex_admin.headers))["events_per_second"] is None
     refused(
@@ -456,6 +463,7 @@ async def test_bootstrap_to_tenants_roles_keys_revocation_suspension_and_audit(a
     refused(await api.put("/api/v1/tenants/nope/quotas", json={}, headers=ROOT.headers), 404)
     snapshot = api._transport.app.state.runtime.auth.snapshot  # type: ignore[attr-defined]
     assert snapshot.quota(acme).events_per_second == 500  # this process sees it at once
+    assert snapshot.quota(acme).max_artifact_bytes == 2**30
     ok(await api.put(f"/api/v1/tenants/{acme}/quotas", json={}, headers=ROOT.headers))
 
     # Grants: removing one takes the role away; an admin keeps its own admin role.

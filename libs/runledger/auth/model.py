@@ -95,6 +95,7 @@ class Quota:
 
     events_per_second: int | None = None
     max_points: int | None = None
+    max_artifact_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

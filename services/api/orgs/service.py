@@ -142,7 +142,9 @@ class OrgService:
         async with self._repo.transaction() as conn:
             if await self._repo.tenant(conn, tenant_id) is None:
                 raise NotFound(f"tenant {tenant_id!r} does not exist")
-            await directory.set_quota(conn, tenant_id, Quota(body.events_per_second, body.max_points))
+            await directory.set_quota(
+                conn, tenant_id, Quota(body.events_per_second, body.max_points, body.max_artifact_bytes)
+            )
             await self._commit(
                 conn,
                 self._entry("quota.set", tenant_id, details, tenant=None),

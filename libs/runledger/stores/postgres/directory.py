@@ -87,8 +87,10 @@ async def load_snapshot(conn: PgConnection) -> AuthSnapshot:
             for r in await conn.fetch("SELECT tenant_id, required::text, enforcement FROM tagging_policies")
         }
         quotas = {
-            r["tenant_id"]: Quota(r["events_per_second"], r["max_points"])
-            for r in await conn.fetch("SELECT tenant_id, events_per_second, max_points FROM tenant_quotas")
+            r["tenant_id"]: Quota(r["events_per_second"], r["max_points"], r["max_artifact_bytes"])
+            for r in await conn.fetch(
+                "SELECT tenant_id, events_per_second, max_points, max_artifact_bytes FROM tenant_quotas"
+            )
         }
     return AuthSnapshot(
         generation=generation,
@@ -236,12 +238,15 @@ async def revoke_role(conn: PgConnection, grant: Grant) -> bool:
 async def set_quota(conn: PgConnection, tenant_id: str, quota: Quota) -> None:
     """Set a tenant's limits (None = unlimited)."""
     await conn.execute(
-        "INSERT INTO tenant_quotas (tenant_id, events_per_second, max_points) VALUES ($1, $2, $3)"
+        "INSERT INTO tenant_quotas (tenant_id, events_per_second, max_points, max_artifact_bytes)"
+        " VALUES ($1, $2, $3, $4)"
         " ON CONFLICT (tenant_id) DO UPDATE SET events_per_second = EXCLUDED.events_per_second,"
-        " max_points = EXCLUDED.max_points, updated_at = now()",
+        " max_points = EXCLUDED.max_points, max_artifact_bytes = EXCLUDED.max_artifact_bytes,"
+        " updated_at = now()",
         tenant_id,
         quota.events_per_second,
         quota.max_points,
+        quota.max_artifact_bytes,
     )
     await bump_generation(conn)
 
