@@ -6,6 +6,8 @@ mode) and clickhouse-connect (a server or cluster, distributed mode).
 
 from __future__ import annotations
 
+import threading
+
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -80,9 +82,16 @@ class ChdbClickHouse(ClickHouse):
         path.mkdir(parents=True, exist_ok=True)
         self._session = session.Session(str(path))
         self._closed = False
+        # One query at a time, entered under a Python lock. chdb runs queries one at a time
+        # anyway, but a thread waiting on chdb's own lock holds the GIL, while the query
+        # inside may need the GIL (Python() reads an Arrow table, results become Python
+        # objects): a projector insert and an API read deadlocked the whole process that way.
+        # Waiting on a threading.Lock releases the GIL.
+        self._lock = threading.Lock()
 
     def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
-        self._session.query(sql, "CSV", params=params or None)
+        with self._lock:
+            self._session.query(sql, "CSV", params=params or None)
 
     def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> None:
         if data.num_rows == 0:
@@ -91,19 +100,21 @@ class ChdbClickHouse(ClickHouse):
         # from this frame, without copying it through IPC (measured ~2x faster).
         arrow_data = data  # noqa: F841 - referenced by name in the SQL below
         cols = ", ".join(f"`{c}`" for c in data.column_names)
-        self._session.query(
-            f"{_insert_prefix(self.database, table, data, dedup_token)} SELECT {cols} FROM Python(arrow_data)"
-        )
+        sql = f"{_insert_prefix(self.database, table, data, dedup_token)} SELECT {cols} FROM Python(arrow_data)"
+        with self._lock:
+            self._session.query(sql)
 
     def query_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
-        result = self._session.query(sql, "ArrowTable", params=params or None)
+        with self._lock:
+            result = self._session.query(sql, "ArrowTable", params=params or None)
         assert isinstance(result, pa.Table)
         return result
 
     def close(self) -> None:
-        if not self._closed:  # idempotent: the app's shutdown and the process exit both close
-            self._closed = True
-            self._session.close()
+        with self._lock:
+            if not self._closed:  # idempotent: the app's shutdown and the process exit both close
+                self._closed = True
+                self._session.close()
 
 
 class ServerClickHouse(ClickHouse):
