@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install run test lint format bench bench-fleet bench-tenancy schemas clean
+.PHONY: install run test lint format bench bench-fleet bench-tenancy bench-mlflow schemas clean
 
 install: $(STAMP)
 
@@ -39,6 +39,15 @@ bench-fleet: install
 
 bench-tenancy: install
 	$(PY) -m bench.tenancy
+
+# A real `mlflow server` to compare with: its own venv (mlflow pins pyarrow<26), inside .venv.
+bench-mlflow: install
+	$(PYTHON) -m venv $(VENV)/mlflow-server
+	$(VENV)/mlflow-server/bin/pip install --quiet -e ".[bench-mlflow]"
+	$(PY) -m bench.mlflow_compat --mlflow $(VENV)/mlflow-server/bin/mlflow
+
+bench-mlflow-search: install
+	$(PY) -m bench.mlflow_search
 
 schemas: install
 	$(VENV)/bin/runledger schemas

@@ -47,7 +47,6 @@ def shaped(record: dict[str, Any]) -> dict[str, Any]:
             "last_updated_timestamp_ms",
             "artifact_uri",
             "status",
-            "creator_id",
             "model_type",
             "source_run_id",
         )
@@ -101,6 +100,7 @@ class LoggedModelService:
             "last_updated_timestamp_ms": now,
             "artifact_uri": artifact_uri,
             "status": "LOGGED_MODEL_PENDING",
+            # Kept for our audit; not answered: MLflow's creator_id is an integer user id.
             "creator_id": self._principal.user_id,
             "model_type": body.model_type or "",
             "source_run_id": body.source_run_id or "",
