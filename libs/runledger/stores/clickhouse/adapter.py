@@ -7,7 +7,6 @@ mode) and clickhouse-connect (a server or cluster, distributed mode).
 from __future__ import annotations
 
 import threading
-
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -100,7 +99,9 @@ class ChdbClickHouse(ClickHouse):
         # from this frame, without copying it through IPC (measured ~2x faster).
         arrow_data = data  # noqa: F841 - referenced by name in the SQL below
         cols = ", ".join(f"`{c}`" for c in data.column_names)
-        sql = f"{_insert_prefix(self.database, table, data, dedup_token)} SELECT {cols} FROM Python(arrow_data)"
+        sql = (
+            f"{_insert_prefix(self.database, table, data, dedup_token)} SELECT {cols} FROM Python(arrow_data)"
+        )
         with self._lock:
             self._session.query(sql)
 
