@@ -23,9 +23,8 @@ from runledger.embedded.broker import EmbeddedBroker
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.serve import ProjectorThread
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
-from runledger.stores.postgres.migrate import migrate
 from services.api.app import create_app
-from tests.integration.conftest import create_database
+from tests.support.inprocess import chdb_store, migrated_database, module_settings
 
 pytestmark = pytest.mark.integration
 
@@ -59,41 +58,23 @@ ROOT = Caller("", BOOTSTRAP.key_id, BOOTSTRAP.token)
 
 @pytest.fixture(scope="module")
 def settings(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    suffix = uuid.uuid4().hex[:8]
-    topics = {f"runledger.events.v1.{suffix}": 2, f"runledger.events.dlq.{suffix}": 1}
-    broker.ensure_topics(topics)
-    events_topic, dlq_topic = list(topics)
-    return Settings(
-        kafka_bootstrap=broker.bootstrap,
-        postgres_dsn="",
-        events_topic=events_topic,
-        dlq_topic=dlq_topic,
-        projector_group=f"projector-{suffix}",
-        projector_max_wait_ms=20,
-        default_tenant=ROOT_TENANT,
+    return module_settings(
+        broker,
+        tmp_path_factory.mktemp("admin-api"),
+        ROOT_TENANT,
+        partitions=2,
         bootstrap_api_key=BOOTSTRAP.token,
-        write_wait_timeout_s=20,
-        state_dir=tmp_path_factory.mktemp("admin-api"),
     )
 
 
 @pytest.fixture(scope="module")
 async def dsn(postgres: EmbeddedPostgres) -> str:
-    dsn = await create_database(postgres)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return dsn
+    return await migrated_database(postgres)
 
 
 @pytest.fixture(scope="module")
 def clickhouse(settings: Settings) -> Iterator[ChdbClickHouse]:
-    store = ChdbClickHouse(settings.chdb_path)
-    store.migrate()
-    yield store
-    store.close()
+    yield from chdb_store(settings)
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,9 @@ runs it), Postgres and chdb. Every write must be visible to the very next read."
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import asyncpg
 import httpx
 import numpy as np
 import pytest
@@ -28,9 +26,8 @@ from runledger.events.codec import (
 from runledger.events.models import EventType
 from runledger.serve import ProjectorThread
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
-from runledger.stores.postgres.migrate import migrate
 from services.api.app import create_app
-from tests.integration.conftest import create_database
+from tests.support.inprocess import chdb_store, migrated_database, module_settings
 
 pytestmark = pytest.mark.integration
 
@@ -41,40 +38,17 @@ T = "api-writes"
 def settings(
     broker: EmbeddedBroker, postgres: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    suffix = uuid.uuid4().hex[:8]
-    topics = {f"runledger.events.v1.{suffix}": 4, f"runledger.events.dlq.{suffix}": 1}
-    broker.ensure_topics(topics)
-    events_topic, dlq_topic = list(topics)
-    return Settings(
-        kafka_bootstrap=broker.bootstrap,
-        postgres_dsn="",  # set by the dsn fixture
-        events_topic=events_topic,
-        dlq_topic=dlq_topic,
-        projector_group=f"projector-{suffix}",
-        projector_max_wait_ms=20,
-        default_tenant=T,
-        write_wait_timeout_s=20,
-        state_dir=tmp_path_factory.mktemp("api-writes"),
-    )
+    return module_settings(broker, tmp_path_factory.mktemp("api-writes"), T)
 
 
 @pytest.fixture(scope="module")
 async def dsn(postgres: EmbeddedPostgres) -> str:
-    dsn = await create_database(postgres)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return dsn
+    return await migrated_database(postgres)
 
 
 @pytest.fixture(scope="module")
 def clickhouse(settings: Settings) -> Iterator[ChdbClickHouse]:
-    store = ChdbClickHouse(settings.chdb_path)
-    store.migrate()
-    yield store
-    store.close()
+    yield from chdb_store(settings)
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,8 @@ from runledger.embedded.broker import EmbeddedBroker
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
 from runledger.stores.postgres import directory
-from runledger.stores.postgres.migrate import migrate
 from services.api.app import create_app
-from tests.integration.conftest import create_database
+from tests.support.inprocess import chdb_store, migrated_database
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +29,7 @@ ROOT = {"Authorization": f"Bearer {BOOTSTRAP.token}"}
 
 @pytest.fixture(scope="module")
 async def dsn(postgres: EmbeddedPostgres) -> str:
-    dsn = await create_database(postgres)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return dsn
+    return await migrated_database(postgres)
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +51,7 @@ def settings(broker: EmbeddedBroker, dsn: str, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="module")
 def clickhouse(settings: Settings) -> Iterator[ChdbClickHouse]:
-    store = ChdbClickHouse(settings.chdb_path)
-    store.migrate()
-    yield store
-    store.close()
+    yield from chdb_store(settings)
 
 
 @pytest.fixture(scope="module")

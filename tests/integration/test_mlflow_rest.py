@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
@@ -22,10 +20,9 @@ from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.events.codec import experiment_id_for
 from runledger.serve import ProjectorThread
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
-from runledger.stores.postgres.migrate import migrate
 from services.api.app import create_app
-from tests.integration.conftest import create_database
 from tests.support.auth import Identity, provision
+from tests.support.inprocess import chdb_store, migrated_database, module_settings
 
 pytestmark = pytest.mark.integration
 
@@ -38,40 +35,17 @@ API = "/api/2.0/mlflow"
 def settings(
     broker: EmbeddedBroker, postgres: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    suffix = uuid.uuid4().hex[:8]
-    topics = {f"runledger.events.v1.{suffix}": 4, f"runledger.events.dlq.{suffix}": 1}
-    broker.ensure_topics(topics)
-    events_topic, dlq_topic = list(topics)
-    return Settings(
-        kafka_bootstrap=broker.bootstrap,
-        postgres_dsn="",
-        events_topic=events_topic,
-        dlq_topic=dlq_topic,
-        projector_group=f"projector-{suffix}",
-        projector_max_wait_ms=20,
-        default_tenant=T,
-        write_wait_timeout_s=20,
-        state_dir=tmp_path_factory.mktemp("mlflow-rest"),
-    )
+    return module_settings(broker, tmp_path_factory.mktemp("mlflow-rest"), T)
 
 
 @pytest.fixture(scope="module")
 async def dsn(postgres: EmbeddedPostgres) -> str:
-    dsn = await create_database(postgres)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return dsn
+    return await migrated_database(postgres)
 
 
 @pytest.fixture(scope="module")
 def clickhouse(settings: Settings) -> Iterator[ChdbClickHouse]:
-    store = ChdbClickHouse(settings.chdb_path)
-    store.migrate()
-    yield store
-    store.close()
+    yield from chdb_store(settings)
 
 
 def basic(identity_key_id: str, secret: str) -> dict[str, str]:

@@ -1,0 +1,62 @@
+"""Building blocks of the tests that run the API and the projector in-process.
+
+Each such test module gets its own topics, database and chdb directory, so modules
+never see each other's events or rows; these helpers make them the same way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from runledger.config import Settings
+from runledger.embedded.broker import EmbeddedBroker
+from runledger.embedded.postgres import EmbeddedPostgres
+from runledger.stores.clickhouse.adapter import ChdbClickHouse
+from runledger.stores.postgres.migrate import migrate
+from tests.integration.conftest import create_database
+
+
+def module_settings(
+    broker: EmbeddedBroker, state_dir: Path, tenant: str, *, partitions: int = 4, **overrides: Any
+) -> Settings:
+    """Settings on fresh topics and a fresh consumer group; postgres_dsn is set later."""
+    suffix = uuid.uuid4().hex[:8]
+    events_topic, dlq_topic = f"runledger.events.v1.{suffix}", f"runledger.events.dlq.{suffix}"
+    broker.ensure_topics({events_topic: partitions, dlq_topic: 1})
+    values: dict[str, Any] = {
+        "kafka_bootstrap": broker.bootstrap,
+        "postgres_dsn": "",
+        "events_topic": events_topic,
+        "dlq_topic": dlq_topic,
+        "projector_group": f"projector-{suffix}",
+        "projector_max_wait_ms": 20,
+        "default_tenant": tenant,
+        "write_wait_timeout_s": 20,
+        "state_dir": state_dir,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def migrated_database(postgres: EmbeddedPostgres) -> str:
+    """A fresh database with the schema; its DSN."""
+    dsn = await create_database(postgres)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return dsn
+
+
+def chdb_store(settings: Settings) -> Iterator[ChdbClickHouse]:
+    """The module's migrated chdb store, closed afterwards (use with `yield from`)."""
+    store = ChdbClickHouse(settings.chdb_path)
+    store.migrate()
+    yield store
+    store.close()
