@@ -334,3 +334,21 @@ async def test_unknown_run_view_type(conn: asyncpg.Connection[Any]) -> None:
 async def test_max_results_50000_in_one_page(conn: asyncpg.Connection[Any]) -> None:
     ids, token = await search_run_ids(conn, TENANT, ["1", "2"], [], [], "ALL", 50_000, None)
     assert len(ids) == len(RUNS) and token is None
+
+
+async def test_equality_on_values_longer_than_the_indexed_prefix(conn: asyncpg.Connection[Any]) -> None:
+    # Params and tags are indexed on their first 256 characters: two values sharing that
+    # prefix must still be told apart, and a short literal must not match a long value.
+    shared = "v" * 256
+    run_ids = [r.run_id for r in RUNS if r.lifecycle_stage == "active"][:2]
+    await conn.executemany(
+        "INSERT INTO params (tenant_id, run_id, key, value) VALUES ($1, $2, 'long', $3)",
+        [(TENANT, run_ids[0], shared + "a"), (TENANT, run_ids[1], shared + "b")],
+    )
+    try:
+        assert await _search_all(conn, f"params.long = '{shared}a'", [], 10) == [run_ids[0]]
+        assert await _search_all(conn, f"params.long = '{shared}b'", [], 10) == [run_ids[1]]
+        assert await _search_all(conn, f"params.long = '{shared}'", [], 10) == []
+        assert await _search_all(conn, "params.long = 'v'", [], 10) == []
+    finally:
+        await conn.execute("DELETE FROM params WHERE tenant_id = $1 AND key = 'long'", TENANT)

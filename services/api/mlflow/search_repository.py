@@ -159,10 +159,17 @@ class _Query:
                     # Postgres ranks NaN above every number; MLflow's NaN satisfies no comparison.
                     on += f" AND {alias}.value < 'NaN'::float8"
             elif c.comparator != "IS NOT NULL":
-                value = w.param(_string(c.value))
-                if c.comparator == "=":  # the (tenant_id, key, left(value, 256)) index finds it
+                literal = _string(c.value)
+                value = w.param(literal)
+                if c.comparator == "=":
+                    # Matches the (tenant_id, key, left(value, 256)) index. For a literal shorter
+                    # than the prefix, equal prefixes mean equal values: one predicate, so the
+                    # planner's estimate (from the prefix statistics) stays right.
                     on += f" AND left({alias}.value, {VALUE_PREFIX}) = left({value}::text, {VALUE_PREFIX})"
-                on += f" AND {alias}.value {_SQL_COMPARATORS[c.comparator]} {value}::text"
+                    if len(literal) >= VALUE_PREFIX:
+                        on += f" AND {alias}.value = {value}::text"
+                else:
+                    on += f" AND {alias}.value {_SQL_COMPARATORS[c.comparator]} {value}::text"
             self.joins.append(f"JOIN {_KEY_VALUE_TABLES[c.entity]} {alias} ON {on}")
             self.joined.setdefault((c.entity, c.key), alias)
 

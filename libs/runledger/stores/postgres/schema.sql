@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS params (
 -- Values up to 6,000 (params) and 8,000 (tags) characters exceed a btree entry (~2.7 kB):
 -- index a prefix; searches compare the prefix (indexed) and then the whole value.
 DROP INDEX IF EXISTS params_by_key;
-CREATE INDEX IF NOT EXISTS params_by_key_prefix ON params (tenant_id, key, left(value, 256));
+CREATE INDEX IF NOT EXISTS params_by_key_prefix ON params (tenant_id, key, left(value, 256)) INCLUDE (run_id);
 
 CREATE TABLE IF NOT EXISTS tags (
     tenant_id text NOT NULL,
@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS tags (
     PRIMARY KEY (tenant_id, run_id, key)
 );
 DROP INDEX IF EXISTS tags_by_key;
-CREATE INDEX IF NOT EXISTS tags_by_key_prefix ON tags (tenant_id, key, left(value, 256));
+CREATE INDEX IF NOT EXISTS tags_by_key_prefix ON tags (tenant_id, key, left(value, 256)) INCLUDE (run_id);
 
 -- Latest value of each metric per run (max by step, timestamp, value) and the
 -- first step seen, kept by the projector so run lists, searches and the planning
@@ -311,3 +311,6 @@ CREATE INDEX IF NOT EXISTS runs_by_experiment_stage
 -- the product of both columns' frequencies (off ~10x), so the planner joins in the right order.
 CREATE STATISTICS IF NOT EXISTS params_key_value (mcv) ON key, value FROM params;
 CREATE STATISTICS IF NOT EXISTS tags_key_value (mcv) ON key, value FROM tags;
+-- The same for the indexed prefix, which equality filters compare first.
+CREATE STATISTICS IF NOT EXISTS params_key_value_prefix (mcv) ON key, left(value, 256) FROM params;
+CREATE STATISTICS IF NOT EXISTS tags_key_value_prefix (mcv) ON key, left(value, 256) FROM tags;
