@@ -1,21 +1,17 @@
 """Signing events at creation: the envelope's canonical body, HMAC-SHA256, key id inside.
 
-The topic bytes ARE the canonical body (runledger.auth.signing.canonical_body: sorted
-keys, no `signature`) with the signature appended as the last member: one orjson dump
-per event, as before signing, and the projector can check the HMAC over the bytes
-without re-serializing the event.
+The topic bytes are runledger.auth.signing.signed_bytes: one orjson dump per event,
+as before signing, and the projector checks the HMAC over the bytes as sent.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Any
 
 import orjson
 
 from runledger.auth.keys import ApiKey
-from runledger.auth.signing import canonical_body
+from runledger.auth.signing import signed_bytes
 from runledger.events.codec import encode
 
 
@@ -30,10 +26,7 @@ class Signer:
         """Topic bytes of a plain-dict envelope (sets its key_id)."""
         if self.key is None:
             return encode(event)
-        event["key_id"] = self.key.key_id
-        body = canonical_body(event)
-        signature = hmac.new(self._signing_key, body, hashlib.sha256).hexdigest()
-        return body[:-1] + b',"signature":"' + signature.encode() + b'"}'
+        return signed_bytes(event, self.key.key_id, self._signing_key)
 
     def sign_raw(self, raw: bytes) -> bytes:
         """`raw` signed with this key when it carries no key id yet (offline files written

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runledger.auth.signing import sign
-from runledger.events.codec import InvalidEvent, decode, encode, envelope_dict, producer
+from runledger.auth.signing import signed_bytes
+from runledger.events.codec import InvalidEvent, decode, envelope_dict, producer
 from runledger.events.models import EventType
 from services.api.consistency import ConsistencyToken, ProjectionWaiter
 from services.api.errors import InvalidParameter
@@ -68,8 +68,7 @@ def build_event(
         experiment_id=experiment_id,
     )
     # The projector verifies every event against the key that authorized it.
-    sign(envelope, principal.key_id, principal.signing_key)
-    return checked_event(encode(envelope))
+    return checked_event(signed_bytes(envelope, principal.key_id, principal.signing_key))
 
 
 class EventWriter:

@@ -22,16 +22,12 @@ what was verified at first projection stays projected, whatever happened to its 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import orjson
 
 from runledger.auth import signing
 from runledger.auth.model import Action, AuthSnapshot
@@ -100,23 +96,6 @@ def tagging_finding(event: DecodedEvent, problems: list[str]) -> DecodedEvent:
         )
     )
     return decode(raw)
-
-
-def verify_signature(raw: bytes, claimed: str, signing_key: bytes) -> bool:
-    """Whether `claimed` is the HMAC of the event's canonical body.
-
-    Fast path: the SDK sends the canonical body itself with the signature appended as the
-    last member, so the HMAC of the bytes before it (plus the closing brace) is checked
-    without parsing and re-serializing the event (half the cost on a 10k-point batch).
-    Any other layout (the API, hand-made events) takes the general path.
-    """
-    tail = b',"signature":"' + claimed.encode() + b'"}'
-    if raw.endswith(tail):
-        mac = hmac.new(signing_key, memoryview(raw)[: len(raw) - len(tail)], hashlib.sha256)
-        mac.update(b"}")
-        if hmac.compare_digest(mac.hexdigest(), claimed):
-            return True
-    return signing.verify(orjson.loads(raw), signing_key)
 
 
 def _claimed_key_id(raw: bytes) -> str:
@@ -223,7 +202,7 @@ class BatchGate:
             return Rejected(tenant, f"tenant suspended: {tenant}")
         if snapshot.usable_key(env.key_id, self._now) is None:
             return Rejected(tenant, "key revoked or expired")
-        if not verify_signature(event.raw, env.signature, record.signing_key):
+        if not signing.verify_bytes(event.raw, env.signature, record.signing_key):
             return Rejected(tenant, "signature mismatch")
         if env.tenant_id != tenant:
             return Rejected(tenant, f"tenant mismatch: key of {tenant}, event for {env.tenant_id}")

@@ -16,6 +16,7 @@ import pytest
 import runledger_sdk as rl
 from runledger.auth import signing
 from runledger.auth.keys import generate_key
+from runledger.auth.signing import verify_bytes as verify_signature
 from runledger.events.codec import decode, encode, envelope_dict, producer
 from runledger.events.models import EventType
 from runledger_sdk.identity import ApiKeyError
@@ -23,7 +24,6 @@ from runledger_sdk.signing import Signer
 from runledger_sdk.sync import sync_directory
 from runledger_sdk.transport import Record
 from runledger_sdk.transport_offline import OfflineTransport
-from services.ingest.gate import verify_signature
 from tests.support.sdk import QUIET, memory_sdk
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import casbin
 from casbin import persist
 
-from runledger.auth.model import ROLE_ACTIONS, Action, AuthSnapshot, Role
+from runledger.auth.model import ROLE_ACTIONS, Action, AuthSnapshot, Grant, Role
 
 # Objects: "tenant" (tenant-wide things: list and create experiments, lineage,
 # models), "experiment/<id>" (an experiment and its runs), "admin" (administration).
@@ -95,6 +95,11 @@ class Authorizer:
         self._lock = threading.Lock()  # casbin's role manager is not safe for concurrent use
         self._cache: dict[tuple[str, str, str, str], bool] = {}
         self._readable: dict[tuple[str, str], frozenset[str] | None] = {}
+        # Grants narrowed to one experiment, by (principal, tenant): looked up per request.
+        self._narrowed: dict[tuple[str, str], list[Grant]] = {}
+        for grant in snapshot.grants:
+            if grant.experiment_id:
+                self._narrowed.setdefault((grant.principal_id, grant.tenant_id), []).append(grant)
 
     def is_superadmin(self, principal_id: str) -> bool:
         return principal_id in self.snapshot.superadmins
@@ -123,13 +128,7 @@ class Authorizer:
         """Whether the principal may do `action` on at least something of the tenant."""
         if self.can(principal_id, tenant_id, action):
             return True
-        return any(
-            g.principal_id == principal_id
-            and g.tenant_id == tenant_id
-            and g.experiment_id
-            and action in ROLE_ACTIONS[g.role]
-            for g in self.snapshot.grants
-        )
+        return any(action in ROLE_ACTIONS[g.role] for g in self._narrowed.get((principal_id, tenant_id), ()))
 
     def readable_experiments(self, principal_id: str, tenant_id: str) -> frozenset[str] | None:
         """Experiments of the tenant the principal may read: None = all of them."""
@@ -139,10 +138,6 @@ class Authorizer:
         if self.can(principal_id, tenant_id, Action.READ, "*"):
             result: frozenset[str] | None = None
         else:
-            result = frozenset(
-                g.experiment_id
-                for g in self.snapshot.grants
-                if g.principal_id == principal_id and g.tenant_id == tenant_id and g.experiment_id
-            )
+            result = frozenset(g.experiment_id for g in self._narrowed.get(key, ()))
         self._readable[key] = result
         return result

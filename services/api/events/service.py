@@ -15,7 +15,7 @@ import asyncpg
 import orjson
 
 from runledger.auth.model import Action
-from runledger.auth.signing import sign
+from runledger.auth.signing import signed_bytes
 from runledger.events.codec import DEFAULT_EXPERIMENT_ID, InvalidEvent, decode
 from runledger.events.metric_columns import MetricColumns
 from runledger.events.models import EXPERIMENT_SCOPED, Envelope, EventType, RunStartedPayload
@@ -97,14 +97,10 @@ def signed_events(parsed: list[ParsedEvent], principal: Principal) -> list[Outgo
     """Each event signed with the caller's key (whatever key_id and signature it came with)."""
     events: list[OutgoingEvent] = []
     for p in parsed:
-        envelope = sign(dict(p.item), principal.key_id, principal.signing_key)
+        raw = signed_bytes(dict(p.item), principal.key_id, principal.signing_key)
         env = p.envelope
         events.append(
-            OutgoingEvent(
-                partition_key(env.run_id, env.experiment_id, env.event_id),
-                orjson.dumps(envelope),
-                env.event_id,
-            )
+            OutgoingEvent(partition_key(env.run_id, env.experiment_id, env.event_id), raw, env.event_id)
         )
     return events
 
