@@ -55,8 +55,11 @@ class AuditSink:
         try:
             async with self._pool.acquire() as conn:
                 await append_audit(conn, entries)
+        except asyncpg.DataError:
+            # Entries Postgres refuses would be refused forever and hold back every later one.
+            log.exception("dropping %d audit entries Postgres refused", len(entries))
         except Exception:
-            self._queue[:0] = entries  # kept for the next flush
+            self._queue[:0] = entries  # kept for the next flush (the database may come back)
             raise
 
     async def _run(self) -> None:

@@ -224,3 +224,28 @@ async def test_audit_reads_page_filter_and_stay_in_their_tenant(client: httpx.As
         ("tenant.create", other_tenant),
     }
     assert all(e["tenant_id"] is None for e in platform["entries"])
+
+
+async def test_a_nul_character_in_an_audited_request_is_stored_and_blocks_nothing(dsn: str) -> None:
+    # A denial's action is "METHOD path" and the caller picks the path: %00 decodes to NUL,
+    # which Postgres text and jsonb refuse. Such an entry once stopped every later one.
+    conn = await asyncpg.connect(dsn)
+    tenant = f"nul-{uuid.uuid4().hex[:6]}"
+    try:
+        await directory.append_audit(
+            conn,
+            [
+                directory.AuditEntry(
+                    tenant, "u_1", "GET /api/v1/keys/\x00x", "denied", target="\x00", details={"p": "a\x00b"}
+                ),
+                directory.AuditEntry(tenant, "u_1", "key.create", "ok"),
+            ],
+        )
+        rows = await conn.fetch(
+            "SELECT action, target, details->>'p' AS p FROM audit_log WHERE tenant_id = $1 ORDER BY seq",
+            tenant,
+        )
+    finally:
+        await conn.close()
+    assert [r["action"] for r in rows] == ["GET /api/v1/keys/\ufffdx", "key.create"]
+    assert rows[0]["target"] == "\ufffd" and rows[0]["p"] == "a\ufffdb"

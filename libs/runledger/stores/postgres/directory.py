@@ -367,6 +367,18 @@ class AuditEntry:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def _storable(value: Any) -> Any:
+    """`value` without NUL characters, which Postgres text and jsonb refuse (a request path of
+    `%00` is the caller's to choose, and one such entry must not stop the whole log)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
+
+
 async def append_audit(conn: PgConnection, entries: Sequence[AuditEntry]) -> None:
     """Append entries (the table refuses every other change)."""
     if not entries:
@@ -375,7 +387,15 @@ async def append_audit(conn: PgConnection, entries: Sequence[AuditEntry]) -> Non
         "INSERT INTO audit_log (tenant_id, actor, action, target, outcome, source, details)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)",
         [
-            (e.tenant_id, e.actor, e.action, e.target, e.outcome, e.source, json.dumps(e.details))
+            (
+                _storable(e.tenant_id),
+                _storable(e.actor),
+                _storable(e.action),
+                _storable(e.target),
+                e.outcome,
+                _storable(e.source),
+                json.dumps(_storable(e.details)),
+            )
             for e in entries
         ],
     )
