@@ -34,7 +34,7 @@ from runledger.auth.model import Action, AuthSnapshot
 from runledger.auth.rbac import Authorizer
 from runledger.events.codec import DecodedEvent, decode, encode, envelope_dict, producer
 from runledger.events.metric_columns import MetricColumns
-from runledger.events.models import EventType, RunStartedPayload
+from runledger.events.models import PLATFORM_REPORTED, EventType, RunStartedPayload
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +188,12 @@ class BatchGate:
         self._now = now
         self._narrowed: dict[tuple[str, str], bool] = {}
 
-    def admit(self, event: DecodedEvent, timestamp_ms: int) -> Admitted | Rejected:
-        """Whether `event` (Kafka record timestamp `timestamp_ms`) may be projected."""
+    def verify(self, event: DecodedEvent) -> str | Rejected:
+        """Checks 1-3 (signature, tenant, permission): the principal who wrote `event`, or why not.
+
+        A platform superadmin's key may also report analysis.* events (findings) for any
+        tenant: that is how the analysis service, one for all tenants, signs what it finds.
+        """
         env = event.envelope
         snapshot = self._snapshot
         if not env.key_id or not env.signature:
@@ -204,12 +208,27 @@ class BatchGate:
             return Rejected(tenant, "key revoked or expired")
         if not signing.verify_bytes(event.raw, env.signature, record.signing_key):
             return Rejected(tenant, "signature mismatch")
+        principal = record.principal_id
+        if env.type in PLATFORM_REPORTED and principal in snapshot.superadmins:
+            return principal
         if env.tenant_id != tenant:
             return Rejected(tenant, f"tenant mismatch: key of {tenant}, event for {env.tenant_id}")
-        principal = record.principal_id
         if not self.authorizer.can(principal, tenant, Action.WRITE, env.experiment_id):
             target = f"experiment {env.experiment_id}" if env.experiment_id else f"tenant {tenant}"
             return Rejected(tenant, f"permission denied: {principal} may not write {target}")
+        return principal
+
+    def admit(self, event: DecodedEvent, timestamp_ms: int) -> Admitted | Rejected:
+        """Whether `event` (Kafka record timestamp `timestamp_ms`) may be projected."""
+        principal = self.verify(event)
+        if isinstance(principal, Rejected):
+            return principal
+        env = event.envelope
+        snapshot = self._snapshot
+        tenant = env.tenant_id
+        if env.type in PLATFORM_REPORTED and principal in snapshot.superadmins:
+            # A platform service's report: not the tenant's traffic, so not its quota.
+            return Admitted(principal, False, None)
         finding = None
         if env.type is EventType.RUN_STARTED:
             policy = snapshot.tagging.get(tenant)

@@ -13,6 +13,7 @@ from runledger.events.models import (
     AnomalyDetectedPayload,
     ArtifactLoggedPayload,
     AttributionComputedPayload,
+    AttributionRequestedPayload,
     CodeStateCapturedPayload,
     EnvironmentCapturedPayload,
     EventType,
@@ -271,7 +272,7 @@ async def _finding(conn: PgConnection, ev: DecodedEvent) -> None:
     assert isinstance(p, AnomalyDetectedPayload | AttributionComputedPayload)
     kind = p.kind if isinstance(p, AnomalyDetectedPayload) else "attribution"
     env = ev.envelope
-    await conn.execute(
+    inserted = await conn.execute(
         "INSERT INTO findings (tenant_id, event_id, run_id, experiment_id, kind, body, occurred_at)"
         " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7) ON CONFLICT DO NOTHING",
         env.tenant_id,
@@ -281,6 +282,53 @@ async def _finding(conn: PgConnection, ev: DecodedEvent) -> None:
         kind,
         orjson.dumps(p.model_dump()).decode(),
         env.occurred_at,
+    )
+    if inserted.endswith(" 1"):
+        # Alert routing: one delivery per matching webhook, in this transaction. The primary key
+        # makes a replayed finding a no-op; webhooks registered after the finding (less a clock
+        # skew grace) get none, so `runledger replay` (which re-inserts every finding) sends no backlog.
+        await conn.execute(
+            "INSERT INTO webhook_deliveries (tenant_id, webhook_id, event_id)"
+            " SELECT tenant_id, webhook_id, $2 FROM webhooks WHERE tenant_id = $1 AND enabled"
+            " AND (cardinality(kinds) = 0 OR $3 = ANY(kinds))"
+            " AND created_at <= $4::timestamptz + interval '5 minutes'"
+            " ON CONFLICT DO NOTHING",
+            env.tenant_id,
+            env.event_id,
+            kind,
+            env.occurred_at,
+        )
+
+
+async def _attribution_requested(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, AttributionRequestedPayload)
+    env = ev.envelope
+    await conn.execute(
+        "INSERT INTO attributions (tenant_id, attribution_id, experiment_id, metric, request, status,"
+        " requested_at) VALUES ($1, $2, $3, $4, $5::jsonb, 'pending', $6) ON CONFLICT DO NOTHING",
+        env.tenant_id,
+        p.attribution_id,
+        env.experiment_id,
+        p.metric,
+        orjson.dumps(p.model_dump()).decode(),
+        env.occurred_at,
+    )
+
+
+async def _attribution_computed(conn: PgConnection, ev: DecodedEvent) -> None:
+    await _finding(conn, ev)
+    p = ev.payload
+    assert isinstance(p, AttributionComputedPayload)
+    await conn.execute(
+        "UPDATE attributions SET status = $3, result = $4::jsonb, error = $5, finished_at = $6,"
+        " claimed_until = NULL WHERE tenant_id = $1 AND attribution_id = $2",
+        ev.envelope.tenant_id,
+        p.attribution_id,
+        p.status,
+        orjson.dumps(p.result).decode(),
+        p.error,
+        ev.envelope.occurred_at,
     )
 
 
@@ -306,7 +354,8 @@ _HANDLERS: dict[EventType, _Handler] = {
     EventType.MODEL_VERSION_REGISTERED: _model_version,
     EventType.LINEAGE_LINKED: _lineage,
     EventType.ANOMALY_DETECTED: _finding,
-    EventType.ATTRIBUTION_COMPUTED: _finding,
+    EventType.ATTRIBUTION_REQUESTED: _attribution_requested,
+    EventType.ATTRIBUTION_COMPUTED: _attribution_computed,
 }
 
 

@@ -36,6 +36,7 @@ PROJECTION_TABLES = (
     "model_versions",
     "lineage_edges",
     "findings",
+    "attributions",
     "applied_events",
 )
 CLICKHOUSE_PROJECTIONS = ("metric_points", "metric_rollup")

@@ -208,11 +208,35 @@ class AnomalyDetectedPayload(Payload):
     evidence: dict[str, Any] = Field(default_factory=dict)
 
 
+class AttributionRequestedPayload(Payload):
+    """Attribute the shift of `metric` between two sets of runs of the envelope's experiment."""
+
+    attribution_id: Id
+    metric: Key
+    candidate_run_ids: list[Id] = Field(min_length=1, max_length=10_000)
+    baseline_run_ids: list[Id] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="Empty: the experiment's most recent `baseline_recent` other runs that have the metric.",
+    )
+    baseline_recent: int = Field(200, ge=1, le=10_000)
+    factors: list[str] | None = Field(None, description="Only these factors (e.g. params.lr, code.commit).")
+    graph: list[tuple[str, str]] | None = Field(
+        None, description="Causal graph as (cause, effect) edges over factor names and 'metric'."
+    )
+    trigger: dict[str, Any] = Field(
+        default_factory=dict, description="What asked: {'by': 'api'} or the finding that started it."
+    )
+
+
 class AttributionComputedPayload(Payload):
     attribution_id: str
     metric: Key
     status: Literal["done", "failed"]
-    factors: list[dict[str, Any]] = Field(default_factory=list)
+    factors: list[dict[str, Any]] = Field(default_factory=list, description="Ranked by contribution.")
+    result: dict[str, Any] = Field(
+        default_factory=dict, description="The whole report (runledger.analysis.attribution)."
+    )
     error: str | None = None
 
 
@@ -250,6 +274,7 @@ class EventType(StrEnum):
     MODEL_VERSION_REGISTERED = "model.version_registered"
     LINEAGE_LINKED = "lineage.linked"
     ANOMALY_DETECTED = "analysis.anomaly_detected"
+    ATTRIBUTION_REQUESTED = "analysis.attribution_requested"
     ATTRIBUTION_COMPUTED = "analysis.attribution_computed"
 
 
@@ -274,12 +299,19 @@ PAYLOAD_TYPES: dict[EventType, type[Payload]] = {
     EventType.MODEL_VERSION_REGISTERED: ModelVersionRegisteredPayload,
     EventType.LINEAGE_LINKED: LineageLinkedPayload,
     EventType.ANOMALY_DETECTED: AnomalyDetectedPayload,
+    EventType.ATTRIBUTION_REQUESTED: AttributionRequestedPayload,
     EventType.ATTRIBUTION_COMPUTED: AttributionComputedPayload,
 }
 
 # Events that concern one run: their envelope must carry run_id (and experiment_id).
 RUN_SCOPED = frozenset(t for t in EventType if t.value.startswith("run.")) | {EventType.ANOMALY_DETECTED}
-EXPERIMENT_SCOPED = frozenset(t for t in EventType if t.value.startswith("experiment."))
+EXPERIMENT_SCOPED = frozenset(t for t in EventType if t.value.startswith("experiment.")) | {
+    EventType.ATTRIBUTION_REQUESTED,
+    EventType.ATTRIBUTION_COMPUTED,
+}
+# Events a platform service (the analysis service, holding a superadmin key) may publish
+# for any tenant: what it concludes about a tenant's runs, never the runs themselves.
+PLATFORM_REPORTED = frozenset(t for t in EventType if t.value.startswith("analysis."))
 
 
 class Envelope(BaseModel):

@@ -314,3 +314,93 @@ CREATE STATISTICS IF NOT EXISTS tags_key_value (mcv) ON key, value FROM tags;
 -- The same for the indexed prefix, which equality filters compare first.
 CREATE STATISTICS IF NOT EXISTS params_key_value_prefix (mcv) ON key, left(value, 256) FROM params;
 CREATE STATISTICS IF NOT EXISTS tags_key_value_prefix (mcv) ON key, left(value, 256) FROM tags;
+
+-- ---------------------------------------------------------------- analysis service
+-- Detector state per series and per cohort, and the analysis consumer's offsets: one
+-- transaction writes both after the batch's findings are acknowledged by Kafka, so a
+-- restart resumes exactly there (findings have deterministic ids: a replayed batch
+-- re-emits the same events, which the projector already holds).
+CREATE TABLE IF NOT EXISTS analysis_series_state (
+    tenant_id  text NOT NULL,
+    scope      text NOT NULL,     -- 'series': run_id; 'cohort': experiment_id
+    scope_id   text NOT NULL,
+    key        text NOT NULL,
+    state      jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, scope, scope_id, key)
+);
+CREATE TABLE IF NOT EXISTS analysis_checkpoints (
+    consumer_group text NOT NULL,
+    incarnation    text NOT NULL,
+    topic          text NOT NULL,
+    partition      int NOT NULL,
+    committed      bigint NOT NULL,
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer_group, incarnation, topic, partition)
+);
+-- Detector settings (runledger.analysis.detection.DetectorConfig overrides), per tenant,
+-- optionally narrowed to one experiment and/or one metric key ('' = any); the most
+-- specific match wins, field by field.
+CREATE TABLE IF NOT EXISTS anomaly_settings (
+    tenant_id     text NOT NULL,
+    experiment_id text NOT NULL DEFAULT '',
+    key           text NOT NULL DEFAULT '',
+    overrides     jsonb NOT NULL,
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, experiment_id, key)
+);
+-- Attributions: a row per analysis.attribution_requested event (status pending), claimed
+-- by one analysis worker (lease), finished by its analysis.attribution_computed event.
+CREATE TABLE IF NOT EXISTS attributions (
+    tenant_id     text NOT NULL,
+    attribution_id text NOT NULL,
+    experiment_id text NOT NULL,
+    metric        text NOT NULL,
+    request       jsonb NOT NULL,
+    status        text NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    result        jsonb,
+    error         text,
+    requested_at  timestamptz NOT NULL,
+    claimed_by    text,
+    claimed_until timestamptz,
+    finished_at   timestamptz,
+    PRIMARY KEY (tenant_id, attribution_id)
+);
+CREATE INDEX IF NOT EXISTS attributions_pending ON attributions (requested_at) WHERE status IN ('pending', 'running');
+
+-- webhooks ----------------------------------------------------------------------------------
+-- Alert routing: a tenant's webhooks receive its findings as signed JSON POSTs. The
+-- projector enqueues one delivery per (webhook, finding) in the finding's transaction
+-- (the primary key makes a replayed event a no-op); services/analysis/webhooks.py
+-- delivers them, with retries, leasing due rows by moving next_attempt_at forward.
+CREATE TABLE IF NOT EXISTS webhooks (
+    tenant_id  text NOT NULL,
+    webhook_id text NOT NULL,
+    url        text NOT NULL,
+    secret     text NOT NULL,               -- HMAC-SHA256 key of X-RunLedger-Signature
+    kinds      text[] NOT NULL DEFAULT '{}', -- finding kinds routed here; empty = every finding
+    enabled    boolean NOT NULL DEFAULT true,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    created_by text NOT NULL DEFAULT '',
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, webhook_id)
+);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    tenant_id        text NOT NULL,
+    webhook_id       text NOT NULL,
+    event_id         uuid NOT NULL,          -- the finding (findings.event_id)
+    status           text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts         integer NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    last_status_code integer,
+    last_error       text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    delivered_at     timestamptz,
+    PRIMARY KEY (tenant_id, webhook_id, event_id)
+);
+-- The dispatcher's pick: due pending rows, oldest first (partial: finished rows are most).
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
+    WHERE status = 'pending';
+-- GET /webhooks/{id}/deliveries: newest first.
+CREATE INDEX IF NOT EXISTS webhook_deliveries_by_webhook
+    ON webhook_deliveries (tenant_id, webhook_id, created_at DESC, event_id);

@@ -1,0 +1,351 @@
+"""Delivers findings to the tenants' webhooks: signed JSON POSTs, retried, every attempt recorded.
+
+The projector enqueues a `webhook_deliveries` row per (webhook, finding) in the finding's
+own transaction (services/ingest/metadata_writer.py), so each finding is enqueued once
+per webhook however often its event is applied. This dispatcher drains that queue:
+
+- Claim: one short transaction picks due pending rows `FOR UPDATE SKIP LOCKED` (so any
+  number of replicas share the queue), counts the attempt and moves `next_attempt_at`
+  forward by a lease longer than the HTTP calls can take. No transaction is open while
+  a receiver is called; a replica that dies mid-delivery leaves a row that becomes due
+  again when its lease ends (the receiver may then see the finding twice: delivery is
+  at-least-once, receivers dedupe by X-RunLedger-Event-Id).
+- Deliver: POST with a bounded concurrency; the body is signed with the webhook's secret
+  (X-RunLedger-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes>).
+- Record: one UPDATE per attempt, fenced by the attempt number the claim gave out, so a
+  slow replica whose lease ran out cannot overwrite a newer attempt's result.
+
+2xx: delivered. 408, 429, 5xx, timeouts and connection errors: retried with exponential
+backoff and jitter (Retry-After honoured), failed after `max_attempts`. Any other
+answer (4xx, redirects: never followed) fails at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "RunLedger-Webhooks/1"
+# Answers worth retrying (besides every 5xx): the receiver timed out or throttles us.
+_RETRYABLE = frozenset({408, 429})
+# A Retry-After beyond this is capped (a receiver cannot park a delivery for days).
+_MAX_RETRY_AFTER_S = 3600.0
+# Kept of a failing receiver's answer in last_error (the rest is not read at all).
+_ERROR_BODY_BYTES = 256
+
+# Due rows of enabled webhooks whose finding exists (a replay may have removed it for a
+# moment), oldest first; the attempt is counted and the row leased in the same statement.
+_CLAIM = """
+WITH due AS (
+    SELECT d.tenant_id, d.webhook_id, d.event_id
+    FROM webhook_deliveries d
+    JOIN webhooks w ON w.tenant_id = d.tenant_id AND w.webhook_id = d.webhook_id AND w.enabled
+    JOIN findings f ON f.tenant_id = d.tenant_id AND f.event_id = d.event_id
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND d.attempts < $1
+    ORDER BY d.next_attempt_at
+    LIMIT $2
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE webhook_deliveries d
+SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $3)
+FROM due, webhooks w, findings f
+WHERE d.tenant_id = due.tenant_id AND d.webhook_id = due.webhook_id AND d.event_id = due.event_id
+  AND w.tenant_id = d.tenant_id AND w.webhook_id = d.webhook_id
+  AND f.tenant_id = d.tenant_id AND f.event_id = d.event_id
+RETURNING d.tenant_id, d.webhook_id, d.event_id::text AS event_id, d.attempts, w.url, w.secret,
+          f.run_id, f.experiment_id, f.kind, f.body, f.occurred_at
+"""
+
+# A row whose last attempt was claimed but never recorded (its replica died) and that has
+# no attempt left: failed, not sent again.
+_EXPIRE = """
+UPDATE webhook_deliveries SET status = 'failed',
+    last_error = COALESCE(last_error || '; ', '') || 'no attempt left after an unrecorded attempt'
+WHERE status = 'pending' AND next_attempt_at <= now() AND attempts >= $1
+"""
+
+_RECORD = """
+UPDATE webhook_deliveries
+SET status = $5, last_status_code = $6, last_error = $7,
+    next_attempt_at = CASE WHEN $5 = 'pending' THEN now() + make_interval(secs => $8) ELSE next_attempt_at END,
+    delivered_at = CASE WHEN $5 = 'delivered' THEN now() ELSE delivered_at END
+WHERE tenant_id = $1 AND webhook_id = $2 AND event_id = $3::uuid AND attempts = $4 AND status = 'pending'
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """One claimed delivery: where to send which finding, and the attempt number it is."""
+
+    tenant_id: str
+    webhook_id: str
+    event_id: str
+    attempt: int
+    url: str
+    secret: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt came to."""
+
+    status: str  # delivered | pending (retry) | failed
+    status_code: int | None
+    error: str | None
+    retry_in_s: float = 0.0
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The X-RunLedger-Signature value of `body`: sha256=<hex HMAC-SHA256 keyed by the secret>."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def payload(row: asyncpg.Record) -> bytes:
+    """The JSON body a webhook receives for a claimed row (finding + delivery metadata)."""
+    raw = row["body"]
+    body: dict[str, Any] = orjson.loads(raw) if isinstance(raw, str | bytes) else dict(raw)
+    evidence = body.get("evidence")
+    message = evidence.get("message") if isinstance(evidence, dict) else None
+    severity = body.get("severity")
+    return orjson.dumps(
+        {
+            "event_id": row["event_id"],
+            "tenant_id": row["tenant_id"],
+            "run_id": row["run_id"],
+            "experiment_id": row["experiment_id"],
+            "kind": row["kind"],
+            "occurred_at": _ms(row["occurred_at"]),
+            # The same derivation as GET /findings, so both views agree.
+            "severity": float(severity) if isinstance(severity, int | float) else None,
+            "message": message if isinstance(message, str) else None,
+            "body": body,
+            "webhook_id": row["webhook_id"],
+            "attempt": row["attempts"],
+        }
+    )
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), _MAX_RETRY_AFTER_S)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return min(max((when - datetime.now(UTC)).total_seconds(), 0.0), _MAX_RETRY_AFTER_S)
+
+
+class WebhookDispatcher:
+    """Drains the webhook delivery queue of every tenant (run one or more per deployment)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        *,
+        http_timeout_s: float = 10.0,
+        max_attempts: int = 8,
+        backoff_base_s: float = 10.0,
+        backoff_cap_s: float = 600.0,
+        concurrency: int = 16,
+        batch_size: int = 100,
+        poll_interval_s: float = 0.3,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """`transport` is for an in-process receiver (tests); normally httpx's own."""
+        if max_attempts < 1 or concurrency < 1 or batch_size < 1:
+            raise ValueError("max_attempts, concurrency and batch_size must be at least 1")
+        self._pool = pool
+        self._timeout_s = http_timeout_s
+        self._max_attempts = max_attempts
+        self._backoff_base_s = backoff_base_s
+        self._backoff_cap_s = backoff_cap_s
+        self._concurrency = concurrency
+        self._batch_size = batch_size
+        self._poll_s = poll_interval_s
+        self._slots = asyncio.Semaphore(concurrency)
+        # trust_env=False: no proxy or netrc of the environment applies to tenants' URLs.
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(http_timeout_s),
+            follow_redirects=False,
+            trust_env=False,
+            transport=transport,
+            headers={"User-Agent": USER_AGENT},
+            limits=httpx.Limits(max_connections=concurrency),
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (run() does it on its way out)."""
+        await self._client.aclose()
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop` is set; claims only as many rows as it has free slots, so a slow
+        receiver holds one slot, not a whole round. In-flight deliveries finish before it returns."""
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                free = self._concurrency - len(in_flight)
+                claimed: list[Claimed] = []
+                if free > 0:
+                    try:
+                        claimed = await self._claim(min(free, self._batch_size))
+                    except Exception as exc:  # the loop outlives a database outage (or a bug): log, retry
+                        log.warning("webhook claim failed (retrying): %r", exc)
+                for item in claimed:
+                    task = asyncio.create_task(self._deliver_and_record(item), name="webhook-delivery")
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                if len(in_flight) >= self._concurrency:
+                    # Every slot busy: claim again as soon as one frees.
+                    await asyncio.wait(set(in_flight), return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                if claimed and len(claimed) == min(free, self._batch_size):
+                    continue  # a full claim: more may be due now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._poll_s)
+        finally:
+            if in_flight:
+                await asyncio.wait(set(in_flight))
+            await self.aclose()
+
+    async def deliver_due(self) -> int:
+        """One round: claim up to batch_size due deliveries, attempt each, record; the number attempted."""
+        claimed = await self._claim(self._batch_size)
+        await asyncio.gather(*(self._deliver_and_record(c) for c in claimed))
+        return len(claimed)
+
+    # --- steps -------------------------------------------------------------------------------
+
+    def _lease_s(self, rows: int) -> float:
+        """Long enough for every claimed row to be attempted through the concurrency bound."""
+        return self._timeout_s * math.ceil(rows / self._concurrency) + 30.0
+
+    async def _claim(self, limit: int) -> list[Claimed]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_EXPIRE, self._max_attempts)
+            rows = await conn.fetch(_CLAIM, self._max_attempts, limit, self._lease_s(limit))
+        return [
+            Claimed(
+                tenant_id=r["tenant_id"],
+                webhook_id=r["webhook_id"],
+                event_id=r["event_id"],
+                attempt=r["attempts"],
+                url=r["url"],
+                secret=r["secret"],
+                body=payload(r),
+            )
+            for r in rows
+        ]
+
+    async def _deliver_and_record(self, item: Claimed) -> None:
+        async with self._slots:
+            try:
+                outcome = await self._attempt(item)
+            except Exception as exc:  # a bug must not lose the row: it is retried like a failure
+                log.exception("webhook %s: attempt %d crashed", item.webhook_id, item.attempt)
+                outcome = self._retry(item, None, f"internal error: {type(exc).__name__}", None)
+        try:
+            result = await self._pool.execute(
+                _RECORD,
+                item.tenant_id,
+                item.webhook_id,
+                item.event_id,
+                item.attempt,
+                outcome.status,
+                outcome.status_code,
+                outcome.error,
+                outcome.retry_in_s,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The lease runs out and the row is attempted again: at-least-once.
+            log.warning("webhook %s: recording attempt %d failed: %s", item.webhook_id, item.attempt, exc)
+            return
+        if result.endswith(" 0"):
+            log.info(
+                "webhook %s: attempt %d of %s superseded or deleted",
+                item.webhook_id,
+                item.attempt,
+                item.event_id,
+            )
+
+    async def _attempt(self, item: Claimed) -> Outcome:
+        headers = {
+            "Content-Type": "application/json",
+            "X-RunLedger-Event-Id": item.event_id,
+            "X-RunLedger-Signature": sign(item.secret, item.body),
+            "X-RunLedger-Timestamp": str(int(time.time())),
+        }
+        try:
+            # A bound on the whole attempt (httpx's timeouts are per operation: a receiver dripping
+            # bytes could outlast the lease). Streamed: only the first bytes of a failing answer are read.
+            async with (
+                asyncio.timeout(self._timeout_s),
+                self._client.stream("POST", item.url, content=item.body, headers=headers) as response,
+            ):
+                code = response.status_code
+                if 200 <= code < 300:
+                    return Outcome("delivered", code, None)
+                detail = await _head(response)
+                retry_after = retry_after_s(response.headers.get("retry-after"))
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            return self._retry(item, None, f"timeout: {type(exc).__name__}", None)
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            return Outcome("failed", None, f"{type(exc).__name__}: {exc}"[:500])
+        except httpx.TransportError as exc:  # connection refused, reset, DNS, TLS, ...
+            return self._retry(item, None, f"{type(exc).__name__}: {exc}"[:500], None)
+        error = f"HTTP {code}" + (f": {detail}" if detail else "")
+        if code >= 500 or code in _RETRYABLE:
+            return self._retry(item, code, error, retry_after)
+        if 300 <= code < 400:
+            error += " (redirects are not followed)"
+        return Outcome("failed", code, error)
+
+    def _retry(self, item: Claimed, code: int | None, error: str, retry_after: float | None) -> Outcome:
+        if item.attempt >= self._max_attempts:
+            return Outcome("failed", code, f"{error} (gave up after {item.attempt} attempts)")
+        if retry_after is not None:
+            delay = retry_after
+        else:
+            # Exponential, with jitter in [50%, 100%] so failing receivers are not hit in lockstep.
+            ceiling = min(self._backoff_cap_s, self._backoff_base_s * 2 ** (item.attempt - 1))
+            delay = ceiling * random.uniform(0.5, 1.0)
+        return Outcome("pending", code, error, delay)
+
+
+async def _head(response: httpx.Response) -> str:
+    """The first bytes of an answer's body, as text (for last_error)."""
+    data = b""
+    with contextlib.suppress(httpx.HTTPError):
+        async for chunk in response.aiter_raw():
+            data += chunk
+            if len(data) >= _ERROR_BODY_BYTES:
+                break
+    return data[:_ERROR_BODY_BYTES].decode("utf-8", "replace").strip()

@@ -1,0 +1,92 @@
+"""HTTP routes of webhooks (alert routing): tenant admins only, always on the caller's own tenant."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from runledger.auth.model import Action
+from services.api.deps import Auth, RuntimeDep, forbid
+from services.api.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from services.api.principal import Principal
+from services.api.schemas import READ_RESPONSES, ErrorBody
+from services.api.webhooks import schemas
+from services.api.webhooks.repository import WebhookRepository
+from services.api.webhooks.service import WebhookService
+
+router = APIRouter(tags=["webhooks"])
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **READ_RESPONSES,
+    403: {"model": ErrorBody, "description": "PERMISSION_DENIED: the caller is not an admin of its tenant."},
+}
+
+
+async def _tenant_admin(request: Request, runtime: RuntimeDep, principal: Auth) -> Principal:
+    # principal.can, not may_act: an admin grant narrowed to one experiment gives no admin rights.
+    if not principal.can(Action.ADMIN):
+        raise forbid(runtime, request, principal, "tenant admin only")
+    return principal
+
+
+def get_service(
+    request: Request, runtime: RuntimeDep, principal: Annotated[Principal, Depends(_tenant_admin)]
+) -> WebhookService:
+    """The webhook service for a tenant admin (403 and an audit entry for anyone else)."""
+    return WebhookService(
+        WebhookRepository(runtime.pool, principal.tenant_id),
+        runtime.audit,
+        principal,
+        f"{request.method} {request.url.path}",
+    )
+
+
+Service = Annotated[WebhookService, Depends(get_service)]
+
+
+@router.post("/webhooks", response_model=schemas.WebhookCreated, status_code=201, responses=_RESPONSES)
+async def create_webhook(body: schemas.WebhookCreate, service: Service) -> schemas.WebhookCreated:
+    """Register a webhook: every finding (of `kinds`, if given) is POSTed to it as signed JSON.
+
+    The answer holds the signing `secret` this once. Each delivery carries
+    `X-RunLedger-Signature: sha256=<hex HMAC-SHA256 of the body bytes>`,
+    `X-RunLedger-Event-Id` (dedupe on it: delivery is at-least-once) and `X-RunLedger-Timestamp`.
+    """
+    return await service.create(body)
+
+
+@router.get("/webhooks", response_model=schemas.WebhookList, responses=_RESPONSES)
+async def list_webhooks(service: Service) -> schemas.WebhookList:
+    """The tenant's webhooks (never their secrets)."""
+    return await service.list_webhooks()
+
+
+@router.get("/webhooks/{webhook_id}", response_model=schemas.Webhook, responses=_RESPONSES)
+async def get_webhook(webhook_id: str, service: Service) -> schemas.Webhook:
+    """One webhook."""
+    return await service.get(webhook_id)
+
+
+@router.patch("/webhooks/{webhook_id}", response_model=schemas.Webhook, responses=_RESPONSES)
+async def update_webhook(webhook_id: str, body: schemas.WebhookUpdate, service: Service) -> schemas.Webhook:
+    """Change a webhook's url, kinds or enabled flag (fields left out stay as they are)."""
+    return await service.update(webhook_id, body)
+
+
+@router.delete("/webhooks/{webhook_id}", response_model=schemas.Deleted, responses=_RESPONSES)
+async def delete_webhook(webhook_id: str, service: Service) -> schemas.Deleted:
+    """Delete a webhook and its deliveries (pending ones are not sent)."""
+    return await service.delete(webhook_id)
+
+
+@router.get("/webhooks/{webhook_id}/deliveries", response_model=schemas.DeliveryList, responses=_RESPONSES)
+async def list_deliveries(
+    webhook_id: str,
+    service: Service,
+    status: schemas.DeliveryStatus | None = None,
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    page_token: str | None = None,
+) -> schemas.DeliveryList:
+    """The webhook's deliveries (one per finding), newest first, with their last attempt."""
+    return await service.deliveries(webhook_id, status, page_size, page_token)
