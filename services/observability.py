@@ -70,6 +70,29 @@ WRITE_WAIT_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 
+ANALYSIS_POINTS = Counter(
+    "runledger_analysis_points_total", "Metric points the analysis service's detectors analysed."
+)
+ANALYSIS_FINDINGS = Counter(
+    "runledger_analysis_findings_total", "Findings the analysis service published, by kind.", ["kind"]
+)
+ANALYSIS_BATCH_SECONDS = Histogram(
+    "runledger_analysis_batch_seconds",
+    "Time to analyse one polled batch: verify, detect, publish the findings, store states and offsets.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+ANALYSIS_LAG_SECONDS = Gauge(
+    "runledger_analysis_lag_seconds",
+    "Wall-clock time between the newest record of the last analysed batch reaching Kafka (its record"
+    " timestamp) and its findings being published.",
+)
+ATTRIBUTION_SECONDS = Histogram(
+    "runledger_attribution_seconds",
+    "Time of one attribution job (reading its runs, computing, publishing), by outcome.",
+    ["status"],
+    buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+
 # --- exposition -----------------------------------------------------------------------
 
 METRICS_PATH = "/metrics"

@@ -1,10 +1,10 @@
 """Container health check of the RunLedger image, for every role (stdlib only).
 
 Every service role answers `GET /healthz` on RUNLEDGER_API_PORT, so its health is that
-answer: the api role once Postgres, ClickHouse and Kafka answer; the ingest role while
-its projector thread runs and its consumer loop turned in the last 30 s (a wedged or
-crash-looping projector answers 503). Any other command (e.g. `runledger up`) is
-healthy while its process is alive and not stopped.
+answer: the api role once Postgres, ClickHouse and Kafka answer; the ingest and
+analysis roles while their service thread runs and its consumer loop turned in the last
+30 s (a wedged or crash-looping one answers 503). Any other command (e.g. `runledger
+up`) is healthy while its process is alive and not stopped.
 
 Exit status 0 = healthy, 1 = unhealthy (Docker HEALTHCHECK and Kubernetes exec probes).
 """
@@ -58,7 +58,7 @@ def healthz_ok(port: int, host: str = "127.0.0.1") -> bool:
 
 def check(pid: int = 1, proc: Path = Path("/proc")) -> bool:
     """Health of the container whose main process is pid."""
-    if role_of(main_process_args(pid, proc)) in ("api", "all", "ingest"):
+    if role_of(main_process_args(pid, proc)) in ("api", "all", "ingest", "analysis"):
         return healthz_ok(int(os.environ.get("RUNLEDGER_API_PORT", "8765")))
     return process_alive(pid, proc)
 

@@ -72,10 +72,11 @@ def _add_serve(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run one service process against configured stores (distributed mode)",
-        description="all = API + projector in one process (what `up` runs); api or ingest alone "
-        "for the distributed mode, with RUNLEDGER_KAFKA_BOOTSTRAP, _POSTGRES_DSN and _CLICKHOUSE_URL set.",
+        description="all = API + projector + analysis in one process (what `up` runs); api, ingest or"
+        " analysis alone for the distributed mode, with RUNLEDGER_KAFKA_BOOTSTRAP, _POSTGRES_DSN and"
+        " _CLICKHOUSE_URL set (analysis also needs RUNLEDGER_ANALYSIS_API_KEY, a superadmin key).",
     )
-    parser.add_argument("role", choices=["all", "api", "ingest"])
+    parser.add_argument("role", choices=["all", "api", "ingest", "analysis"])
     _add_state_dir(parser)
     _add_api_address(parser)
     parser.set_defaults(handler=_cmd_serve)

@@ -58,6 +58,49 @@ class Settings(BaseSettings):
     )
     projector_max_wait_ms: int = Field(200, description="Flush a partial batch after this long.")
 
+    # Analysis service (anomaly detection, attribution, webhooks).
+    analysis_group: str = Field("runledger-analysis", description="Consumer group of the analysis service.")
+    analysis_api_key: str = Field(
+        "",
+        description="The platform superadmin key the analysis service signs its findings with (rlk_...);"
+        " empty = RUNLEDGER_BOOTSTRAP_API_KEY. Without either the analysis service does not start.",
+    )
+    analysis_settings_refresh_s: float = Field(
+        2.0, description="How often the analysis service reloads the tenants' detector settings."
+    )
+    analysis_checkpoint_interval_s: float = Field(
+        2.0,
+        description="How often the analysis service stores its detector states and offsets; a crash"
+        " re-analyses at most this much (its findings keep their ids, so none is reported twice).",
+    )
+    analysis_max_series_cached: int = Field(
+        200_000,
+        description="Detector states kept in memory (least recently updated ones are reloaded from"
+        " Postgres when their series logs again).",
+    )
+    attribution_timeout_s: float = Field(
+        300.0, description="An attribution running longer than this is abandoned and reported failed."
+    )
+    attribution_auto: bool = Field(
+        True,
+        description="Start an attribution by itself when an outlier_run finding flags a run against its"
+        " experiment's recent runs.",
+    )
+
+    webhook_http_timeout_s: float = Field(
+        10.0, description="Overall deadline of one webhook delivery attempt."
+    )
+    webhook_max_attempts: int = Field(
+        8, ge=1, description="Delivery attempts of one finding to one webhook before it is marked failed."
+    )
+    webhook_backoff_base_s: float = Field(
+        10.0, description="First retry delay of a webhook delivery; it doubles each attempt (with jitter)."
+    )
+    webhook_backoff_cap_s: float = Field(600.0, description="Longest delay between webhook delivery retries.")
+    webhook_concurrency: int = Field(
+        16, ge=1, description="Webhook deliveries in flight per analysis process."
+    )
+
     # API.
     write_wait_timeout_s: float = Field(
         10.0, description="How long a write waits for its event to be projected (read-your-writes)."

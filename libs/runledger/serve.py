@@ -1,11 +1,12 @@
-"""Process entry point of the services: `python -m runledger.serve all|api|ingest`.
+"""Process entry point of the services: `python -m runledger.serve all|api|ingest|analysis`.
 
-In the embedded mode one process runs the API and the projector together, because
-the in-process ClickHouse engine (chdb) allows one process per data directory. In
-the distributed mode each service runs alone and reaches ClickHouse over HTTP. Every
-role serves HTTP on RUNLEDGER_API_HOST:RUNLEDGER_API_PORT: the API (with /healthz and
-/metrics), or for ingest only the projector's /healthz and /metrics. uvicorn handles
-SIGINT/SIGTERM in every role; the app's shutdown stops the projector after its batch.
+In the embedded mode one process runs the API and the projector together, because the
+in-process ClickHouse engine (chdb) allows one process per data directory; it starts the
+analysis service (which needs no ClickHouse) as its child process. In the distributed mode each service runs alone and reaches ClickHouse over
+HTTP. Every role serves HTTP on RUNLEDGER_API_HOST:RUNLEDGER_API_PORT: the API (with
+/healthz and /metrics), or for ingest and analysis only their loop's /healthz and
+/metrics. uvicorn handles SIGINT/SIGTERM in every role; the app's shutdown stops the
+service threads after their batch.
 """
 
 from __future__ import annotations
@@ -13,17 +14,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 import uvicorn
 from fastapi import FastAPI
 
-from runledger.auth.keys import parse_key
+from runledger.auth.keys import ApiKey, parse_key
 from runledger.config import Settings, get_settings
+from runledger.embedded._proc import die_with_parent, stop_process
 from runledger.stores.clickhouse import ClickHouse, open_clickhouse
 from runledger.stores.postgres import directory
 from runledger.stores.postgres.migrate import migrate
@@ -46,49 +52,142 @@ async def connect_postgres(settings: Settings, max_size: int = 8) -> asyncpg.Poo
     return pool
 
 
-class ProjectorThread(threading.Thread):
-    """Runs the projector on its own event loop beside the API's."""
+class ServiceThread(threading.Thread):
+    """Runs one async service (an object with `run()`, a `stop` event and a `heartbeat`) on
+    its own event loop, beside the API's."""
 
-    def __init__(self, settings: Settings, clickhouse: ClickHouse) -> None:
-        super().__init__(name="projector", daemon=True)
+    def __init__(self, name: str, settings: Settings) -> None:
+        super().__init__(name=name, daemon=True)
         self._settings = settings
-        self._clickhouse = clickhouse
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
-        self.projector: object | None = None
+        self.service: object | None = None
 
     def run(self) -> None:
         """Thread body: create the pool and run until stopped."""
         self._loop.run_until_complete(self._main())
 
-    async def _main(self) -> None:
-        from services.ingest.projector import Projector
+    async def _create(self, pool: asyncpg.Pool) -> Any:
+        """The service object, over `pool`."""
+        raise NotImplementedError
 
+    async def _main(self) -> None:
         pool = await connect_postgres(self._settings)
-        projector = Projector(self._settings, self._clickhouse, pool)
-        self.projector = projector
-        self._started.set()
         try:
-            await projector.run()
+            service = await self._create(pool)
+            self.service = service
+            self._started.set()
+            await service.run()
         finally:
+            self._started.set()
             await pool.close()
 
     def heartbeat_age(self) -> float | None:
-        """Seconds since the projector's consumer loop last turned; None before its first turn."""
-        beat: float = getattr(self.projector, "heartbeat", 0.0)
+        """Seconds since the service's loop last turned; None before its first turn."""
+        beat: float = getattr(self.service, "heartbeat", 0.0)
         return time.monotonic() - beat if beat else None
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask the projector to stop after its current batch, and wait."""
+        """Ask the service to stop after its current batch, and wait."""
         self._started.wait(timeout)
-        projector = self.projector
-        if projector is not None and self.is_alive():
-            self._loop.call_soon_threadsafe(projector.stop.set)  # type: ignore[attr-defined]
+        service = self.service
+        if service is not None and self.is_alive():
+            self._loop.call_soon_threadsafe(service.stop.set)  # type: ignore[attr-defined]
         self.join(timeout)
 
 
-def _stop_with_app(app: FastAPI, projector: ProjectorThread | None, clickhouse: ClickHouse) -> None:
-    """Stop the projector and close ClickHouse when the app shuts down.
+class ProjectorThread(ServiceThread):
+    """The projector (services/ingest)."""
+
+    def __init__(self, settings: Settings, clickhouse: ClickHouse) -> None:
+        super().__init__("projector", settings)
+        self._clickhouse = clickhouse
+
+    @property
+    def projector(self) -> object | None:
+        """The running Projector (None before it started)."""
+        return self.service
+
+    async def _create(self, pool: asyncpg.Pool) -> Any:
+        from services.ingest.projector import Projector
+
+        return Projector(self._settings, self._clickhouse, pool)
+
+
+class AnalysisThread(ServiceThread):
+    """The analysis service (services/analysis): detection, attribution jobs, webhooks."""
+
+    def __init__(self, settings: Settings, key: ApiKey) -> None:
+        super().__init__("analysis", settings)
+        self._key = key
+
+    async def _create(self, pool: asyncpg.Pool) -> Any:
+        from services.analysis.service import AnalysisService
+
+        return AnalysisService(self._settings, pool, self._key)
+
+
+class AnalysisProcess:
+    """The analysis service as a child process of the `all` role, restarted when it dies.
+
+    A child, not a thread: detection is Python CPU work that would otherwise share the
+    interpreter lock with the API and the projector. It needs no ClickHouse, so the
+    one-process rule of the embedded engine does not bind it.
+    """
+
+    _RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name="analysis-watchdog", daemon=True)
+
+    def start(self) -> None:
+        """Start the child and the thread that restarts it."""
+        self._watchdog.start()
+
+    def is_alive(self) -> bool:
+        """Whether the child runs now."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def _watch(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            # Spawned from this thread, which lives as long as the watch: the child's
+            # parent-death signal fires when this process dies, not before.
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "services.analysis"],
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent(signal.SIGTERM),
+            )
+            code = self._proc.wait()
+            if self._stopping.is_set():
+                return
+            failures = 0 if time.monotonic() - started > 60 else failures + 1
+            delay = self._RESTART_DELAYS_S[min(failures, len(self._RESTART_DELAYS_S) - 1)]
+            log.warning("analysis process exited with %s; restarting in %.0f s", code, delay)
+            self._stopping.wait(delay)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the child (it finishes its batch and checkpoints) and the watchdog."""
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None:
+            stop_process(proc, signal.SIGTERM, timeout)
+        self._watchdog.join(timeout)
+
+
+def analysis_key(settings: Settings) -> ApiKey | None:
+    """The key the analysis service signs with (its own, else the bootstrap key)."""
+    token = settings.analysis_api_key or settings.bootstrap_api_key
+    return parse_key(token) if token else None
+
+
+def _stop_with_app(
+    app: FastAPI, threads: list[ServiceThread | AnalysisProcess], clickhouse: ClickHouse | None
+) -> None:
+    """Stop the service threads and close ClickHouse when the app shuts down.
 
     uvicorn re-raises SIGTERM after its graceful shutdown, which ends the process
     before any `finally` here runs; the app's lifespan exit is the last sure point.
@@ -99,45 +198,64 @@ def _stop_with_app(app: FastAPI, projector: ProjectorThread | None, clickhouse: 
     async def lifespan(a: FastAPI) -> AsyncIterator[None]:
         async with app_lifespan(a):
             yield
-        if projector is not None:
-            await asyncio.to_thread(projector.stop)
-        clickhouse.close()
+        for thread in threads:
+            await asyncio.to_thread(thread.stop)
+        if clickhouse is not None:
+            clickhouse.close()
 
     app.router.lifespan_context = lifespan
 
 
 def serve(role: str, settings: Settings) -> None:
-    """Run `role` (all, api, ingest) in the foreground until SIGINT/SIGTERM."""
+    """Run `role` (all, api, ingest, analysis) in the foreground until SIGINT/SIGTERM."""
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    clickhouse = open_clickhouse(settings.clickhouse_url, settings.chdb_path)
-    projector = ProjectorThread(settings, clickhouse) if role in ("all", "ingest") else None
-    if projector is not None:
-        projector.start()
+    clickhouse = open_clickhouse(settings.clickhouse_url, settings.chdb_path) if role != "analysis" else None
+    threads: list[ServiceThread | AnalysisProcess] = []
+    projector = None
+    if role in ("all", "ingest"):
+        assert clickhouse is not None
+        projector = ProjectorThread(settings, clickhouse)
+        threads.append(projector)
+    analysis = None
+    key = analysis_key(settings) if role in ("all", "analysis") else None
+    if role == "analysis" and key is not None:
+        analysis = AnalysisThread(settings, key)
+        threads.append(analysis)
+    elif role == "all" and key is not None:
+        threads.append(AnalysisProcess())
+    elif role in ("all", "analysis"):
+        log.warning("no RUNLEDGER_ANALYSIS_API_KEY or RUNLEDGER_BOOTSTRAP_API_KEY: analysis not started")
+    for thread in threads:
+        thread.start()
     try:
         if role in ("all", "api"):
             from services.api.app import create_app
 
+            assert clickhouse is not None
             app = create_app(settings, clickhouse)
             app.state.projector_thread = projector
         else:
-            from services.ingest.app import create_app as create_ingest_app
+            from services.ingest.app import create_app as create_health_app
 
-            assert projector is not None
-            app = create_ingest_app(projector)
-        _stop_with_app(app, projector, clickhouse)
+            monitored = projector if role == "ingest" else analysis
+            if monitored is None:
+                raise SystemExit("the analysis role needs RUNLEDGER_ANALYSIS_API_KEY")
+            app = create_health_app(monitored)
+        _stop_with_app(app, threads, clickhouse)
         uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
     except KeyboardInterrupt:
         pass
     finally:
-        if projector is not None:
-            projector.stop()
-        clickhouse.close()
+        for thread in threads:
+            thread.stop()
+        if clickhouse is not None:
+            clickhouse.close()
 
 
 def main() -> None:
     """CLI entry of this module."""
     parser = argparse.ArgumentParser(prog="python -m runledger.serve")
-    parser.add_argument("role", choices=["all", "api", "ingest"])
+    parser.add_argument("role", choices=["all", "api", "ingest", "analysis"])
     args = parser.parse_args()
     serve(args.role, get_settings())
 

@@ -20,6 +20,7 @@ from runledger.stores.postgres import directory
 from runledger.stores.postgres.migrate import migrate
 from services.api import health
 from services.api.admin import endpoints as admin
+from services.api.analysis import endpoints as analysis
 from services.api.artifacts import endpoints as artifacts
 from services.api.audit import AuditSink
 from services.api.consistency import ProjectionWaiter
@@ -39,6 +40,7 @@ from services.api.orgs import endpoints as orgs
 from services.api.publisher import EventPublisher, KafkaEventPublisher
 from services.api.quotas import QuotaGate, usage_reader
 from services.api.runs import endpoints as runs
+from services.api.webhooks import endpoints as webhooks
 from services.api.writes import EventWriter
 from services.observability import metrics_router
 
@@ -117,8 +119,22 @@ def create_app(
     app.include_router(health.router)
     app.include_router(metrics_router)  # GET /metrics (Prometheus), outside the API and its schema
     authenticated = [Depends(get_principal)]  # the caller AuthenticateApi resolved
-    for domain in (identity, experiments, runs, metrics, events, admin, orgs, lineage, documents, findings):
+    domains = (
+        identity,
+        experiments,
+        runs,
+        metrics,
+        events,
+        admin,
+        orgs,
+        lineage,
+        documents,
+        findings,
+        analysis,
+    )
+    for domain in domains:
         app.include_router(domain.router, prefix=API_PREFIX, dependencies=authenticated)
+    app.include_router(webhooks.router, prefix=API_PREFIX, dependencies=authenticated)
     for router in (mlflow.router, mlflow.v3_router):  # MLflow's own paths, for the unmodified client
         app.include_router(router, dependencies=authenticated)
     app.include_router(artifacts.router, prefix=API_PREFIX, dependencies=authenticated)

@@ -46,6 +46,7 @@ RUN = "c0ffee" * 5 + "00"
 DATASET = dataset_id("secret-data", "v1")
 ARTIFACT, ARTIFACT_BYTES = "model/weights.bin", b"confidential weights"
 MODEL = "m-" + "5ec7e7" * 5 + "00"  # a logged model of A's run (MLflow 3)
+ATTRIBUTION = str(uuid.UUID(int=0xA77))  # an attribution of A's experiment
 MARKERS = (A, EXP, RUN, "confidential", "secret-data")  # none may appear in B's answers
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 # Prefixes of the administration routes (ADMIN of the tenant) and platform routes (superadmin).
@@ -63,6 +64,8 @@ ADMIN_PREFIXES = (
     "/api/v1/quotas",
     "/api/v1/audit",
     "/api/v1/orgs",
+    "/api/v1/webhooks",
+    "/api/v1/anomaly-settings",
 )
 # Any authenticated caller, about itself.
 SELF_PATHS = {"/api/v1/whoami"}
@@ -103,6 +106,8 @@ def samples(world: World) -> dict[str, str]:
         "model_id": MODEL,
         "tag_key": "mlflow.user",
         "path": ARTIFACT,
+        "webhook_id": "wh_" + "0" * 16,
+        "attribution_id": ATTRIBUTION,
     }
 
 
@@ -139,6 +144,14 @@ async def _seed(conn: asyncpg.Connection[Any]) -> None:
         uuid.uuid4(),
         RUN,
         EXP,
+    )
+    await conn.execute(
+        "INSERT INTO attributions (tenant_id, attribution_id, experiment_id, metric, request, status,"
+        " requested_at) VALUES ($1, $2, $3, 'loss', $4::jsonb, 'pending', now())",
+        A,
+        ATTRIBUTION,
+        EXP,
+        orjson.dumps({"candidate_run_ids": [RUN], "trigger": {"by": "api"}}).decode(),
     )
     await conn.execute(
         "INSERT INTO lineage_edges (tenant_id, source_kind, source_id, target_kind, target_id, relation)"
@@ -270,6 +283,10 @@ def _body(method: str, path: str) -> Any:
         return [orjson.loads(encode(event))]
     if path == "/api/v1/runs":
         return {"experiment_id": EXP}
+    if path == "/api/v1/attributions":
+        return {"experiment_id": EXP, "metric": "loss", "candidate": {"run_ids": [RUN]}}
+    if path == "/api/v1/anomaly-settings":
+        return {"overrides": {"warmup_steps": 5}}
     if path.endswith("/params"):
         return {"params": {"p": "1"}}
     if path.endswith("/metrics"):
@@ -346,7 +363,7 @@ async def test_another_tenant_sees_nothing_of_a(world: World) -> None:
             ok = r.status_code == 200
         elif path == "/api/v1/events":
             ok = r.status_code == 403  # an event of A's tenant
-        elif path == "/api/v1/runs":
+        elif path in ("/api/v1/runs", "/api/v1/attributions"):
             ok = r.status_code == 404  # A's experiment id means nothing in B
         else:
             ok = r.status_code in (200, 201, 202, 400)  # acts inside B
@@ -385,6 +402,8 @@ async def test_the_owner_reads_its_resources(world: World) -> None:
         if method != "GET" or _kind(path) != "data" or path.endswith("/history") or "get-history" in path:
             # no ClickHouse here
             continue
+        if path in ("/api/v1/exports/runs", "/api/v1/exports/metric-points"):
+            continue  # metric min/max and points come from ClickHouse (tests/integration/test_exports.py)
         r = await _call(world, method, path, world.admin)
         if r.status_code != 200:
             failures.append(_fmt(method, path, r))

@@ -3,8 +3,9 @@
 deploy/compose/compose.yaml, deploy/k8s/*.yaml and deploy/docker/Dockerfile are read
 as data: every setting the services read is set, none is unknown to
 `runledger.config.Settings`, the commands exist in the `runledger` CLI, ports agree
-(container = RUNLEDGER_API_PORT = probes = Service = scrape target, for both roles),
-selectors select, the topic settings match the configuration, the dashboard queries
+(container = RUNLEDGER_API_PORT = probes = Service = scrape target, for every role),
+selectors select, the analysis role runs as exactly one replica per events topic, the
+topic settings match the configuration, the dashboard queries
 metrics the services export, and the image's entry point is the console script.
 """
 
@@ -49,7 +50,14 @@ EMBEDDED_ONLY = {"RUNLEDGER_KAFKA_PORT", "RUNLEDGER_POSTGRES_PORT", "RUNLEDGER_S
 # Every other setting is set explicitly in both deployments, so a new setting fails
 # here until the deployments decide its value.
 REQUIRED_ENV = KNOWN_ENV - EMBEDDED_ONLY
-ROLES = ("api", "ingest")
+ROLES = ("api", "ingest", "analysis")
+# Roles that run as exactly ONE replica per events topic: the analysis service takes
+# every partition itself (its cohort state spans partitions), so a second replica would
+# analyse everything again. No HPA, no PDB, no rolling surge.
+SINGLE_REPLICA_ROLES = ("analysis",)
+# Settings that hold credentials: the k8s Secret carries them, compose takes them from
+# the environment of `docker compose`.
+SECRET_KEYS = ("RUNLEDGER_BOOTSTRAP_API_KEY", "RUNLEDGER_ANALYSIS_API_KEY")
 
 Doc = dict[str, Any]
 
@@ -64,6 +72,8 @@ def test_required_settings_cover_the_distributed_essentials() -> None:
         "RUNLEDGER_EVENTS_TOPIC",
         "RUNLEDGER_DLQ_TOPIC",
         "RUNLEDGER_PROJECTOR_GROUP",
+        "RUNLEDGER_ANALYSIS_GROUP",
+        "RUNLEDGER_ANALYSIS_API_KEY",
     }
     assert essentials <= REQUIRED_ENV
     assert EMBEDDED_ONLY <= KNOWN_ENV  # a renamed embedded setting must be renamed here too
@@ -96,6 +106,9 @@ def _check_env(env: dict[str, str], where: str) -> None:
     )
     for name in ("RUNLEDGER_KAFKA_BOOTSTRAP", "RUNLEDGER_POSTGRES_DSN", "RUNLEDGER_CLICKHOUSE_URL"):
         assert env[name], f"{where}: {name} empty: the embedded part would start"
+    assert env["RUNLEDGER_ANALYSIS_GROUP"] != env["RUNLEDGER_PROJECTOR_GROUP"], (
+        f"{where}: the analysis service and the projectors must not share a consumer group"
+    )
 
 
 # --- compose ------------------------------------------------------------------------
@@ -135,6 +148,10 @@ def test_compose_runs_the_whole_distributed_stack(compose: Doc) -> None:
     assert infra | {"postgres", "minio", "prometheus", "grafana"} <= services
     roles = _by_role(compose)
     assert len(roles["api"]) >= 2 and len(roles["ingest"]) >= 2, roles
+    for role in SINGLE_REPLICA_ROLES:
+        assert len(roles[role]) == 1, f"exactly one {role} service per events topic: {roles[role]}"
+        (name,) = roles[role]
+        assert "deploy" not in compose["services"][name], "replicas would be set there"
     for name, svc in _runledger_services(compose).items():
         assert svc["build"]["dockerfile"] == "deploy/docker/Dockerfile", name
         assert (COMPOSE_DIR / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
@@ -149,6 +166,21 @@ def test_compose_runs_the_whole_distributed_stack(compose: Doc) -> None:
 def test_compose_sets_every_setting(compose: Doc) -> None:
     for name, svc in _runledger_services(compose).items():
         _check_env(_env(svc), f"compose {name}")
+
+
+def test_compose_takes_secrets_from_the_environment(compose: Doc) -> None:
+    """Keys are not written into the file: each comes from `docker compose`'s environment."""
+    for name, svc in _runledger_services(compose).items():
+        env = _env(svc)
+        for key in SECRET_KEYS:
+            assert env[key] == f"${{{key}:-}}", (name, key, env[key])
+
+
+def test_compose_consumers_stop_after_their_batch(compose: Doc) -> None:
+    for role in ("ingest", "analysis"):
+        for name in _by_role(compose)[role]:
+            # The consumer loop finishes its current batch on SIGTERM (Docker's default: 10 s).
+            assert compose["services"][name]["stop_grace_period"] == "60s", name
 
 
 def test_compose_store_addresses_point_at_compose_services(compose: Doc) -> None:
@@ -167,8 +199,8 @@ def test_compose_store_addresses_point_at_compose_services(compose: Doc) -> None
 
 
 def test_compose_ports_agree(compose: Doc) -> None:
-    """Every replica of both roles publishes RUNLEDGER_API_PORT (the API, or ingest's /healthz
-    and /metrics), each on its own host port."""
+    """Every replica of every role publishes RUNLEDGER_API_PORT (the API, or ingest's and
+    analysis's /healthz and /metrics), each on its own host port."""
     host_ports = []
     for name in _runledger_services(compose):
         svc = compose["services"][name]
@@ -437,9 +469,7 @@ def test_k8s_sets_every_setting(kustomization: Doc, k8s_docs: list[Doc]) -> None
 def test_credentials_stay_in_the_secret(kustomization: Doc) -> None:
     config = _literals(kustomization, "runledger-config")
     secret = _secret_example()["stringData"]
-    assert {"RUNLEDGER_POSTGRES_DSN", "RUNLEDGER_CLICKHOUSE_URL", "RUNLEDGER_BOOTSTRAP_API_KEY"} <= set(
-        secret
-    )
+    assert {"RUNLEDGER_POSTGRES_DSN", "RUNLEDGER_CLICKHOUSE_URL", *SECRET_KEYS} <= set(secret)
     assert not set(config) & set(secret), "a setting in both would depend on envFrom order"
     for name, value in config.items():
         assert urlsplit(value).password is None, name
@@ -465,7 +495,7 @@ def _selects(selector: dict[str, str], deployment: Doc) -> bool:
 
 @pytest.mark.parametrize("role", ROLES)
 def test_ports_agree(kustomization: Doc, k8s_docs: list[Doc], role: str) -> None:
-    """Both roles listen on RUNLEDGER_API_PORT; probes, Services and scrape annotations use it."""
+    """Every role listens on RUNLEDGER_API_PORT; probes, Services and scrape annotations use it."""
     port = int(_literals(kustomization, "runledger-config")["RUNLEDGER_API_PORT"])
     deployment, container = _deployment_roles(k8s_docs)[role]
     assert [p["containerPort"] for p in container["ports"]] == [port]
@@ -485,14 +515,31 @@ def test_ports_agree(kustomization: Doc, k8s_docs: list[Doc], role: str) -> None
             assert _resolve_port(container, sp["targetPort"]) == port
 
 
-def test_ingest_probes_are_its_healthz(k8s_docs: list[Doc]) -> None:
-    """The projector's heartbeat (GET /healthz) decides liveness, readiness and start-up."""
-    _, container = _deployment_roles(k8s_docs)["ingest"]
+@pytest.mark.parametrize("role", ["ingest", "analysis"])
+def test_consumer_probes_are_its_healthz(k8s_docs: list[Doc], role: str) -> None:
+    """The consumer loop's heartbeat (GET /healthz) decides liveness, readiness and start-up."""
+    _, container = _deployment_roles(k8s_docs)[role]
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["path"] == "/healthz", probe
-    # Stale after 30 s (services/ingest/app.py), so liveness must not fire much sooner.
+    # Stale after 30 s (services/ingest/app.py, both roles), so liveness must not fire much sooner.
     live = container["livenessProbe"]
     assert live["periodSeconds"] * live["failureThreshold"] >= 30
+
+
+@pytest.mark.parametrize("role", SINGLE_REPLICA_ROLES)
+def test_single_replica_roles_never_run_twice(k8s_docs: list[Doc], role: str) -> None:
+    """One replica, replaced by Recreate (no surge), with no autoscaler or disruption budget."""
+    deployment, _ = _deployment_roles(k8s_docs)[role]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}, "a rolling update would run two side by side"
+    # The consumer loop finishes its batch on SIGTERM.
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
+    name = deployment["metadata"]["name"]
+    hpas = _kind(k8s_docs, "HorizontalPodAutoscaler").values()
+    assert not [h for h in hpas if h["spec"]["scaleTargetRef"]["name"] == name], "an HPA would scale it"
+    pdbs = _kind(k8s_docs, "PodDisruptionBudget").values()
+    assert not [p for p in pdbs if _selects(p["spec"]["selector"]["matchLabels"], deployment)]
 
 
 def test_selectors_and_targets_resolve(k8s_docs: list[Doc]) -> None:
@@ -503,8 +550,12 @@ def test_selectors_and_targets_resolve(k8s_docs: list[Doc]) -> None:
             selector = selector.get("matchLabels", selector) if kind == "PodDisruptionBudget" else selector
             matched = [d for d in deployments.values() if _selects(selector, d)]
             assert len(matched) == 1, f"{kind} {name} selects {len(matched)} Deployments"
+    roles = _deployment_roles(k8s_docs)
+    # Every role but the single-replica ones scales (HPA) and has a disruption budget.
+    scaled = {d["metadata"]["name"] for role, (d, _) in roles.items() if role not in SINGLE_REPLICA_ROLES}
+    assert len(scaled) == len(ROLES) - len(SINGLE_REPLICA_ROLES)
     hpas = _kind(k8s_docs, "HorizontalPodAutoscaler")
-    assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas.values()} == set(deployments)
+    assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas.values()} == scaled
     for name, hpa in hpas.items():
         ref = hpa["spec"]["scaleTargetRef"]
         assert ref["kind"] == "Deployment" and ref["apiVersion"] == "apps/v1", name
@@ -512,7 +563,13 @@ def test_selectors_and_targets_resolve(k8s_docs: list[Doc]) -> None:
         assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"], name
         assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["spec"]["metrics"])
     pdbs = _kind(k8s_docs, "PodDisruptionBudget")
-    assert len(pdbs) == len(deployments)
+    budgeted = {
+        name
+        for pdb in pdbs.values()
+        for name, d in deployments.items()
+        if _selects(pdb["spec"]["selector"]["matchLabels"], d)
+    }
+    assert len(pdbs) == len(scaled) and budgeted == scaled
 
 
 def test_kafka_topics_match_the_settings(kustomization: Doc, k8s_docs: list[Doc]) -> None:
@@ -637,6 +694,7 @@ def _fake_proc(root: Path, argv: list[str], state: str) -> Path:
     [
         (["/opt/venv/bin/python", "/opt/venv/bin/runledger", "serve", "ingest"], "ingest"),
         (["python", "-m", "runledger.serve", "api"], "api"),
+        (["/opt/venv/bin/python", "/opt/venv/bin/runledger", "serve", "analysis"], "analysis"),
         (["/opt/venv/bin/python", "/opt/venv/bin/runledger", "up"], ""),
     ],
 )

@@ -283,15 +283,15 @@ def test_ingest_serves_metrics_and_no_docs() -> None:
     assert client.get("/docs").status_code == 404
 
 
-def test_heartbeat_age_of_the_projector_thread() -> None:
+def test_heartbeat_age_of_a_service_thread() -> None:
     from runledger.serve import ProjectorThread
 
     thread = ProjectorThread(Settings(), cast(ClickHouse, object()))
     try:
         assert thread.heartbeat_age() is None  # no projector yet
-        thread.projector = type("P", (), {"heartbeat": 0.0})()
+        thread.service = type("P", (), {"heartbeat": 0.0})()
         assert thread.heartbeat_age() is None  # its loop has not turned yet
-        thread.projector = type("P", (), {"heartbeat": time.monotonic() - 5})()
+        thread.service = type("P", (), {"heartbeat": time.monotonic() - 5})()
         age = thread.heartbeat_age()
         assert age is not None and 5 <= age < 10
     finally:

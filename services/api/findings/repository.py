@@ -36,6 +36,7 @@ class FindingFilters:
     experiment_ids: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
     since: int | None = None  # milliseconds since the epoch, inclusive
+    keys: list[str] = field(default_factory=list)  # metric keys of anomalies (payload `key`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,8 @@ class FindingRepository:
             where.add(f"experiment_id = ANY({where.param(filters.experiment_ids)}::text[])")
         if filters.kinds:
             where.add(f"kind = ANY({where.param(filters.kinds)}::text[])")
+        if filters.keys:
+            where.add(f"body->>'key' = ANY({where.param(filters.keys)}::text[])")
         if filters.since is not None:
             where.add(f"occurred_at >= {where.param(EPOCH + timedelta(milliseconds=filters.since))}")
         if after is not None:

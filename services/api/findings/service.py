@@ -40,7 +40,9 @@ class FindingService:
         readable: frozenset[str] | None,
         shared: dict[str, str] | None,
     ) -> FindingList:
-        scope = fingerprint("findings", filters.run_ids, filters.experiment_ids, filters.kinds, filters.since)
+        scope = fingerprint(
+            "findings", filters.run_ids, filters.experiment_ids, filters.kinds, filters.since, filters.keys
+        )
         after = time_id_position(page_token, scope)
         if after is not None:
             try:

@@ -1,0 +1,286 @@
+"""The analysis service: its own consumer of the events topic, detectors per series, findings out.
+
+One batch at a time:
+1. poll records of every partition; keep the events whose signature, key and permission
+   check out (the projector's gate, checks 1-3: a forged event must not make a finding);
+2. feed metric points to the series and cohort detectors, terminal run statuses to the
+   cohorts (final-value outliers);
+3. publish the findings (analysis.anomaly_detected, ids derived from series, kind and
+   step) and, for outlier runs, an attribution request; wait for Kafka's acknowledgement;
+4. every RUNLEDGER_ANALYSIS_CHECKPOINT_INTERVAL_S (and on a clean stop), store the
+   detector states changed since the last checkpoint and the partitions' offsets in one
+   transaction (not per batch: at fleet scale most batches touch thousands of series).
+A crash anywhere repeats at most what came after the last checkpoint, from the states
+that match its offsets: the same findings with the same ids, which the projector applies once.
+
+It takes every partition itself (no consumer group rebalances): cohorts span partitions,
+so one instance serves a topic; docs/scaling.md says how to shard it by topic.
+Attribution jobs and webhook deliveries (services/analysis/webhooks.py) run beside the
+consumer loop in the same process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from runledger.analysis.tuning import Tuning
+from runledger.auth.keys import ApiKey
+from runledger.config import Settings
+from runledger.events.codec import InvalidEvent, decode
+from runledger.events.metric_columns import MetricColumns
+from runledger.events.models import PLATFORM_REPORTED, EventType, RunStatus, StatusChangedPayload
+from runledger.stores.postgres import directory
+from services import observability as metrics
+from services.analysis import store
+from services.analysis.attribution_jobs import AttributionWorker
+from services.analysis.detectors import BatchInput, DetectorBank, Finding
+from services.analysis.reports import Outgoing, Reporter
+from services.analysis.store import StateKey
+from services.analysis.webhooks import WebhookDispatcher
+from services.ingest.gate import Gate, Rejected
+from services.ingest.projector import BrokerRestarted, consumer_config
+
+log = logging.getLogger(__name__)
+
+_POLL_RECORDS = 5000
+# A checkpoint is also taken once this many detectors changed (bounds the memory that
+# cannot be evicted and the work a crash repeats).
+_MAX_DIRTY = 50_000
+_TERMINAL = frozenset({RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED})
+# Kinds whose finding starts an attribution of the flagged run against its siblings.
+AUTO_ATTRIBUTION_KINDS = frozenset({"outlier_run"})
+
+
+class AnalysisService:
+    """Runs until `stop` is set; restarts its consumer when the broker restarts."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, key: ApiKey) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._reporter = Reporter(key)
+        self.stop = asyncio.Event()
+        self.heartbeat = 0.0
+        self.analysed_points = 0
+        self.published_findings = 0
+        self._bank = DetectorBank(self._load_states, self._stored_keys, settings.analysis_max_series_cached)
+        # Offsets analysed since the last checkpoint (partition -> last offset), and when that was.
+        self._unsaved: dict[int, int] = {}
+        self._checkpointed = time.monotonic()
+        self._settings_version: tuple[int, Any] | None = None
+        self._settings_checked = 0.0
+
+    async def run(self) -> None:
+        """Consume, detect and publish until stopped; attribution jobs and webhooks beside."""
+        s = self._settings
+        producer = KafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap.split(","), acks="all", linger_ms=5, enable_idempotence=False
+        )
+        worker = AttributionWorker(s, self._pool, self._reporter, producer)
+        side_tasks = [asyncio.create_task(worker.run(self.stop), name="attribution-worker")]
+        dispatcher = _webhook_dispatcher(self._pool, s)
+        side_tasks.append(asyncio.create_task(dispatcher.run(self.stop), name="webhook-dispatcher"))
+        auth = await directory.watch(self._pool, s.auth_poll_interval_s)
+        try:
+            while not self.stop.is_set():
+                try:
+                    await self._consume(producer, Gate(lambda: auth.authorizer, auth.refresh))
+                except BrokerRestarted as exc:
+                    log.warning("broker restarted (%s); reloading positions", exc)
+                    self._bank.clear()
+                except Exception:
+                    log.exception("analysis loop failed; restarting in 1 s")
+                    self._bank.clear()
+                    await asyncio.sleep(1)
+        finally:
+            self.stop.set()
+            for task in side_tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(task, 10)
+            await auth.close()
+            await asyncio.to_thread(producer.close, 5)
+
+    async def _consume(self, producer: KafkaProducer, gate: Gate) -> None:
+        s = self._settings
+        config = consumer_config(s) | {"group_id": s.analysis_group, "max_poll_records": _POLL_RECORDS}
+        consumer = await asyncio.to_thread(KafkaConsumer, **config)
+        try:
+            while s.events_topic not in await asyncio.to_thread(consumer.topics):
+                self.heartbeat = time.monotonic()
+                if self.stop.is_set():
+                    return
+                await asyncio.sleep(0.5)
+            numbers = await asyncio.to_thread(consumer.partitions_for_topic, s.events_topic)
+            partitions = [TopicPartition(s.events_topic, p) for p in sorted(numbers or ())]
+            consumer.assign(partitions)
+            incarnation = consumer._client.cluster.cluster_id or "static"
+            async with self._pool.acquire() as conn:
+                offsets = await store.load_offsets(conn, s.analysis_group, incarnation, s.events_topic)
+            for tp in partitions:
+                consumer.seek(tp, offsets.get(tp.partition, -1) + 1)
+            log.info("analysing %d partitions from offsets %s", len(partitions), offsets or "the start")
+            self._unsaved = {}
+            while not self.stop.is_set():
+                self.heartbeat = time.monotonic()
+                await self._refresh_tuning()
+                polled = await asyncio.to_thread(consumer.poll, 100, _POLL_RECORDS)
+                if (consumer._client.cluster.cluster_id or "static") != incarnation:
+                    raise BrokerRestarted(
+                        f"cluster id {incarnation} -> {consumer._client.cluster.cluster_id}"
+                    )
+                if polled:
+                    await self._analyse(polled, producer, gate, incarnation)
+                elif time.monotonic() - self._checkpointed >= s.analysis_checkpoint_interval_s:
+                    await self._checkpoint(incarnation)
+            await self._checkpoint(incarnation)  # a clean stop leaves nothing to analyse again
+        finally:
+            await asyncio.to_thread(consumer.close, False)
+
+    async def _analyse(
+        self, polled: dict[TopicPartition, list[Any]], producer: KafkaProducer, gate: Gate, incarnation: str
+    ) -> None:
+        """Steps 1-4 of the module docstring for one polled batch."""
+        s = self._settings
+        started = time.perf_counter()
+        await gate.refresh_for(r.value for records in polled.values() for r in records if r.value)
+        checks = gate.batch()
+        batch = BatchInput()
+        offsets: dict[int, int] = {}
+        newest_ms = 0
+        points_before = self.analysed_points
+        for tp, records in polled.items():
+            offsets[tp.partition] = records[-1].offset
+            newest_ms = max(newest_ms, records[-1].timestamp)
+            for record in records:
+                self._take(record.value, checks, batch)
+        findings = await self._bank.analyse(batch)
+        outgoing = self._reports(findings)
+        if outgoing:
+            await asyncio.to_thread(_publish, producer, s.events_topic, outgoing)
+            self.published_findings += len(findings)
+            for f in findings:
+                metrics.ANALYSIS_FINDINGS.labels(f.anomaly.kind).inc()
+        self._unsaved.update(offsets)
+        due = time.monotonic() - self._checkpointed >= s.analysis_checkpoint_interval_s
+        if due or self._bank.dirty_count >= _MAX_DIRTY:
+            await self._checkpoint(incarnation)
+        metrics.ANALYSIS_POINTS.inc(self.analysed_points - points_before)
+        metrics.ANALYSIS_BATCH_SECONDS.observe(time.perf_counter() - started)
+        if newest_ms:
+            metrics.ANALYSIS_LAG_SECONDS.set(max(0.0, time.time() - newest_ms / 1000))
+
+    async def _checkpoint(self, incarnation: str) -> None:
+        """Store the changed detector states and the offsets they match, in one transaction."""
+        s = self._settings
+        if self._unsaved:
+            states = self._bank.take_dirty()
+            async with self._pool.acquire() as conn, conn.transaction():
+                await store.save_states(conn, states)
+                await store.save_offsets(conn, s.analysis_group, incarnation, s.events_topic, self._unsaved)
+            self._unsaved = {}
+            self._bank.evict()
+        self._checkpointed = time.monotonic()
+
+    def _take(self, raw: bytes | None, checks: Any, batch: BatchInput) -> None:
+        """Add one record to the batch if it is a verified event the detectors want."""
+        if not raw or (b"run.metrics_logged" not in raw and b"run.status_changed" not in raw):
+            return  # other types do not concern us (a cheap look before decoding)
+        try:
+            event = decode(raw)
+        except InvalidEvent:
+            return
+        env = event.envelope
+        if env.type in PLATFORM_REPORTED or isinstance(checks.verify(event), Rejected):
+            return
+        assert env.run_id is not None and env.experiment_id is not None
+        if env.type is EventType.METRICS_LOGGED:
+            cols = event.payload
+            assert isinstance(cols, MetricColumns)
+            batch.add_metrics(
+                env.tenant_id,
+                env.experiment_id,
+                env.run_id,
+                cols.keys,
+                cols.key_index,
+                cols.steps,
+                cols.values,
+            )
+            self.analysed_points += len(cols)
+        elif env.type is EventType.STATUS_CHANGED:
+            payload = event.payload
+            assert isinstance(payload, StatusChangedPayload)
+            if payload.status in _TERMINAL:
+                batch.finished.append((env.tenant_id, env.experiment_id, env.run_id))
+
+    def _reports(self, findings: list[Finding]) -> list[Outgoing]:
+        """The events of a batch's findings, and attribution requests for outlier runs."""
+        out: list[Outgoing] = []
+        for f in findings:
+            a = f.anomaly
+            event = self._reporter.anomaly(
+                f.tenant_id, f.experiment_id, f.run_id, f.key, a.kind, a.step, a.severity, a.evidence
+            )
+            out.append(event)
+            if self._settings.attribution_auto and a.kind in AUTO_ATTRIBUTION_KINDS:
+                request = {
+                    "metric": f.key,
+                    "candidate_run_ids": [f.run_id],
+                    "baseline_run_ids": [],
+                    "trigger": {"by": "finding", "finding_event_id": event.event_id, "kind": a.kind},
+                }
+                out.append(
+                    self._reporter.attribution_request(f.tenant_id, f.experiment_id, request, event.event_id)
+                )
+        return out
+
+    async def _refresh_tuning(self) -> None:
+        """Reload the tenants' detector settings when they changed (checked every few seconds)."""
+        now = time.monotonic()
+        if now - self._settings_checked < self._settings.analysis_settings_refresh_s:
+            return
+        self._settings_checked = now
+        async with self._pool.acquire() as conn:
+            version = await store.settings_version(conn)
+            if version == self._settings_version:
+                return
+            rows = await store.load_settings(conn)
+        tuning: dict[str, list[Tuning]] = {}
+        for row in rows:
+            tuning.setdefault(row.tenant_id, []).append(Tuning(row.experiment_id, row.key, row.overrides))
+        self._bank.set_tuning(tuning)
+        self._settings_version = version
+
+    async def _load_states(self, keys: Iterable[StateKey]) -> dict[StateKey, dict[str, Any]]:
+        async with self._pool.acquire() as conn:
+            return await store.load_states(conn, keys)
+
+    async def _stored_keys(self, runs: list[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
+        async with self._pool.acquire() as conn:
+            return await store.stored_series_keys(conn, runs)
+
+
+def _publish(producer: KafkaProducer, topic: str, events: list[Outgoing]) -> None:
+    """Send and wait until Kafka acknowledged every event (raises otherwise)."""
+    futures = [producer.send(topic, key=e.key, value=e.value) for e in events]
+    producer.flush()
+    for future in futures:
+        future.get(timeout=30)
+
+
+def _webhook_dispatcher(pool: asyncpg.Pool, s: Settings) -> WebhookDispatcher:
+    """The webhook dispatcher of this process, tuned by the settings."""
+    return WebhookDispatcher(
+        pool,
+        http_timeout_s=s.webhook_http_timeout_s,
+        max_attempts=s.webhook_max_attempts,
+        backoff_base_s=s.webhook_backoff_base_s,
+        backoff_cap_s=s.webhook_backoff_cap_s,
+        concurrency=s.webhook_concurrency,
+    )

@@ -1,0 +1,144 @@
+"""The analysis service's Postgres side: detector states, its offsets, and detector settings.
+
+States and offsets are written in one transaction per batch (after the batch's findings
+are acknowledged by Kafka), so a restart resumes from a state that matches its offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from runledger.stores.postgres import PgConnection
+
+SERIES = "series"  # scope_id = run_id
+COHORT = "cohort"  # scope_id = experiment_id
+
+
+@dataclass(frozen=True, slots=True)
+class StateKey:
+    """Which detector: a run's series of one metric, or an experiment's cohort of one metric."""
+
+    tenant_id: str
+    scope: str
+    scope_id: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsRow:
+    """Detector overrides of a tenant, narrowed to an experiment and/or a metric key ('' = any)."""
+
+    tenant_id: str
+    experiment_id: str
+    key: str
+    overrides: dict[str, Any]
+
+
+async def load_states(conn: PgConnection, keys: Iterable[StateKey]) -> dict[StateKey, dict[str, Any]]:
+    """The stored states of `keys` (absent ones are new series)."""
+    wanted = list(keys)
+    if not wanted:
+        return {}
+    rows = await conn.fetch(
+        "SELECT s.tenant_id, s.scope, s.scope_id, s.key, s.state::text AS state FROM analysis_series_state s"
+        " JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS w(t, sc, id, k)"
+        " ON s.tenant_id = w.t AND s.scope = w.sc AND s.scope_id = w.id AND s.key = w.k",
+        [k.tenant_id for k in wanted],
+        [k.scope for k in wanted],
+        [k.scope_id for k in wanted],
+        [k.key for k in wanted],
+    )
+    return {
+        StateKey(r["tenant_id"], r["scope"], r["scope_id"], r["key"]): orjson.loads(r["state"]) for r in rows
+    }
+
+
+async def save_states(conn: PgConnection, states: Mapping[StateKey, dict[str, Any]]) -> None:
+    """Upsert the states of the detectors a batch changed (one statement)."""
+    if not states:
+        return
+    keys = list(states)
+    await conn.execute(
+        "INSERT INTO analysis_series_state (tenant_id, scope, scope_id, key, state, updated_at)"
+        " SELECT t, sc, id, k, s::jsonb, now()"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS w(t, sc, id, k, s)"
+        " ON CONFLICT (tenant_id, scope, scope_id, key)"
+        " DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+        [k.tenant_id for k in keys],
+        [k.scope for k in keys],
+        [k.scope_id for k in keys],
+        [k.key for k in keys],
+        [orjson.dumps(states[k], option=orjson.OPT_SERIALIZE_NUMPY).decode() for k in keys],
+    )
+
+
+async def stored_series_keys(
+    conn: PgConnection, runs: list[tuple[str, str]]
+) -> dict[tuple[str, str], list[str]]:
+    """The metric keys of each (tenant, run) whose series state is stored."""
+    if not runs:
+        return {}
+    rows = await conn.fetch(
+        "SELECT s.tenant_id, s.scope_id, s.key FROM analysis_series_state s"
+        " JOIN unnest($1::text[], $2::text[]) AS w(t, r) ON s.tenant_id = w.t AND s.scope_id = w.r"
+        f" WHERE s.scope = '{SERIES}'",
+        [t for t, _ in runs],
+        [r for _, r in runs],
+    )
+    found: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        found.setdefault((r["tenant_id"], r["scope_id"]), []).append(r["key"])
+    return found
+
+
+async def load_offsets(conn: PgConnection, group: str, incarnation: str, topic: str) -> dict[int, int]:
+    """partition -> last offset whose effects are stored (absent: start from the beginning)."""
+    rows = await conn.fetch(
+        "SELECT partition, committed FROM analysis_checkpoints"
+        " WHERE consumer_group = $1 AND incarnation = $2 AND topic = $3",
+        group,
+        incarnation,
+        topic,
+    )
+    return {r["partition"]: r["committed"] for r in rows}
+
+
+async def save_offsets(
+    conn: PgConnection, group: str, incarnation: str, topic: str, offsets: Mapping[int, int]
+) -> None:
+    """Record how far each partition has been analysed."""
+    if not offsets:
+        return
+    parts = sorted(offsets)
+    await conn.execute(
+        "INSERT INTO analysis_checkpoints (consumer_group, incarnation, topic, partition, committed, updated_at)"
+        " SELECT $1, $2, $3, p, c, now() FROM unnest($4::int[], $5::bigint[]) AS w(p, c)"
+        " ON CONFLICT (consumer_group, incarnation, topic, partition)"
+        " DO UPDATE SET committed = excluded.committed, updated_at = excluded.updated_at",
+        group,
+        incarnation,
+        topic,
+        parts,
+        [offsets[p] for p in parts],
+    )
+
+
+async def load_settings(conn: PgConnection) -> list[SettingsRow]:
+    """Every tenant's detector settings (small: a few rows per tenant)."""
+    rows = await conn.fetch(
+        "SELECT tenant_id, experiment_id, key, overrides::text AS overrides FROM anomaly_settings"
+    )
+    return [
+        SettingsRow(r["tenant_id"], r["experiment_id"], r["key"], orjson.loads(r["overrides"])) for r in rows
+    ]
+
+
+async def settings_version(conn: PgConnection) -> tuple[int, Any]:
+    """A cheap fingerprint of the settings table (row count, last change)."""
+    row = await conn.fetchrow("SELECT count(*) AS n, max(updated_at) AS at FROM anomaly_settings")
+    assert row is not None
+    return int(row["n"]), row["at"]

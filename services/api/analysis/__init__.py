@@ -1,0 +1,1 @@
+"""Routes of the analysis service's results: anomalies, attributions, detector settings."""

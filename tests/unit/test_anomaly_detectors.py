@@ -1,0 +1,305 @@
+"""Streaming anomaly detectors (runledger.analysis.detection): planted cases, config, state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from bench.anomaly_data import clean_curve, experiment, planted
+from runledger.analysis.detection import (
+    KINDS,
+    Anomaly,
+    CohortDetector,
+    DetectorConfig,
+    SeriesDetector,
+    infer_direction,
+)
+
+CFG = DetectorConfig()
+
+
+def _loss(n: int = 400, seed: int = 0, noise: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n, dtype=np.float64)
+    clean = 0.5 + 2.0 * np.exp(-t / 150)
+    return np.arange(1, n + 1, dtype=np.int64), clean * (1 + noise * rng.standard_normal(n))
+
+
+def _acc(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n, dtype=np.float64)
+    clean = 0.9 - 0.8 * np.exp(-t / 150)
+    return np.arange(1, n + 1, dtype=np.int64), clean + 0.005 * rng.standard_normal(n)
+
+
+def _run(
+    key: str, steps: np.ndarray, values: np.ndarray, cfg: DetectorConfig = CFG, batch: int = 50
+) -> list[Anomaly]:
+    d = SeriesDetector(key, cfg)
+    out: list[Anomaly] = []
+    for lo in range(0, len(steps), batch):
+        out += d.update(steps[lo : lo + batch], values[lo : lo + batch])
+    return out
+
+
+def _roundtrip_equal(key: str, steps: np.ndarray, values: np.ndarray, splits: list[int]) -> list[Anomaly]:
+    whole = _run(key, steps, values, batch=len(steps))
+    for k in splits:
+        d = SeriesDetector(key, CFG)
+        first = d.update(steps[:k], values[:k])
+        state = orjson.loads(orjson.dumps(d.to_state()))
+        rest = SeriesDetector.from_state(key, CFG, state).update(steps[k:], values[k:])
+        assert first + rest == whole, f"split at {k}"
+    return whole
+
+
+# ------------------------------------------------------------------ direction
+
+
+@pytest.mark.parametrize(
+    ("key", "want"),
+    [
+        ("loss", "min"),
+        ("val/loss", "min"),
+        ("train_loss", "min"),
+        ("eval.perplexity", "min"),
+        ("val/rmse", "min"),
+        ("val/acc", "max"),
+        ("eval.top1_accuracy", "max"),
+        ("train/f1", "max"),
+        ("valAccuracy", "max"),
+        ("val/bleu", "max"),
+        ("episode_reward", "max"),
+        ("val/ndcg@10", "max"),
+        ("grad_norm", "min"),
+    ],
+)
+def test_infer_direction(key: str, want: str) -> None:
+    assert infer_direction(key) == want
+
+
+# ------------------------------------------------------------------ planted cases
+
+
+def test_spike_single_finding_at_the_spike() -> None:
+    steps, v = _loss()
+    v[250] *= 3
+    found = _run("val/loss", steps, v)
+    assert [(a.kind, a.step) for a in found] == [("spike", 251)]
+    a = found[0]
+    assert 0.5 < a.severity <= 1 and "jumped" in a.evidence["message"]
+    orjson.dumps(a.evidence)
+
+
+def test_three_point_spike_is_one_spike() -> None:
+    steps, v = _loss()
+    v[250:253] *= 2.5
+    assert [(a.kind, a.step) for a in _run("loss", steps, v)] == [("spike", 251)]
+
+
+@pytest.mark.parametrize("factor", [1.3, 0.75])
+def test_level_shift_either_way(factor: float) -> None:
+    steps, v = _loss()
+    v[250:] *= factor
+    found = _run("loss", steps, v)
+    assert [(a.kind, a.step) for a in found] == [("level_shift", 251)]
+    assert found[0].evidence["worse"] is (factor > 1)
+
+
+def test_divergence_ramp_and_explosion() -> None:
+    steps, v = _loss()
+    ramp = v.copy()
+    ramp[250:] += 0.01 * np.arange(150)
+    found = _run("loss", steps, ramp)
+    assert [a.kind for a in found] == ["divergence"]
+    assert 245 <= found[0].step <= 265
+    boom = v.copy()
+    boom[250:] *= np.exp(0.2 * np.arange(150))
+    found = _run("loss", steps, boom)
+    assert [a.kind for a in found] == ["divergence"]
+    assert 249 <= found[0].step <= 253  # the break of the fit, +-2 points of the onset (step 251)
+
+
+def test_plateau_reported_once() -> None:
+    steps, v = _loss(noise=0.005)
+    v[200:] = v[200] * (1 + 0.005 * np.random.default_rng(1).standard_normal(200))
+    found = _run("loss", steps, v)
+    assert [a.kind for a in found] == ["plateau"]
+    assert 195 <= found[0].step <= 215
+    assert found[0].evidence["detected_at_step"] > found[0].step
+
+
+def test_non_finite_one_per_run_of_values() -> None:
+    steps, v = _loss()
+    v[100:103] = np.nan
+    v[200] = np.inf
+    found = _run("loss", steps, v)
+    assert [(a.kind, a.step) for a in found] == [("non_finite", 101), ("non_finite", 201)]
+
+
+# ------------------------------------------------------------------ direction awareness
+
+
+def test_direction_awareness_and_override() -> None:
+    steps, acc = _acc()
+    assert _run("val/accuracy", steps, acc) == []  # rising accuracy is fine
+    collapse = acc.copy()
+    collapse[250:] -= 0.004 * np.arange(150)
+    assert [a.kind for a in _run("val/accuracy", steps, collapse)] == ["divergence"]
+    steps, loss = _loss()
+    rising = loss[::-1].copy()  # a loss that only goes up: divergence ...
+    assert "divergence" in [a.kind for a in _run("loss", steps, rising)]
+    # ... unless the metric is declared "max"
+    assert _run("loss", steps, rising, CFG.with_overrides({"direction": "max"})) == []
+
+
+def test_warmup_suppresses_early_points() -> None:
+    steps, v = _loss()
+    v[5] *= 5
+    assert _run("loss", steps, v) == []
+    v[3] = np.nan
+    assert [a.kind for a in _run("loss", steps, v)] == ["non_finite"]  # NaN alarms in warm-up
+    cfg = CFG.with_overrides({"non_finite_in_warmup": False})
+    assert _run("loss", steps, v, cfg) == []
+    steps, v = _loss()
+    v[60] *= 3
+    assert _run("loss", steps, v, CFG.with_overrides({"warmup_steps": 100})) == []
+
+
+def test_repeated_and_out_of_order_steps_are_ignored() -> None:
+    steps, v = _loss()
+    d = SeriesDetector("loss", CFG)
+    d.update(steps[:200], v[:200])
+    assert d.update(steps[100:150], v[100:150] * 10) == []  # replayed steps
+    assert d.n == 200
+
+
+# ------------------------------------------------------------------ config
+
+
+def test_config_overrides_and_validation() -> None:
+    cfg = CFG.with_overrides(
+        {"direction": "max", "warmup_steps": 50, "spike_threshold": 9, "enabled_kinds": ["spike", "plateau"]}
+    )
+    assert cfg.direction == "max" and cfg.warmup_steps == 50 and cfg.spike_threshold == 9.0
+    assert cfg.enabled_kinds == frozenset({"spike", "plateau"})
+    assert CFG.with_overrides({"disabled_kinds": ["plateau"]}).enabled_kinds == frozenset(KINDS) - {"plateau"}
+    assert DetectorConfig().with_overrides(cfg.to_dict()) == cfg
+    orjson.dumps(cfg.to_dict())
+    bad: list[dict[str, Any]] = [
+        {"nope": 1},
+        {"direction": "up"},
+        {"warmup_steps": "10"},
+        {"warmup_steps": 1.5},
+        {"warmup_steps": True},
+        {"spike_threshold": -1},
+        {"spike_threshold": "high"},
+        {"enabled_kinds": "spike"},
+        {"enabled_kinds": ["spike", "bogus"]},
+        {"non_finite_in_warmup": 1},
+    ]
+    for b in bad:
+        with pytest.raises(ValueError):
+            CFG.with_overrides(b)
+
+
+def test_disabled_kind_is_not_reported() -> None:
+    steps, v = _loss()
+    v[250] *= 3
+    assert _run("loss", steps, v, CFG.with_overrides({"disabled_kinds": ["spike"]})) == []
+
+
+# ------------------------------------------------------------------ state
+
+
+@pytest.mark.parametrize("kind", ["spike", "level_shift", "divergence", "plateau", "non_finite"])
+def test_state_roundtrip_gives_identical_findings(kind: str) -> None:
+    rng = np.random.default_rng(7)
+    s = planted(rng, kind, n=400)
+    o = int(np.searchsorted(s.steps, s.onset_step))
+    splits = sorted({*range(1, 400, 37), *range(max(1, o - 3), min(399, o + 45))})
+    whole = _roundtrip_equal(s.key, s.steps, s.values, splits)
+    assert kind in [a.kind for a in whole]
+
+
+def test_state_is_bounded() -> None:
+    steps, v = _loss(n=20_000)
+    d = SeriesDetector("loss", CFG)
+    d.update(steps, v)
+    assert len(orjson.dumps(d.to_state())) < 8_000
+
+
+# ------------------------------------------------------------------ cohort
+
+
+def _feed_cohort(
+    d: CohortDetector, runs: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> list[tuple[str, Anomaly]]:
+    out: list[tuple[str, Anomaly]] = []
+    n = len(next(iter(runs.values()))[0])
+    for lo in range(0, n, 50):
+        for rid, (st, va) in runs.items():
+            out += d.update(rid, st[lo : lo + 50], va[lo : lo + 50])
+    for rid in runs:
+        out += d.finish(rid)
+    return out
+
+
+def test_cohort_curve_outlier_once() -> None:
+    runs = {f"r{i}": _loss(seed=i) for i in range(8)}
+    steps, v = runs["r3"]
+    runs["r3"] = (steps, v * 1.6)
+    found = _feed_cohort(CohortDetector("val/loss", CFG), runs)
+    assert [(r, a.kind, a.evidence["basis"]) for r, a in found] == [("r3", "outlier_run", "curve")]
+
+
+def test_cohort_final_value_outlier_and_state() -> None:
+    runs = {f"r{i}": _loss(seed=i) for i in range(8)}
+    steps, v = runs["r5"]
+    v = v.copy()
+    v[-3:] *= 2.0  # only the end differs: caught on completion
+    runs["r5"] = (steps, v)
+    d = CohortDetector("val/loss", CFG)
+    for rid, (st, va) in runs.items():
+        assert d.update(rid, st, va) == []
+    d = CohortDetector.from_state("val/loss", CFG, orjson.loads(orjson.dumps(d.to_state())))
+    found: list[tuple[str, Anomaly]] = []
+    for rid in runs:
+        found += d.finish(rid)
+    assert [(r, a.evidence["basis"]) for r, a in found] == [("r5", "final")]
+
+
+def test_cohort_needs_min_siblings_and_caps_runs() -> None:
+    runs = {f"r{i}": _loss(seed=i) for i in range(4)}
+    runs["r0"] = (runs["r0"][0], runs["r0"][1] * 3)
+    assert _feed_cohort(CohortDetector("loss", CFG), runs) == []
+    d = CohortDetector("loss", CFG.with_overrides({"cohort_max_runs": 10}))
+    for i in range(30):
+        d.update(f"r{i}", *_loss(n=50, seed=i))
+    assert len(d.runs) == 10
+
+
+def test_cohort_clean_experiments_have_no_findings() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        ex = experiment(rng, with_outlier=False)
+        d = CohortDetector(ex.key, CFG)
+        runs = {rid: (s.steps, s.values) for rid, s in ex.runs.items()}
+        assert _feed_cohort(d, runs) == []
+
+
+# ------------------------------------------------------------------ false positives
+
+
+def test_no_findings_on_200_clean_realistic_series() -> None:
+    rng = np.random.default_rng(2024)
+    noisy: list[tuple[str, list[tuple[str, int]]]] = []
+    for _ in range(200):
+        s = clean_curve(rng, n=int(rng.integers(200, 1500)))
+        found = _run(s.key, s.steps, s.values, batch=500)
+        if found:
+            noisy.append((s.key, [(a.kind, a.step) for a in found]))
+    assert noisy == []
