@@ -3,9 +3,10 @@
 Factors are namespaced by what they record: `params.<key>`, `tags.<key>`,
 `code.commit|branch|dirty` (code state, or the git.* / mlflow.source.git.commit tags),
 `env.python`, `env.<package>` (installed versions that differ between the runs),
-`hardware.cuda|driver`, `data.<dataset>` (digest of each logged dataset input). The metric
-of a run is its latest value. Factors that cannot explain anything are left out:
-MLflow's bookkeeping tags, and text that differs on every run (names, paths, ids).
+`hardware.cuda|driver` (and `hardware.*` tags), `data.<dataset>` (digest of each logged
+dataset input, and `data.*` tags). The metric of a run is its latest value. Factors that
+cannot explain anything are left out: MLflow's bookkeeping tags, and text that differs on
+every run (names, paths, ids).
 """
 
 from __future__ import annotations
@@ -128,8 +129,8 @@ async def load_run_table(
         key: str = r["key"]
         if key in _CODE_TAGS:
             put(_CODE_TAGS[key], r["run_id"], r["value"])
-        elif key == "env.hash":
-            put("env.hash", r["run_id"], r["value"])
+        elif key == "env.hash" or key.startswith(("hardware.", "data.")):
+            put(key, r["run_id"], r["value"])  # already a factor namespace (kind by prefix)
         elif not key.startswith(_DROPPED_TAG_PREFIXES):
             put(f"tags.{key}", r["run_id"], _value(r["value"]))
     for r in await conn.fetch(
