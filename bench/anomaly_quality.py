@@ -33,7 +33,8 @@ from collections import defaultdict
 import numpy as np
 
 from bench.anomaly_data import SERIES_KINDS, Series, clean_curve, experiment, planted
-from runledger.analysis.detection import KINDS, CohortDetector, DetectorConfig, SeriesDetector
+from runledger.analysis.cohort import CohortDetector
+from runledger.analysis.detection import KINDS, DetectorConfig, SeriesDetector
 
 EARLY = 5  # points before the onset ...
 LATE = 20  # ... and after it within which a reported step matches the planted incident

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from runledger.analysis.detection import Anomaly, CohortDetector, DetectorConfig, SeriesDetector
+from runledger.analysis.cohort import CohortDetector
+from runledger.analysis.detection import Anomaly, DetectorConfig, SeriesDetector
 from runledger.analysis.tuning import Tuning, merged_overrides
 from services.analysis.store import COHORT, SERIES, StateKey
 
