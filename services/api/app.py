@@ -28,6 +28,7 @@ from services.api.deps import AuthenticateApi, Runtime, get_principal
 from services.api.documents import endpoints as documents
 from services.api.events import endpoints as events
 from services.api.experiments import endpoints as experiments
+from services.api.exports import endpoints as exports
 from services.api.findings import endpoints as findings
 from services.api.handlers import install_error_handlers
 from services.api.identity import endpoints as identity
@@ -36,6 +37,7 @@ from services.api.lineage import endpoints as lineage
 from services.api.metrics import endpoints as metrics
 from services.api.mlflow import endpoints as mlflow
 from services.api.mlflow_artifacts import endpoints as mlflow_artifacts
+from services.api.odata import endpoints as odata
 from services.api.orgs import endpoints as orgs
 from services.api.publisher import EventPublisher, KafkaEventPublisher
 from services.api.quotas import QuotaGate, usage_reader
@@ -139,4 +141,6 @@ def create_app(
         app.include_router(router, dependencies=authenticated)
     app.include_router(artifacts.router, prefix=API_PREFIX, dependencies=authenticated)
     app.include_router(mlflow_artifacts.router, prefix=mlflow_artifacts.PREFIX, dependencies=authenticated)
+    app.include_router(exports.router, prefix=API_PREFIX, dependencies=authenticated)
+    app.include_router(odata.router, dependencies=authenticated)  # /odata/: BI tools, basic auth
     return app

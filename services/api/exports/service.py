@@ -1,0 +1,390 @@
+"""The export tables as streams of Arrow record batches, page by page (never the whole table).
+
+Rows come from the caller's tenant (and experiments shared with it, when the request names
+them); a grant narrowed to some experiments narrows the export. Runs are selected with
+the MLflow run search grammar (`filter`) and its keyset SQL (search_run_ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from runledger.stores.clickhouse import ClickHouse
+from services.api.access import Access
+from services.api.errors import InvalidParameter
+from services.api.exports import repository as repo
+from services.api.findings.repository import FindingFilters, FindingRepository
+from services.api.mlflow import experiment_filter
+from services.api.mlflow.search import Condition, parse_filter
+from services.api.mlflow.search_repository import search_run_ids
+
+RUN_PAGE = 2000  # runs per page of the wide table
+POINT_RUN_PAGE = 500  # runs per ClickHouse query of metric points
+POINT_CHUNK = 200_000  # points per ClickHouse query (and per record batch)
+EXPERIMENT_PAGE = 5000
+FINDING_PAGE = 1000
+VIEW_TYPES = {"ACTIVE_ONLY": "active", "DELETED_ONLY": "deleted", "ALL": None}
+_TS = pa.timestamp("ms", tz="UTC")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+RUN_ATTRIBUTES: list[tuple[str, pa.DataType]] = [
+    ("run_id", pa.string()),
+    ("experiment_id", pa.string()),
+    ("name", pa.string()),
+    ("status", pa.string()),
+    ("start_time", _TS),
+    ("end_time", _TS),
+    ("user_id", pa.string()),
+    ("parent_run_id", pa.string()),
+    ("lifecycle_stage", pa.string()),
+]
+EXPERIMENT_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("experiment_id", pa.string()),
+    ("name", pa.string()),
+    ("artifact_location", pa.string()),
+    ("lifecycle_stage", pa.string()),
+    ("creation_time", _TS),
+    ("last_update_time", _TS),
+]
+POINT_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("experiment_id", pa.string()),
+        ("key", pa.string()),
+        ("step", pa.int64()),
+        ("timestamp", _TS),
+        ("value", pa.float64()),
+    ]
+)
+FINDING_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("run_id", pa.string()),
+        ("experiment_id", pa.string()),
+        ("kind", pa.string()),
+        ("occurred_at", pa.timestamp("us", tz="UTC")),
+        ("severity", pa.float64()),
+        ("metric_key", pa.string()),
+        ("message", pa.string()),
+        ("body", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What an export selects (all AND-ed)."""
+
+    experiment_ids: list[str] = field(default_factory=list)
+    filter: str | None = None
+    view_type: str = "ACTIVE_ONLY"
+    metric_keys: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    since: int | None = None
+
+
+@dataclass(frozen=True)
+class Export:
+    """A table: its schema (known before the first row) and its batches."""
+
+    name: str
+    schema: pa.Schema
+    batches: AsyncIterator[pa.RecordBatch]
+
+
+def _lifecycle(view_type: str) -> str | None:
+    if view_type not in VIEW_TYPES:
+        raise InvalidParameter(f"invalid view_type {view_type!r}: ACTIVE_ONLY, DELETED_ONLY or ALL")
+    return VIEW_TYPES[view_type]
+
+
+def _ms_array(values: list[int | None]) -> pa.Array:
+    return pa.array(values, pa.int64()).cast(_TS)
+
+
+class ExportService:
+    """Builds the export tables for one caller."""
+
+    def __init__(self, pool: asyncpg.Pool[Any], clickhouse: ClickHouse, access: Access) -> None:
+        self._pool = pool
+        self._ch = clickhouse
+        self._access = access
+
+    async def scopes(self, experiment_ids: list[str]) -> list[tuple[str, list[str]]]:
+        """(tenant, experiment ids) the caller may read among those asked (all of its own if none)."""
+        self._access.require_listing()
+        own = self._access.tenant_id
+        readable = self._access.readable()
+        mine = await repo.experiment_ids(self._pool, own)
+        if experiment_ids:
+            wanted = set(experiment_ids)
+            ids = [e for e in mine if e in wanted]
+        else:
+            ids = mine
+        if readable is not None:
+            ids = [e for e in ids if e in readable]
+        scopes: list[tuple[str, list[str]]] = [(own, sorted(ids))] if ids else []
+        shared: dict[str, list[str]] = {}
+        for experiment_id, owner in self._access.shared().items():
+            if experiment_id in experiment_ids and experiment_id not in mine:
+                shared.setdefault(owner, []).append(experiment_id)
+        scopes += [(owner, sorted(ids)) for owner, ids in sorted(shared.items())]
+        return scopes
+
+    async def _run_pages(
+        self, tenant: str, experiments: list[str], conditions: list[Condition], view_type: str, size: int
+    ) -> AsyncIterator[list[str]]:
+        token: str | None = None
+        while True:
+            ids, token = await search_run_ids(
+                self._pool, tenant, experiments, conditions, [], view_type, size, token
+            )
+            if ids:
+                yield ids
+            if token is None:
+                return
+
+    # experiments --------------------------------------------------------------------------
+
+    async def experiments(self, request: ExportRequest) -> Export:
+        lifecycle = _lifecycle(request.view_type)
+        clauses = experiment_filter.parse_filter(request.filter)
+        scopes = await self.scopes(request.experiment_ids)
+        tag_keys = sorted(
+            {k for t, ids in scopes for k in await repo.experiment_tag_keys(self._pool, t, ids)}
+        )
+        schema = pa.schema(EXPERIMENT_COLUMNS + [(f"tags.{k}", pa.string()) for k in tag_keys])
+
+        async def batches() -> AsyncIterator[pa.RecordBatch]:
+            for tenant, ids in scopes:
+                where, args = _experiment_where(clauses, lifecycle)
+                after: str | None = None
+                while True:
+                    rows = await repo.experiments_page(
+                        self._pool, tenant, ids, where, args, after, EXPERIMENT_PAGE
+                    )
+                    if not rows:
+                        break
+                    after = rows[-1]["experiment_id"]
+                    yield _experiment_batch(schema, rows, tag_keys)
+                    if len(rows) < EXPERIMENT_PAGE:
+                        break
+
+        return Export("experiments", schema, batches())
+
+    # runs (wide) -----------------------------------------------------------------------------
+
+    async def runs(self, request: ExportRequest) -> Export:
+        lifecycle = _lifecycle(request.view_type)
+        conditions = parse_filter(request.filter)
+        scopes = await self.scopes(request.experiment_ids)
+        keys: dict[str, list[str]] = {}
+        for kind in ("params", "tags", "metrics"):
+            found: set[str] = set()
+            for tenant, ids in scopes:
+                found.update(await repo.keys_in(self._pool, kind, tenant, ids, lifecycle))
+            keys[kind] = sorted(found)
+        fields = [pa.field(n, t) for n, t in RUN_ATTRIBUTES]
+        fields += [pa.field(f"params.{k}", pa.string()) for k in keys["params"]]
+        fields += [pa.field(f"tags.{k}", pa.string()) for k in keys["tags"]]
+        for k in keys["metrics"]:
+            fields += [pa.field(f"metrics.{k}.{s}", pa.float64()) for s in ("latest", "min", "max")]
+        schema = pa.schema(fields)
+
+        async def batches() -> AsyncIterator[pa.RecordBatch]:
+            for tenant, ids in scopes:
+                async for run_ids in self._run_pages(tenant, ids, conditions, request.view_type, RUN_PAGE):
+                    yield await self._wide_batch(schema, tenant, run_ids, keys)
+
+        return Export("runs", schema, batches())
+
+    async def _wide_batch(
+        self, schema: pa.Schema, tenant: str, run_ids: list[str], keys: dict[str, list[str]]
+    ) -> pa.RecordBatch:
+        rows = await repo.run_attributes(self._pool, tenant, run_ids)
+        run_ids = [r["run_id"] for r in rows]
+        n = len(rows)
+        arrays: list[pa.Array] = []
+        for name, type_ in RUN_ATTRIBUTES:
+            values = [r[name] for r in rows]
+            arrays.append(_ms_array(values) if type_ == _TS else pa.array(values, type_))
+        for kind in ("params", "tags"):
+            ri, ki, values = await repo.pivot(self._pool, kind, tenant, run_ids, keys[kind])
+            grid = np.full((n, len(keys[kind])), None, dtype=object)
+            if values:
+                grid[np.asarray(ri), np.asarray(ki)] = np.asarray(values, dtype=object)
+            arrays += [pa.array(grid[:, j], pa.string()) for j in range(len(keys[kind]))]
+        metric_keys = keys["metrics"]
+        m = len(metric_keys)
+        if m:
+            latest = np.full((n, m), np.nan)
+            has_latest = np.zeros((n, m), dtype=bool)
+            ri, ki, values = await repo.pivot(self._pool, "metrics", tenant, run_ids, metric_keys)
+            if values:
+                latest[np.asarray(ri), np.asarray(ki)] = np.asarray(values, dtype=np.float64)
+                has_latest[np.asarray(ri), np.asarray(ki)] = True
+            low, high = np.full((n, m), np.nan), np.full((n, m), np.nan)
+            has_range = np.zeros((n, m), dtype=bool)
+            if values:  # runs without any metric need no ClickHouse query
+                ranges = await repo.metric_ranges(self._ch, tenant, run_ids)
+                rpos = pc.index_in(ranges.column("run_id"), value_set=pa.array(run_ids, pa.string()))
+                kpos = pc.index_in(ranges.column("key"), value_set=pa.array(metric_keys, pa.string()))
+                valid = pc.and_(pc.is_valid(rpos), pc.is_valid(kpos))
+                r = pc.filter(rpos, valid).to_numpy(zero_copy_only=False).astype(np.int64)
+                k = pc.filter(kpos, valid).to_numpy(zero_copy_only=False).astype(np.int64)
+                low[r, k] = pc.filter(ranges.column("lo"), valid).to_numpy(zero_copy_only=False)
+                high[r, k] = pc.filter(ranges.column("hi"), valid).to_numpy(zero_copy_only=False)
+                has_range[r, k] = True
+            for j in range(m):
+                arrays.append(pa.array(latest[:, j], pa.float64(), mask=~has_latest[:, j]))
+                arrays.append(pa.array(low[:, j], pa.float64(), mask=~has_range[:, j]))
+                arrays.append(pa.array(high[:, j], pa.float64(), mask=~has_range[:, j]))
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    # metric points (long) ------------------------------------------------------------------------
+
+    async def metric_points(self, request: ExportRequest) -> Export:
+        conditions = parse_filter(request.filter)
+        _lifecycle(request.view_type)
+        scopes = await self.scopes(request.experiment_ids)
+
+        async def batches() -> AsyncIterator[pa.RecordBatch]:
+            for tenant, ids in scopes:
+                async for run_ids in self._run_pages(
+                    tenant, ids, conditions, request.view_type, POINT_RUN_PAGE
+                ):
+                    position: list[Any] | None = None
+                    while True:
+                        table = await repo.points_chunk(
+                            self._ch, tenant, run_ids, request.metric_keys, position, POINT_CHUNK
+                        )
+                        if table.num_rows == 0:
+                            break
+                        yield _points_batch(table)
+                        if table.num_rows < POINT_CHUNK:
+                            break
+                        position = repo.point_position(table)
+
+        return Export("metric_points", POINT_SCHEMA, batches())
+
+    # findings ------------------------------------------------------------------------------------------
+
+    async def findings(self, request: ExportRequest) -> Export:
+        conditions = parse_filter(request.filter)
+        _lifecycle(request.view_type)
+        scopes = await self.scopes(request.experiment_ids)
+
+        async def pages(
+            findings: FindingRepository, experiments: list[str], run_ids: list[str]
+        ) -> AsyncIterator[pa.RecordBatch]:
+            filters = FindingFilters(
+                run_ids=run_ids, experiment_ids=experiments, kinds=request.kinds, since=request.since
+            )
+            position: tuple[int, str] | None = None
+            while True:
+                rows = await findings.page(filters, position, FINDING_PAGE)
+                if not rows:
+                    return
+                yield _findings_batch(rows)
+                if len(rows) < FINDING_PAGE:
+                    return
+                position = (rows[-1].micros, rows[-1].finding.event_id)
+
+        async def batches() -> AsyncIterator[pa.RecordBatch]:
+            for tenant, ids in scopes:
+                findings = FindingRepository(self._pool, self._access.principal).bound_to(tenant)
+                if not conditions and request.view_type == "ALL":
+                    async for batch in pages(findings, ids, []):
+                        yield batch
+                    continue
+                async for run_ids in self._run_pages(
+                    tenant, ids, conditions, request.view_type, FINDING_PAGE
+                ):
+                    async for batch in pages(findings, ids, run_ids):
+                        yield batch
+
+        return Export("findings", FINDING_SCHEMA, batches())
+
+
+_SQL_OPS = {
+    "=": "=",
+    "!=": "<>",
+    "<": "<",
+    ">": ">",
+    "<=": "<=",
+    ">=": ">=",
+    "LIKE": "LIKE",
+    "ILIKE": "ILIKE",
+}
+
+
+def _experiment_where(
+    clauses: list[experiment_filter.Clause], lifecycle: str | None
+) -> tuple[str, list[Any]]:
+    """SQL over experiments e (parameters from $5: the page query binds $1-$4)."""
+    args: list[Any] = []
+    parts: list[str] = []
+
+    def param(value: Any) -> str:
+        args.append(value)
+        return f"${len(args) + 4}"
+
+    if lifecycle is not None:
+        parts.append(f"e.lifecycle_stage = {param(lifecycle)}::text")
+    for clause in clauses:
+        op = _SQL_OPS[clause.op]
+        value = param(clause.value)
+        if clause.column is not None:  # a fixed column name from the grammar, never user text
+            parts.append(f"e.{clause.column} {op} {value}")
+        else:
+            parts.append(
+                "EXISTS (SELECT 1 FROM experiment_tags t WHERE t.tenant_id = e.tenant_id"
+                f" AND t.experiment_id = e.experiment_id AND t.key = {param(clause.tag)}::text"
+                f" AND t.value {op} {value})"
+            )
+    return " AND ".join(parts) or "TRUE", args
+
+
+def _experiment_batch(schema: pa.Schema, rows: list[asyncpg.Record], tag_keys: list[str]) -> pa.RecordBatch:
+    arrays: list[pa.Array] = []
+    for name, type_ in EXPERIMENT_COLUMNS:
+        values = [r[name] for r in rows]
+        arrays.append(_ms_array(values) if type_ == _TS else pa.array(values, type_))
+    tags = [dict(zip(r["tag_keys"], r["tag_values"], strict=True)) for r in rows]
+    arrays += [pa.array([t.get(k) for t in tags], pa.string()) for k in tag_keys]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _points_batch(table: pa.Table) -> pa.RecordBatch:
+    columns = [table.column(name).cast(POINT_SCHEMA.field(name).type) for name in POINT_SCHEMA.names]
+    return pa.Table.from_arrays(columns, schema=POINT_SCHEMA).combine_chunks().to_batches()[0]
+
+
+def _findings_batch(rows: list[Any]) -> pa.RecordBatch:
+    findings = [r.finding for r in rows]
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([f.event_id for f in findings], pa.string()),
+            pa.array([f.run_id for f in findings], pa.string()),
+            pa.array([f.experiment_id for f in findings], pa.string()),
+            pa.array([f.kind for f in findings], pa.string()),
+            pa.array([_EPOCH + timedelta(microseconds=r.micros) for r in rows], pa.timestamp("us", tz="UTC")),
+            pa.array([f.severity for f in findings], pa.float64()),
+            pa.array(
+                [f.body.get("key") if isinstance(f.body.get("key"), str) else None for f in findings],
+                pa.string(),
+            ),
+            pa.array([f.message for f in findings], pa.string()),
+            pa.array([orjson.dumps(f.body).decode() for f in findings], pa.string()),
+        ],
+        schema=FINDING_SCHEMA,
+    )

@@ -1,0 +1,329 @@
+"""Exports (GET /api/v1/exports/...) against real Postgres and ClickHouse (chdb).
+
+Rows are seeded as the projector writes them; two tenants hold look-alike data and only
+the caller's may show. Every format is read back with pyarrow and pandas.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import httpx
+import numpy as np
+import orjson
+import pandas as pd  # type: ignore[import-untyped]
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from runledger.auth.keys import ApiKey, generate_key
+from runledger.auth.model import Role
+from runledger.config import Settings
+from runledger.embedded.postgres import EmbeddedPostgres
+from runledger.events.codec import experiment_id_for
+from runledger.stores.clickhouse.adapter import ChdbClickHouse
+from runledger.stores.postgres.migrate import migrate
+from services.api.app import create_app
+from tests.integration.conftest import create_database
+from tests.support.auth import Identity, provision
+from tests.unit.test_api_errors import RecordingPublisher
+
+pytestmark = pytest.mark.integration
+
+T, OTHER = "bi-tenant", "bi-other"
+ALPHA, BETA = experiment_id_for(T, "alpha"), experiment_id_for(T, "beta")
+SECRET = experiment_id_for(OTHER, "secret")
+ALPHA_RUNS = [f"alpha{i:02d}" for i in range(30)]
+BETA_RUNS = [f"beta{i:02d}" for i in range(5)]
+POINT_RUNS = ALPHA_RUNS[:3] + BETA_RUNS[:1]
+STEPS = 100
+LEAK = "leak-marker"  # in every row of OTHER: must never appear in T's answers
+
+
+def loss_at(run: str, step: int) -> float:
+    return 1.0 / (step + 1) + (sum(map(ord, run)) % 7) / 100
+
+
+async def seed_postgres(conn: asyncpg.Connection[Any]) -> None:
+    await conn.executemany(
+        "INSERT INTO experiments (tenant_id, experiment_id, name, lifecycle_stage, creation_time, last_update_time)"
+        " VALUES ($1, $2, $3, 'active', $4, $4)",
+        [(T, ALPHA, "alpha", 1000), (T, BETA, "beta-vision", 2000), (OTHER, SECRET, LEAK, 3000)],
+    )
+    await conn.execute(
+        "INSERT INTO experiment_tags VALUES ($1, $2, 'team', 'vision'), ($3, $4, 'team', $5)",
+        T,
+        BETA,
+        OTHER,
+        SECRET,
+        LEAK,
+    )
+    runs: list[tuple[Any, ...]] = []
+    for i, run in enumerate(ALPHA_RUNS):
+        runs.append((T, run, ALPHA, None, f"a{i}", "FINISHED" if i % 2 else "RUNNING", 10_000 + i, None))
+    for i, run in enumerate(BETA_RUNS):
+        runs.append((T, run, BETA, ALPHA_RUNS[0], f"b{i}", "FAILED", 20_000 + i, 30_000 + i))
+    runs.append((OTHER, "theirs", SECRET, None, LEAK, "RUNNING", 1, None))
+    await conn.executemany(
+        "INSERT INTO runs (tenant_id, run_id, experiment_id, parent_run_id, name, status, start_time, end_time)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        runs,
+    )
+    await conn.execute(
+        "UPDATE runs SET lifecycle_stage = 'deleted' WHERE tenant_id = $1 AND run_id = 'alpha29'", T
+    )
+    params = [(T, r, "lr", str(i % 3)) for i, r in enumerate(ALPHA_RUNS + BETA_RUNS)]
+    params += [(T, r, "optimizer", 'adam, "beta"') for r in BETA_RUNS]
+    params += [(OTHER, "theirs", "lr", LEAK), (OTHER, "theirs", LEAK, "1")]
+    await conn.executemany("INSERT INTO params VALUES ($1, $2, $3, $4)", params)
+    tags = [(T, r, "mode", "fast" if i % 2 else "slow") for i, r in enumerate(ALPHA_RUNS)]
+    tags += [(OTHER, "theirs", "mode", LEAK)]
+    await conn.executemany("INSERT INTO tags VALUES ($1, $2, $3, $4)", tags)
+    latest = [
+        (T, r, "loss", loss_at(r, STEPS - 1), STEPS - 1, 1_700_000_000_000 + STEPS - 1, 0) for r in POINT_RUNS
+    ]
+    latest += [(T, ALPHA_RUNS[0], "acc", math.nan, 0, 1_700_000_000_000, 0)]
+    latest += [(OTHER, "theirs", "loss", 1e9, 0, 0, 0)]
+    await conn.executemany("INSERT INTO latest_metrics VALUES ($1, $2, $3, $4, $5, $6, $7)", latest)
+    findings = [
+        (T, uuid.UUID(int=i + 1), ALPHA_RUNS[i], ALPHA, "spike", {"key": "loss", "severity": 0.5 + i / 10}, i)
+        for i in range(3)
+    ]
+    findings += [
+        (T, uuid.UUID(int=10), BETA_RUNS[0], BETA, "lint.metric_myopia", {"evidence": {"message": "m"}}, 5)
+    ]
+    findings += [(OTHER, uuid.UUID(int=99), "theirs", SECRET, LEAK, {"key": LEAK}, 1)]
+    await conn.executemany(
+        "INSERT INTO findings (tenant_id, event_id, run_id, experiment_id, kind, body, occurred_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6::jsonb, to_timestamp(1700000000 + $7))",
+        [(t, e, r, x, k, orjson.dumps(b).decode(), s) for t, e, r, x, k, b, s in findings],
+    )
+
+
+def points(tenant: str, run: str, experiment: str, key: str, n: int) -> pa.Table:
+    steps = np.arange(n, dtype=np.int64)
+    values = np.array([loss_at(run, int(s)) for s in steps]) if tenant == T else np.full(n, 1e9)
+    return pa.table(
+        {
+            "tenant_id": [tenant] * n,
+            "experiment_id": [experiment] * n,
+            "run_id": [run] * n,
+            "key": [key] * n,
+            "step": steps,
+            "timestamp": pa.array(1_700_000_000_000 + steps, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            "value": values,
+        }
+    )
+
+
+def seed_clickhouse(store: ChdbClickHouse) -> None:
+    for run in POINT_RUNS:
+        experiment = BETA if run.startswith("beta") else ALPHA
+        store.insert_arrow("metric_points", points(T, run, experiment, "loss", STEPS))
+    store.insert_arrow("metric_points", points(OTHER, "theirs", SECRET, "loss", 10))
+    store.insert_arrow("metric_points", points(OTHER, ALPHA_RUNS[0], SECRET, "loss", 10))  # same run id
+
+
+@pytest.fixture(scope="module")
+def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChdbClickHouse]:
+    store = ChdbClickHouse(tmp_path_factory.mktemp("exports") / "clickhouse")
+    store.migrate()
+    seed_clickhouse(store)
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="module")
+async def dsn(postgres: EmbeddedPostgres) -> str:
+    dsn = await create_database(postgres)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        await seed_postgres(conn)
+    finally:
+        await conn.close()
+    return dsn
+
+
+@pytest.fixture(scope="module")
+def admin_key() -> ApiKey:
+    return generate_key()
+
+
+@pytest.fixture(scope="module")
+async def client(dsn: str, clickhouse: ChdbClickHouse, admin_key: ApiKey) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(
+        postgres_dsn=dsn, default_tenant=T, write_wait_timeout_s=1.5, bootstrap_api_key=admin_key.token
+    )
+    app = create_app(settings, clickhouse, publisher=RecordingPublisher())
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://api",
+            auth=(admin_key.key_id, admin_key.secret),  # basic auth, as BI tools send it
+        ) as c,
+    ):
+        yield c
+
+
+async def wait_until_known(client: httpx.AsyncClient, identity: Identity) -> None:
+    import asyncio
+
+    for _ in range(100):
+        if (await client.get("/api/v1/whoami", headers=identity.headers, auth=None)).status_code == 200:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("key never became usable")
+
+
+async def export(client: httpx.AsyncClient, table: str, fmt: str = "csv", **params: Any) -> httpx.Response:
+    r = await client.get(f"/api/v1/exports/{table}", params={"format": fmt, **params})
+    assert r.status_code == 200, r.text
+    assert LEAK not in r.text if fmt in ("csv", "ndjson") else LEAK.encode() not in r.content
+    return r
+
+
+def read(fmt: str, content: bytes) -> pa.Table:
+    if fmt == "csv":
+        return pacsv.read_csv(io.BytesIO(content))
+    if fmt == "ndjson":
+        return pa.Table.from_pylist([orjson.loads(line) for line in content.splitlines()])
+    if fmt == "parquet":
+        return pq.read_table(io.BytesIO(content))
+    return pa.ipc.open_stream(content).read_all()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "parquet", "arrow"])
+async def test_runs_wide_table_in_every_format(client: httpx.AsyncClient, fmt: str) -> None:
+    r = await export(client, "runs", fmt)
+    table = read(fmt, r.content)
+    expected_columns = [
+        "run_id", "experiment_id", "name", "status", "start_time", "end_time", "user_id", "parent_run_id",
+        "lifecycle_stage", "params.lr", "params.optimizer", "tags.mode",
+        "metrics.acc.latest", "metrics.acc.min", "metrics.acc.max",
+        "metrics.loss.latest", "metrics.loss.min", "metrics.loss.max",
+    ]  # fmt: skip
+    if fmt in ("parquet", "arrow"):
+        assert table.column_names == expected_columns
+        assert table.schema.field("start_time").type == pa.timestamp("ms", tz="UTC")
+        assert table.schema.field("metrics.loss.min").type == pa.float64()
+        assert table.schema.field("params.lr").type == pa.string()
+    else:
+        assert set(table.column_names) <= set(expected_columns)
+    rows = {row["run_id"]: row for row in table.to_pylist()}
+    assert len(rows) == 34  # active runs of T only (alpha29 is deleted)
+    assert "alpha29" not in rows
+    first = rows[ALPHA_RUNS[0]]
+    assert first["metrics.loss.latest"] == pytest.approx(loss_at(ALPHA_RUNS[0], STEPS - 1))
+    assert first["metrics.loss.min"] == pytest.approx(min(loss_at(ALPHA_RUNS[0], s) for s in range(STEPS)))
+    assert first["metrics.loss.max"] == pytest.approx(loss_at(ALPHA_RUNS[0], 0))  # not OTHER's 1e9
+    assert first["tags.mode"] == "slow"
+    assert rows[BETA_RUNS[1]]["params.optimizer"] == 'adam, "beta"'
+    assert rows[BETA_RUNS[1]]["parent_run_id"] == ALPHA_RUNS[0]
+    assert rows[ALPHA_RUNS[5]].get("metrics.loss.latest") is None
+    if fmt != "csv":
+        assert str(rows[ALPHA_RUNS[1]]["params.lr"]) == "1"
+    # pandas opens the same bytes
+    if fmt == "parquet":
+        frame = pd.read_parquet(io.BytesIO(r.content))
+        assert len(frame) == 34 and "metrics.loss.max" in frame.columns
+    if fmt == "csv":
+        frame = pd.read_csv(io.BytesIO(r.content))
+        assert list(frame.columns) == expected_columns
+    assert r.headers["content-disposition"].startswith("attachment")
+
+
+async def test_runs_export_filtered_with_the_run_search_grammar(client: httpx.AsyncClient) -> None:
+    r = await export(client, "runs", "arrow", filter="params.lr = '1' and attributes.status = 'FINISHED'")
+    ids = read("arrow", r.content).column("run_id").to_pylist()
+    expected = [run for i, run in enumerate(ALPHA_RUNS[:29]) if i % 3 == 1 and i % 2 == 1]
+    assert sorted(ids) == sorted(expected)
+    r = await export(client, "runs", "arrow", filter="metrics.loss < 0.5", experiment_id=BETA)
+    assert read("arrow", r.content).column("run_id").to_pylist() == [BETA_RUNS[0]]
+    deleted = await export(client, "runs", "arrow", view_type="DELETED_ONLY")
+    assert read("arrow", deleted.content).column("run_id").to_pylist() == ["alpha29"]
+    bad = await client.get("/api/v1/exports/runs", params={"filter": "metrics.loss <"})
+    assert bad.status_code == 400 and bad.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert (await client.get("/api/v1/exports/runs", params={"format": "xlsx"})).status_code == 400
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+async def test_metric_points_long_table(client: httpx.AsyncClient, fmt: str) -> None:
+    r = await export(client, "metric-points", fmt)
+    table = read(fmt, r.content)
+    assert table.column_names == ["run_id", "experiment_id", "key", "step", "timestamp", "value"]
+    assert table.num_rows == len(POINT_RUNS) * STEPS
+    assert max(table.column("value").to_pylist()) < 1e9
+    frame = table.to_pandas()
+    one = frame[frame.run_id == ALPHA_RUNS[0]].sort_values("step")
+    assert one.value.tolist() == pytest.approx([loss_at(ALPHA_RUNS[0], s) for s in range(STEPS)])
+    filtered = read("parquet", (await export(client, "metric-points", "parquet", experiment_id=BETA)).content)
+    assert set(filtered.column("run_id").to_pylist()) == {BETA_RUNS[0]}
+
+
+async def test_metric_points_stream_in_chunks(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.api.exports import service
+
+    monkeypatch.setattr(service, "POINT_CHUNK", 7)
+    monkeypatch.setattr(service, "POINT_RUN_PAGE", 2)
+    table = read("arrow", (await export(client, "metric-points", "arrow")).content)
+    keys = list(zip(table.column("run_id").to_pylist(), table.column("step").to_pylist(), strict=True))
+    assert len(keys) == len(set(keys)) == len(POINT_RUNS) * STEPS
+
+
+async def test_experiments_and_findings(client: httpx.AsyncClient) -> None:
+    experiments = read("ndjson", (await export(client, "experiments", "ndjson")).content).to_pylist()
+    assert {e["name"] for e in experiments} == {"alpha", "beta-vision"}
+    assert next(e for e in experiments if e["name"] == "beta-vision")["tags.team"] == "vision"
+    named = read("csv", (await export(client, "experiments", filter="name LIKE 'beta%'")).content)
+    assert named.column("name").to_pylist() == ["beta-vision"]
+    findings = read("parquet", (await export(client, "findings", "parquet")).content)
+    assert findings.num_rows == 4
+    assert findings.column("occurred_at").to_pylist()[0] > findings.column("occurred_at").to_pylist()[-1]
+    spikes = read(
+        "arrow", (await export(client, "findings", "arrow", kind="spike", filter="params.lr = '0'")).content
+    )
+    assert spikes.column("run_id").to_pylist() == [ALPHA_RUNS[0]]
+    assert spikes.column("metric_key").to_pylist() == ["loss"]
+
+
+async def test_cross_tenant_and_narrowed_grants(client: httpx.AsyncClient, dsn: str) -> None:
+    intruder = await provision(dsn, OTHER, Role.VIEWER)
+    narrowed = await provision(dsn, T, Role.VIEWER, experiment_id=BETA)
+    await wait_until_known(client, narrowed)
+    for table in ("runs", "experiments", "metric-points", "findings"):
+        r = await client.get(
+            f"/api/v1/exports/{table}", params={"format": "ndjson"}, headers=intruder.headers, auth=None
+        )
+        assert r.status_code == 200
+        assert not any(marker in r.text for marker in (ALPHA, BETA, "alpha0", "beta-vision"))
+        # naming T's experiment changes nothing
+        r = await client.get(
+            f"/api/v1/exports/{table}", params={"experiment_id": ALPHA}, headers=intruder.headers, auth=None
+        )
+        assert r.status_code == 200 and "alpha0" not in r.text
+    r = await client.get(
+        "/api/v1/exports/runs", params={"format": "arrow"}, headers=narrowed.headers, auth=None
+    )
+    table = read("arrow", r.content)
+    assert set(table.column("experiment_id").to_pylist()) == {BETA}
+    assert "tags.mode" not in table.column_names  # only alpha's runs have that tag: no key leaks
+    anonymous = await client.get("/api/v1/exports/runs", auth=None, headers={"Authorization": ""})
+    assert anonymous.status_code == 401
+
+
+async def test_empty_export_has_a_header(client: httpx.AsyncClient) -> None:
+    r = await export(client, "runs", "csv", filter="params.lr = 'nope'")
+    assert r.text.splitlines()[0].startswith('"run_id","experiment_id"')
+    assert len(r.text.splitlines()) == 1
+    empty = read("parquet", (await export(client, "runs", "parquet", filter="params.lr = 'nope'")).content)
+    assert empty.num_rows == 0 and "params.lr" in empty.column_names
