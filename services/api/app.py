@@ -23,6 +23,8 @@ from services.api.admin import endpoints as admin
 from services.api.analysis import endpoints as analysis
 from services.api.artifacts import endpoints as artifacts
 from services.api.audit import AuditSink
+from services.api.business import endpoints as business
+from services.api.compare import endpoints as compare
 from services.api.consistency import ProjectionWaiter
 from services.api.deps import AuthenticateApi, Runtime, get_principal
 from services.api.documents import endpoints as documents
@@ -137,6 +139,8 @@ def create_app(
     for domain in domains:
         app.include_router(domain.router, prefix=API_PREFIX, dependencies=authenticated)
     app.include_router(webhooks.router, prefix=API_PREFIX, dependencies=authenticated)
+    app.include_router(compare.router, prefix=API_PREFIX, dependencies=authenticated)
+    app.include_router(business.router, prefix=API_PREFIX, dependencies=authenticated)
     for router in (mlflow.router, mlflow.v3_router):  # MLflow's own paths, for the unmodified client
         app.include_router(router, dependencies=authenticated)
     app.include_router(artifacts.router, prefix=API_PREFIX, dependencies=authenticated)

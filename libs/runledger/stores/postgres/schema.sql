@@ -404,3 +404,25 @@ CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_at
 -- GET /webhooks/{id}/deliveries: newest first.
 CREATE INDEX IF NOT EXISTS webhook_deliveries_by_webhook
     ON webhook_deliveries (tenant_id, webhook_id, created_at DESC, event_id);
+
+-- business metrics ------------------------------------------------------------------------
+-- (services/api/business) A metric key of the tenant declared a business metric, with its
+-- unit or currency and an owner: tenant configuration (like anomaly_settings), the source of
+-- truth and never rebuilt by replay; every change is written with an audit_log entry in the
+-- same transaction. The stakeholder report joins it to model_versions and latest_metrics.
+CREATE TABLE IF NOT EXISTS business_metrics (
+    tenant_id   text NOT NULL,
+    key         text NOT NULL,
+    category    text NOT NULL CHECK (category IN
+                    ('conversion_rate_impact', 'cost_savings', 'revenue_lift', 'customer_satisfaction', 'other')),
+    unit        text NOT NULL DEFAULT '',
+    currency    text NOT NULL DEFAULT '',   -- ISO 4217 code, '' when the value is not money
+    owner       text NOT NULL,
+    description text NOT NULL DEFAULT '',
+    direction   text NOT NULL DEFAULT 'max' CHECK (direction IN ('min', 'max')),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    updated_by  text NOT NULL DEFAULT '',
+    PRIMARY KEY (tenant_id, key)
+);
+-- end of business metrics -----------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Business metrics: declarations (tenant configuration) and the stakeholder report."""
