@@ -83,8 +83,9 @@ class Settings(BaseSettings):
     )
     attribution_auto: bool = Field(
         True,
-        description="Start an attribution by itself when an outlier_run finding flags a run against its"
-        " experiment's recent runs.",
+        description="Start an attribution by itself for findings across runs: an outlier_run (the run"
+        " against its experiment's recent runs) and a level_shift of the runs' final values (the runs"
+        " after the shift against those before it).",
     )
 
     webhook_http_timeout_s: float = Field(

@@ -15,7 +15,10 @@ RUNLEDGER_SYSTEM_METRICS_INTERVAL_S seconds (`runledger_sdk.system_metrics`).
 
 `RUNLEDGER_MODE=offline` writes events to RUNLEDGER_OFFLINE_DIR instead; send them
 later with `runledger sync DIR`. Lineage: `rl.log_input`, `rl.log_output`,
-`rl.log_model`, `rl.derived_from` (`runledger_sdk.lineage`). Top-level runs also record
+`rl.log_model`, `rl.derived_from` (`runledger_sdk.lineage`). Files: `rl.log_artifact`,
+`rl.log_artifacts`, and `rl.log_model(name, path=..., model=...)`, which also logs
+`system/model_size_bytes` and `system/model_parameters` (`runledger_sdk.artifacts`,
+`.model_size`). Top-level runs also record
 their code state (git), environment (packages, CUDA) and lint findings
 (`runledger_sdk.code_state`, `.environment`, `.lint`); `rl.seed_everything(seed)`.
 Metric helpers compute and log in one call: `rl.log_classification_metrics`,
@@ -27,6 +30,7 @@ from runledger.events.models import RunStatus
 from runledger.lineage import dataset_id, model_id
 from runledger_sdk import integrations
 from runledger_sdk._version import __version__
+from runledger_sdk.artifacts import ArtifactsUnavailable, ArtifactUploadError, LoggedArtifact
 from runledger_sdk.client import init, shutdown
 from runledger_sdk.config import SdkSettings
 from runledger_sdk.fluent import (
@@ -34,6 +38,8 @@ from runledger_sdk.fluent import (
     derived_from,
     end_run,
     flush,
+    log_artifact,
+    log_artifacts,
     log_input,
     log_metric,
     log_metrics,
@@ -60,10 +66,13 @@ from runledger_sdk.transport_memory import InMemoryTransport
 from runledger_sdk.transport_offline import OfflineTransport
 
 __all__ = [
+    "ArtifactUploadError",
+    "ArtifactsUnavailable",
     "ClassificationMetrics",
     "Dataset",
     "DigestTooLarge",
     "InMemoryTransport",
+    "LoggedArtifact",
     "OfflineTransport",
     "Outcome",
     "Record",
@@ -81,6 +90,8 @@ __all__ = [
     "flush",
     "init",
     "integrations",
+    "log_artifact",
+    "log_artifacts",
     "log_classification_metrics",
     "log_fairness_metrics",
     "log_input",

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from runledger.events.codec import DEFAULT_EXPERIMENT_NAME, experiment_id_for, new_run_id, producer
 from runledger.events.models import EventType, RunStatus, utc_now
 from runledger_sdk._version import __version__
+from runledger_sdk.artifacts import uploader_for
 from runledger_sdk.batcher import Batcher, RunBuffer
 from runledger_sdk.config import SdkSettings, destination_id, load_settings
 from runledger_sdk.delivery import Delivery
@@ -95,6 +96,8 @@ class Client:
         # Leftovers of dead processes in the same spool dir are sent by us.
         self.spool.adopt_orphans()
         self.transport = transport if transport is not None else make_transport(settings)
+        # Where run files go (None: nowhere; the SDK's own captures then stay in the events).
+        self.artifacts = uploader_for(settings, transport_given=transport is not None)
         self.delivery = Delivery(
             self.transport,
             self.spool,
@@ -290,6 +293,8 @@ class Client:
         # Everything is acknowledged or durable by now; a drain still in flight may be cut off.
         self.delivery.stop(1.0)
         self.transport.close(1.0)
+        if self.artifacts is not None:
+            self.artifacts.close()
         self.spool.close()
         return ok
 

@@ -11,10 +11,14 @@ the run never fails because of them. The entry point and the arguments are alway
 values of secret-looking options (`--api-key X`, `--password=X`) are redacted and URLs lose
 their credentials, as the remote URL does.
 
-The uncommitted changes (`git diff HEAD` of tracked files) travel inline in the event's
-`diff` field, capped at DIFF_MAX_BYTES of encoded JSON (`diff_truncated` then says so): one
-event must stay under the broker's and the API's ~1 MB message limit. When the artifact store
-lands, the diff moves to an artifact referenced by `diff_artifact` and `diff` stays empty.
+The uncommitted changes (`git diff HEAD` of tracked files) are stored as the run's artifact
+DIFF_ARTIFACT (runledger/code/diff.patch, UTF-8), cut at RUNLEDGER_CODE_DIFF_MAX_BYTES
+(default 10 MiB; `diff_truncated` then says so); the event's `diff_artifact` names it and
+its `diff` is null. When the SDK uploads no artifacts (offline mode, a Kafka-only client,
+RUNLEDGER_UPLOAD_ARTIFACTS=off; see runledger_sdk.artifacts) or the upload fails, the diff
+travels inline in the event's `diff` field instead, capped at DIFF_MAX_BYTES of encoded JSON:
+one event must stay under the broker's and the API's ~1 MB message limit. Either way a
+clean tree has neither.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -38,6 +42,7 @@ GIT_TIMEOUT_S = 5.0  # per git call
 DIFF_TIMEOUT_S = 10.0
 # Of the diff's JSON encoding: leaves room for the rest of a ~1 MB event.
 DIFF_MAX_BYTES = 512 * 1024
+DIFF_ARTIFACT = "runledger/code/diff.patch"
 REDACTED = "***"
 
 # Git must never prompt (credential helpers), translate messages, or take the index lock
@@ -256,3 +261,17 @@ def code_state_tags(state: dict[str, Any]) -> dict[str, str]:
     if state.get("branch"):
         tags["git.branch"] = str(state["branch"])
     return tags
+
+
+def store_diff(state: dict[str, Any], upload: Callable[[str, bytes], bool]) -> None:
+    """Move the diff of a captured `state` to DIFF_ARTIFACT through `upload` (path, bytes ->
+    stored?); when it is not stored, keep it inline, capped at DIFF_MAX_BYTES."""
+    diff = state.get("diff")
+    if not diff:
+        return
+    if upload(DIFF_ARTIFACT, diff.encode("utf-8")):
+        state["diff_artifact"] = DIFF_ARTIFACT
+        state["diff"] = None
+        return
+    state["diff"], cut = cap_text(diff, DIFF_MAX_BYTES)
+    state["diff_truncated"] = bool(state.get("diff_truncated")) or cut

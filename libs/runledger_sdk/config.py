@@ -71,8 +71,24 @@ Run context (top-level runs; see runledger_sdk.code_state, .environment and .lin
                                  diff, entry point and arguments at run start (default true).
   RUNLEDGER_CAPTURE_ENVIRONMENT  Record Python, platform, installed packages (hashed into the
                                  env.hash tag), conda and CUDA versions at run start (default true).
+  RUNLEDGER_CODE_DIFF_MAX_BYTES  Largest uncommitted diff kept: the diff is stored as the
+                                 artifact runledger/code/diff.patch, cut (diff_truncated) past
+                                 this size (default 10 MiB). Without artifact uploads it travels
+                                 in the event instead, capped at 512 KiB.
   RUNLEDGER_LINT_RUNS            At run end, record anti-patterns (no seed logged, no validation
-                                 metric) as lint.* findings of the run (default true).
+                                 metric, artifact bloat) as lint.* findings of the run (default true).
+  RUNLEDGER_LINT_ARTIFACT_MAX_BYTES  An artifact larger than this is flagged as lint.artifact_bloat
+                                 (default 100 MiB).
+
+Artifacts (see runledger_sdk.artifacts)
+  RUNLEDGER_UPLOAD_ARTIFACTS     auto (default) | api | off. auto = upload files (log_artifact,
+                                 log_model, the code diff, the environment) to the API at URL
+                                 when online and a URL is known (also with the Kafka transport,
+                                 via connection.json or RUNLEDGER_URL), not with a transport object
+                                 given to rl.init; api = whenever online; off = never (the diff
+                                 then travels in the CodeStateCaptured event).
+  RUNLEDGER_ARTIFACT_TIMEOUT_S   Longest pause of one artifact upload (connect, read or write)
+                                 before it fails (default 120).
 
 HTTP
   RUNLEDGER_HTTP_MAX_REQUEST_BYTES  Largest body of one POST (default 4 MiB).
@@ -146,8 +162,25 @@ class SdkSettings(BaseSettings):
     capture_environment: bool = Field(
         True, description="Record Python, platform, packages (env.hash), conda and CUDA of top-level runs."
     )
+    code_diff_max_bytes: int = Field(
+        10 << 20,
+        ge=1024,
+        description="Largest uncommitted diff stored as runledger/code/diff.patch (cut beyond, diff_truncated).",
+    )
     lint_runs: bool = Field(
-        True, description="Flag anti-patterns (no seed, no validation metric) at run end."
+        True, description="Flag anti-patterns (no seed, no validation metric, artifact bloat) at run end."
+    )
+    lint_artifact_max_bytes: int = Field(
+        100 << 20, ge=1, description="Artifacts larger than this are flagged as lint.artifact_bloat."
+    )
+
+    upload_artifacts: Literal["auto", "api", "off"] = Field(
+        "auto",
+        description="auto: upload artifacts to the API at URL when online and a URL is known (not with"
+        " a transport object); api: whenever online; off: never.",
+    )
+    artifact_timeout_s: float = Field(
+        120.0, gt=0, description="Longest pause (connect, read, write) of one artifact upload."
     )
 
     kafka_linger_ms: int = Field(20, ge=0, description="Producer linger_ms.")

@@ -12,10 +12,16 @@ another environment; the event's `platform` field has the full description. Pack
 are normalized (PEP 503: lower case, runs of "-_." as "-") and sorted.
 
 Conda: only when CONDA_PREFIX is set, the environment's name and `conda env export` (with a
-timeout, size-capped). CUDA: `cuda_version` is the CUDA that torch was built with when torch
+timeout; capped at CONDA_EXPORT_MAX_CHARS in the event, CONDA_FILE_MAX_CHARS in the file). CUDA: `cuda_version` is the CUDA that torch was built with when torch
 is already imported (never imported here), else the CUDA version the driver reports;
 `driver_version` comes from `nvidia-smi` when it is installed (with a timeout). Anything that
 cannot be found is absent (null).
+
+Besides the event (which the attribution service reads the packages from) the environment is
+stored as artifacts of the run when the SDK uploads artifacts (runledger_sdk.artifacts):
+ENVIRONMENT_ARTIFACT, the event's payload as indented JSON with sorted keys (the whole conda
+export in it), and, in conda, CONDA_ARTIFACT, the `conda env export` as it printed it, which
+`conda env create -f conda.yaml` recreates.
 """
 
 from __future__ import annotations
@@ -34,7 +40,10 @@ from typing import Any
 
 NVIDIA_SMI_TIMEOUT_S = 5.0
 CONDA_TIMEOUT_S = 8.0
-CONDA_EXPORT_MAX_CHARS = 128 * 1024
+CONDA_EXPORT_MAX_CHARS = 128 * 1024  # in the event: it must stay well under ~1 MB
+CONDA_FILE_MAX_CHARS = 8 * 1024 * 1024  # in the conda.yaml artifact: only bounds memory
+ENVIRONMENT_ARTIFACT = "runledger/environment.json"
+CONDA_ARTIFACT = "runledger/conda.yaml"
 ENV_HASH_TAG_LENGTH = 12
 
 PackageSource = Callable[[], Mapping[str, str]]
@@ -114,16 +123,19 @@ def torch_cuda_version() -> str | None:
     return str(version) if version else None
 
 
-def conda_info(timeout: float = CONDA_TIMEOUT_S) -> tuple[str | None, str | None]:
-    """(environment name, `conda env export`) of the active conda env; Nones outside conda."""
+def conda_info(
+    timeout: float = CONDA_TIMEOUT_S, max_chars: int = CONDA_EXPORT_MAX_CHARS
+) -> tuple[str | None, str | None]:
+    """(environment name, `conda env export` cut at `max_chars`) of the active conda env;
+    Nones outside conda."""
     prefix = os.environ.get("CONDA_PREFIX")
     if not prefix:
         return None, None
     name = os.environ.get("CONDA_DEFAULT_ENV") or os.path.basename(prefix.rstrip(os.sep)) or prefix
     exe = os.environ.get("CONDA_EXE") or shutil.which("conda")
     export = _run([exe, "env", "export", "-p", prefix], timeout) if exe else None
-    if export is not None and len(export) > CONDA_EXPORT_MAX_CHARS:
-        export = export[:CONDA_EXPORT_MAX_CHARS]
+    if export is not None and len(export) > max_chars:
+        export = export[:max_chars]
     return name, export
 
 
@@ -134,12 +146,27 @@ def capture_environment(
     conda_timeout: float = CONDA_TIMEOUT_S,
 ) -> dict[str, Any]:
     """The EnvironmentCaptured payload of this process (`package_source` is injectable)."""
+    payload, _ = capture_environment_with_files(
+        package_source, nvidia_timeout=nvidia_timeout, conda_timeout=conda_timeout
+    )
+    return payload
+
+
+def capture_environment_with_files(
+    package_source: PackageSource = installed_packages,
+    *,
+    nvidia_timeout: float = NVIDIA_SMI_TIMEOUT_S,
+    conda_timeout: float = CONDA_TIMEOUT_S,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The EnvironmentCaptured payload and the artifacts of the environment (path -> bytes):
+    ENVIRONMENT_ARTIFACT always, CONDA_ARTIFACT in conda when the export worked."""
     python_version = platform.python_version()
     packages = {normalize_name(k): str(v) for k, v in sorted(package_source().items())}
     packages = dict(sorted(packages.items()))
     driver, driver_cuda = nvidia_versions(nvidia_timeout)
-    conda_env, conda_export = conda_info(conda_timeout)
-    return {
+    conda_env, full_export = conda_info(conda_timeout, CONDA_FILE_MAX_CHARS)
+    conda_export = full_export[:CONDA_EXPORT_MAX_CHARS] if full_export is not None else None
+    payload = {
         "python_version": python_version,
         "platform": platform.platform(),
         "packages": packages,
@@ -149,6 +176,15 @@ def capture_environment(
         "conda_env": conda_env,
         "conda_export": conda_export,
     }
+    files = {ENVIRONMENT_ARTIFACT: environment_document({**payload, "conda_export": full_export})}
+    if full_export is not None:
+        files[CONDA_ARTIFACT] = full_export.encode("utf-8")
+    return payload, files
+
+
+def environment_document(env: Mapping[str, Any]) -> bytes:
+    """The environment as the ENVIRONMENT_ARTIFACT file: indented JSON, sorted keys, UTF-8."""
+    return (json.dumps(dict(env), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def environment_tags(env: Mapping[str, Any]) -> dict[str, str]:

@@ -9,11 +9,13 @@ one, like MLflow; it ends when the interpreter exits.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any, SupportsFloat, SupportsIndex
 
 from runledger.events.models import RunStatus
+from runledger_sdk.artifacts import LoggedArtifact
 from runledger_sdk.client import current_client, get_client
 from runledger_sdk.lineage import Dataset
 from runledger_sdk.run import Run
@@ -150,9 +152,29 @@ def log_output(dataset: Dataset | str, **details: Any) -> Dataset:
     return _run_for_logging().log_output(dataset, **details)
 
 
-def log_model(name: str, version: int | None = None, source: str = "") -> str:
-    """Record a model the active run produced; returns its lineage node id."""
-    return _run_for_logging().log_model(name, version, source)
+def log_model(
+    name: str,
+    version: int | None = None,
+    source: str = "",
+    *,
+    path: str | os.PathLike[str] | None = None,
+    model: Any = None,
+) -> str:
+    """Record a model the active run produced (files, size and parameter metrics: see
+    Run.log_model); returns its lineage node id."""
+    return _run_for_logging().log_model(name, version, source, path=path, model=model)
+
+
+def log_artifact(local_path: str | os.PathLike[str], artifact_path: str | None = None) -> LoggedArtifact:
+    """Store a local file as an artifact of the active run (see Run.log_artifact)."""
+    return _run_for_logging().log_artifact(local_path, artifact_path)
+
+
+def log_artifacts(
+    local_dir: str | os.PathLike[str], artifact_path: str | None = None
+) -> list[LoggedArtifact]:
+    """Store every file below a local directory as artifacts of the active run."""
+    return _run_for_logging().log_artifacts(local_dir, artifact_path)
 
 
 def derived_from(other: Run | str, relation: str = "derived_from") -> None:

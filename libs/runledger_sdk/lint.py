@@ -16,8 +16,20 @@ Checks (kind, severity 0..1):
   tell overfitting from progress. `system/*` metrics are not counted; a run that logged no
   metric at all is not flagged.
 
-Not checked yet: artifact bloat (the same large file logged by many runs), which needs the
-artifact store.
+- `lint.artifact_bloat` (0.4): among the artifacts this process logged to the run
+  (`log_artifact`, `log_artifacts`, `log_model`), one larger than
+  RUNLEDGER_LINT_ARTIFACT_MAX_BYTES (default 100 MiB; reason `oversized`), or the same
+  content (sha256) under several paths, e.g. one checkpoint saved as `epoch_1.pt`,
+  `epoch_2.pt`, ... unchanged (reason `repeated`). One finding per run (key `artifacts`)
+  whose evidence lists the oversized files (`oversized`: path, size), the repeated contents
+  (`repeated`: digest, size, paths) and `wasted_bytes` (bytes sent again for repeats).
+  What the SDK stores by itself under `runledger/` (diff, environment) is not judged: the
+  user did not ask for it. A path logged again replaces the earlier file, so only each
+  path's latest content counts.
+
+Artifact bloat is judged within the run only: the SDK does not know what other runs log,
+and the artifact store keeps identical bytes once however many runs log them (its quota
+counts them once too), so content shared across runs costs no storage.
 
 Only what this process logged is known here: a run that several processes write to (shared
 `run_id`) is judged on this process's share.
@@ -31,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from runledger.events.models import EventType
+from runledger_sdk.artifacts import SDK_PREFIX, LoggedArtifact
 
 if TYPE_CHECKING:
     from runledger_sdk.client import Client
@@ -38,8 +51,10 @@ if TYPE_CHECKING:
 
 PARAMETER_OMISSION = "lint.parameter_omission"
 METRIC_MYOPIA = "lint.metric_myopia"
+ARTIFACT_BLOAT = "lint.artifact_bloat"
 SYSTEM_PREFIX = "system/"
 MAX_KEYS_IN_EVIDENCE = 50
+DEFAULT_ARTIFACT_MAX_BYTES = 100 << 20
 
 _WORDS = re.compile(r"[a-z0-9]+")
 _VALIDATION_WORD = re.compile(r"^(?:val(?!ue)|test|eval)")
@@ -125,9 +140,69 @@ def lint_keys(param_keys: Iterable[str], metric_keys: Iterable[str]) -> list[Fin
     return findings
 
 
-def lint_run(run: Run) -> list[Finding]:
+def lint_artifacts(
+    artifacts: Iterable[LoggedArtifact], max_bytes: int = DEFAULT_ARTIFACT_MAX_BYTES
+) -> list[Finding]:
+    """The artifact-bloat finding (none or one) for a run's artifacts (each path's latest)."""
+    latest = {a.path: a for a in artifacts}
+    user = sorted((a for a in latest.values() if not a.path.startswith(SDK_PREFIX)), key=lambda a: a.path)
+    oversized = sorted((a for a in user if a.size > max_bytes), key=lambda a: (-a.size, a.path))
+    by_digest: dict[str, list[LoggedArtifact]] = {}
+    for a in user:
+        by_digest.setdefault(a.digest, []).append(a)
+    # Most bytes sent again first.
+    repeated = sorted(
+        (same for same in by_digest.values() if len(same) > 1),
+        key=lambda same: (-same[0].size * (len(same) - 1), same[0].digest),
+    )
+    if not oversized and not repeated:
+        return []
+    wasted = sum(same[0].size * (len(same) - 1) for same in repeated)
+    reasons: list[str] = []
+    parts: list[str] = []
+    if oversized:
+        reasons.append("oversized")
+        parts.append(
+            f"{len(oversized)} artifact(s) larger than {_size(max_bytes)}"
+            f" (largest {oversized[0].path!r}, {_size(oversized[0].size)})"
+        )
+    if repeated:
+        reasons.append("repeated")
+        copies = sum(len(same) for same in repeated)
+        parts.append(
+            f"{copies} artifacts are {len(repeated)} distinct content(s) logged under several paths"
+            f" ({_size(wasted)} sent again)"
+        )
+    evidence: dict[str, Any] = {
+        "reasons": reasons,
+        "threshold_bytes": max_bytes,
+        "oversized": [{"path": a.path, "size": a.size} for a in oversized[:MAX_KEYS_IN_EVIDENCE]],
+        "repeated": [
+            {"digest": same[0].digest, "size": same[0].size, "paths": _sample([a.path for a in same])}
+            for same in repeated[:MAX_KEYS_IN_EVIDENCE]
+        ],
+        "wasted_bytes": wasted,
+    }
+    message = (
+        "; ".join(parts) + ": log large files once (e.g. only the best checkpoint) and skip unchanged ones"
+    )
+    return [Finding(ARTIFACT_BLOAT, 0.4, "artifacts", message, evidence)]
+
+
+def _size(n: int) -> str:
+    """Bytes in a readable unit (1.5 MiB)."""
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def lint_run(run: Run, artifact_max_bytes: int = DEFAULT_ARTIFACT_MAX_BYTES) -> list[Finding]:
     """The findings for what this process logged to `run`."""
-    return lint_keys(run.param_keys, run.metric_keys)
+    findings = lint_keys(run.param_keys, run.metric_keys)
+    return findings + lint_artifacts(run.logged_artifacts(), artifact_max_bytes)
 
 
 def emit_findings(client: Client, run: Run, findings: Iterable[Finding]) -> None:

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import pickle
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, SupportsFloat, SupportsIndex
 
 from runledger.events.models import RunStatus
-from runledger_sdk import lineage
+from runledger.lineage import check_name
+from runledger_sdk import artifacts as artifacts_mod
+from runledger_sdk import lineage, model_size
+from runledger_sdk.artifacts import ArtifactsUnavailable, LoggedArtifact
 from runledger_sdk.batcher import RunBuffer, normalize_step
 from runledger_sdk.validation import check_key, param_value, tag_value, terminal_status
 
 if TYPE_CHECKING:
-    import os
-
     from runledger_sdk.client import Client
+
+log = logging.getLogger("runledger_sdk")
 
 
 def now_ms() -> int:
@@ -59,6 +67,9 @@ class Run:
         self.tags = dict(tags)
         # Keys of the params this process logged to the run (what runledger_sdk.lint checks).
         self.param_keys: set[str] = set()
+        # Files this process stored for the run, path -> latest (what lint.artifact_bloat checks).
+        self._artifacts: dict[str, LoggedArtifact] = {}
+        self._artifacts_lock = threading.Lock()
         self.end_time: int | None = None
         self.status = RunStatus.RUNNING
         self.ended = False
@@ -163,11 +174,114 @@ class Run:
         self._emit_lineage(lineage.output_events(self.run_id, ds))
         return ds
 
-    def log_model(self, name: str, version: int | None = None, source: str = "") -> str:
-        """Record a model the run produced; with `version`, register that version. Returns its node id."""
+    def log_model(
+        self,
+        name: str,
+        version: int | None = None,
+        source: str = "",
+        *,
+        path: str | os.PathLike[str] | None = None,
+        model: Any = None,
+    ) -> str:
+        """Record a model the run produced; with `version`, register that version. Returns its node id.
+
+        `path` (a file or a directory) is stored as artifacts under `models/<name>/`; a
+        `model` object without `path` is pickled there as `model.pkl` (save torch models
+        with torch.save and pass `path`). Logs `system/model_size_bytes` (bytes of those
+        files) and `system/model_parameters` (parameters of `model`, when its kind is known:
+        runledger_sdk.model_size). Without artifact uploads (offline, Kafka-only) the files
+        are not stored (a warning says so) but the metrics and the lineage are recorded;
+        `source` then defaults to "" instead of `runs:/<run_id>/models/<name>`.
+        """
+        if self.ended:
+            raise RunEndedError(f"run {self.run_id} has ended")
+        check_name(name, "model name")
+        prefix = artifacts_mod.join_path("models", name)
+        parameters = model_size.count_parameters(model) if model is not None else None
+        size: int | None = None
+        with tempfile.TemporaryDirectory(prefix="runledger-model-") as tmp:
+            files_root: Path | None = Path(path) if path is not None else None
+            if files_root is None and model is not None:
+                files_root = Path(tmp, "model.pkl")
+                try:
+                    with files_root.open("wb") as f:
+                        pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
+                except Exception as exc:  # not picklable: the model is still recorded
+                    log.warning("RunLedger: model %r cannot be pickled (%s); no files stored", name, exc)
+                    files_root = None
+            if files_root is not None:
+                files = artifacts_mod.files_below(files_root)
+                size = sum(file.stat().st_size for _, file in files)
+                if self._client.artifacts is None:
+                    log.warning(
+                        "RunLedger: model %r not stored: this client uploads no artifacts"
+                        " (offline, Kafka-only or RUNLEDGER_UPLOAD_ARTIFACTS=off)",
+                        name,
+                    )
+                else:
+                    for rel, file in files:
+                        self._upload_file(artifacts_mod.join_path(prefix, rel), file)
+                    source = source or f"runs:/{self.run_id}/{prefix}"
+        metrics: dict[str, float] = {}
+        if size is not None:
+            metrics[model_size.MODEL_SIZE_KEY] = size
+        if parameters is not None:
+            metrics[model_size.MODEL_PARAMETERS_KEY] = parameters
+        if metrics:
+            self.log_metrics(metrics)
         node, events = lineage.model_events(self.run_id, name, version, source)
         self._emit_lineage(events)
         return node
+
+    # --- artifacts (runledger_sdk.artifacts) ------------------------------------------------------------
+
+    def log_artifact(
+        self, local_path: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> LoggedArtifact:
+        """Store a local file as the run's `<artifact_path>/<file name>` (MLflow's convention).
+
+        Raises ArtifactsUnavailable when this client uploads no artifacts, ArtifactUploadError
+        when the API does not take it.
+        """
+        local = Path(local_path)
+        if not local.is_file():
+            raise FileNotFoundError(f"{local} is not a file")
+        return self._upload_file(artifacts_mod.join_path(artifact_path, local.name), local)
+
+    def log_artifacts(
+        self, local_dir: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> list[LoggedArtifact]:
+        """Store every file below a local directory under `artifact_path`, keeping the layout."""
+        root = Path(local_dir)
+        if not root.is_dir():
+            raise NotADirectoryError(f"{root} is not a directory")
+        return [
+            self._upload_file(artifacts_mod.join_path(artifact_path, rel), file)
+            for rel, file in artifacts_mod.files_below(root)
+        ]
+
+    def _upload_file(self, path: str, local: Path) -> LoggedArtifact:
+        if self.ended:
+            raise RunEndedError(f"run {self.run_id} has ended")
+        uploader = self._client.artifacts
+        if uploader is None:
+            raise ArtifactsUnavailable(
+                f"cannot store {path!r}: this client uploads no artifacts (offline mode, a Kafka"
+                " bootstrap without RUNLEDGER_URL, or RUNLEDGER_UPLOAD_ARTIFACTS=off)"
+            )
+        stored = uploader.upload_file(self.run_id, path, local)
+        self.record_artifact(stored)
+        return stored
+
+    def record_artifact(self, artifact: LoggedArtifact) -> None:
+        """Remember a file stored for the run (the latest per path), for lint."""
+        with self._artifacts_lock:
+            self._artifacts[artifact.path] = artifact
+
+    def logged_artifacts(self) -> list[LoggedArtifact]:
+        """The files this process stored for the run (the latest per path), in logging order."""
+        with self._artifacts_lock:
+            return list(self._artifacts.values())
 
     def derived_from(self, other: Run | str, relation: str = "derived_from") -> None:
         """Record that this run derives from another (fine_tuned_from, resumed_from, ...)."""

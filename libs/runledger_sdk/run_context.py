@@ -8,6 +8,12 @@ thread, so `start_run` does not wait for it: CodeStateCaptured then EnvironmentC
 their tags) are sent when ready. Ending the run waits up to CONTEXT_WAIT_S for a capture still
 running (KILLED_WAIT_S for a killed run); whatever is not ready then is dropped, so no event
 of the run follows its end.
+
+When the client uploads artifacts (runledger_sdk.artifacts), the capture also stores the
+code diff (runledger/code/diff.patch, referenced by the event's `diff_artifact`) and the
+environment (runledger/environment.json, plus runledger/conda.yaml in conda) before sending
+the events. An upload that fails (API unreachable, refused) is logged at warning level;
+the diff then travels inline in the event, and the environment is still in its event.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from runledger.events.models import (
     RunStatus,
 )
 from runledger_sdk import code_state, environment, lint, seeds
+from runledger_sdk.artifacts import ArtifactUploadError
 from runledger_sdk.validation import check_key, tag_value
 
 if TYPE_CHECKING:
@@ -45,6 +52,7 @@ class _Capture:
         self.run = run
         self.lock = threading.Lock()
         self.closed = False
+        self.upload_failed = False
         self.thread: threading.Thread | None = None
 
     def send(
@@ -68,6 +76,21 @@ class _Capture:
                 run_id=run.run_id,
                 experiment_id=run.experiment_id,
             )
+
+    def upload(self, path: str, data: bytes) -> bool:
+        """Store `data` as the run's artifact `path`; False (logged) when it could not be."""
+        uploader = self.client.artifacts
+        if uploader is None or self.closed or self.upload_failed:
+            return False
+        try:
+            stored = uploader.upload_bytes(self.run.run_id, path, data)
+        except ArtifactUploadError as exc:
+            # One failure (API down, key refused) is enough: the next file would fail the same way.
+            self.upload_failed = True
+            log.warning("RunLedger: storing %s of run %s failed: %s", path, self.run.run_id, exc)
+            return False
+        self.run.record_artifact(stored)
+        return True
 
     def work(self, steps: list[Callable[[], None]]) -> None:
         for step in steps:
@@ -94,7 +117,10 @@ def capture_run_context(client: Client, run: Run) -> None:
     if settings.capture_code_state:
 
         def code() -> None:
-            state = code_state.capture_code_state()
+            # With uploads the diff is a file, so it may be larger than an event can carry.
+            cap = settings.code_diff_max_bytes if client.artifacts is not None else code_state.DIFF_MAX_BYTES
+            state = code_state.capture_code_state(max_diff_bytes=cap)
+            code_state.store_diff(state, capture.upload)
             capture.send(
                 EventType.CODE_STATE_CAPTURED,
                 CodeStateCapturedPayload,
@@ -106,7 +132,10 @@ def capture_run_context(client: Client, run: Run) -> None:
     if settings.capture_environment:
 
         def env() -> None:
-            found = environment.capture_environment()
+            found, files = environment.capture_environment_with_files()
+            if client.artifacts is not None:
+                for path, data in files.items():
+                    capture.upload(path, data)
             capture.send(
                 EventType.ENVIRONMENT_CAPTURED,
                 EnvironmentCapturedPayload,
@@ -144,6 +173,7 @@ def close_run_context(client: Client, run: Run, status: RunStatus) -> None:
             capture.closed = True
     if client.settings.lint_runs and status is RunStatus.FINISHED:
         try:
-            lint.emit_findings(client, run, lint.lint_run(run))
+            findings = lint.lint_run(run, artifact_max_bytes=client.settings.lint_artifact_max_bytes)
+            lint.emit_findings(client, run, findings)
         except Exception as exc:  # pragma: no cover - a bug; the run still ends
             log.warning("RunLedger: linting run %s failed: %s", run.run_id, exc, exc_info=True)

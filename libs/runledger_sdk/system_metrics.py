@@ -30,6 +30,12 @@ and per NVIDIA GPU i, through NVML (`pip install runledger[gpu]`, module `pynvml
     system/gpu{i}/power_watts          board power draw
     system/gpu{i}/temperature_c        core temperature
 
+and, not sampled but logged once per `run.log_model(...)` call (runledger_sdk.model_size):
+
+    system/model_size_bytes            bytes of the logged model's files
+    system/model_parameters            parameters of the model object (torch, Keras,
+                                       XGBoost, scikit-learn, numpy arrays), when known
+
 Disk and network counters are host-wide: psutil has no per-process network counters,
 and host-wide disk counters also count the I/O of data-loader worker processes. Without
 NVML (no GPU, no driver, `pynvml` not installed) the GPU keys are absent, with one debug

@@ -156,13 +156,15 @@ class CodeStateCapturedPayload(Payload):
     branch: str = ""
     remote_url: str = Field("", description="URL of the remote, without credentials.")
     dirty: bool = False
-    diff_artifact: str | None = None
+    diff_artifact: str | None = Field(
+        None, description="Run artifact path of the diff (runledger/code/diff.patch)."
+    )
     entry_point: str = ""
     args: list[str] = Field(default_factory=list)
     diff: str | None = Field(
         None,
-        description="`git diff HEAD` of a dirty tree, size-capped (carried inline until the"
-        " artifact store lands; then it moves to `diff_artifact`).",
+        description="`git diff HEAD` of a dirty tree, inline and size-capped, only when the SDK could not"
+        " store it as the artifact named by `diff_artifact` (offline, or no API to upload to).",
     )
     diff_truncated: bool = Field(False, description="True when `diff` was cut at the size cap.")
 
