@@ -2,6 +2,7 @@
 schemas, every entity set paged through by a real OData client (python-odata, basic auth),
 query options pushed down, errors as 400s, and cross-tenant / anonymous probes (the /odata
 routes are outside the OpenAPI schema, so test_route_authorization does not walk them).
+BusinessMetrics, the stakeholder roll-up, must give exactly the REST report's rows.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -36,6 +38,7 @@ from tests.integration.test_exports import (
     ALPHA_RUNS,
     BETA,
     BETA_RUNS,
+    LEAK,
     OTHER,
     POINT_RUNS,
     SECRET,
@@ -50,7 +53,47 @@ from tests.unit.test_api_errors import RecordingPublisher
 pytestmark = pytest.mark.integration
 
 XSD = Path(__file__).parent.parent / "support" / "odata_xsd" / "edmx.xsd"
-SETS = ("Experiments", "Runs", "RunParams", "RunTags", "RunMetrics", "MetricPoints", "Findings")
+SETS = (
+    "Experiments",
+    "Runs",
+    "RunParams",
+    "RunTags",
+    "RunMetrics",
+    "MetricPoints",
+    "Findings",
+    "BusinessMetrics",
+)
+REVENUE, SAVINGS = "biz/revenue_lift", "biz/cost_savings"
+# Model "churn" v1..v8 on alpha01..alpha08 (even versions in Production), v9 on the deleted
+# alpha29 and v10 without a run (neither in the roll-up); "vision" v1 on beta00 (experiment BETA).
+CHURN = [("churn", v, "Production" if v % 2 == 0 else "Staging", ALPHA_RUNS[v]) for v in range(1, 9)]
+VERSIONS = [*CHURN, ("churn", 9, "Archived", ALPHA_RUNS[29]), ("vision", 1, "Production", BETA_RUNS[0])]
+BIZ_LATEST = [(run, REVENUE, v / 100) for _, v, _, run in VERSIONS]
+BIZ_LATEST += [(run, SAVINGS, 100.0 * v if v < 8 else float("inf")) for _, v, _, run in CHURN if v % 2 == 0]
+BIZ_ROWS = len(CHURN) + 1 + 4  # revenue on 8 + 1 readable versions, savings on 4
+
+
+async def seed_business(conn: asyncpg.Connection[Any]) -> None:
+    """Declarations, model versions and their source runs' business metric values, both tenants."""
+    await conn.executemany(
+        "INSERT INTO business_metrics (tenant_id, key, category, unit, currency, owner, direction)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        [
+            (T, REVENUE, "revenue_lift", "%", "", "growth-team", "max"),
+            (T, SAVINGS, "cost_savings", "", "USD", "finops", "max"),
+            (OTHER, REVENUE, "revenue_lift", "%", "", LEAK, "max"),
+        ],
+    )
+    versions: list[tuple[str, str, int, str | None, str]] = [
+        (T, m, v, run, stage) for m, v, stage, run in VERSIONS
+    ]
+    versions += [(T, "churn", 10, None, "None"), (OTHER, "churn", 1, "theirs", "Production")]
+    await conn.executemany("INSERT INTO model_versions VALUES ($1, $2, $3, $4, '', $5)", versions)
+    latest = [
+        (T, run, key, value, 7, 1_700_000_000_000 + i) for i, (run, key, value) in enumerate(BIZ_LATEST)
+    ]
+    latest += [(OTHER, "theirs", REVENUE, 5.0, 0, 0)]
+    await conn.executemany("INSERT INTO latest_metrics VALUES ($1, $2, $3, $4, $5, $6, 0)", latest)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +112,7 @@ async def dsn(postgres: EmbeddedPostgres) -> str:
     try:
         await migrate(conn)
         await seed_postgres(conn)
+        await seed_business(conn)
     finally:
         await conn.close()
     return dsn
@@ -143,9 +187,10 @@ def test_client_pages_through_every_entity_set(root: str, basic: tuple[str, str]
         "Runs": 35,
         "RunParams": 40,
         "RunTags": 30,
-        "RunMetrics": len(POINT_RUNS) + 1,
+        "RunMetrics": len(POINT_RUNS) + 1 + len(BIZ_LATEST),
         "MetricPoints": len(POINT_RUNS) * STEPS,
         "Findings": 4,
+        "BusinessMetrics": BIZ_ROWS,
     }
     # Page by page: the client follows @odata.nextLink (server-driven paging, 7 rows a page).
     session = requests.Session()
@@ -169,6 +214,10 @@ def test_client_pages_through_every_entity_set(root: str, basic: tuple[str, str]
     points = paged.entities["MetricPoints"]
     late = paged.query(points).filter(points.RunId == BETA_RUNS[0]).filter("Step ge 95").all()
     assert sorted(p.Step for p in late) == [95, 96, 97, 98, 99]
+    biz = paged.entities["BusinessMetrics"]
+    production = paged.query(biz).filter(biz.MetricKey == REVENUE).filter(biz.Stage == "Production")
+    got = [(b.ModelName, b.Version, b.Value) for b in production.order_by(biz.Value.desc()).all()]
+    assert got == [("churn", v, v / 100) for v in (8, 6, 4, 2)] + [("vision", 1, 0.01)]
 
 
 def _all(root: str, path: str, auth: Any, **params: Any) -> tuple[list[dict[str, Any]], int]:
@@ -227,6 +276,80 @@ def test_query_options(root: str, basic: tuple[str, str]) -> None:
     one = get(root, "Findings", basic, **{"$filter": f"EventId eq {guid}"}).json()["value"]
     assert len(one) == 1
     assert get(root, "Runs/$count", basic, **{"$filter": "ExperimentId eq '" + BETA + "'"}).text == "5"
+
+
+def _report_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A BusinessMetrics entity in the REST report's shape (level=version)."""
+    moment = datetime.fromisoformat(row["Timestamp"])
+    return {
+        "model_name": row["ModelName"],
+        "version": row["Version"],
+        "stage": row["Stage"],
+        "run_id": row["RunId"],
+        "experiment_id": row["ExperimentId"],
+        "metric": row["MetricKey"],
+        "category": row["Category"],
+        "unit": row["Unit"],
+        "currency": row["Currency"],
+        "owner": row["Owner"],
+        "direction": row["Direction"],
+        "value": row["Value"],
+        "step": row["Step"],
+        "timestamp": (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1),
+    }
+
+
+def test_business_metrics_are_the_report_rows(
+    server: str, root: str, basic: tuple[str, str], admin_key: ApiKey, identities: dict[str, Identity]
+) -> None:
+    report = requests.get(
+        server + "/api/v1/reports/business",
+        headers={"Authorization": f"Bearer {admin_key.token}"},
+        timeout=30,
+    ).json()
+    assert len(report["rows"]) == BIZ_ROWS
+    # Paged in threes through keyset tokens, in the report's order (model, version, metric).
+    rows: list[dict[str, Any]] = []
+    url: str | None = root + "BusinessMetrics"
+    while url:
+        body = requests.get(url, headers={"Prefer": "odata.maxpagesize=3"}, auth=basic, timeout=30).json()
+        rows += body["value"]
+        url = body.get("@odata.nextLink")
+    assert [_report_row(r) for r in rows] == report["rows"]
+    inf = next(r for r in rows if r["Version"] == 8 and r["MetricKey"] == SAVINGS)
+    assert inf["Value"] is None  # not finite: null, as in the report
+    # The options reach Postgres: numbers, nulls, strings, functions, $orderby, $count.
+    rows, _ = _all(
+        root,
+        "BusinessMetrics",
+        basic,
+        **{"$filter": "Currency eq 'USD' and Value gt 300", "$orderby": "Value desc", "$select": "Version"},
+    )
+    assert rows == [{"Version": 6}, {"Version": 4}]
+    rows, _ = _all(root, "BusinessMetrics", basic, **{"$filter": "Value eq null"})
+    assert [(r["Version"], r["MetricKey"]) for r in rows] == [(8, SAVINGS)]
+    rows, _ = _all(
+        root,
+        "BusinessMetrics",
+        basic,
+        **{
+            "$filter": "startswith(ModelName, 'ch') and not (Stage eq 'Staging' or contains(MetricKey, 'cost'))"
+        },
+    )
+    assert sorted(r["Version"] for r in rows) == [2, 4, 6, 8]
+    body = get(
+        root, "BusinessMetrics", basic, **{"$filter": "Version ge 7", "$count": "true", "$top": "1"}
+    ).json()
+    assert body["@odata.count"] == 3 and len(body["value"]) == 1
+    assert get(root, "BusinessMetrics/$count", basic, **{"$filter": f"ExperimentId eq '{BETA}'"}).text == "1"
+    # A grant narrowed to BETA: the same narrowing as the report's.
+    narrowed = identities["narrowed"]
+    theirs = requests.get(server + "/api/v1/reports/business", headers=narrowed.headers, timeout=30).json()[
+        "rows"
+    ]
+    mine, _ = _all(root, "BusinessMetrics", (narrowed.key.key_id, narrowed.key.secret))
+    assert [_report_row(r) for r in mine] == theirs
+    assert [(r["ModelName"], r["Version"]) for r in mine] == [("vision", 1)]
 
 
 def test_paging_with_orderby_on_nullable_and_ties(root: str, basic: tuple[str, str]) -> None:

@@ -1,12 +1,13 @@
 """Business metric declarations and the stakeholder roll-up, in Postgres, of one tenant.
 
-`business_rollup` is the one read both the JSON/CSV report and the OData entity set use.
+`version_rows_sql` is the one roll-up query: `business_rollup` runs it for the JSON/CSV
+report, and the OData entity set BusinessMetrics uses it as a CTE under its compiled
+$filter/$orderby/paging, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -34,24 +35,63 @@ def columns(level: str) -> tuple[str, ...]:
     return ROLLUP_COLUMNS
 
 
+Bind = Callable[[Any, str], str]
+"""Binds a value as the next query parameter with an SQL cast; returns its placeholder (`$3::text`).
+
+The caller owns the numbering, so the roll-up can sit inside a larger statement (OData)."""
+
+# Non-finite values become NULL here, in SQL, so every reader (report, CSV, OData) sees the
+# same null and a numeric filter or sort never meets NaN (Postgres sorts NaN above every number).
 _VERSION_ROWS = """
 SELECT mv.model_name, mv.version, mv.stage, mv.run_id, r.experiment_id, b.key AS metric, b.category,
-       b.unit, b.currency, b.owner, b.direction, lm.value, lm.step, lm.timestamp
+       b.unit, b.currency, b.owner, b.direction,
+       CASE WHEN lm.value IN ('NaN', 'Infinity', '-Infinity') THEN NULL ELSE lm.value END AS value,
+       lm.step, lm.timestamp
 FROM model_versions mv
 JOIN runs r ON r.tenant_id = mv.tenant_id AND r.run_id = mv.run_id AND r.lifecycle_stage = 'active'
 JOIN latest_metrics lm ON lm.tenant_id = mv.tenant_id AND lm.run_id = mv.run_id
 JOIN business_metrics b ON b.tenant_id = lm.tenant_id AND b.key = lm.key
-WHERE mv.tenant_id = $1
-  AND ($2::text[] IS NULL OR r.experiment_id = ANY($2::text[]))
-  AND ($3::text IS NULL OR mv.model_name = $3)
-  AND ($4::text IS NULL OR mv.stage = $4)
-  AND ($5::text[] IS NULL OR b.key = ANY($5::text[]))
-ORDER BY mv.model_name, mv.version, b.key
-"""
+WHERE {where}"""
+_VERSION_ORDER = " ORDER BY mv.model_name, mv.version, b.key"
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def version_rows_sql(
+    bind: Bind,
+    tenant_id: str,
+    *,
+    readable: frozenset[str] | None,
+    model_name: str | None = None,
+    stage: str | None = None,
+    metrics: Sequence[str] | None = None,
+) -> str:
+    """The SELECT of the version-level roll-up (`VERSION_COLUMNS`), without ORDER BY.
+
+    Only model versions of `tenant_id` whose source run is active and in a `readable`
+    experiment (None: all of the tenant's) count; values that are not finite are NULL.
+    Every value is bound through `bind`; a filter left out adds no clause, so the planner
+    sees only the predicates that apply.
+    """
+    clauses = [f"mv.tenant_id = {bind(tenant_id, 'text')}"]
+    if readable is not None:
+        clauses.append(f"r.experiment_id = ANY({bind(sorted(readable), 'text[]')})")
+    if model_name is not None:
+        clauses.append(f"mv.model_name = {bind(model_name, 'text')}")
+    if stage is not None:
+        clauses.append(f"mv.stage = {bind(stage, 'text')}")
+    if metrics:
+        clauses.append(f"b.key = ANY({bind(list(metrics), 'text[]')})")
+    return _VERSION_ROWS.format(where="\n  AND ".join(clauses))
+
+
+class _Args:
+    """A `Bind` numbering asyncpg's $n placeholders from 1, for a statement of its own."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any, cast: str) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}::{cast}"
 
 
 async def business_rollup(
@@ -77,15 +117,12 @@ async def business_rollup(
     """
     if level not in ("version", "stage", "model"):
         raise ValueError(f"unknown level {level!r}")
-    rows = await conn.fetch(
-        _VERSION_ROWS,
-        tenant_id,
-        sorted(readable) if readable is not None else None,
-        model_name,
-        stage,
-        list(metrics) if metrics else None,
+    args = _Args()
+    sql = version_rows_sql(
+        args, tenant_id, readable=readable, model_name=model_name, stage=stage, metrics=metrics
     )
-    versions = [{**dict(r), "value": _finite(r["value"])} for r in rows]
+    rows = await conn.fetch(sql + _VERSION_ORDER, *args.values)
+    versions = [dict(r) for r in rows]
     if level == "version":
         return versions
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}

@@ -12,17 +12,27 @@ the entity set: Postgres for the metadata projections, ClickHouse for metric poi
 Runs carry a dynamic set of params, tags and metrics; CSDL entity types are static, so
 they are long entity sets keyed by (RunId, Key) - RunParams, RunTags, RunMetrics - that a BI
 model relates to Runs by RunId (see docs/bi.md for why not an open type).
+
+An entity set with a `cte` reads a derived table rather than a stored one: BusinessMetrics
+is the stakeholder roll-up's own SQL (services/api/business/repository.py) as a CTE, which
+scopes itself to the tenant and readable experiments; the feed's filter, order and paging
+apply to the CTE's columns (Postgres inlines it, so they still reach the joined tables).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from runledger.stores.clickhouse.tables import METRIC_POINTS
+from services.api.business.repository import Bind, version_rows_sql
 
 Storage = Literal["plain", "ms", "tstz", "ch_time"]
 Store = Literal["postgres", "clickhouse"]
+
+CteBuilder = Callable[[Bind, str, frozenset[str] | None], str]
+"""(bind, tenant id, readable experiments or None) -> `WITH name AS (...)`, scoped to both."""
 
 NAMESPACE = "RunLedger"
 CONTAINER = "Container"
@@ -54,9 +64,14 @@ class EntitySet:
     tenant_expr: str
     experiment_expr: str
     description: str = ""
+    # A derived source: the WITH clause that defines `source`, already scoped to the caller
+    # (tenant_expr / experiment_expr are then unused: the CTE applies the same narrowing).
+    cte: CteBuilder | None = None
     by_name: dict[str, Property] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.cte is not None and self.store != "postgres":
+            raise ValueError(f"{self.name}: a CTE source is Postgres SQL")
         object.__setattr__(self, "by_name", {p.name: p for p in self.properties})
 
     def property(self, name: str) -> Property | None:
@@ -201,6 +216,48 @@ METRIC_POINTS_SET = EntitySet(
     description="Every logged metric point (ClickHouse), one row per point.",
 )
 
+
+def _business_rollup(bind: Bind, tenant_id: str, readable: frozenset[str] | None) -> str:
+    # The report's own query (level=version), unfiltered: $filter narrows it from outside.
+    return f"WITH business_rollup AS ({version_rows_sql(bind, tenant_id, readable=readable)})"
+
+
+BUSINESS_METRICS = EntitySet(
+    name="BusinessMetrics",
+    type_name="BusinessMetric",
+    store="postgres",
+    source="business_rollup br",
+    # model_versions is keyed by (model, version) and a version has one source run, whose
+    # latest value per key is one row: (model, version, metric) is unique.
+    keys=("ModelName", "Version", "MetricKey"),
+    properties=(
+        _s("ModelName", "br.model_name"),
+        Property("Version", "Edm.Int64", "br.version"),
+        _s("Stage", "br.stage", description="the version's stage, e.g. Staging, Production"),
+        _s("RunId", "br.run_id", description="the version's source run"),
+        _s("ExperimentId", "br.experiment_id"),
+        _s("MetricKey", "br.metric", description="the declared business metric's key"),
+        _s("Category", "br.category", description="conversion_rate_impact, cost_savings, revenue_lift, ..."),
+        _s("Unit", "br.unit", description="e.g. %; '' when Currency alone says it"),
+        _s("Currency", "br.currency", description="ISO 4217 code, '' when the value is not money"),
+        _s("Owner", "br.owner"),
+        _s("Direction", "br.direction", description="max or min: which way is better"),
+        Property(
+            "Value",
+            "Edm.Double",
+            "br.value",
+            nullable=True,
+            description="The run's latest value; null if not finite.",
+        ),
+        Property("Step", "Edm.Int64", "br.step", description="Step of the latest value."),
+        _ms("Timestamp", "br.timestamp"),
+    ),
+    tenant_expr="",
+    experiment_expr="",
+    description="The stakeholder report (level=version): one row per (model version, business metric).",
+    cte=_business_rollup,
+)
+
 ENTITY_SETS: tuple[EntitySet, ...] = (
     EXPERIMENTS,
     RUNS,
@@ -209,5 +266,6 @@ ENTITY_SETS: tuple[EntitySet, ...] = (
     RUN_METRICS,
     METRIC_POINTS_SET,
     FINDINGS,
+    BUSINESS_METRICS,
 )
 BY_NAME = {s.name: s for s in ENTITY_SETS}

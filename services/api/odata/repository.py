@@ -2,6 +2,8 @@
 
 Every statement is scoped to the caller's tenant and, for a grant narrowed to some
 experiments, to those experiments; the filter, order, offset and limit are all in SQL.
+A derived entity set (`EntitySet.cte`) is scoped inside its WITH clause instead, and the
+compiled options apply to the CTE in the same statement.
 """
 
 from __future__ import annotations
@@ -56,7 +58,20 @@ class ODataRepository:
         self._ch = clickhouse
         self._scope = scope
 
+    def _with(self, entity_set: EntitySet, pg: PostgresDialect) -> str:
+        """The WITH clause of a derived entity set ('' for a table), binding the scope first."""
+        if entity_set.cte is None:
+            return ""
+        return entity_set.cte(pg.param, self._scope.tenant_id, self._scope.experiments) + " "
+
     def _where(self, entity_set: EntitySet, dialect: Dialect, node: Node | None) -> list[str]:
+        clauses = [] if entity_set.cte is not None else self._scope_clauses(entity_set, dialect)
+        if node is not None:
+            clauses.append(FilterCompiler(entity_set, dialect).predicate(node))
+        return clauses
+
+    def _scope_clauses(self, entity_set: EntitySet, dialect: Dialect) -> list[str]:
+        # Not for a derived set: its CTE (see _with) already holds only the readable rows.
         scope = self._scope
         clauses = [f"{entity_set.tenant_expr} = {dialect.bind(_TENANT, scope.tenant_id)}"]
         if scope.experiments is not None:
@@ -67,17 +82,16 @@ class ODataRepository:
                 assert isinstance(dialect, ClickHouseDialect)
                 ids = dialect.param(sorted(scope.experiments), "Array(String)")
                 clauses.append(f"has({ids}, {entity_set.experiment_expr})")
-        if node is not None:
-            clauses.append(FilterCompiler(entity_set, dialect).predicate(node))
         return clauses
 
     async def count(self, entity_set: EntitySet, node: Node | None) -> int:
         """How many rows match the filter (ignoring $top/$skip)."""
         if entity_set.store == "postgres":
             pg = PostgresDialect()
-            where = " AND ".join(self._where(entity_set, pg, node))
+            with_ = self._with(entity_set, pg)
+            where = " AND ".join(self._where(entity_set, pg, node)) or "TRUE"
             value = await self._pool.fetchval(
-                f"SELECT count(*) FROM {entity_set.source} WHERE {where}", *pg.args
+                f"{with_}SELECT count(*) FROM {entity_set.source} WHERE {where}", *pg.args
             )
             return int(value)
         ch = ClickHouseDialect()
@@ -93,12 +107,14 @@ class ODataRepository:
         values += [f"{c.prop.expr} AS s{i}" for i, c in enumerate(query.columns)]
         if es.store == "postgres":
             pg = PostgresDialect()
+            with_ = self._with(es, pg)
             clauses = self._where(es, pg, query.filter)
             if query.position is not None:
                 clauses.append(after(query.columns, query.position, pg, row_values=True))
             order = ", ".join(c.order_sql("postgres") for c in query.columns)
+            where = " AND ".join(clauses) or "TRUE"
             sql = (
-                f"SELECT {', '.join(values)} FROM {es.source} WHERE {' AND '.join(clauses)}"
+                f"{with_}SELECT {', '.join(values)} FROM {es.source} WHERE {where}"
                 f" ORDER BY {order} LIMIT {pg.param(query.limit, 'int8')}"
             )
             if query.skip:
