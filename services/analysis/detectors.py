@@ -21,11 +21,12 @@ import numpy.typing as npt
 from runledger.analysis.cohort import CohortDetector
 from runledger.analysis.detection import Anomaly, DetectorConfig, SeriesDetector
 from runledger.analysis.tuning import Tuning, merged_overrides
-from services.analysis.store import COHORT, SERIES, StateKey
+from services.analysis.store import COHORT, SERIES, StateKey, StateRow
 
 log = logging.getLogger(__name__)
 
-StateLoader = Callable[[Iterable[StateKey]], Awaitable[dict[StateKey, dict[str, Any]]]]
+# state key -> member -> state (a series has the single member '')
+StateLoader = Callable[[Iterable[StateKey]], Awaitable[dict[StateKey, dict[str, dict[str, Any]]]]]
 # (tenant, run) pairs -> the metric keys whose series states are stored for each
 KeysLoader = Callable[[list[tuple[str, str]]], Awaitable[dict[tuple[str, str], list[str]]]]
 
@@ -108,6 +109,10 @@ class DetectorBank:
         self._max_cached = max_cached
         self._cache: OrderedDict[StateKey, _Entry] = OrderedDict()
         self._dirty: set[StateKey] = set()
+        # Metric keys of the runs seen since they started here (their cohorts judge them at the end).
+        self._run_keys: dict[tuple[str, str], set[str]] = {}
+        # Changed cohort members of detectors rebuilt for a new configuration, not stored yet.
+        self._stashed: list[StateRow] = []
         self._tuning: dict[str, list[Tuning]] = {}
         self._configs: dict[tuple[str, str, str], DetectorConfig] = {}
 
@@ -120,17 +125,30 @@ class DetectorBank:
         """Forget every cached state (after a failure, Postgres is the truth)."""
         self._cache.clear()
         self._dirty.clear()
+        self._stashed = []
+        self._run_keys.clear()
 
     @property
     def dirty_count(self) -> int:
         """Detectors changed since the last checkpoint."""
         return len(self._dirty)
 
-    def take_dirty(self) -> dict[StateKey, dict[str, Any]]:
-        """The states changed since the last call, to be stored with the offsets they match."""
-        states = {k: self._cache[k].detector.to_state() for k in self._dirty if k in self._cache}
+    def take_dirty(self) -> list[StateRow]:
+        """What changed since the last call: whole series states, and the changed (or forgotten)
+        members of cohorts; to be stored with the offsets they match."""
+        rows = self._stashed
+        self._stashed = []
+        for key in self._dirty:
+            entry = self._cache.get(key)
+            if entry is None:
+                continue
+            detector = entry.detector
+            if isinstance(detector, SeriesDetector):
+                rows.append(StateRow(key, "", detector.to_state()))
+            else:
+                rows.extend(StateRow(key, run, state) for run, state in detector.take_dirty_members().items())
         self._dirty.clear()
-        return states
+        return rows
 
     def evict(self) -> None:
         """Drop the least recently used stored detectors beyond the cap (after a checkpoint)."""
@@ -166,7 +184,7 @@ class DetectorBank:
         for tenant, experiment, run, key in batch.points:
             wanted[StateKey(tenant, SERIES, run, key)] = (experiment, key)
             wanted[StateKey(tenant, COHORT, experiment, key)] = (experiment, key)
-        finished_keys = await self._finished_series(batch.finished)
+        finished_keys = await self._finished_series(batch)
         for (tenant, experiment, _run), keys in finished_keys.items():
             for key in keys:
                 wanted[StateKey(tenant, COHORT, experiment, key)] = (experiment, key)
@@ -187,6 +205,7 @@ class DetectorBank:
                 findings.append(Finding(tenant, experiment, flagged, key, anomaly))
             self._dirty.add(series_key)
             self._dirty.add(cohort_key)
+            self._run_keys.setdefault((tenant, run), set()).add(key)
         for (tenant, experiment, run), keys in finished_keys.items():
             for key in keys:
                 cohort_key = StateKey(tenant, COHORT, experiment, key)
@@ -195,23 +214,25 @@ class DetectorBank:
                 for flagged, anomaly in cohort.finish(run):
                     findings.append(Finding(tenant, experiment, flagged, key, anomaly))
                 self._dirty.add(cohort_key)
+        # Runs that never report an end would grow this forever; the oldest go (their stored
+        # series states name their keys at the end as well).
+        if len(self._run_keys) > self._max_cached:
+            for stale in list(self._run_keys)[: len(self._run_keys) - self._max_cached]:
+                del self._run_keys[stale]
         return findings
 
-    async def _finished_series(
-        self, finished: list[tuple[str, str, str]]
-    ) -> dict[tuple[str, str, str], list[str]]:
-        """The metric keys each finished run has logged (cached series and stored ones)."""
-        if not finished:
+    async def _finished_series(self, batch: BatchInput) -> dict[tuple[str, str, str], list[str]]:
+        """The metric keys each finished run has logged: in this batch, cached, or stored."""
+        if not batch.finished:
             return {}
-        stored = await self._stored_keys([(tenant, run) for tenant, _, run in finished])
+        stored = await self._stored_keys([(tenant, run) for tenant, _, run in batch.finished])
+        in_batch: dict[tuple[str, str], set[str]] = {}
+        for tenant, _, run, key in batch.points:
+            in_batch.setdefault((tenant, run), set()).add(key)
         by_run: dict[tuple[str, str, str], list[str]] = {}
-        for tenant, experiment, run in finished:
-            keys = set(stored.get((tenant, run), ()))
-            keys.update(
-                k.key
-                for k in self._cache
-                if k.scope == SERIES and k.tenant_id == tenant and k.scope_id == run
-            )
+        for tenant, experiment, run in batch.finished:
+            keys = set(stored.get((tenant, run), ())) | in_batch.get((tenant, run), set())
+            keys |= self._run_keys.pop((tenant, run), set())
             by_run[(tenant, experiment, run)] = sorted(keys)
         return by_run
 
@@ -223,25 +244,39 @@ class DetectorBank:
             config = self.config(state_key.tenant_id, experiment, key)
             entry = self._cache.get(state_key)
             if entry is None:
-                state = stored.get(state_key)
-                entry = _Entry(self._build(state_key, config, state), config)
+                entry = _Entry(self._build(state_key, config, stored.get(state_key) or {}), config)
                 self._cache[state_key] = entry
             elif entry.config != config:
-                entry = _Entry(self._build(state_key, config, entry.detector.to_state()), config)
+                entry = _Entry(self._rebuild(state_key, entry.detector, config), config)
                 self._cache[state_key] = entry
             self._cache.move_to_end(state_key)
 
+    def _rebuild(
+        self, state_key: StateKey, detector: SeriesDetector | CohortDetector, config: DetectorConfig
+    ) -> SeriesDetector | CohortDetector:
+        """The same detector state under a new configuration (a tenant changed its settings)."""
+        if isinstance(detector, SeriesDetector):
+            return self._build(state_key, config, {"": detector.to_state()})
+        # Changes not stored yet would be lost with the old object: keep them for take_dirty.
+        self._stashed.extend(
+            StateRow(state_key, run, st) for run, st in detector.take_dirty_members().items()
+        )
+        return self._build(state_key, config, detector.members())
+
     @staticmethod
     def _build(
-        state_key: StateKey, config: DetectorConfig, state: dict[str, Any] | None
+        state_key: StateKey, config: DetectorConfig, members: dict[str, dict[str, Any]]
     ) -> SeriesDetector | CohortDetector:
-        kind: type[SeriesDetector] | type[CohortDetector] = (
-            SeriesDetector if state_key.scope == SERIES else CohortDetector
-        )
-        if state is None:
-            return kind(state_key.key, config)
+        """A detector from its stored members (none: a new series or cohort)."""
         try:
-            return kind.from_state(state_key.key, config, state)
+            if state_key.scope == SERIES:
+                state = members.get("")
+                if state is None:
+                    return SeriesDetector(state_key.key, config)
+                return SeriesDetector.from_state(state_key.key, config, state)
+            return CohortDetector.from_members(state_key.key, config, members)
         except (KeyError, ValueError, TypeError) as exc:  # a state of an older detector version
             log.warning("discarding unreadable detector state of %s: %s", state_key, exc)
-            return kind(state_key.key, config)
+            if state_key.scope == SERIES:
+                return SeriesDetector(state_key.key, config)
+            return CohortDetector(state_key.key, config)

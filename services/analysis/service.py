@@ -6,7 +6,8 @@ One batch at a time:
 2. feed metric points to the series and cohort detectors, terminal run statuses to the
    cohorts (final-value outliers);
 3. publish the findings (analysis.anomaly_detected, ids derived from series, kind and
-   step) and, for outlier runs, an attribution request; wait for Kafka's acknowledgement;
+   step) and, for findings across runs (an outlier run, a shift of the runs' final values),
+   an attribution request; wait for Kafka's acknowledgement;
 4. every RUNLEDGER_ANALYSIS_CHECKPOINT_INTERVAL_S (and on a clean stop), store the
    detector states changed since the last checkpoint and the partitions' offsets in one
    transaction (not per batch: at fleet scale most batches touch thousands of series).
@@ -55,8 +56,6 @@ _POLL_RECORDS = 5000
 # cannot be evicted and the work a crash repeats).
 _MAX_DIRTY = 50_000
 _TERMINAL = frozenset({RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED})
-# Kinds whose finding starts an attribution of the flagged run against its siblings.
-AUTO_ATTRIBUTION_KINDS = frozenset({"outlier_run"})
 
 
 class AnalysisService:
@@ -180,9 +179,9 @@ class AnalysisService:
         """Store the changed detector states and the offsets they match, in one transaction."""
         s = self._settings
         if self._unsaved:
-            states = self._bank.take_dirty()
+            rows = self._bank.take_dirty()
             async with self._pool.acquire() as conn, conn.transaction():
-                await store.save_states(conn, states)
+                await store.save_states(conn, rows)
                 await store.save_offsets(conn, s.analysis_group, incarnation, s.events_topic, self._unsaved)
             self._unsaved = {}
             self._bank.evict()
@@ -220,7 +219,7 @@ class AnalysisService:
                 batch.finished.append((env.tenant_id, env.experiment_id, env.run_id))
 
     def _reports(self, findings: list[Finding]) -> list[Outgoing]:
-        """The events of a batch's findings, and attribution requests for outlier runs."""
+        """The events of a batch's findings, and attribution requests for shifts across runs."""
         out: list[Outgoing] = []
         for f in findings:
             a = f.anomaly
@@ -228,13 +227,8 @@ class AnalysisService:
                 f.tenant_id, f.experiment_id, f.run_id, f.key, a.kind, a.step, a.severity, a.evidence
             )
             out.append(event)
-            if self._settings.attribution_auto and a.kind in AUTO_ATTRIBUTION_KINDS:
-                request = {
-                    "metric": f.key,
-                    "candidate_run_ids": [f.run_id],
-                    "baseline_run_ids": [],
-                    "trigger": {"by": "finding", "finding_event_id": event.event_id, "kind": a.kind},
-                }
+            request = _attribution_request(f, event.event_id) if self._settings.attribution_auto else None
+            if request is not None:
                 out.append(
                     self._reporter.attribution_request(f.tenant_id, f.experiment_id, request, event.event_id)
                 )
@@ -257,13 +251,38 @@ class AnalysisService:
         self._bank.set_tuning(tuning)
         self._settings_version = version
 
-    async def _load_states(self, keys: Iterable[StateKey]) -> dict[StateKey, dict[str, Any]]:
+    async def _load_states(self, keys: Iterable[StateKey]) -> dict[StateKey, dict[str, dict[str, Any]]]:
         async with self._pool.acquire() as conn:
             return await store.load_states(conn, keys)
 
     async def _stored_keys(self, runs: list[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
         async with self._pool.acquire() as conn:
             return await store.stored_series_keys(conn, runs)
+
+
+def _attribution_request(finding: Finding, finding_event_id: str) -> dict[str, Any] | None:
+    """The attribution a finding across runs starts: an outlier run against the experiment's
+    recent runs, or the runs after a shift of the final values against those before it."""
+    a = finding.anomaly
+    trigger = {"by": "finding", "finding_event_id": finding_event_id, "kind": a.kind}
+    if a.kind == "outlier_run":
+        return {
+            "metric": finding.key,
+            "candidate_run_ids": [finding.run_id],
+            "baseline_run_ids": [],
+            "trigger": trigger,
+        }
+    if a.kind == "level_shift" and a.evidence.get("scope") == "runs":
+        candidates = [str(r) for r in a.evidence.get("candidate_run_ids") or []]
+        baseline = [str(r) for r in a.evidence.get("baseline_run_ids") or [] if r not in candidates]
+        if candidates:
+            return {
+                "metric": finding.key,
+                "candidate_run_ids": candidates,
+                "baseline_run_ids": baseline,
+                "trigger": trigger,
+            }
+    return None
 
 
 def _publish(producer: KafkaProducer, topic: str, events: list[Outgoing]) -> None:

@@ -38,13 +38,24 @@ class SettingsRow:
     overrides: dict[str, Any]
 
 
-async def load_states(conn: PgConnection, keys: Iterable[StateKey]) -> dict[StateKey, dict[str, Any]]:
-    """The stored states of `keys` (absent ones are new series)."""
+@dataclass(frozen=True, slots=True)
+class StateRow:
+    """One stored state: a series (member ''), or one member run of a cohort; None = delete it."""
+
+    key: StateKey
+    member: str
+    state: dict[str, Any] | None
+
+
+async def load_states(
+    conn: PgConnection, keys: Iterable[StateKey]
+) -> dict[StateKey, dict[str, dict[str, Any]]]:
+    """The stored states of `keys`, member -> state (a series has the one member '')."""
     wanted = list(keys)
     if not wanted:
         return {}
     rows = await conn.fetch(
-        "SELECT s.tenant_id, s.scope, s.scope_id, s.key, s.state::text AS state FROM analysis_series_state s"
+        "SELECT s.tenant_id, s.scope, s.scope_id, s.key, s.member, s.state::text AS state FROM analysis_state s"
         " JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS w(t, sc, id, k)"
         " ON s.tenant_id = w.t AND s.scope = w.sc AND s.scope_id = w.id AND s.key = w.k",
         [k.tenant_id for k in wanted],
@@ -52,28 +63,44 @@ async def load_states(conn: PgConnection, keys: Iterable[StateKey]) -> dict[Stat
         [k.scope_id for k in wanted],
         [k.key for k in wanted],
     )
-    return {
-        StateKey(r["tenant_id"], r["scope"], r["scope_id"], r["key"]): orjson.loads(r["state"]) for r in rows
-    }
+    found: dict[StateKey, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        key = StateKey(r["tenant_id"], r["scope"], r["scope_id"], r["key"])
+        found.setdefault(key, {})[r["member"]] = orjson.loads(r["state"])
+    return found
 
 
-async def save_states(conn: PgConnection, states: Mapping[StateKey, dict[str, Any]]) -> None:
-    """Upsert the states of the detectors a batch changed (one statement)."""
-    if not states:
-        return
-    keys = list(states)
-    await conn.execute(
-        "INSERT INTO analysis_series_state (tenant_id, scope, scope_id, key, state, updated_at)"
-        " SELECT t, sc, id, k, s::jsonb, now()"
-        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS w(t, sc, id, k, s)"
-        " ON CONFLICT (tenant_id, scope, scope_id, key)"
-        " DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-        [k.tenant_id for k in keys],
-        [k.scope for k in keys],
-        [k.scope_id for k in keys],
-        [k.key for k in keys],
-        [orjson.dumps(states[k], option=orjson.OPT_SERIALIZE_NUMPY).decode() for k in keys],
-    )
+async def save_states(conn: PgConnection, rows: Iterable[StateRow]) -> None:
+    """Upsert the states a checkpoint stores and delete the forgotten ones (two statements)."""
+    rows = list(rows)
+    upserts = [r for r in rows if r.state is not None]
+    deletes = [r for r in rows if r.state is None]
+    if upserts:
+        await conn.execute(
+            "INSERT INTO analysis_state (tenant_id, scope, scope_id, key, member, state, updated_at)"
+            " SELECT t, sc, id, k, m, s::jsonb, now()"
+            " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])"
+            " AS w(t, sc, id, k, m, s)"
+            " ON CONFLICT (tenant_id, scope, scope_id, key, member)"
+            " DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            [r.key.tenant_id for r in upserts],
+            [r.key.scope for r in upserts],
+            [r.key.scope_id for r in upserts],
+            [r.key.key for r in upserts],
+            [r.member for r in upserts],
+            [orjson.dumps(r.state, option=orjson.OPT_SERIALIZE_NUMPY).decode() for r in upserts],
+        )
+    if deletes:
+        await conn.execute(
+            "DELETE FROM analysis_state s USING unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])"
+            " AS w(t, sc, id, k, m)"
+            " WHERE s.tenant_id = w.t AND s.scope = w.sc AND s.scope_id = w.id AND s.key = w.k AND s.member = w.m",
+            [r.key.tenant_id for r in deletes],
+            [r.key.scope for r in deletes],
+            [r.key.scope_id for r in deletes],
+            [r.key.key for r in deletes],
+            [r.member for r in deletes],
+        )
 
 
 async def stored_series_keys(
@@ -83,7 +110,7 @@ async def stored_series_keys(
     if not runs:
         return {}
     rows = await conn.fetch(
-        "SELECT s.tenant_id, s.scope_id, s.key FROM analysis_series_state s"
+        "SELECT s.tenant_id, s.scope_id, s.key FROM analysis_state s"
         " JOIN unnest($1::text[], $2::text[]) AS w(t, r) ON s.tenant_id = w.t AND s.scope_id = w.r"
         f" WHERE s.scope = '{SERIES}'",
         [t for t, _ in runs],

@@ -92,14 +92,20 @@ def curve(steps: int, seed: int) -> np.ndarray:
 
 
 def metrics(
-    identity: Identity, run_id: str, first: int, values: np.ndarray, *, tenant: str | None = None
+    identity: Identity,
+    run_id: str,
+    first: int,
+    values: np.ndarray,
+    *,
+    tenant: str | None = None,
+    experiment: str = EXPERIMENT,
 ) -> bytes:
     steps = np.arange(first, first + len(values), dtype=np.int64)
     payload = metric_columns(
         [KEY], np.zeros(len(values), dtype=np.int32), values, steps, 1_700_000_000_000 + steps
     )
     return event(
-        identity, EventType.METRICS_LOGGED, payload, run_id=run_id, experiment_id=EXPERIMENT, tenant=tenant
+        identity, EventType.METRICS_LOGGED, payload, run_id=run_id, experiment_id=experiment, tenant=tenant
     )
 
 
@@ -287,3 +293,62 @@ async def test_an_attribution_that_cannot_run_is_reported_failed_with_the_reason
     assert payload["attribution_id"] == attribution_id
     assert payload["status"] == "failed"
     assert "val/loss" in payload["error"]
+
+
+async def test_tenant_settings_tune_detection_per_experiment_and_metric(world: World) -> None:
+    conn = await asyncpg.connect(world.dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO anomaly_settings (tenant_id, experiment_id, key, overrides)"
+            " VALUES ($1, $2, 'train/*', $3::jsonb)",
+            TENANT,
+            EXPERIMENT,
+            orjson.dumps({"disabled_kinds": ["spike"]}).decode(),
+        )
+    finally:
+        await conn.close()
+    values = curve(300, 9)
+    values[200] += 3.0
+    tuned, untouched = f"run-{uuid.uuid4().hex[:12]}", f"run-{uuid.uuid4().hex[:12]}"
+    async with running(world) as service:
+        send(world, [metrics(world.engineer, tuned, 0, values)], tuned)
+        send(world, [metrics(world.engineer, untouched, 0, values, experiment="exp-default")], untouched)
+        await until(lambda: kinds_of(reported(world), untouched))
+        await analysed_through(world, service, 600)
+    everything = reported(world)
+    assert [k for k, _ in kinds_of(everything, untouched)] == ["spike"]
+    assert kinds_of(everything, tuned) == []  # spikes are off for train/* of this experiment
+
+
+async def test_a_shift_of_the_runs_final_values_starts_an_attribution(world: World) -> None:
+    before = [f"old-{i}-{uuid.uuid4().hex[:8]}" for i in range(10)]
+    after = [f"new-{i}-{uuid.uuid4().hex[:8]}" for i in range(3)]
+    async with running(world):
+        for i, run in enumerate(before + after):
+            values = curve(120, 300 + i) + (0.5 if run in after else 0.0)  # the last runs end higher
+            finished = event(
+                world.engineer,
+                EventType.STATUS_CHANGED,
+                {"status": "FINISHED", "end_time": 1_700_000_500_000},
+                run_id=run,
+                experiment_id=EXPERIMENT,
+            )
+            send(world, [metrics(world.engineer, run, 0, values), finished], run)
+            await asyncio.sleep(0.3)  # finish order = the order the runs ended
+        requests = await until(
+            lambda: [
+                r
+                for r in reported(world, EventType.ATTRIBUTION_REQUESTED)
+                if r["payload"]["trigger"]["kind"] == "level_shift"
+            ]
+        )
+    shifts = [
+        f
+        for f in reported(world)
+        if f["payload"]["kind"] == "level_shift" and f["payload"]["evidence"].get("scope") == "runs"
+    ]
+    assert len(shifts) == 1, shifts
+    payload = requests[0]["payload"]
+    assert sorted(payload["candidate_run_ids"]) == sorted(after)
+    assert set(payload["baseline_run_ids"]) <= set(before) and len(payload["baseline_run_ids"]) >= 8
+    assert payload["trigger"]["finding_event_id"] == shifts[0]["event_id"]

@@ -1,75 +1,217 @@
-"""The outlier_run detector over sibling runs (runledger.analysis.cohort)."""
+"""The cohort detector: outlier_run and cross-run level_shift (runledger.analysis.cohort)."""
 
 from __future__ import annotations
 
 import numpy as np
 import orjson
 
-from bench.anomaly_data import experiment
+from bench.cohort_data import cohort
 from runledger.analysis.cohort import CohortDetector
 from runledger.analysis.detection import Anomaly, DetectorConfig
 
 CFG = DetectorConfig()
+Runs = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def _loss(n: int = 400, seed: int = 0, noise: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     t = np.arange(n, dtype=np.float64)
-    clean = 0.5 + 2.0 * np.exp(-t / 150)
+    clean = (0.5 + 2.0 * np.exp(-t / 150)) * (1 + 0.02 * rng.standard_normal())
     return np.arange(1, n + 1, dtype=np.int64), clean * (1 + noise * rng.standard_normal(n))
 
 
-def _feed_cohort(
-    d: CohortDetector, runs: dict[str, tuple[np.ndarray, np.ndarray]]
-) -> list[tuple[str, Anomaly]]:
+def _feed(d: CohortDetector, runs: Runs, chunk: int = 1, finish: bool = True) -> list[tuple[str, Anomaly]]:
+    """Interleaved, ``chunk`` points per run per tick (a fleet), then every run finishes."""
     out: list[tuple[str, Anomaly]] = []
-    n = len(next(iter(runs.values()))[0])
-    for lo in range(0, n, 50):
+    n = max(len(s) for s, _ in runs.values())
+    for lo in range(0, n, chunk):
         for rid, (st, va) in runs.items():
-            out += d.update(rid, st[lo : lo + 50], va[lo : lo + 50])
-    for rid in runs:
-        out += d.finish(rid)
+            if lo < len(st):
+                out += d.update(rid, st[lo : lo + chunk], va[lo : lo + chunk])
+    if finish:
+        for rid in runs:
+            out += d.finish(rid)
     return out
 
 
-def test_cohort_curve_outlier_once() -> None:
-    runs = {f"r{i}": _loss(seed=i) for i in range(8)}
-    steps, v = runs["r3"]
-    runs["r3"] = (steps, v * 1.6)
-    found = _feed_cohort(CohortDetector("val/loss", CFG), runs)
-    assert [(r, a.kind, a.evidence["basis"]) for r, a in found] == [("r3", "outlier_run", "curve")]
-
-
-def test_cohort_final_value_outlier_and_state() -> None:
-    runs = {f"r{i}": _loss(seed=i) for i in range(8)}
-    steps, v = runs["r5"]
+def _with_jump(runs: Runs, rid: str, at: int, factor: float) -> Runs:
+    st, v = runs[rid]
     v = v.copy()
-    v[-3:] *= 2.0  # only the end differs: caught on completion
-    runs["r5"] = (steps, v)
+    v[at:] *= factor
+    return {**runs, rid: (st, v)}
+
+
+def test_curve_departure_flagged_within_a_few_points_once() -> None:
+    runs = _with_jump({f"r{i}": _loss(seed=i) for i in range(8)}, "r3", 200, 1.6)
+    for chunk in (1, 7, 50):  # scalar and batch paths
+        found = _feed(CohortDetector("val/loss", CFG), runs, chunk)
+        assert [(r, a.kind, a.evidence["basis"]) for r, a in found] == [("r3", "outlier_run", "curve")]
+        a = found[0][1]
+        assert a.step == 201  # the onset: the first point after the jump (steps start at 1)
+        assert 201 <= a.evidence["detected_at_step"] <= 205
+        assert 0.5 < a.severity < 1 and a.evidence["robust_z"] > CFG.cohort_threshold
+        assert "sibling runs" in a.evidence["message"]
+
+
+def test_better_run_is_an_outlier_too_and_needs_min_siblings() -> None:
+    runs = _with_jump({f"r{i}": _loss(seed=i) for i in range(8)}, "r1", 150, 0.5)
+    assert [r for r, _ in _feed(CohortDetector("loss", CFG), runs)] == ["r1"]
+    few = _with_jump({f"r{i}": _loss(seed=i) for i in range(5)}, "r0", 100, 3.0)  # 4 siblings
+    assert _feed(CohortDetector("loss", CFG), few) == []
+
+
+def test_final_value_outlier_judged_on_finish() -> None:
+    runs = {f"r{i}": _loss(seed=i) for i in range(8)}
+    st, v = runs["r5"]
+    v = v.copy()
+    v[-3:] *= 2.0  # only the last 3 points: the median of the last 5 moves
+    runs["r5"] = (st, v)
     d = CohortDetector("val/loss", CFG)
-    for rid, (st, va) in runs.items():
-        assert d.update(rid, st, va) == []
-    d = CohortDetector.from_state("val/loss", CFG, orjson.loads(orjson.dumps(d.to_state())))
-    found: list[tuple[str, Anomaly]] = []
-    for rid in runs:
+    found = _feed(d, runs, chunk=400, finish=False)  # whole runs at once (the curve check may see it)
+    found += [f for rid in runs for f in d.finish(rid)]
+    assert [r for r, _ in found] == ["r5"]
+    # a run that ran (and finished) before its siblings is judged once enough siblings of a
+    # comparable length have finished
+    d = CohortDetector("val/loss", CFG)
+    assert d.update("r5", st, v) == [] and d.finish("r5") == []
+    found = []
+    for rid in [r for r in runs if r != "r5"]:
+        found += d.update(rid, *runs[rid])
         found += d.finish(rid)
     assert [(r, a.evidence["basis"]) for r, a in found] == [("r5", "final")]
+    assert found[0][1].step == 400 and "final value" in found[0][1].evidence["message"]
 
 
-def test_cohort_needs_min_siblings_and_caps_runs() -> None:
-    runs = {f"r{i}": _loss(seed=i) for i in range(4)}
-    runs["r0"] = (runs["r0"][0], runs["r0"][1] * 3)
-    assert _feed_cohort(CohortDetector("loss", CFG), runs) == []
+def test_runs_of_other_lengths_are_not_final_outliers() -> None:
+    runs = {f"r{i}": _loss(n=400 if i < 6 else 150, seed=i) for i in range(9)}
+    assert _feed(CohortDetector("loss", CFG), runs, chunk=5) == []
+
+
+def _sequential(d: CohortDetector, finals: list[float], seed: int = 0) -> list[tuple[str, Anomaly]]:
+    """Runs one after another, each converging to its final level."""
+    rng = np.random.default_rng(seed)
+    out: list[tuple[str, Anomaly]] = []
+    t = np.arange(200, dtype=np.float64)
+    for i, level in enumerate(finals):
+        v = (level + 2.0 * np.exp(-t / 30)) * (1 + 0.01 * rng.standard_normal(200))
+        out += d.update(f"n{i:02d}", np.arange(1, 201), v)
+        out += d.finish(f"n{i:02d}")
+    return out
+
+
+def test_cross_run_level_shift_once_with_run_lists() -> None:
+    rng = np.random.default_rng(1)
+    finals = list(0.5 * (1 + 0.01 * rng.standard_normal(12))) + list(
+        0.6 * (1 + 0.01 * rng.standard_normal(14))
+    )
+    d = CohortDetector("val/loss", CFG)
+    found = [(r, a) for r, a in _sequential(d, finals) if a.kind == "level_shift"]
+    assert len(found) == 1
+    rid, a = found[0]
+    ev = a.evidence
+    assert rid == "n14" and ev["scope"] == "runs"
+    assert ev["candidate_run_ids"] == ["n12", "n13", "n14"]
+    assert ev["baseline_run_ids"] == [f"n{i:02d}" for i in range(12)]
+    assert 0.08 < ev["shift"] < 0.12 and ev["robust_z"] > 5 and ev["message"]
+
+
+def test_one_outlier_run_is_not_a_level_shift_and_drift_back_rearms() -> None:
+    rng = np.random.default_rng(2)
+    finals = list(0.5 * (1 + 0.01 * rng.standard_normal(20)))
+    finals[12] = 0.7  # one bad run
+    assert [a.kind for _, a in _sequential(CohortDetector("loss", CFG), finals)].count("level_shift") == 0
+    # up, then (after the new level became the baseline) back down: two shifts
+    finals = [0.5] * 10 + [0.6] * 14 + [0.5] * 6
+    finals = [f * (1 + 0.01 * x) for f, x in zip(finals, rng.standard_normal(len(finals)), strict=True)]
+    shifts = [a for _, a in _sequential(CohortDetector("loss", CFG), finals) if a.kind == "level_shift"]
+    assert [s.evidence["candidate_run_ids"][0] for s in shifts] == ["n10", "n24"]
+
+
+def _round_trip(d: CohortDetector) -> CohortDetector:
+    members = orjson.loads(orjson.dumps(d.members()))
+    return CohortDetector.from_members(d.key, d.config, members)
+
+
+def test_member_state_round_trip_gives_identical_findings() -> None:
+    rng = np.random.default_rng(7)
+    for kind in ("curve", "final", "shift", "clean"):
+        c = cohort(rng, kind)
+        ref = CohortDetector(c.key, CFG)
+        expected: list[tuple[str, Anomaly]] = []
+        for rid, lo, hi in c.events:
+            expected += (
+                ref.finish(rid) if hi < 0 else ref.update(rid, c.steps[rid][lo:hi], c.values[rid][lo:hi])
+            )
+        n = len(c.events)
+        for split in (n // 5, n // 2, 4 * n // 5):
+            d = CohortDetector(c.key, CFG)
+            got: list[tuple[str, Anomaly]] = []
+            for i, (rid, lo, hi) in enumerate(c.events):
+                if i == split:
+                    d = _round_trip(d)
+                got += d.finish(rid) if hi < 0 else d.update(rid, c.steps[rid][lo:hi], c.values[rid][lo:hi])
+            assert got == expected, (kind, split)
+
+
+def test_dirty_members_are_enough_to_restore() -> None:
+    runs = _with_jump({f"r{i}": _loss(seed=i) for i in range(8)}, "r2", 300, 1.5)
+    d = CohortDetector("loss", CFG)
+    stored: dict[str, dict[str, object]] = {}
+    found: list[tuple[str, Anomaly]] = []
+    for lo in range(0, 400, 10):
+        for rid, (st, va) in runs.items():
+            found += d.update(rid, st[lo : lo + 10], va[lo : lo + 10])
+        for rid, state in orjson.loads(orjson.dumps(d.take_dirty_members())).items():
+            assert state is not None
+            stored[rid] = state
+        if lo == 250:  # a restart: rebuild from what was stored
+            d = CohortDetector.from_members("loss", CFG, stored)
+    assert d.take_dirty_members() == {}
+    assert [r for r, _ in found] == ["r2"]
+
+
+def test_member_cap_forgets_least_recently_updated() -> None:
     d = CohortDetector("loss", CFG.with_overrides({"cohort_max_runs": 10}))
     for i in range(30):
         d.update(f"r{i}", *_loss(n=50, seed=i))
-    assert len(d.runs) == 10
+    d.update("r25", np.array([51]), np.array([0.5]))
+    d.update("r30", *_loss(n=50, seed=30))
+    members = d.members()
+    assert len(members) == 10 and "r25" in members and "r20" not in members and "r21" in members
+    dirty = d.take_dirty_members()
+    assert dirty["r0"] is None and dirty["r20"] is None and dirty["r30"] is not None
+    # the forgotten members no longer count: a rebuild from the kept ones agrees
+    again = CohortDetector.from_members("loss", d.config, members)
+    assert again.members() == members
 
 
-def test_cohort_clean_experiments_have_no_findings() -> None:
+def test_member_state_is_small() -> None:
+    d = CohortDetector("val/loss", CFG)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        n = 20_000
+        st = np.arange(1, n + 1, dtype=np.int64)
+        d.update(f"r{i}", st, 0.5 + 2 * np.exp(-st / 4000) + 0.01 * rng.standard_normal(n))
+    d.finish("r0")
+    for state in d.members().values():
+        assert len(orjson.dumps(state)) <= 460
+
+
+def test_clean_cohorts_are_silent() -> None:
     rng = np.random.default_rng(3)
-    for _ in range(10):
-        ex = experiment(rng, with_outlier=False)
-        d = CohortDetector(ex.key, CFG)
-        runs = {rid: (s.steps, s.values) for rid, s in ex.runs.items()}
-        assert _feed_cohort(d, runs) == []
+    for _ in range(8):
+        c = cohort(rng, "clean")
+        d = CohortDetector(c.key, CFG)
+        for rid, lo, hi in c.events:
+            assert (
+                d.finish(rid) if hi < 0 else d.update(rid, c.steps[rid][lo:hi], c.values[rid][lo:hi])
+            ) == []
+
+
+def test_replays_nan_and_unknown_runs_are_ignored() -> None:
+    d = CohortDetector("loss", CFG)
+    assert d.update("a", np.array([1, 2]), np.array([1.0, np.nan])) == []
+    assert d.update("a", np.array([1, 2]), np.array([5.0, 5.0])) == []  # step 1 replayed
+    assert d.members()["a"]["ts"] == [1, 1]  # steps 1, 2: the first and the increments
+    assert d.finish("nobody") == []
+    assert d.finish("a") == [] and d.finish("a") == []

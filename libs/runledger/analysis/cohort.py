@@ -1,12 +1,32 @@
-"""``outlier_run``: a run whose curve or final value is far from its siblings' (numpy only, no I/O).
+"""Cohort detectors over the sibling runs of one (experiment, metric key) (numpy only, no I/O).
 
-A :class:`CohortDetector` watches the sibling runs of one (experiment, metric key); the
-per-series detectors are in :mod:`runledger.analysis.detection`, whose conventions
-(direction, robust noise units, severity, one finding per incident) apply here too.
+:class:`CohortDetector` reports
+
+- ``outlier_run``: a run whose curve departs from its siblings' (judged on every new point), or
+  whose final value is far from the finished siblings' finals (judged on :meth:`~CohortDetector.finish`);
+- ``level_shift`` with ``evidence["scope"] == "runs"``: the finals of the last few finished runs
+  all moved away from the finals of the runs finished before them (a metric shifting *across*
+  runs, e.g. after a code or data change).
+
+The conventions of :mod:`runledger.analysis.detection` apply (robust noise units, severity
+``z / (z + threshold)``, one finding per incident, ``Anomaly.step`` = onset,
+``evidence["detected_at_step"]`` = the point that made the finding certain, a plain-sentence
+``evidence["message"]``). Both directions count: a run far *better* than its siblings is an
+outlier too, since it usually means a different setup.
+
+State is kept per member (one run), so the service stores only the runs that changed
+(:meth:`~CohortDetector.take_dirty_members`, a few hundred bytes each); everything cohort-wide
+(the per-step sibling statistics, the finish order, the level-shift baseline) is derived from
+the members, and :meth:`~CohortDetector.from_members` rebuilds it exactly.
 """
 
 from __future__ import annotations
 
+import base64
+import math
+import struct
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -14,210 +34,887 @@ import numpy.typing as npt
 
 from runledger.analysis.detection import STATE_VERSION, Anomaly, DetectorConfig, _fmt, _severity
 
-# --------------------------------------------------------------------------- cohort detector
+# --------------------------------------------------------------------------- tunables
+# Module constants for now; the ones marked (config) should become DetectorConfig fields.
 
-_FINAL_TAIL = 5  # the final value of a run is the median of its last 5 finite points
+FINE_PER_OCTAVE = 16  # sibling statistics are kept on a log-spaced grid of 16 nodes per octave ...
+COARSE_RATIO = 4  # ... a member stores its whole curve at 16 / 4 = 4 buckets per octave ...
+RING = 10  # ... and its last 10 fine bins (enough for the next coarse node to complete)
+STEP_SCALE = 16  # the grid is log2(1 + step / 16): steps below ~16 share few nodes
+PERSIST_N = 5  # (config) a curve departure needs PERSIST_K of the last PERSIST_N points ...
+PERSIST_K = 3  # (config) ... beyond cohort_threshold, in the same direction
+NOISE_GROUP = 16  # a run's own point noise is re-estimated every 16 first differences
+NOISE_WEIGHT = 0.3  # (config) share of the run's own point noise added to the sibling spread
+INTERP_UNC = 0.1  # (config) share of the reference's change between its two nodes added to the scale
+FINAL_TAIL = 5  # the final value of a run is the median of its last 5 finite points
+FINAL_STEP_RATIO = 1.25  # finals are compared only between runs whose last steps are within 25%
+LEVEL_RUNS = 3  # (config) a cross-run shift needs the last 3 finished runs all beyond ...
+LEVEL_THRESHOLD = 5.0  # (config) ... this robust z from the earlier runs' finals ...
+LEVEL_MIN_BASELINE = 8  # (config) ... of at least 8 earlier runs ...
+LEVEL_MAX_BASELINE = 200  # ... the latest 200 of them at most
+LEVEL_REL_FLOOR = 0.002  # (config) the finals' spread is at least 0.2% of |median|
+SMALL_CALL = 12  # calls with at most this many points take the scalar (no numpy) path
+
+_IQR_TO_SIGMA = 1.0 / 1.349
+_NOISE_FROM_ABS_DIFF = math.sqrt(math.pi) / 2  # E|x1 - x2| = 2 sigma / sqrt(pi) for Gaussian noise
+_F32 = struct.Struct("<f")
+
+
+def _f32(x: float) -> float:
+    """``x`` rounded to float32: what the packed state keeps, so memory and restore agree."""
+    return float(_F32.unpack(_F32.pack(x))[0])
+
+
+def _edges(per_octave: int) -> list[int]:
+    """First integer step of every log-spaced bin ``floor(per_octave * log2(1 + step / STEP_SCALE))``."""
+    out = [0]
+    k = 1
+    while out[-1] < 2**62:
+        out.append(math.ceil(STEP_SCALE * (2.0 ** (k / per_octave) - 1.0)))
+        k += 1
+    return out
+
+
+_EDGES_F = _edges(FINE_PER_OCTAVE)
+_EDGES_C = _EDGES_F[::COARSE_RATIO]
+_EDGES_F_NP = np.asarray(_EDGES_F, dtype=np.int64)
+
+
+def _mid(edges: list[int], i: int) -> float:
+    """Mean step of the integers of bin i (the position of a bin mean of evenly logged points)."""
+    return 0.5 * (edges[i] + edges[i + 1] - 1)
+
+
+_POS_F = [_mid(_EDGES_F, i) for i in range(len(_EDGES_F) - 1)]
+_POS_C = [_mid(_EDGES_C, i) for i in range(len(_EDGES_C) - 1)]
+_POS_F_NP = np.asarray(_POS_F, dtype=np.float64)
+_HAS_F = [_EDGES_F[i] < _EDGES_F[i + 1] for i in range(len(_EDGES_F) - 1)]  # bins that hold a step
+_PREV_F: list[int] = []  # the nearest bin below that can hold a step (-1: none)
+for _i in range(len(_HAS_F)):
+    _j = _i - 1
+    while _j >= 0 and not _HAS_F[_j]:
+        _j -= 1
+    _PREV_F.append(_j)
+_NEXT_F: list[int] = [0] * len(_HAS_F)  # the nearest bin above that can hold a step
+for _i in range(len(_HAS_F) - 1, -1, -1):
+    _j = _i + 1
+    while _j < len(_HAS_F) and not _HAS_F[_j]:
+        _j += 1
+    _NEXT_F[_i] = _j if _j < len(_HAS_F) else -1
+
+
+def _pack(values: list[float]) -> str:
+    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _unpack(text: str) -> list[float]:
+    out: list[float] = np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float64).tolist()
+    return out
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+# --------------------------------------------------------------------------- members
+
+
+class _Member:
+    """One run of the cohort. Persisted fields are listed in :meth:`state`; the rest is derived."""
+
+    __slots__ = (
+        "b0",
+        "bf",
+        "cache",
+        "cb",
+        "ccnt",
+        "contrib",
+        "csum",
+        "curve",
+        "dn",
+        "fb",
+        "fcnt",
+        "fj",
+        "flagged",
+        "fo",
+        "fsum",
+        "g0",
+        "ncnt",
+        "noise",
+        "nsum",
+        "rg",
+        "ring",
+        "synced",
+        "ts",
+        "tv",
+        "u",
+        "up",
+    )
+
+    def __init__(self) -> None:
+        self.curve: list[float] = []  # completed coarse bucket means from bucket b0 (nan: no point)
+        self.b0 = -1
+        self.cb = -1  # open coarse bucket (-1: none), its sum and count
+        self.csum = 0.0
+        self.ccnt = 0
+        self.ring: list[float] = []  # the last <= RING completed fine bins, the last one is rg
+        self.rg = -1
+        self.g0 = -1  # first fine bin of the run
+        self.fb = -1  # open fine bin, its sum and count
+        self.fsum = 0.0
+        self.fcnt = 0
+        self.tv: list[float] = []  # last FINAL_TAIL values (float32) and their steps
+        self.ts: list[int] = []
+        self.up = 0  # bit i: the point i back from the last was judged beyond +threshold
+        self.dn = 0  # ... beyond -threshold
+        self.nsum = 0.0  # running sum / count of |first differences| of the current noise group
+        self.ncnt = 0
+        self.noise = math.nan  # point noise of the run (nan: not known yet)
+        self.u = 0  # cohort update sequence number of the last change
+        self.fo = -1  # finish order (-1: running)
+        self.bf = -1  # finish order where the level-shift baseline started when this run finished
+        self.flagged = False  # outlier_run reported (once per run)
+        self.fj = False  # final value judged
+        # derived
+        self.contrib: dict[int, float] = {}  # fine node -> the value this run adds to it
+        self.synced = -1  # fine bins below this (and below the ring) have their final contribution
+        self.cache: tuple[Any, ...] | None = None
+
+    @property
+    def last_step(self) -> int:
+        return self.ts[-1] if self.ts else -1
+
+    @property
+    def final(self) -> float:
+        return _median(self.tv)
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready state: float arrays as base64 little-endian float32, sums as JSON floats."""
+        st: dict[str, Any] = {"v": STATE_VERSION, "u": self.u}
+        if self.curve:
+            st["c"] = _pack(self.curve)
+            st["b0"] = self.b0
+        if self.ring:
+            st["r"] = _pack(self.ring)
+            st["rg"] = self.rg
+            st["g0"] = self.g0
+        if self.cb >= 0:
+            st["o"] = [self.cb, self.ccnt, self.fb, self.fcnt]
+        # running sums stay float64 (exact round trip), packed: shorter than JSON numbers
+        st["s"] = base64.b64encode(
+            np.asarray([self.csum, self.fsum, self.nsum], dtype="<f8").tobytes()
+        ).decode()
+        if self.tv:
+            # the tail values, then the noise (float32 too); steps as the first and increments
+            st["t"] = _pack([*self.tv, self.noise])
+            st["ts"] = [self.ts[0]] + [b - a for a, b in zip(self.ts, self.ts[1:], strict=False)]
+        if self.up or self.dn:
+            st["p"] = [self.up, self.dn]
+        st["n"] = self.ncnt
+        if self.fo >= 0:
+            st["f"] = [self.fo, self.bf, int(self.fj)]
+        if self.flagged:
+            st["x"] = 1
+        return st
+
+    @classmethod
+    def load(cls, st: Mapping[str, Any]) -> _Member:
+        if st.get("v") != STATE_VERSION:
+            raise ValueError(f"unsupported cohort member state version {st.get('v')!r}")
+        m = cls()
+        m.u = int(st["u"])
+        if "c" in st:
+            m.curve = _unpack(st["c"])
+            m.b0 = int(st["b0"])
+        if "r" in st:
+            m.ring = _unpack(st["r"])
+            m.rg = int(st["rg"])
+            m.g0 = int(st["g0"])
+        if "o" in st:
+            m.cb, m.ccnt, m.fb, m.fcnt = (int(x) for x in st["o"])
+        sums = np.frombuffer(base64.b64decode(st["s"]), dtype="<f8").tolist()
+        m.csum, m.fsum, m.nsum = float(sums[0]), float(sums[1]), float(sums[2])
+        if "t" in st:
+            packed = _unpack(st["t"])
+            m.tv, m.noise = packed[:-1], packed[-1]
+            m.ts = np.cumsum(np.asarray(st["ts"], dtype=np.int64)).tolist()
+        if "p" in st:
+            m.up, m.dn = int(st["p"][0]), int(st["p"][1])
+        m.ncnt = int(st["n"])
+        if "f" in st:
+            m.fo, m.bf, m.fj = int(st["f"][0]), int(st["f"][1]), bool(st["f"][2])
+        m.flagged = bool(st.get("x", 0))
+        return m
+
+
+# --------------------------------------------------------------------------- detector
 
 
 class CohortDetector:
-    """``outlier_run`` among the sibling runs of one (experiment, metric key).
+    """``outlier_run`` and cross-run ``level_shift`` over the sibling runs of one (experiment, key).
 
-    Per run the state keeps a log-spaced curve summary: the mean of the values whose step falls
-    in bucket ``floor(buckets_per_octave * log2(step + 1))`` (<= ~130 buckets for any step
-    count, fine early where curves differ most, coarse late), plus the last 5 values.
+    Curve (every point, O(1) amortised). Each run keeps a bounded summary of its curve: the
+    means of its points in log-spaced buckets of 4 per octave (``floor(4 log2(1 + step/16))``,
+    ~45 buckets for 20k steps) and the means of its last 10 bins of a 4x finer grid. From these
+    every run contributes one value per fine node (16 per octave) it has passed: the fine-bin
+    mean while it is recent, the interpolation of its coarse buckets afterwards. The cohort keeps
+    each node's contributions sorted, so a node's median and interquartile range are O(1). A new
+    point at step ``s`` is compared with the siblings' median interpolated at ``s`` between the
+    two nodes around it (extrapolated from the two nodes just below ``s`` when the siblings have
+    not passed it yet, as in a fleet where runs advance together), leaving the run's own
+    contributions out:
 
-    - Curve: when a run moves past a bucket, that bucket's mean is compared with the same
-      bucket of the other runs that have it (at least ``cohort_min_runs`` of them): robust
-      z = (mean - median) / max(1.4826 * MAD, cohort_rel_floor * |median|). ``cohort_confirm_buckets``
-      consecutive buckets past ``cohort_threshold`` flag the run. A bucket that cannot be judged
-      yet (too few siblings have it) is judged later, when any run of the cohort finishes.
-    - Final value: on :meth:`finish` the run's final value (median of its last 5 points) is
-      compared with the final values of the finished siblings the same way (one value suffices).
-    - Both directions count (a run far better than its siblings is an outlier too).
-    - A run is flagged at most once per key. At most ``cohort_max_runs`` runs are kept: the
-      least recently updated run is forgotten first (it then stops counting as a sibling).
+        z = (value - ref) / sqrt(spread^2 + (NOISE_WEIGHT * point_noise)^2)
+
+    where ``spread`` = max(IQR / 1.349, ``cohort_rel_floor`` * |ref|) of the siblings plus
+    ``INTERP_UNC`` times the reference's change between the two nodes (linear interpolation is
+    only that exact), and ``point_noise`` is the run's own noise (mean |first difference| of
+    groups of 16 points), since one point is compared with smooth sibling means. A node counts
+    only with ``cohort_min_runs`` siblings. ``PERSIST_K`` of the last ``PERSIST_N`` points
+    beyond ``cohort_threshold`` in the same direction flag the run; the onset is the first
+    of those points. A run ahead of all but a few siblings cannot be judged on its curve: it is
+    judged on its final value.
+
+    Final value (:meth:`finish`): the median of the run's last 5 points against the finals of
+    the finished siblings of a comparable length (last step within 25%), robust z with the
+    MAD, at least ``cohort_min_runs`` of them (a run that finished too early is judged when
+    enough siblings have finished). A run is flagged ``outlier_run`` at most once.
+
+    Cross-run level shift (:meth:`finish`): finished runs form a sequence in finish order. When
+    the last ``LEVEL_RUNS`` finals (of comparable lengths) all lie beyond ``LEVEL_THRESHOLD``
+    robust units, on the same side, from the finals of the >= ``LEVEL_MIN_BASELINE`` runs
+    finished before them (since the last shift), a ``level_shift`` (scope "runs") is attached to
+    the run whose finish completed the evidence. The new level then becomes the baseline (the
+    finish order of the first shifted run is kept on every later finished member), so a shift
+    is reported once.
+
+    Bounded: at most ``cohort_max_runs`` members; the least recently updated one is forgotten
+    (it stops counting as a sibling; :meth:`take_dirty_members` reports it as None).
     """
 
     def __init__(self, key: str, config: DetectorConfig) -> None:
         self.key = key
         self.config = config
-        self.seq = 0
-        self.runs: dict[str, dict[str, Any]] = {}
+        self._m: dict[str, _Member] = {}
+        self._nodes: dict[int, list[float]] = {}  # fine node -> sorted contributions
+        self._ver: dict[int, int] = {}  # fine node -> change counter (for the per-run cache)
+        self._seq = 0  # update sequence (max member u)
+        self._fseq = 0  # finish sequence (max member fo + 1)
+        self._dirty: dict[str, bool] = {}  # run_id -> True: changed, False: evicted
+        self._curve_on = "outlier_run" in config.enabled_kinds
+        self._shift_on = "level_shift" in config.enabled_kinds
 
     # ------------------------------------------------------------------ public API
 
     def update(self, run_id: str, steps: npt.ArrayLike, values: npt.ArrayLike) -> list[tuple[str, Anomaly]]:
-        """Feed new points of one run; returns (run_id, anomaly) findings."""
+        """Feed new points of one run; returns (run_id, anomaly) findings.
+
+        Points whose step is not above the run's last step (replays), negative steps and
+        non-finite values (the series detectors report those) are ignored.
+        """
+        if isinstance(steps, np.ndarray) and isinstance(values, np.ndarray) and steps.size <= SMALL_CALL:
+            if steps.shape != values.shape:
+                raise ValueError(f"steps and values differ in length: {steps.shape} vs {values.shape}")
+            if steps.size == 0:
+                return []
+            return self._update_small(run_id, steps.ravel().tolist(), values.ravel().tolist())
         st = np.asarray(steps, dtype=np.int64).ravel()
         va = np.asarray(values, dtype=np.float64).ravel()
         if st.shape != va.shape:
             raise ValueError(f"steps and values differ in length: {st.shape} vs {va.shape}")
-        run = self._run(run_id)
-        prev = np.int64(run["last_step"] if run["last_step"] is not None else -1)
-        running = np.maximum.accumulate(np.concatenate([[prev], st]))[:-1] if len(st) else st
-        keep = (st > running) & np.isfinite(va) & (st >= 0)
-        st, va = st[keep], va[keep]
-        if len(st) == 0:
-            return []
-        run["last_step"] = int(st[-1])
-        run["tail"] = (run["tail"] + va[-_FINAL_TAIL:].tolist())[-_FINAL_TAIL:]
-        bpo = self.config.cohort_buckets_per_octave
-        bk = np.floor(bpo * np.log2(st.astype(np.float64) + 1.0)).astype(np.int64)
-        ub, inv = np.unique(bk, return_inverse=True)
-        sums = np.bincount(inv, weights=va)
-        counts = np.bincount(inv)
-        last = np.zeros(len(ub), dtype=np.int64)
-        np.maximum.at(last, inv, st)
-        buckets = run["b"]
-        for b, sm, cn, ls in zip(ub.tolist(), sums.tolist(), counts.tolist(), last.tolist(), strict=True):
-            cur = buckets.get(str(b))
-            buckets[str(b)] = [sm, cn, ls] if cur is None else [cur[0] + sm, cur[1] + cn, ls]
-        run["open"] = int(ub[-1])
-        self._touch(run_id)
-        out: list[tuple[str, Anomaly]] = []
-        self._judge_curve(run_id, out)
-        return out
+        if len(st) <= SMALL_CALL:
+            return self._update_small(run_id, st.tolist(), va.tolist()) if len(st) else []
+        return self._update_batch(run_id, st, va)
 
     def finish(self, run_id: str) -> list[tuple[str, Anomaly]]:
-        """The run ended: judge its final value, and whatever could not be judged before."""
-        run = self._run(run_id)
-        run["finished"] = True
-        run["open"] = None  # every bucket of a finished run is complete
-        self._touch(run_id)
+        """The run ended: judge its final value (and finals left unjudged), then the cross-run level."""
+        m = self._m.get(run_id)
+        if m is None or m.fo >= 0:
+            return []  # unknown (never logged this key, or forgotten) or already finished
+        if m.fcnt:
+            self._close_fine(m)
+        if m.ccnt:
+            self._close_coarse(m)
+        m.cb, m.fb = -1, -1
+        self._resync(m)
+        prev = self._latest_finished()
+        m.fo = self._fseq
+        self._fseq += 1
+        m.bf = prev.bf if prev is not None else 0
+        self._touch(run_id, m)
         out: list[tuple[str, Anomaly]] = []
-        for rid in list(self.runs):
-            self._judge_curve(rid, out)
-        for rid, r in list(self.runs.items()):
-            if r["finished"] and not r["final_judged"]:
-                self._judge_final(rid, out)
+        if self._curve_on:
+            for rid, r in self._m.items():
+                if r.fo >= 0 and not r.fj:
+                    self._judge_final(rid, r, out)
+        if self._shift_on and m.tv:
+            self._judge_level(run_id, m, out)
         return out
 
-    def to_state(self) -> dict[str, Any]:
-        """JSON-serialisable state, bounded by cohort_max_runs x ~130 buckets."""
-        return {"v": STATE_VERSION, "seq": self.seq, "runs": self.runs}
+    def take_dirty_members(self) -> dict[str, dict[str, Any] | None]:
+        """States of the members changed since the last call; None for members forgotten since."""
+        out: dict[str, dict[str, Any] | None] = {}
+        for rid, alive in self._dirty.items():
+            m = self._m.get(rid)
+            out[rid] = m.state() if alive and m is not None else None
+        self._dirty.clear()
+        return out
+
+    def members(self) -> dict[str, dict[str, Any]]:
+        """Every member's state (to rebuild the detector, e.g. under a new configuration)."""
+        return {rid: m.state() for rid, m in self._m.items()}
 
     @classmethod
-    def from_state(cls, key: str, config: DetectorConfig, state: dict[str, Any]) -> CohortDetector:
-        """Restore a detector saved by :meth:`to_state`."""
-        if state.get("v") != STATE_VERSION:
-            raise ValueError(f"unsupported cohort state version {state.get('v')!r}")
+    def from_members(
+        cls, key: str, config: DetectorConfig, members: Mapping[str, dict[str, Any]]
+    ) -> CohortDetector:
+        """Rebuild a detector from member states (:meth:`members` / :meth:`take_dirty_members`)."""
         d = cls(key, config)
-        d.seq = int(state["seq"])
-        d.runs = {str(k): dict(v) for k, v in state["runs"].items()}
+        loaded = sorted(((str(rid), _Member.load(st)) for rid, st in members.items()), key=lambda x: x[1].u)
+        for rid, m in loaded[-config.cohort_max_runs :]:  # a smaller cap keeps the latest members
+            d._m[rid] = m
+            d._seq = max(d._seq, m.u)
+            if m.fo >= 0:
+                d._fseq = max(d._fseq, m.fo + 1)
+            d._resync(m)
         return d
 
-    # ------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------ bookkeeping
 
-    def _run(self, run_id: str) -> dict[str, Any]:
-        run = self.runs.get(run_id)
-        if run is None:
-            run = {
-                "b": {},
-                "open": None,
-                "last_step": None,
-                "tail": [],
-                "checked": -1,
-                "streak": 0,
-                "streak_step": None,
-                "flagged": False,
-                "finished": False,
-                "final_judged": False,
-                "seq": 0,
-            }
-            self.runs[run_id] = run
-        return run
+    def _member(self, run_id: str) -> _Member:
+        m = self._m.get(run_id)
+        if m is None:
+            if len(self._m) >= self.config.cohort_max_runs:
+                oldest = min(self._m, key=lambda r: self._m[r].u)
+                self._forget(oldest)
+            m = self._m[run_id] = _Member()
+        return m
 
-    def _touch(self, run_id: str) -> None:
-        self.seq += 1
-        self.runs[run_id]["seq"] = self.seq
-        if len(self.runs) > self.config.cohort_max_runs:
-            oldest = min(self.runs, key=lambda r: self.runs[r]["seq"])
-            del self.runs[oldest]
+    def _forget(self, run_id: str) -> None:
+        m = self._m.pop(run_id)
+        for g in list(m.contrib):
+            self._drop(m, g)
+        self._dirty[run_id] = False
 
-    def _robust_z(self, value: float, others: list[float]) -> tuple[float, float, float]:
-        arr = np.asarray(others, dtype=np.float64)
-        med = float(np.median(arr))
-        mad = float(np.median(np.abs(arr - med))) * 1.4826
-        scale = max(mad, self.config.cohort_rel_floor * abs(med), 1e-12)
-        return (value - med) / scale, med, scale
+    def _touch(self, run_id: str, m: _Member) -> None:
+        self._seq += 1
+        m.u = self._seq
+        self._dirty[run_id] = True
 
-    def _judge_curve(self, run_id: str, out: list[tuple[str, Anomaly]]) -> None:
-        c = self.config
-        run = self.runs.get(run_id)
-        if run is None or run["flagged"] or "outlier_run" not in c.enabled_kinds:
+    def _latest_finished(self) -> _Member | None:
+        best: _Member | None = None
+        for r in self._m.values():
+            if r.fo >= 0 and (best is None or r.fo > best.fo):
+                best = r
+        return best
+
+    def _put(self, m: _Member, g: int, v: float) -> None:
+        lst = self._nodes.get(g)
+        if lst is None:
+            lst = self._nodes[g] = []
+        insort(lst, v)
+        self._ver[g] = self._ver.get(g, 0) + 1
+        m.contrib[g] = v
+
+    def _drop(self, m: _Member, g: int) -> None:
+        v = m.contrib.pop(g)
+        lst = self._nodes[g]
+        del lst[bisect_left(lst, v)]
+        self._ver[g] += 1
+
+    def _close_fine(self, m: _Member) -> None:
+        """Complete the open fine bin into the ring (contributions follow in :meth:`_resync`)."""
+        g, v = m.fb, _f32(m.fsum / m.fcnt)
+        if m.rg < 0:
+            m.ring, m.g0 = [v], g
+        else:
+            m.ring.extend([math.nan] * (g - m.rg - 1))
+            m.ring.append(v)
+            if len(m.ring) > RING:
+                del m.ring[: len(m.ring) - RING]
+        m.rg = g
+        m.fsum, m.fcnt = 0.0, 0
+
+    def _close_coarse(self, m: _Member) -> None:
+        c, v = m.cb, _f32(m.csum / m.ccnt)
+        if m.b0 < 0:
+            m.b0 = c
+        else:
+            m.curve.extend([math.nan] * (c - (m.b0 + len(m.curve))))
+        m.curve.append(v)
+        m.csum, m.ccnt = 0.0, 0
+
+    def _resync(self, m: _Member) -> None:
+        """Make the run's node contributions what its summary says (a pure function of it).
+
+        Ring bins contribute their means; older fine bins (from the run's first) contribute the
+        interpolation of the completed coarse buckets around them, once both exist.
+        """
+        if m.rg < 0:
             return
-        done = sorted(int(b) for b in run["b"] if run["open"] is None or int(b) < run["open"])
-        for b in done:
-            if b <= run["checked"]:
+        rs = m.rg - len(m.ring) + 1
+        start = m.g0 if m.synced < 0 else min(m.synced, rs)
+        # below the ring: coarse interpolation
+        if start < rs:
+            pos: list[float] = []
+            val: list[float] = []
+            for i, v in enumerate(m.curve):
+                if v == v:  # finite (not nan)
+                    pos.append(_POS_C[m.b0 + i])
+                    val.append(v)
+            synced = rs
+            for g in range(start, rs):
+                want = math.nan
+                if _HAS_F[g]:
+                    p = _POS_F[g]
+                    j = bisect_left(pos, p)
+                    if j == len(pos):
+                        synced = min(synced, g)  # not bracketed yet: a later coarse bucket will
+                    elif pos[j] == p:
+                        want = val[j]
+                    elif j > 0:  # (j == 0: before the run's first coarse node, never bracketed)
+                        w = (p - pos[j - 1]) / (pos[j] - pos[j - 1])
+                        want = _f32(val[j - 1] + w * (val[j] - val[j - 1]))
+                self._set(m, g, want)
+            m.synced = synced
+        else:
+            m.synced = rs
+        # the ring
+        for i, v in enumerate(m.ring):
+            self._set(m, rs + i, v)
+
+    def _set(self, m: _Member, g: int, want: float) -> None:
+        have = m.contrib.get(g)
+        if have is not None and have == want:
+            return
+        if have is not None:
+            self._drop(m, g)
+        if want == want:
+            self._put(m, g, want)
+
+    # ------------------------------------------------------------------ reference
+
+    def _node(self, g: int, own: float | None) -> tuple[float, float, int] | None:
+        """(median, spread) of the siblings' contributions at node g, leaving out ``own``."""
+        lst = self._nodes.get(g)
+        if lst is None:
+            return None
+        n = len(lst)
+        e = n
+        if own is not None:
+            e = bisect_left(lst, own)
+            n -= 1
+        if n < self.config.cohort_min_runs:
+            return None
+
+        def q(p: float) -> float:
+            x = p * (n - 1)
+            k = int(x)
+            a = lst[k] if k < e else lst[k + 1]
+            if x == k:
+                return a
+            b = lst[k + 1] if k + 1 < e else lst[k + 2]
+            return a + (x - k) * (b - a)
+
+        med = q(0.5)
+        spread = max((q(0.75) - q(0.25)) * _IQR_TO_SIGMA, self.config.cohort_rel_floor * abs(med), 1e-12)
+        return med, spread, n
+
+    def _ref(self, m: _Member, g: int, upper: bool) -> tuple[float, float, float, float, float, int] | None:
+        """Line through two sibling nodes around (or just below) fine bin g's point.
+
+        Returns (p1, m1, p2, m2, spread, n_siblings); None when the siblings do not cover it.
+        Memoised per run on the nodes' change counters, so it is recomputed only when a node
+        it reads changes.
+        """
+        lo = g if upper else _PREV_F[g]
+        hi = _NEXT_F[g] if upper else g
+        ver = self._ver
+        p1 = _PREV_F[lo] if lo >= 0 else -1
+        p2 = _PREV_F[p1] if p1 >= 0 else -1
+        key = (g, upper, ver.get(lo, 0), ver.get(hi, 0), ver.get(p1, 0), ver.get(p2, 0))
+        c = m.cache
+        if c is not None and c[0] == key:
+            return c[1]  # type: ignore[no-any-return]
+        res = self._ref_compute(m, lo, hi)
+        m.cache = (key, res)
+        return res
+
+    def _ref_compute(
+        self, m: _Member, lo: int, hi: int
+    ) -> tuple[float, float, float, float, float, int] | None:
+        if lo < 0:
+            return None
+        own = m.contrib
+        a = self._node(lo, own.get(lo))
+        b = self._node(hi, own.get(hi)) if hi >= 0 else None
+        if a is not None and b is not None:
+            p1, p2, n1, n2 = _POS_F[lo], _POS_F[hi], a, b
+            extra = 0.0
+        else:
+            # the siblings have not passed the upper node (they advance with this run): go on
+            # along the line through the two nodes below (<= 2 fine bins, ~9% of the step)
+            if a is None:
+                lo = _PREV_F[lo]
+                if lo < 0:
+                    return None
+                a = self._node(lo, own.get(lo))
+                if a is None:
+                    return None
+            lo2 = _PREV_F[lo]
+            if lo2 < 0:
+                return None
+            c = self._node(lo2, own.get(lo2))
+            if c is None:
+                return None
+            p1, p2, n1, n2 = _POS_F[lo2], _POS_F[lo], c, a
+            extra = 1.0
+        spread = max(n1[1], n2[1]) + INTERP_UNC * (1.0 + extra) * abs(n2[0] - n1[0])
+        return p1, n1[0], p2, n2[0], spread, min(n1[2], n2[2])
+
+    # ------------------------------------------------------------------ update paths
+
+    def _update_small(self, run_id: str, steps: list[int], values: list[float]) -> list[tuple[str, Anomaly]]:
+        m = self._member(run_id)
+        out: list[tuple[str, Anomaly]] = []
+        if m.fo >= 0:
+            return out  # points after finish: the run is judged, its summary stays as it ended
+        last = m.ts[-1] if m.ts else -1
+        changed = False
+        thr = self.config.cohort_threshold
+        judge = self._curve_on and not m.flagged
+        for s, v in zip(steps, values, strict=True):
+            if s <= last or not math.isfinite(v):
                 continue
-            sb = str(b)
-            others = [
-                r["b"][sb][0] / r["b"][sb][1]
-                for rid, r in self.runs.items()
-                if rid != run_id and sb in r["b"]
-            ]
-            if len(others) < c.cohort_min_runs:
-                return  # judged later, in order, once enough siblings have this bucket
-            sm, cn, ls = run["b"][sb]
-            z, med, scale = self._robust_z(sm / cn, others)
-            run["checked"] = b
-            if abs(z) < c.cohort_threshold:
-                run["streak"], run["streak_step"] = 0, None
-                continue
-            run["streak"] += 1
-            if run["streak_step"] is None:
-                run["streak_step"] = int(ls)
-            if run["streak"] >= c.cohort_confirm_buckets:
-                run["flagged"] = True
-                step = int(run["streak_step"])
-                out.append(
-                    (run_id, self._anomaly("curve", step, int(ls), sm / cn, med, scale, z, len(others)))
+            changed = True
+            last = s
+            g = bisect_right(_EDGES_F, s) - 1
+            c = g // COARSE_RATIO
+            # -- judge the point before it joins the summary
+            if judge:
+                z = math.nan
+                ref = 0.0
+                if m.noise == m.noise:
+                    upper = s >= _POS_F[g]
+                    r = self._ref(m, g, upper)
+                    if r is not None:
+                        p1, m1, p2, m2, spread, _n = r
+                        ref = m1 + (s - p1) / (p2 - p1) * (m2 - m1)
+                        z = (v - ref) / math.sqrt(spread * spread + (NOISE_WEIGHT * m.noise) ** 2)
+                mask = (1 << (PERSIST_N - 1)) - 1
+                m.up = ((m.up & mask) << 1) | (z >= thr)
+                m.dn = ((m.dn & mask) << 1) | (z <= -thr)
+                if m.up.bit_count() >= PERSIST_K or m.dn.bit_count() >= PERSIST_K:
+                    m.flagged, judge = True, False
+                    out.append((run_id, self._curve_anomaly(m, s, v, z, ref, g)))
+            # -- noise of the run (first differences, groups of NOISE_GROUP)
+            if m.tv:
+                m.nsum += abs(v - m.tv[-1])
+                m.ncnt += 1
+                if m.ncnt == NOISE_GROUP:
+                    m.noise = _f32(m.nsum / NOISE_GROUP * _NOISE_FROM_ABS_DIFF)
+                    m.nsum, m.ncnt = 0.0, 0
+            v32 = _f32(v)
+            m.tv.append(v32)
+            m.ts.append(s)
+            if len(m.tv) > FINAL_TAIL:
+                del m.tv[0], m.ts[0]
+            # -- summary
+            if g != m.fb:
+                resync = False
+                if m.fcnt:
+                    self._close_fine(m)
+                    resync = True
+                m.fb = g
+                if c != m.cb:
+                    if m.ccnt:
+                        self._close_coarse(m)
+                    m.cb = c
+                if resync:
+                    self._resync(m)
+            m.fsum += v
+            m.fcnt += 1
+            m.csum += v
+            m.ccnt += 1
+        if changed:
+            self._touch(run_id, m)
+        return out
+
+    def _update_batch(
+        self, run_id: str, st: npt.NDArray[np.int64], va: npt.NDArray[np.float64]
+    ) -> list[tuple[str, Anomaly]]:
+        m = self._member(run_id)
+        out: list[tuple[str, Anomaly]] = []
+        if m.fo >= 0:
+            return out
+        last = m.ts[-1] if m.ts else -1
+        running = np.maximum.accumulate(np.concatenate([[last], st]))[:-1]
+        keep = (st > running) & np.isfinite(va)
+        if not keep.all():
+            st, va = st[keep], va[keep]
+        n = len(st)
+        if n == 0:
+            return out
+        if n <= SMALL_CALL:
+            return self._update_small(run_id, st.tolist(), va.tolist())
+        gf = np.searchsorted(_EDGES_F_NP, st, side="right") - 1
+        v32 = va.astype(np.float32).astype(np.float64)
+        # -- point noise in effect at each point (before its own difference joins)
+        if m.tv:
+            prev = np.concatenate([[m.tv[-1]], v32[:-1]])
+            d = np.abs(va - prev)
+            first = 0
+        else:
+            d = np.abs(va[1:] - v32[:-1])
+            first = 1  # the first point of the run has no difference
+        noise_at = np.full(n, m.noise)
+        done = np.flatnonzero((m.ncnt + np.arange(1, len(d) + 1)) % NOISE_GROUP == 0)
+        csum = np.cumsum(d)
+        new_noise = m.noise
+        new_nsum, new_ncnt = m.nsum, m.ncnt
+        if len(done):
+            sums = np.diff(np.concatenate([[-m.nsum], csum[done]]))
+            sums[0] = m.nsum + csum[done[0]]
+            noises = (sums / NOISE_GROUP * _NOISE_FROM_ABS_DIFF).astype(np.float32).astype(np.float64)
+            # the difference at index k belongs to point k + first; the group ending there sets the
+            # noise of the points after it
+            starts = done + first + 1
+            idx = np.searchsorted(starts, np.arange(n), side="right") - 1
+            has = idx >= 0
+            noise_at[has] = noises[idx[has]]
+            new_noise = float(noises[-1])
+            new_nsum = float(csum[-1] - csum[done[-1]])
+            new_ncnt = len(d) - 1 - int(done[-1])
+        else:
+            new_nsum = m.nsum + (float(csum[-1]) if len(d) else 0.0)
+            new_ncnt = m.ncnt + len(d)
+        # -- judge every point against the sibling reference
+        if self._curve_on and not m.flagged:
+            upper = st >= _POS_F_NP[gf]
+            keyv = gf * 2 + upper
+            uk, inv = np.unique(keyv, return_inverse=True)
+            params = np.full((len(uk), 5), np.nan)
+            for i, k in enumerate(uk.tolist()):
+                r = self._ref(m, k >> 1, bool(k & 1))
+                if r is not None:
+                    params[i] = r[:5]
+            p1, m1, p2, m2, spread = (params[inv, j] for j in range(5))
+            ref = m1 + (st - p1) / (p2 - p1) * (m2 - m1)
+            z = (va - ref) / np.sqrt(spread * spread + (NOISE_WEIGHT * noise_at) ** 2)
+            thr = self.config.cohort_threshold
+            with np.errstate(invalid="ignore"):
+                upb, dnb = z >= thr, z <= -thr
+            prior = PERSIST_N - 1
+            old_up = np.asarray([(m.up >> (prior - 1 - i)) & 1 for i in range(prior)], dtype=np.int64)
+            old_dn = np.asarray([(m.dn >> (prior - 1 - i)) & 1 for i in range(prior)], dtype=np.int64)
+            all_up = np.concatenate([old_up, upb.astype(np.int64)])  # point i of the call is prior + i
+            all_dn = np.concatenate([old_dn, dnb.astype(np.int64)])
+            cu, cd = np.concatenate([[0], np.cumsum(all_up)]), np.concatenate([[0], np.cumsum(all_dn)])
+            wu = cu[PERSIST_N:] - cu[:-PERSIST_N]  # window ending at point i of the call
+            wd = cd[PERSIST_N:] - cd[:-PERSIST_N]
+            hit = np.flatnonzero((wu >= PERSIST_K) | (wd >= PERSIST_K))
+            if len(hit):
+                i = int(hit[0])
+                bits = (all_up if wu[i] >= PERSIST_K else all_dn)[i : i + PERSIST_N].tolist()
+                steps_w = (m.ts + st[: i + 1].tolist())[-PERSIST_N:]
+                pairs = list(zip(reversed(steps_w), reversed(bits), strict=False))[::-1]
+                onset = next(sp for sp, b in pairs if b)
+                m.flagged = True
+                m.up = m.dn = 0
+                anomaly = self._curve_anomaly_at(
+                    onset, int(st[i]), float(va[i]), float(z[i]), float(ref[i]), int(gf[i]), m
                 )
-                return
+                out.append((run_id, anomaly))
+            else:
+                m.up = sum(int(b) << j for j, b in enumerate(all_up[::-1][:PERSIST_N].tolist()))
+                m.dn = sum(int(b) << j for j, b in enumerate(all_dn[::-1][:PERSIST_N].tolist()))
+        m.noise, m.nsum, m.ncnt = new_noise, new_nsum, new_ncnt
+        # -- tails
+        m.tv = (m.tv + v32[-FINAL_TAIL:].tolist())[-FINAL_TAIL:]
+        m.ts = (m.ts + st[-FINAL_TAIL:].tolist())[-FINAL_TAIL:]
+        # -- summary: fine bins and coarse buckets completed by this call
+        self._fold(m, gf, va, fine=True)
+        self._fold(m, gf // COARSE_RATIO, va, fine=False)
+        self._resync(m)
+        self._touch(run_id, m)
+        return out
 
-    def _judge_final(self, run_id: str, out: list[tuple[str, Anomaly]]) -> None:
-        c = self.config
-        run = self.runs[run_id]
-        finals = {
-            rid: float(np.median(r["tail"])) for rid, r in self.runs.items() if r["finished"] and r["tail"]
-        }
-        if run_id not in finals:
-            run["final_judged"] = True
-            return
-        others = [v for rid, v in finals.items() if rid != run_id]
-        if len(others) < c.cohort_min_runs:
-            return
-        run["final_judged"] = True
-        if run["flagged"] or "outlier_run" not in c.enabled_kinds:
-            return
-        z, med, scale = self._robust_z(finals[run_id], others)
-        if abs(z) >= c.cohort_threshold:
-            run["flagged"] = True
-            step = int(run["last_step"])
-            out.append(
-                (run_id, self._anomaly("final", step, step, finals[run_id], med, scale, z, len(others)))
-            )
+    def _fold(self, m: _Member, bins: npt.NDArray[np.int64], va: npt.NDArray[np.float64], fine: bool) -> None:
+        """Add a call's points to the open bin / bucket, completing the ones it moves past."""
+        change = np.flatnonzero(bins[1:] != bins[:-1]) + 1
+        bounds = np.concatenate([[0], change, [len(bins)]])
+        sums = np.add.reduceat(va, bounds[:-1])
+        for j in range(len(bounds) - 1):
+            b = int(bins[bounds[j]])
+            cnt = int(bounds[j + 1] - bounds[j])
+            if fine:
+                if b != m.fb:
+                    if m.fcnt:
+                        self._close_fine(m)
+                    m.fb = b
+                m.fsum += float(sums[j])
+                m.fcnt += cnt
+            else:
+                if b != m.cb:
+                    if m.ccnt:
+                        self._close_coarse(m)
+                    m.cb = b
+                m.csum += float(sums[j])
+                m.ccnt += cnt
 
-    def _anomaly(
-        self, what: str, step: int, det: int, value: float, med: float, scale: float, z: float, n: int
+    # ------------------------------------------------------------------ findings
+
+    def _curve_anomaly(self, m: _Member, s: int, v: float, z: float, ref: float, g: int) -> Anomaly:
+        """The scalar path's finding: onset = first beyond-threshold point of the window."""
+        bits = m.up if m.up.bit_count() >= PERSIST_K else m.dn
+        steps = [*m.ts, s]  # the tail does not hold the current point yet
+        steps = steps[-PERSIST_N:]
+        k = len(steps)
+        onset = s
+        for i in range(k):
+            if (bits >> (k - 1 - i)) & 1:
+                onset = steps[i]
+                break
+        m.up = m.dn = 0
+        return self._curve_anomaly_at(onset, s, v, z, ref, g, m)
+
+    def _curve_anomaly_at(
+        self, onset: int, s: int, v: float, z: float, ref: float, g: int, m: _Member
     ) -> Anomaly:
-        where = "its final value" if what == "final" else f"its curve around step {step}"
+        r = self._ref(m, g, s >= _POS_F[g])
+        n = r[5] if r is not None else 0
+        c = self.config
         return Anomaly(
             "outlier_run",
-            step,
-            _severity(z, self.config.cohort_threshold),
+            onset,
+            _severity(z, c.cohort_threshold),
             {
                 "message": (
-                    f"{self.key}: {where} ({_fmt(value)}) is {abs(z):.1f} robust deviations "
-                    f"{'above' if z > 0 else 'below'} the median {_fmt(med)} of {n} sibling runs"
+                    f"{self.key}: the curve of this run left its {n} sibling runs around step {onset}: at step "
+                    f"{s} it is {_fmt(v)}, {abs(z):.1f} robust deviations {'above' if z > 0 else 'below'} "
+                    f"their median {_fmt(ref)}"
                 ),
-                "basis": what,
-                "value": value,
-                "expected": med,
+                "basis": "curve",
+                "value": v,
+                "expected": ref,
                 "robust_z": z,
-                "scale": scale,
-                "threshold": self.config.cohort_threshold,
+                "threshold": c.cohort_threshold,
                 "siblings": n,
-                "detected_at_step": det,
+                "detected_at_step": s,
             },
+        )
+
+    def _judge_final(self, run_id: str, m: _Member, out: list[tuple[str, Anomaly]]) -> None:
+        c = self.config
+        if not m.tv:
+            m.fj = True
+            return
+        last = m.last_step
+        others = [
+            r.final
+            for rid, r in self._m.items()
+            if rid != run_id
+            and r.fo >= 0
+            and r.tv
+            and last / FINAL_STEP_RATIO <= r.last_step <= last * FINAL_STEP_RATIO
+        ]
+        if len(others) < c.cohort_min_runs:
+            return  # judged when more siblings of a comparable length have finished
+        m.fj = True
+        if m.flagged:
+            return
+        arr = np.asarray(others)
+        med = float(np.median(arr))
+        scale = max(1.4826 * float(np.median(np.abs(arr - med))), c.cohort_rel_floor * abs(med), 1e-12)
+        final = m.final
+        z = (final - med) / scale
+        if abs(z) < c.cohort_threshold:
+            return
+        m.flagged = True
+        self._dirty[run_id] = True
+        out.append(
+            (
+                run_id,
+                Anomaly(
+                    "outlier_run",
+                    last,
+                    _severity(z, c.cohort_threshold),
+                    {
+                        "message": (
+                            f"{self.key}: the final value of this run ({_fmt(final)}) is {abs(z):.1f} robust "
+                            f"deviations {'above' if z > 0 else 'below'} the median {_fmt(med)} of the finals "
+                            f"of {len(others)} finished sibling runs"
+                        ),
+                        "basis": "final",
+                        "value": final,
+                        "expected": med,
+                        "robust_z": z,
+                        "scale": scale,
+                        "threshold": c.cohort_threshold,
+                        "siblings": len(others),
+                        "detected_at_step": last,
+                    },
+                ),
+            )
+        )
+
+    def _judge_level(self, run_id: str, m: _Member, out: list[tuple[str, Anomaly]]) -> None:
+        seq = sorted(
+            ((r.fo, rid, r) for rid, r in self._m.items() if r.fo >= m.bf and r.tv), key=lambda x: x[0]
+        )
+        if len(seq) < LEVEL_RUNS + LEVEL_MIN_BASELINE:
+            return
+        cand = seq[-LEVEL_RUNS:]
+        ref_step = _median([float(r.last_step) for _, _, r in cand])
+        if any(
+            not ref_step / FINAL_STEP_RATIO <= r.last_step <= ref_step * FINAL_STEP_RATIO for *_, r in cand
+        ):
+            return  # runs of different lengths: their finals are not comparable
+        base = [
+            (rid, r.final)
+            for _, rid, r in seq[:-LEVEL_RUNS]
+            if ref_step / FINAL_STEP_RATIO <= r.last_step <= ref_step * FINAL_STEP_RATIO
+        ][-LEVEL_MAX_BASELINE:]
+        if len(base) < LEVEL_MIN_BASELINE:
+            return
+        arr = np.asarray([v for _, v in base])
+        med = float(np.median(arr))
+        scale = max(1.4826 * float(np.median(np.abs(arr - med))), LEVEL_REL_FLOOR * abs(med), 1e-12)
+        finals = [r.final for *_, r in cand]
+        zs = [(f - med) / scale for f in finals]
+        if not (all(z >= LEVEL_THRESHOLD for z in zs) or all(z <= -LEVEL_THRESHOLD for z in zs)):
+            return
+        # the new level is the baseline from now on: kept on this (the latest finished) member
+        m.bf = cand[0][0]
+        new = _median(finals)
+        z = (new - med) / scale
+        cand_ids = [rid for _, rid, _ in cand]
+        out.append(
+            (
+                run_id,
+                Anomaly(
+                    "level_shift",
+                    m.last_step,
+                    _severity(z, LEVEL_THRESHOLD),
+                    {
+                        "scope": "runs",
+                        "message": (
+                            f"{self.key}: the final values of the last {len(cand)} finished runs (median "
+                            f"{_fmt(new)}) all moved {'above' if z > 0 else 'below'} the median {_fmt(med)} "
+                            f"of the {len(base)} runs finished before them, by {abs(z):.1f} robust deviations"
+                        ),
+                        "candidate_run_ids": cand_ids,
+                        "baseline_run_ids": [rid for rid, _ in base],
+                        "shift": new - med,
+                        "robust_z": z,
+                        "value": new,
+                        "expected": med,
+                        "scale": scale,
+                        "threshold": LEVEL_THRESHOLD,
+                        "detected_at_step": m.last_step,
+                    },
+                ),
+            )
         )

@@ -320,14 +320,18 @@ CREATE STATISTICS IF NOT EXISTS tags_key_value_prefix (mcv) ON key, left(value, 
 -- transaction writes both after the batch's findings are acknowledged by Kafka, so a
 -- restart resumes exactly there (findings have deterministic ids: a replayed batch
 -- re-emits the same events, which the projector already holds).
-CREATE TABLE IF NOT EXISTS analysis_series_state (
+-- A cohort (experiment, metric) keeps one row per member run, so a checkpoint writes only
+-- the runs that changed. (analysis_series_state: the first layout, one row per cohort.)
+DROP TABLE IF EXISTS analysis_series_state;
+CREATE TABLE IF NOT EXISTS analysis_state (
     tenant_id  text NOT NULL,
-    scope      text NOT NULL,     -- 'series': run_id; 'cohort': experiment_id
+    scope      text NOT NULL,     -- 'series': scope_id = run_id; 'cohort': scope_id = experiment_id
     scope_id   text NOT NULL,
-    key        text NOT NULL,
+    key        text NOT NULL,     -- the metric
+    member     text NOT NULL,     -- '' for a series; the member run of a cohort
     state      jsonb NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (tenant_id, scope, scope_id, key)
+    PRIMARY KEY (tenant_id, scope, scope_id, key, member)
 );
 CREATE TABLE IF NOT EXISTS analysis_checkpoints (
     consumer_group text NOT NULL,
@@ -426,3 +430,62 @@ CREATE TABLE IF NOT EXISTS business_metrics (
     PRIMARY KEY (tenant_id, key)
 );
 -- end of business metrics -----------------------------------------------------------------
+
+-- mlflow logged models --------------------------------------------------------------------
+-- (services/api/mlflow/models.py) MLflow 3 logged models, projected from model.logged /
+-- model.logged_model_updated / model.logged_model_deleted events; rebuilt by replay.
+CREATE TABLE IF NOT EXISTS logged_models (
+    tenant_id                 text NOT NULL,
+    model_id                  text NOT NULL,
+    experiment_id             text NOT NULL,
+    name                      text NOT NULL,
+    artifact_location         text NOT NULL,
+    creation_timestamp_ms     bigint NOT NULL,
+    last_updated_timestamp_ms bigint NOT NULL,
+    status                    text NOT NULL,
+    lifecycle_stage           text NOT NULL DEFAULT 'active',
+    model_type                text NOT NULL DEFAULT '',
+    source_run_id             text,
+    creator_id                text NOT NULL DEFAULT '',
+    PRIMARY KEY (tenant_id, model_id)
+);
+-- logged-models/search: an experiment's models newest first (MLflow's default order).
+CREATE INDEX IF NOT EXISTS logged_models_by_experiment
+    ON logged_models (tenant_id, experiment_id, creation_timestamp_ms DESC, model_id);
+CREATE TABLE IF NOT EXISTS logged_model_params (
+    tenant_id text NOT NULL,
+    model_id  text NOT NULL,
+    key       text NOT NULL,
+    value     text NOT NULL,
+    PRIMARY KEY (tenant_id, model_id, key)
+);
+CREATE TABLE IF NOT EXISTS logged_model_tags (
+    tenant_id text NOT NULL,
+    model_id  text NOT NULL,
+    key       text NOT NULL,
+    value     text NOT NULL,
+    PRIMARY KEY (tenant_id, model_id, key)
+);
+-- Every metric point linked to a model (MLflow returns them all, not the latest only);
+-- a point logged twice is one row.
+CREATE TABLE IF NOT EXISTS logged_model_metrics (
+    tenant_id      text NOT NULL,
+    model_id       text NOT NULL,
+    key            text NOT NULL,
+    value          float8 NOT NULL,
+    timestamp      bigint NOT NULL,
+    step           bigint NOT NULL,
+    run_id         text NOT NULL DEFAULT '',
+    dataset_name   text NOT NULL DEFAULT '',
+    dataset_digest text NOT NULL DEFAULT '',
+    PRIMARY KEY (tenant_id, model_id, key, run_id, dataset_name, dataset_digest, timestamp, step, value)
+);
+-- Run.outputs.model_outputs: the models a run produced (runs/outputs), at a step.
+CREATE TABLE IF NOT EXISTS run_model_outputs (
+    tenant_id text NOT NULL,
+    run_id    text NOT NULL,
+    model_id  text NOT NULL,
+    step      bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, run_id, model_id)
+);
+-- end of mlflow logged models -------------------------------------------------------------
