@@ -21,6 +21,11 @@ Scoring (per kind):
   the first step the outlier is 6 sibling spreads away); any other run flagged = FP.
 
 Throughput: one 1,000,000-point noisy loss series in batches of 1,000 and of 100,000 points.
+Per-call mode (``--per-call``): the fleet pattern, where nearly every ``update`` carries ONE
+point. 1,000 clean series get a 100-point warm-up each, then 10 rounds of one point per series;
+reports the median / p90 microseconds per single-point call, the ``to_state()`` JSON size and
+the time of ``to_state()`` + ``orjson.dumps`` / ``orjson.loads`` + ``from_state``, and the
+in-memory footprint per detector (tracemalloc over 10,000 detectors).
 Output: a markdown table on stdout.
 """
 
@@ -28,9 +33,11 @@ from __future__ import annotations
 
 import argparse
 import time
+import tracemalloc
 from collections import defaultdict
 
 import numpy as np
+import orjson
 
 from bench.anomaly_data import SERIES_KINDS, Series, clean_curve, experiment, planted
 from runledger.analysis.cohort import CohortDetector
@@ -137,13 +144,77 @@ def throughput(config: DetectorConfig, n: int = 1_000_000, seed: int = 0) -> dic
     return out
 
 
+def per_call(
+    config: DetectorConfig, series: int = 1_000, rounds: int = 10, seed: int = 0
+) -> dict[str, float]:
+    """Single-point ``update`` latency and state cost on clean series in their normal regime."""
+    rng = np.random.default_rng(seed)
+    warm = 100
+    data = [clean_curve(rng, n=warm + rounds) for _ in range(series)]
+    dets = [SeriesDetector(s.key, config) for s in data]
+    for d, s in zip(dets, data, strict=True):
+        d.update(s.steps[:warm], s.values[:warm])
+    times: list[float] = []
+    clock = time.perf_counter
+    for r in range(warm, warm + rounds):
+        for d, s in zip(dets, data, strict=True):
+            st, va = s.steps[r : r + 1], s.values[r : r + 1]
+            t0 = clock()
+            d.update(st, va)
+            times.append(clock() - t0)
+    us = np.asarray(times) * 1e6
+    dumps: list[float] = []
+    loads: list[float] = []
+    sizes: list[int] = []
+    for d, s in zip(dets, data, strict=True):
+        t0 = clock()
+        blob = orjson.dumps(d.to_state())
+        t1 = clock()
+        SeriesDetector.from_state(s.key, config, orjson.loads(blob))
+        t2 = clock()
+        dumps.append(t1 - t0)
+        loads.append(t2 - t1)
+        sizes.append(len(blob))
+    # footprint: detectors built (and warmed up) while tracemalloc watches; inputs made before
+    n_mem = 10_000
+    keys = [data[i % series].key for i in range(n_mem)]
+    warm_data = [(data[i % series].steps, data[i % series].values) for i in range(n_mem)]
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    held = []
+    for key, (st, va) in zip(keys, warm_data, strict=True):
+        d = SeriesDetector(key, config)
+        d.update(st[:warm], va[:warm])
+        for r in range(warm, warm + rounds):
+            d.update(st[r : r + 1], va[r : r + 1])
+        held.append(d)
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    return {
+        "update_1pt_median_us": float(np.median(us)),
+        "update_1pt_p90_us": float(np.percentile(us, 90)),
+        "update_1pt_mean_us": float(us.mean()),
+        "state_json_bytes_median": float(np.median(sizes)),
+        "state_json_bytes_max": float(max(sizes)),
+        "to_state_dumps_median_us": float(np.median(dumps) * 1e6),
+        "loads_from_state_median_us": float(np.median(loads) * 1e6),
+        "memory_bytes_per_detector": used / n_mem,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--series", type=int, default=100, help="series per kind (and clean series)")
     ap.add_argument("--no-throughput", action="store_true")
+    ap.add_argument("--per-call", action="store_true", help="only the single-point update / state benchmark")
     args = ap.parse_args()
     config = DetectorConfig()
+    if args.per_call:
+        print("| per-call (1,000 series, 1-point updates) | value |\n|---|---|")
+        for k, v in per_call(config, seed=args.seed).items():
+            print(f"| {k} | {v:,.1f} |")
+        return
     t0 = time.perf_counter()
     table = evaluate(args.seed, args.series, config)
     took = time.perf_counter() - t0

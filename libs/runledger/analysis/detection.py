@@ -40,11 +40,16 @@ Conventions shared by every detector:
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import math
 import re
+import sys
+from array import array
+from bisect import bisect_left, insort
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -66,7 +71,11 @@ MIN_SCALE_DIFFS = 15
 MIN_HISTORY = PRED_WINDOW + 1  # points needed before anything but non_finite can alarm
 HISTORY = 96  # raw points kept in the state: >= SCALE_DIFFS + SCALE_STRIDE + 1 and PRED_WINDOW
 LEVEL_LAG = HALF_WINDOW // 2  # the level (median of the last 12 points) lags a trend by ~6 points
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: packed arrays, best-level history rebuilt from the raw points
+SHORT_BATCH = 48  # batches up to this many points take the scalar path (numpy's fixed costs dominate)
+_SLACK = 8  # array buffers grow this far past their logical length before being trimmed
+_INT64_MIN = -(2**63)
+_FLOAT_MAX = sys.float_info.max
 
 _MAXIMISE = re.compile(
     r"(acc|accuracy|f1|f_1|fscore|auc|auroc|roc|precision|prec|recall|map|ndcg|bleu|rouge|meteor|"
@@ -286,7 +295,13 @@ def _rolling_median12(x: FloatArray) -> FloatArray:
     """Medians of every window x[j:j+12] (partition is ~3x faster than np.median here)."""
     if len(x) < HALF_WINDOW:
         return np.empty(0, dtype=np.float64)
-    part = np.partition(sliding_window_view(x, HALF_WINDOW), [5, 6], axis=1)
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    rows = len(x) - HALF_WINDOW + 1
+    # a strided view built directly (sliding_window_view's checks cost ~15 us on short inputs);
+    # a full sort is faster than partition on few rows, and both put the same values at 5 and 6
+    win = np.ndarray((rows, HALF_WINDOW), dtype=np.float64, buffer=x, strides=(8, 8))
+    part = np.sort(win, axis=1) if rows < 256 else np.partition(win, [5, 6], axis=1)
     out: FloatArray = 0.5 * (part[:, 5] + part[:, 6])
     return out
 
@@ -405,6 +420,87 @@ def _linear_sse(y: FloatArray) -> tuple[float, float]:
     return slope, float(resid @ resid)
 
 
+# --------------------------------------------------------------------------- state helpers
+
+
+def _tail(buf: array[Any], k: int, dtype: type[np.generic]) -> Any:
+    """A numpy copy of the last k items of an array buffer (the copy releases the buffer)."""
+    view = np.frombuffer(buf, dtype=dtype)
+    out = view[len(view) - k :].copy()
+    del view
+    return out
+
+
+def _pack_steps(buf: array[int], h: int) -> list[int]:
+    """The last h steps as [first, d1, c1, d2, c2, ...]: run lengths of their differences."""
+    if h == 0:
+        return []
+    n = len(buf)
+    first = buf[n - h]
+    if h == 1:
+        return [first]
+    stride = buf[n - 1] - buf[n - 2]
+    # the common case, evenly spaced steps: an arithmetic progression has first + (h-1) * stride
+    # as its last item, but so do others; confirm on the array only when the ends agree
+    st = np.frombuffer(buf, dtype=np.int64)[n - h :]
+    d = np.diff(st)
+    del st
+    if buf[n - 1] - first == stride * (h - 1) and bool((d == stride).all()):
+        return [first, stride, h - 1]
+    cut = np.flatnonzero(d[1:] != d[:-1]) + 1
+    starts = np.concatenate([[0], cut])
+    counts = np.diff(np.concatenate([starts, [len(d)]]))
+    pairs = np.stack([d[starts], counts], axis=1).ravel().tolist()
+    return [first, *pairs]
+
+
+def _unpack_steps(code: list[int]) -> array[int]:
+    if not code:
+        return array("q")
+    first, runs = int(code[0]), code[1:]
+    if len(runs) == 2:  # evenly spaced
+        stride, count = int(runs[0]), int(runs[1])
+        if stride <= 0 or count < 0:
+            raise ValueError("detector state: bad step code")
+        return array("q", np.arange(first, first + stride * count + 1, stride, dtype=np.int64).tobytes())
+    if len(runs) % 2:
+        raise ValueError("detector state: bad step code")
+    d = np.repeat(np.asarray(runs[0::2], dtype=np.int64), np.asarray(runs[1::2], dtype=np.int64))
+    st = np.concatenate([[first], first + np.cumsum(d, dtype=np.int64)]).astype(np.int64)
+    return array("q", st.tobytes())
+
+
+def _rebuild_best(
+    ys: FloatArray, n: int, length: int, head: FloatArray, start: int, best_from: int, reset_at: int
+) -> FloatArray:
+    """The best-level history (entries of the global points n - length .. n - 1) from the raw
+    points ys (the last len(ys) of n) and the stored entries ``head``, which start at global
+    max(0, n - length).
+
+    The best level is the running minimum (fmin) of the level of the active points (index >=
+    ``start`` and >= ``best_from``); every entry up to the last reset (``reset_at``) is NaN.
+    """
+    out = np.empty(length)
+    g0 = max(0, n - length)
+    i0 = g0 - (n - length)
+    out[:i0] = np.nan  # points before the series began
+    g1 = g0 + len(head)  # first rebuilt entry (global)
+    out[i0 : i0 + len(head)] = head
+    if g1 >= n:
+        return out
+    h = len(ys)
+    seed = out[g1 - 1 - (n - length)] if g1 - 1 > reset_at and g1 - 1 >= n - length else np.nan
+    # the levels count from the first point that is active, has 11 points before it in ys and
+    # comes after the last reset; the entries before it carry the seed (fmin ignores NaN)
+    a = max(g1, start, best_from, reset_at + 1, n - h + HALF_WINDOW - 1)
+    vals = np.full(n - g1 + 1, np.nan)
+    vals[0] = seed
+    if a < n:
+        vals[a - g1 + 1 :] = _rolling_median12(ys[a - (n - h) - (HALF_WINDOW - 1) :])
+    out[g1 - (n - length) :] = np.fmin.accumulate(vals)[1:]
+    return out
+
+
 # --------------------------------------------------------------------------- series detector
 
 
@@ -428,37 +524,114 @@ class _Batch:
 class SeriesDetector:
     """Streaming detector of one series (run_id, metric key); see the module docstring.
 
-    Cost: O(points) numpy work per batch plus Python work only at candidate points (points past
-    a threshold), so clean data runs at ~1-2M points/s; state is O(HISTORY + 2 * patience).
+    Two equivalent paths: batches of up to :data:`SHORT_BATCH` points (the fleet case: one
+    point per call) are walked point by point on plain floats and small ``array`` buffers,
+    longer ones go through the vectorised numpy preparation and scan. Both take exactly the
+    same decisions on bit-identical numbers, so findings never depend on how a series is
+    chunked. Candidate points (rare) take the full per-point logic in either path.
+    State: O(HISTORY + 3 * patience) floats in memory; the persisted form packs the raw points
+    and rebuilds the best-level history from them (it is a running minimum of their levels).
     """
 
+    __slots__ = (
+        "_ap_from",
+        "_bh",
+        "_bh_len",
+        "_lv",
+        "_sig",
+        "_sig_blk",
+        "_sign",
+        "_st",
+        "_start",
+        "_stride",
+        "_want_div",
+        "_want_exc",
+        "_want_plat",
+        "_win",
+        "_y",
+        "best",
+        "best_from",
+        "config",
+        "direction",
+        "div_armed",
+        "div_rearm",
+        "exact_from",
+        "exc",
+        "in_non_finite",
+        "key",
+        "last_step",
+        "n",
+        "plateau_open",
+        "plateau_ref",
+        "quiet_until",
+        "reset_at",
+        "reset_gi",
+        "resolution",
+        "z_hist",
+    )
+
     def __init__(self, key: str, config: DetectorConfig) -> None:
+        self._setup(key, config, config.direction_for(key))
+
+    def _setup(self, key: str, config: DetectorConfig, direction: Direction) -> None:
         self.key = key
         self.config = config
-        self.direction: Direction = config.direction_for(key)
-        self._sign = 1.0 if self.direction == "min" else -1.0
+        self.direction: Direction = direction
+        self._sign = 1.0 if direction == "min" else -1.0
         self._start = max(config.warmup_steps, MIN_HISTORY)
+        en = config.enabled_kinds
+        self._want_exc = bool(en & {"spike", "level_shift", "divergence"})
+        self._want_div = "divergence" in en
+        self._want_plat = "plateau" in en
         self.n = 0  # finite points seen
         self.last_step: int | None = None
         self.in_non_finite = False
         self.resolution = math.inf  # smallest non-zero |difference| seen (quantised metrics)
-        self.hist_y: FloatArray = np.empty(0, dtype=np.float64)
-        self.hist_steps: IntArray = np.empty(0, dtype=np.int64)
+        # raw history (y: lower is better) of the last HISTORY finite points and their steps;
+        # append-only buffers trimmed every _SLACK points (the logical view is the tail)
+        self._y: array[float] = array("d")
+        self._st: array[int] = array("q")
         self.z_hist: list[float] = []  # z of the last 3 points (pre-onset drift)
         # excursion in progress (spike vs change decision pending)
         self.exc: dict[str, Any] | None = None
         self.quiet_until = 0  # global index before which no excursion opens
-        # best level so far (running min of the level) and its recent history
+        # best level so far (running min of the level) and its last 3 * patience values
         self.best = math.nan
-        self.best_hist: FloatArray = np.full(3 * config.plateau_patience, np.nan)
+        self._bh_len = 3 * config.plateau_patience
+        self._bh: array[float] = array("d", [math.nan]) * self._bh_len
         self.reset_gi = 0
+        self.reset_at = -1  # global index of the point at which the best level was last reset
+        self.exact_from = 0  # best-level history before this index is persisted verbatim
         self.best_from = 0  # the best level is tracked from this global index on
         self.div_armed = True
         self.div_rearm = math.nan
         self.plateau_open = False  # a plateau was reported and the series has not improved since
         self.plateau_ref = math.nan
+        # scalar-path caches, rebuilt from the raw history when missing (None)
+        self._win: array[float] | None = None  # the last 12 values, sorted
+        self._lv: array[float] = array("d")  # levels of the last 13 points, slot = index % 13
+        self._sig = math.nan  # noise scale of the 16-point block _sig_blk
+        self._sig_blk = -1
+        # the steps of the points _ap_from .. n - 1 are evenly spaced by _stride (compact state)
+        self._ap_from = 0
+        self._stride = 0
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def hist_y(self) -> FloatArray:
+        """The last HISTORY finite points (lower is better), as a new array."""
+        return cast(FloatArray, _tail(self._y, min(self.n, HISTORY), np.float64))
+
+    @property
+    def hist_steps(self) -> IntArray:
+        """Steps of :attr:`hist_y`, as a new array."""
+        return cast(IntArray, _tail(self._st, min(self.n, HISTORY), np.int64))
+
+    @property
+    def best_hist(self) -> FloatArray:
+        """The best level after each of the last 3 * patience points (NaN: not tracked), a copy."""
+        return cast(FloatArray, _tail(self._bh, self._bh_len, np.float64))
 
     def update(self, steps: npt.ArrayLike, values: npt.ArrayLike) -> list[Anomaly]:
         """Feed new points (arrival order); returns the findings they complete, in order."""
@@ -466,9 +639,12 @@ class SeriesDetector:
         va = np.asarray(values, dtype=np.float64).ravel()
         if st.shape != va.shape:
             raise ValueError(f"steps and values differ in length: {st.shape} vs {va.shape}")
-        if len(st) == 0:
+        k = len(st)
+        if k == 0:
             return []
-        prev = np.int64(self.last_step if self.last_step is not None else np.iinfo(np.int64).min)
+        if k <= SHORT_BATCH:
+            return self._update_short(st.tolist(), va.tolist())
+        prev = np.int64(self.last_step if self.last_step is not None else _INT64_MIN)
         running = np.maximum.accumulate(np.concatenate([[prev], st]))[:-1]
         keep = st > running  # ignore replays / out-of-order points
         st, va = st[keep], va[keep]
@@ -484,34 +660,63 @@ class SeriesDetector:
         pos = np.flatnonzero(finite)
         if len(pos):
             batch = self._prepare(st[finite], va[finite] * self._sign)
+            self._win = None  # the scalar path's caches are stale now
+            self._sig_blk = -1
             for i, a in self._scan(batch):
                 out.append((int(pos[i]), a))
         out.sort(key=lambda t: t[0])
         return [a for _, a in out]
 
     def to_state(self) -> dict[str, Any]:
-        """Bounded JSON-serialisable state (NaN stored as None)."""
-        return {
+        """Bounded JSON-serialisable state (NaN stored as None, float arrays as base64).
+
+        The raw points are kept exactly (float32 only when that is lossless, as for metrics
+        logged from float32 tensors); steps as a run-length code of their differences; of the
+        best-level history only the entries the raw points cannot rebuild.
+        """
+        n = self.n
+        h = min(n, HISTORY)
+        L = self._bh_len
+        ys = np.frombuffer(self._y, dtype=np.float64)[len(self._y) - h :]
+        with np.errstate(over="ignore"):  # beyond float32's range: stored as float64
+            y32 = ys.astype(np.float32)
+        if bool((y32 == ys).all()):
+            y_code = "f" + binascii.b2a_base64(y32.tobytes(), newline=False).decode()
+        else:
+            y_code = "d" + binascii.b2a_base64(ys.tobytes(), newline=False).decode()
+        del ys  # release the buffer export of self._y
+        # best-level entries of points before the series began are NaN and those from the first
+        # rebuilt one on follow from the raw points: only the ones between are stored
+        g0 = max(0, n - L)
+        g1 = max(g0, min(n, self._first_rebuilt(n, h)))
+        b0 = len(self._bh) - L + (g0 - (n - L))
+        head = self._bh[b0 : b0 + (g1 - g0)]
+        state: dict[str, Any] = {
             "v": STATE_VERSION,
             "direction": self.direction,
-            "n": self.n,
+            "n": n,
             "last_step": self.last_step,
             "in_non_finite": self.in_non_finite,
             "resolution": None if math.isinf(self.resolution) else self.resolution,
-            "hist_y": self.hist_y.tolist(),
-            "hist_steps": self.hist_steps.tolist(),
+            "y": y_code,
+            "steps": self._steps_code(h),
             "z_hist": [_nan_to_none(v) for v in self.z_hist],
-            "exc": self.exc,
             "quiet_until": self.quiet_until,
-            "best": _nan_to_none(self.best),
-            "best_hist": [_nan_to_none(float(v)) for v in self.best_hist],
+            "bh": [L, binascii.b2a_base64(head.tobytes(), newline=False).decode()],
+            "start": self._start,
             "reset_gi": self.reset_gi,
+            "reset_at": self.reset_at,
             "best_from": self.best_from,
             "div_armed": self.div_armed,
             "div_rearm": _nan_to_none(self.div_rearm),
             "plateau_open": self.plateau_open,
             "plateau_ref": _nan_to_none(self.plateau_ref),
         }
+        if self.exc is not None:
+            state["exc"] = self.exc
+        if self.exact_from > n - L:
+            state["exact_from"] = self.exact_from
+        return state
 
     @classmethod
     def from_state(cls, key: str, config: DetectorConfig, state: dict[str, Any]) -> SeriesDetector:
@@ -519,32 +724,296 @@ class SeriesDetector:
 
         A state saved under a different ``plateau_patience`` is adapted (its best-level history
         is truncated or padded), so config changes between batches do not break restores.
+        A state of another version raises ValueError (the caller starts the series afresh).
         """
         if state.get("v") != STATE_VERSION:
             raise ValueError(f"unsupported detector state version {state.get('v')!r}")
-        d = cls(key, config)
-        d.direction = cast(Direction, state["direction"]) if config.direction is None else d.direction
-        d._sign = 1.0 if d.direction == "min" else -1.0
-        d.n = int(state["n"])
+        d = cls.__new__(cls)
+        direction = cast(Direction, state["direction"]) if config.direction is None else config.direction
+        if direction not in ("min", "max"):
+            raise ValueError(f"bad direction in detector state: {direction!r}")
+        d._setup(key, config, direction)
+        n = d.n = int(state["n"])
+        h = min(n, HISTORY)
         d.last_step = None if state["last_step"] is None else int(state["last_step"])
         d.in_non_finite = bool(state["in_non_finite"])
         d.resolution = math.inf if state["resolution"] is None else float(state["resolution"])
-        d.hist_y = np.asarray(state["hist_y"], dtype=np.float64)
-        d.hist_steps = np.asarray(state["hist_steps"], dtype=np.int64)
+        y_code = str(state["y"])
+        raw = binascii.a2b_base64(y_code[1:])
+        if y_code[0] == "f":
+            ys = np.frombuffer(raw, dtype=np.float32).astype(np.float64)
+        else:
+            ys = np.frombuffer(raw, dtype=np.float64)
+        d._st = _unpack_steps(state["steps"])
+        if len(ys) != h or len(d._st) != h:
+            raise ValueError("detector state: history length does not match n")
+        if len(state["steps"]) == 3:
+            d._ap_from, d._stride = n - h, int(state["steps"][1])
+        else:
+            d._track_stride(np.frombuffer(d._st.tobytes(), dtype=np.int64), n - h)
+        d._y = array("d", ys.tobytes())
         d.z_hist = [_none_to_nan(v) for v in state["z_hist"]]
-        d.exc = state["exc"]
+        d.exc = state.get("exc")
         d.quiet_until = int(state["quiet_until"])
-        d.best = _none_to_nan(state["best"])
-        bh = np.asarray([_none_to_nan(v) for v in state["best_hist"]], dtype=np.float64)
-        want = 3 * config.plateau_patience
-        d.best_hist = bh[-want:] if len(bh) >= want else np.concatenate([np.full(want - len(bh), np.nan), bh])
         d.reset_gi = int(state["reset_gi"])
+        d.reset_at = int(state["reset_at"])
         d.best_from = int(state["best_from"])
         d.div_armed = bool(state["div_armed"])
         d.div_rearm = _none_to_nan(state["div_rearm"])
         d.plateau_open = bool(state["plateau_open"])
         d.plateau_ref = _none_to_nan(state["plateau_ref"])
+        saved_len, head_code = state["bh"]
+        saved_len = int(saved_len)
+        exact_from = int(state.get("exact_from", 0))
+        head = np.frombuffer(binascii.a2b_base64(head_code), dtype=np.float64)
+        bh = _rebuild_best(ys, n, saved_len, head, int(state["start"]), d.best_from, d.reset_at)
+        want = d._bh_len
+        bh = bh[-want:] if len(bh) >= want else np.concatenate([np.full(want - len(bh), np.nan), bh])
+        d._bh = array("d", bh.tobytes())
+        d.best = float(bh[-1])
+        # entries the new config would not rebuild the same way are persisted verbatim from now on
+        if want != saved_len or int(state["start"]) != d._start:
+            exact_from = max(exact_from, n)
+        d.exact_from = exact_from
         return d
+
+    def _steps_code(self, h: int) -> list[int]:
+        """The last h steps as [first, d1, c1, d2, c2, ...]: run lengths of their differences."""
+        if h and self._ap_from <= self.n - h:
+            first = self._st[len(self._st) - h]
+            return [first, self._stride, h - 1] if h > 1 else [first]
+        return _pack_steps(self._st, h)
+
+    def _track_stride(self, steps: IntArray, g0: int) -> None:
+        """Recompute _ap_from / _stride from the steps of the global points g0 .. n - 1."""
+        if len(steps) < 2:
+            self._ap_from, self._stride = g0, 0
+            return
+        d = np.diff(steps)
+        last = int(d[-1])
+        breaks = np.flatnonzero(d != last)
+        self._ap_from = g0 + (int(breaks[-1]) + 1 if len(breaks) else 0)
+        self._stride = last
+
+    def _first_rebuilt(self, n: int, h: int) -> int:
+        """Global index of the first best-level entry rebuilt from the raw points on restore."""
+        first = n - h + HALF_WINDOW - 1 if n > h else 0  # its level needs 11 points before it
+        # ... and it continues a running minimum: the oldest entry has no predecessor to rebuild from
+        return max(first, self.exact_from, n - self._bh_len + 1)
+
+    # ------------------------------------------------------------------ scalar path
+
+    def _update_short(self, steps: list[int], values: list[float]) -> list[Anomaly]:
+        """A short batch point by point: the same numbers and decisions as _prepare + _scan."""
+        out: list[Anomaly] = []
+        last = self.last_step if self.last_step is not None else _INT64_MIN
+        isfinite = math.isfinite
+        for step, v in zip(steps, values, strict=True):
+            if step <= last:
+                continue  # a replay / out-of-order point
+            last = self.last_step = step
+            if isfinite(v):
+                self.in_non_finite = False
+                self._finite_point(step, v * self._sign, out)
+            elif not self.in_non_finite:
+                self.in_non_finite = True
+                self._non_finite_start(step, v, out)
+        return out
+
+    def _non_finite_start(self, step: int, v: float, out: list[Anomaly]) -> None:
+        """The first point of a run of non-finite values (same finding as :meth:`_non_finite`)."""
+        c = self.config
+        if "non_finite" not in c.enabled_kinds:
+            return
+        if self.n < self._start and not c.non_finite_in_warmup:
+            return
+        text = "NaN" if math.isnan(v) else ("+inf" if v > 0 else "-inf")
+        out.append(
+            Anomaly(
+                "non_finite",
+                step,
+                1.0,
+                {
+                    "message": f"{self.key} is {text} at step {step}",
+                    "value": text,
+                    "detected_at_step": step,
+                    "direction": self.direction,
+                },
+            )
+        )
+
+    def _init_fast(self) -> array[float]:
+        """Rebuild the scalar path's caches (sorted level window, recent levels) from the raw points."""
+        h = min(self.n, HISTORY)
+        ys = self._y
+        tail = ys[len(ys) - min(h, PRED_WINDOW) :]
+        win = array("d", sorted(tail[len(tail) - min(len(tail), HALF_WINDOW) :]))
+        lv = array("d", [math.nan]) * (HALF_WINDOW + 1)
+        m12 = _rolling_median12(np.frombuffer(tail.tobytes(), dtype=np.float64))
+        n = self.n
+        for j, v in enumerate(m12.tolist()[-(HALF_WINDOW + 1) :]):  # levels of the last points
+            lv[(n - min(len(m12), HALF_WINDOW + 1) + j) % (HALF_WINDOW + 1)] = v
+        self._lv = lv
+        self._win = win
+        self._sig_blk = -1
+        return win
+
+    def _block_scale(self, g: int, gi: int) -> float:
+        """Noise scale of the 16-point block starting at global g (see :meth:`_scales`); the
+        point gi is the last one in the raw buffer."""
+        if g >= SCALE_DIFFS + 1:
+            lo = g - (SCALE_DIFFS + 1)
+        elif g - 1 >= MIN_SCALE_DIFFS:
+            lo = 0
+        else:
+            return math.nan
+        ys = self._y
+        end = len(ys) - 1 - (gi - g)  # buffer position of global g (exclusive end of the values)
+        vals = ys[end - (g - lo) : end]
+        d = sorted([abs(b - a) for a, b in pairwise(vals)])
+        k = len(d)
+        a50 = d[(k - 1) // 2] / 0.954
+        a75 = d[min(k - 1, (3 * k) // 4)] / 1.627
+        return a50 if a50 >= a75 else a75
+
+    def _finite_point(self, step: int, y: float, out: list[Anomaly]) -> None:
+        """One finite point (y: lower is better): the preparation of :meth:`_prepare` on floats,
+        then the quiet-point test of :meth:`_scan`; events go to :meth:`_point`."""
+        win = self._win
+        if win is None:
+            win = self._init_fast()
+        gi = self.n
+        ys = self._y
+        res = self.resolution  # the floor uses the differences before this point only
+        if gi:
+            dy = abs(y - ys[-1])
+            if gi >= HALF_WINDOW:
+                del win[bisect_left(win, ys[-HALF_WINDOW])]
+        else:
+            dy = 0.0
+        insort(win, y)
+        level = 0.5 * (win[5] + win[6]) if gi >= HALF_WINDOW - 1 else math.nan
+        lvb = self._lv  # a ring: the slot of gi holds the level of gi - 13 until overwritten
+        slot = gi % (HALF_WINDOW + 1)
+        if gi >= PRED_WINDOW:
+            med_b = lvb[slot - 1]  # (slot -1 wraps to the last slot)
+            slope = (med_b - lvb[slot]) / HALF_WINDOW
+            pred = med_b + slope * (HALF_WINDOW + 1) / 2
+        else:
+            slope = pred = math.nan
+        lvb[slot] = level
+        ys.append(y)
+        sts = self._st
+        if gi:
+            ds = step - sts[-1]
+            if ds != self._stride:
+                self._stride = ds
+                self._ap_from = gi - 1
+        sts.append(step)
+        if len(ys) > HISTORY + 1 + _SLACK:
+            del ys[: len(ys) - HISTORY - 1]
+            del sts[: len(sts) - HISTORY - 1]
+        self.n = gi + 1
+        if 0.0 < dy < res:
+            self.resolution = dy
+        blk = gi // SCALE_STRIDE
+        if blk != self._sig_blk:
+            self._sig = self._block_scale(blk * SCALE_STRIDE, gi)
+            self._sig_blk = blk
+        sig = self._sig
+        if sig != sig:
+            s = z = math.nan
+        else:
+            # as np.nan_to_num(pred): NaN -> 0, +-inf -> +-max float
+            pn = (
+                0.0
+                if pred != pred
+                else (pred if abs(pred) <= _FLOAT_MAX else math.copysign(_FLOAT_MAX, pred))
+            )
+            fl = 1e-6 * abs(pn) + 1e-12
+            r = 0.0 if res == math.inf else res
+            if r > fl:
+                fl = r
+            s = sig if sig >= fl else fl
+            z = (y - pred) / s
+        # the quiet-point test of _scan
+        active = gi >= self._start
+        best = self.best
+        if active and gi >= self.best_from and level == level:
+            best = level if best != best or level < best else best
+        if self.exc is None and not (active and self._is_event(gi, z, s, level, best)):
+            bh = self._bh
+            bh.append(best)
+            if len(bh) > self._bh_len + _SLACK:
+                del bh[: len(bh) - self._bh_len]
+            self.best = best
+            zh = self.z_hist
+            zh.append(z)
+            if len(zh) > 3:
+                del zh[0]
+            return
+        b = self._event_batch(step, y, gi, z, pred, slope, s, level)
+        found: list[tuple[int, Anomaly]] = []
+        self._point(b, 0, found)
+        out.extend(a for _, a in found)
+
+    def _is_event(self, gi: int, z: float, s: float, lv: float, best: float) -> bool:
+        """Whether an active point needs the full per-point logic (the events of :meth:`_scan`)."""
+        c = self.config
+        if self._want_exc and abs(z) >= c.spike_threshold and gi >= self.quiet_until:
+            return True
+        if self._want_div:
+            if self.div_armed:
+                if lv - best >= c.divergence_threshold * s:
+                    return True
+            elif lv <= self.div_rearm and gi >= self.best_from:
+                return True
+        if self._want_plat:
+            if self.plateau_open:
+                return best <= self.plateau_ref - c.plateau_prior_progress * s
+            return self._plateau_hit(s, lv, best)
+        return False
+
+    def _plateau_hit(self, s: float, lv: float, b3: float) -> bool:
+        """:meth:`_plateau_cond` for one new point (best level b3) on floats, same arithmetic."""
+        c = self.config
+        P = c.plateau_patience
+        bh = self._bh  # the entries before this point; bh[-3P] is the oldest
+        b2 = bh[-P]
+        md_s = c.plateau_min_delta * s
+        if not (b2 - b3 < md_s and lv - b3 < md_s):
+            return False
+        b0, b1 = bh[-3 * P], bh[-2 * P]
+        p1, p2 = b0 - b1, b1 - b2
+        rho = c.plateau_prior_progress * s
+        if not (p1 >= rho and p2 >= rho):
+            return False
+        if not (p2 * p2 >= 3.0 * c.plateau_min_delta * s * p1):
+            return False
+        if not (p1 <= 4.0 * p2 and p2 <= 3.0 * p1):
+            return False
+        return bh[-P - P // 3] - b2 >= 0.2 * p2
+
+    def _event_batch(
+        self, step: int, y: float, gi: int, z: float, pred: float, slope: float, s: float, level: float
+    ) -> _Batch:
+        """A one-point batch for :meth:`_point`: the point and up to HISTORY points before it."""
+        k = min(gi, HISTORY) + 1
+        ext = _tail(self._y, k, np.float64)
+        ext_steps = _tail(self._st, k, np.int64)
+        return _Batch(
+            np.array([y]),
+            np.array([step], dtype=np.int64),
+            np.array([gi], dtype=np.int64),
+            np.array([z]),
+            np.array([pred]),
+            np.array([slope]),
+            np.array([s]),
+            np.array([level]),
+            ext,
+            ext_steps,
+            k - 1,
+        )
 
     # ------------------------------------------------------------------ non-finite
 
@@ -586,9 +1055,9 @@ class SeriesDetector:
 
     def _prepare(self, steps: IntArray, y: FloatArray) -> _Batch:
         k = len(y)
-        h = len(self.hist_y)
-        ext = np.concatenate([self.hist_y, y])
-        ext_steps = np.concatenate([self.hist_steps, steps])
+        h = min(self.n, HISTORY)
+        ext = np.concatenate([_tail(self._y, h, np.float64), y])
+        ext_steps = np.concatenate([_tail(self._st, h, np.int64), steps])
         n0 = self.n
         gi = np.arange(n0, n0 + k, dtype=np.int64)
         p = np.arange(h, h + k)  # positions in ext
@@ -608,8 +1077,9 @@ class SeriesDetector:
         s = self._scales(ext, h, n0, gi, pred)
         z = (y - pred) / s
         self.n = n0 + k
-        self.hist_y = ext[-HISTORY:].copy()
-        self.hist_steps = ext_steps[-HISTORY:].copy()
+        self._y = array("d", ext[-HISTORY:].tobytes())
+        self._st = array("q", ext_steps[-HISTORY:].tobytes())
+        self._track_stride(ext_steps, n0 - h)
         return _Batch(y, steps, gi, z, pred, slope, s, level, ext, ext_steps, h)
 
     def _scales(self, ext: FloatArray, h: int, n0: int, gi: IntArray, pred: FloatArray) -> FloatArray:
@@ -672,11 +1142,11 @@ class SeriesDetector:
                     # re-arm once the level (whose window lags) holds only post-finding points
                     ev |= active & (lv <= self.div_rearm) & (b.gi[cur:end] >= self.best_from)
             if "plateau" in en:
-                bh = np.concatenate([self.best_hist, best])
                 if self.plateau_open:
                     ev |= active & (best <= self.plateau_ref - c.plateau_prior_progress * s)
                 else:
-                    ev |= active & self._plateau_cond(bh, len(self.best_hist), s, lv)
+                    bh = np.concatenate([self.best_hist, best])
+                    ev |= active & self._plateau_cond(bh, self._bh_len, s, lv)
             hits = np.flatnonzero(ev)
             stop = int(hits[0]) if len(hits) else end - cur
             # commit the quiet points before the event
@@ -721,17 +1191,22 @@ class SeriesDetector:
         hit: npt.NDArray[np.bool_] = flat & (p1 >= rho) & (p2 >= rho) & fade & steady
         return hit
 
-    def _reset_best(self, onset_gi: int) -> None:
-        """Forget the best level after a change; plateau waits 2 * patience points after it."""
+    def _reset_best(self, onset_gi: int, at_gi: int) -> None:
+        """Forget the best level after a change (found at point at_gi); plateau waits 2 * patience
+        points after it."""
         self.best = math.nan
-        self.best_hist[:] = np.nan
+        self._bh = array("d", [math.nan]) * self._bh_len
         self.reset_gi = onset_gi
+        self.reset_at = at_gi
         self.best_from = onset_gi + HALF_WINDOW
 
     def _commit_best(self, best: FloatArray) -> None:
         if len(best):
             self.best = float(best[-1])
-            self.best_hist = np.concatenate([self.best_hist, best])[-len(self.best_hist) :]
+            bh = self._bh
+            bh.frombytes(np.ascontiguousarray(best, dtype=np.float64).tobytes())
+            if len(bh) > self._bh_len + _SLACK:
+                del bh[: len(bh) - self._bh_len]
 
     def _point(self, b: _Batch, i: int, out: list[tuple[int, Anomaly]]) -> None:
         """Full per-point logic (same decisions the vectorised scan takes for quiet points)."""
@@ -745,7 +1220,7 @@ class SeriesDetector:
         best = self.best
         if active and gi >= self.best_from and not math.isnan(lv):
             best = lv if math.isnan(best) else min(best, lv)
-        old_hist = self.best_hist
+        old_hist = self.best_hist  # a copy
         self._commit_best(np.array([best]))
         pre = list(self.z_hist)
         self.z_hist = ([*self.z_hist, z])[-3:]
@@ -859,7 +1334,7 @@ class SeriesDetector:
             self._divergence(step, det, e["pred"], new_level, mag, "abrupt", trend_t, i, gi, out)
             return
         # the best level restarts once the level window holds only post-change points
-        self._reset_best(int(e["gi"]))
+        self._reset_best(int(e["gi"]), gi)
         if not bad and trending:
             return  # faster improvement (e.g. an LR drop settling): not a step, not reported
         if "level_shift" not in self.config.enabled_kinds or not self.div_armed:
@@ -957,7 +1432,7 @@ class SeriesDetector:
         lvl = float(b.level[i])
         z = (lvl - best) / s
         if is_step:
-            self._reset_best(int(b.gi[i]) - (p - (lo + onset_pos)))
+            self._reset_best(int(b.gi[i]) - (p - (lo + onset_pos)), int(b.gi[i]))
             if "level_shift" not in c.enabled_kinds:
                 return
             ex, nw = best * self._sign, lvl * self._sign
@@ -1010,7 +1485,7 @@ class SeriesDetector:
         self.div_rearm = (
             old_best if not math.isnan(old_best) else expected_y
         ) + 0.5 * c.divergence_threshold * s_ref
-        self._reset_best(gi)
+        self._reset_best(gi, gi)
         if "divergence" not in c.enabled_kinds:
             return
         ex, v = expected_y * self._sign, value_y * self._sign
@@ -1048,7 +1523,7 @@ class SeriesDetector:
         self.plateau_ref = best
         if "plateau" not in c.enabled_kinds:
             return
-        bh = self.best_hist
+        bh = self._bh
         p2 = (float(bh[-2 * P - 1]) - float(bh[-P - 1])) / s
         p3 = (float(bh[-P - 1]) - best) / s
         # onset: the break of a continuous line-then-flat fit over the last 2 patience windows
