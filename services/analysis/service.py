@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 _POLL_RECORDS = 5000
 # A checkpoint is also taken once this many detectors changed (bounds the memory that
 # cannot be evicted and the work a crash repeats).
-_MAX_DIRTY = 50_000
+_MAX_DIRTY = 500_000
 _TERMINAL = frozenset({RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED})
 
 

@@ -60,6 +60,7 @@ async def world(broker: EmbeddedBroker, fresh_dsn: str, topics: dict[str, str]) 
         events_topic=topics["events"],
         dlq_topic=topics["dlq"],
         analysis_settings_refresh_s=0.2,
+        analysis_checkpoint_interval_s=0.5,
         auth_poll_interval_s=0.2,
         attribution_auto=True,
     )
