@@ -19,10 +19,15 @@ from runledger.events.models import (
     EventType,
     ExperimentCreatedPayload,
     ExperimentRenamedPayload,
+    ExperimentTagDeletedPayload,
     ExperimentTagSetPayload,
     InputsLoggedPayload,
     LineageLinkedPayload,
+    LoggedModelCreatedPayload,
+    LoggedModelDeletedPayload,
+    LoggedModelUpdatedPayload,
     ModelVersionRegisteredPayload,
+    OutputsLoggedPayload,
     ParamsLoggedPayload,
     RunStartedPayload,
     StatusChangedPayload,
@@ -89,6 +94,17 @@ async def _experiment_tag(conn: PgConnection, ev: DecodedEvent) -> None:
     env = ev.envelope
     await _upsert_pairs(
         conn, "experiment_tags", "experiment_id", env.tenant_id, env.experiment_id, {p.key: p.value}
+    )
+
+
+async def _experiment_tag_deleted(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, ExperimentTagDeletedPayload)
+    await conn.execute(
+        "DELETE FROM experiment_tags WHERE tenant_id = $1 AND experiment_id = $2 AND key = $3",
+        ev.envelope.tenant_id,
+        ev.envelope.experiment_id,
+        p.key,
     )
 
 
@@ -222,6 +238,111 @@ async def _inputs(conn: PgConnection, ev: DecodedEvent) -> None:
         )
 
 
+async def _outputs(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, OutputsLoggedPayload)
+    await conn.execute(
+        "INSERT INTO run_model_outputs (tenant_id, run_id, model_id, step)"
+        " SELECT $1, $2, m, s FROM unnest($3::text[], $4::int8[]) AS t(m, s)"
+        " ON CONFLICT (tenant_id, run_id, model_id) DO UPDATE SET step = excluded.step",
+        ev.envelope.tenant_id,
+        ev.envelope.run_id,
+        [m.model_id for m in p.models],
+        [m.step for m in p.models],
+    )
+
+
+async def _logged_model_created(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, LoggedModelCreatedPayload)
+    env = ev.envelope
+    # A second creation of the same id (a retried or promoted model) is a no-op.
+    inserted = await conn.execute(
+        "INSERT INTO logged_models (tenant_id, model_id, experiment_id, name, artifact_location,"
+        " creation_timestamp_ms, last_updated_timestamp_ms, status, model_type, source_run_id, creator_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+        env.tenant_id,
+        p.model_id,
+        env.experiment_id,
+        p.name,
+        p.artifact_location,
+        p.creation_timestamp_ms,
+        p.creation_timestamp_ms,
+        p.status,
+        p.model_type,
+        p.source_run_id,
+        p.creator_id,
+    )
+    if not inserted.endswith(" 1"):
+        return
+    for table, pairs in (("logged_model_tags", p.tags), ("logged_model_params", p.params)):
+        if pairs:
+            await _upsert_pairs(conn, table, "model_id", env.tenant_id, p.model_id, pairs)
+
+
+async def _logged_model_updated(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, LoggedModelUpdatedPayload)
+    tenant = ev.envelope.tenant_id
+    # Only a model that exists (in its tenant) changes: the API checks before it writes.
+    touched = await conn.execute(
+        "UPDATE logged_models SET status = COALESCE($3, status),"
+        " last_updated_timestamp_ms = GREATEST(last_updated_timestamp_ms, $4) WHERE tenant_id = $1 AND model_id = $2",
+        tenant,
+        p.model_id,
+        p.status,
+        _ms(ev),
+    )
+    if not touched.endswith(" 1"):
+        return
+    if p.tags:
+        await _upsert_pairs(conn, "logged_model_tags", "model_id", tenant, p.model_id, p.tags)
+    if p.deleted_tags:
+        await conn.execute(
+            "DELETE FROM logged_model_tags WHERE tenant_id = $1 AND model_id = $2 AND key = ANY($3::text[])",
+            tenant,
+            p.model_id,
+            p.deleted_tags,
+        )
+    if p.params:
+        # Like a run's params, the first value wins (MLflow's store keeps one row per key too).
+        await conn.execute(
+            "INSERT INTO logged_model_params (tenant_id, model_id, key, value)"
+            " SELECT $1, $2, k, v FROM unnest($3::text[], $4::text[]) AS t(k, v) ON CONFLICT DO NOTHING",
+            tenant,
+            p.model_id,
+            list(p.params.keys()),
+            list(p.params.values()),
+        )
+    if p.metrics:
+        await conn.execute(
+            "INSERT INTO logged_model_metrics (tenant_id, model_id, key, value, timestamp, step, run_id,"
+            " dataset_name, dataset_digest) SELECT $1, $2, * FROM unnest($3::text[], $4::float8[], $5::int8[],"
+            " $6::int8[], $7::text[], $8::text[], $9::text[]) ON CONFLICT DO NOTHING",
+            tenant,
+            p.model_id,
+            [m.key for m in p.metrics],
+            [float(m.value) for m in p.metrics],  # "NaN" / "Infinity" / "-Infinity" parse too
+            [m.timestamp for m in p.metrics],
+            [m.step for m in p.metrics],
+            [m.run_id or "" for m in p.metrics],
+            [m.dataset_name for m in p.metrics],
+            [m.dataset_digest for m in p.metrics],
+        )
+
+
+async def _logged_model_deleted(conn: PgConnection, ev: DecodedEvent) -> None:
+    p = ev.payload
+    assert isinstance(p, LoggedModelDeletedPayload)
+    await conn.execute(
+        "UPDATE logged_models SET lifecycle_stage = 'deleted',"
+        " last_updated_timestamp_ms = GREATEST(last_updated_timestamp_ms, $3) WHERE tenant_id = $1 AND model_id = $2",
+        ev.envelope.tenant_id,
+        p.model_id,
+        _ms(ev),
+    )
+
+
 async def _document(conn: PgConnection, ev: DecodedEvent) -> None:
     p = ev.payload
     assert isinstance(p, CodeStateCapturedPayload | EnvironmentCapturedPayload)
@@ -340,6 +461,7 @@ _HANDLERS: dict[EventType, _Handler] = {
     EventType.EXPERIMENT_DELETED: _experiment_stage,
     EventType.EXPERIMENT_RESTORED: _experiment_stage,
     EventType.EXPERIMENT_TAG_SET: _experiment_tag,
+    EventType.EXPERIMENT_TAG_DELETED: _experiment_tag_deleted,
     EventType.RUN_STARTED: _run_started,
     EventType.PARAMS_LOGGED: _params,
     EventType.TAGS_SET: _tags_set,
@@ -349,9 +471,13 @@ _HANDLERS: dict[EventType, _Handler] = {
     EventType.RUN_RESTORED: _run_stage,
     EventType.ARTIFACT_LOGGED: _artifact,
     EventType.INPUTS_LOGGED: _inputs,
+    EventType.OUTPUTS_LOGGED: _outputs,
     EventType.CODE_STATE_CAPTURED: _document,
     EventType.ENVIRONMENT_CAPTURED: _document,
     EventType.MODEL_VERSION_REGISTERED: _model_version,
+    EventType.LOGGED_MODEL_CREATED: _logged_model_created,
+    EventType.LOGGED_MODEL_UPDATED: _logged_model_updated,
+    EventType.LOGGED_MODEL_DELETED: _logged_model_deleted,
     EventType.LINEAGE_LINKED: _lineage,
     EventType.ANOMALY_DETECTED: _finding,
     EventType.ATTRIBUTION_REQUESTED: _attribution_requested,

@@ -37,6 +37,11 @@ PROJECTION_TABLES = (
     "lineage_edges",
     "findings",
     "attributions",
+    "logged_models",
+    "logged_model_params",
+    "logged_model_tags",
+    "logged_model_metrics",
+    "run_model_outputs",
     "applied_events",
 )
 CLICKHOUSE_PROJECTIONS = ("metric_points", "metric_rollup")

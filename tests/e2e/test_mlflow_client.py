@@ -402,6 +402,27 @@ def test_sklearn_log_model_loads_back_from_runs_uri(model: Outcome) -> None:
     assert model.step("run_status")["status"] == "FINISHED"
 
 
+def test_logged_model_is_first_class_get_search_and_models_uri(model: Outcome) -> None:
+    logged = model.step("log_model")
+    model_id = logged["model_id"]
+    got = model.step("get_logged_model")
+    assert got["name"] == "model" and got["source_run_id"] == logged["run_id"]
+    assert got["status"] in ("READY", "LoggedModelStatus.READY", "PENDING", "LoggedModelStatus.PENDING")
+    assert got["params"] == {"C": "1.0"}
+    assert got["metrics"] == [["acc", 0.75, 0, logged["run_id"]]]
+    assert got["artifact_location"] == logged_artifacts(logged)
+    searched = model.step("search_logged_models")
+    assert searched["ids"] == [model_id] and searched["by_metric"] == [model_id]
+    assert searched["none"] == 0 and searched["frame_rows"] == 1
+    assert model.step("run_status")["outputs"] == [model_id]
+    assert model.step("load_models_uri")["predicted"] == logged["expected"]
+
+
+def logged_artifacts(logged: dict[str, Any]) -> str:
+    """Where a model logged in a run keeps its files: under the run's artifacts."""
+    return f"mlflow-artifacts:/{logged['experiment_id']}/{logged['run_id']}/artifacts/model"
+
+
 # --- tenancy ------------------------------------------------------------------------------------
 
 

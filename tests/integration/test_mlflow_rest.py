@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from runledger.auth.keys import generate_key
-from runledger.auth.model import Role
+from runledger.auth.model import Role, Share
 from runledger.config import Settings
 from runledger.embedded.broker import EmbeddedBroker
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.events.codec import experiment_id_for
 from runledger.serve import ProjectorThread
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
+from runledger.stores.postgres import directory
 from services.api.app import create_app
 from tests.support.auth import Identity, provision
 from tests.support.inprocess import chdb_store, migrated_database, module_settings
@@ -482,10 +486,8 @@ async def test_logged_model_create_get_finalize_and_server_info(client: httpx.As
     got = await get(client, f"/logged-models/{model_id}", {})
     assert got["model"]["info"]["status"] == "LOGGED_MODEL_READY"
     assert got["model"]["data"]["params"] == [{"key": "lr", "value": "0.1"}]
-    assert (
-        await post(client, "/logged-models/search", {"experiment_ids": ["0"], "filter": "name = 'model'"})
-        == {}
-    )
+    found = await post(client, "/logged-models/search", {"experiment_ids": ["0"], "filter": "name = 'model'"})
+    assert model_id in [m["info"]["model_id"] for m in found["models"]]
     fetched = (await get(client, "/runs/get", {"run_id": run_id}))["run"]
     assert fetched["outputs"]["model_outputs"] == [{"model_id": model_id, "step": 0}]
     assert not any(k.startswith("mlflow.loggedModels/") for k in tags_of(fetched))
@@ -542,3 +544,275 @@ async def test_another_tenant_sees_nothing_and_viewers_cannot_write(
         ("/runs/log-batch", {"run_id": run_id, "metrics": "not even a list"}),  # 403 before validation
     ):
         error(await client.post(API + path, json=body, headers=v), 403, "PERMISSION_DENIED")
+
+
+async def _model(client: httpx.AsyncClient, exp_id: str, name: str, **body: Any) -> str:
+    created = await post(client, "/logged-models", {"experiment_id": exp_id, "name": name, **body})
+    model_id: str = created["model"]["info"]["model_id"]
+    return model_id
+
+
+def _names(found: dict[str, Any], ids: dict[str, str]) -> list[str]:
+    by_id = {v: k for k, v in ids.items()}
+    return [by_id[m["info"]["model_id"]] for m in found.get("models", [])]
+
+
+async def test_logged_models_search_params_tags_metrics_and_delete(client: httpx.AsyncClient) -> None:
+    exp_id = (await post(client, "/experiments/create", {"name": "models-search"}))["experiment_id"]
+    run_id = (await new_run(client, exp_id))["info"]["run_id"]
+    ids = {}
+    for name, lr, team in (("a", "0.1", "cv"), ("b", "0.01", "nlp"), ("c", "0.1", "CV-x")):
+        ids[name] = await _model(
+            client,
+            exp_id,
+            name,
+            source_run_id=run_id,
+            params=[{"key": "lr", "value": lr}],
+            tags=[{"key": "team", "value": team}],
+        )
+    # Metrics linked through log-batch (as log_model does for the run's metrics), NaN included.
+    metrics = [
+        {
+            "key": "acc",
+            "value": v,
+            "timestamp": 1000 + i,
+            "step": 0,
+            "model_id": ids[n],
+            "dataset_name": "val",
+        }
+        for i, (n, v) in enumerate((("a", 0.9), ("b", 0.7), ("c", "NaN")))
+    ]
+    await post(client, "/runs/log-batch", {"run_id": run_id, "metrics": metrics})
+    await post(client, f"/logged-models/{ids['a']}/params", {"params": [{"key": "epochs", "value": "3"}]})
+    await client.patch(f"{API}/logged-models/{ids['b']}", json={"status": "LOGGED_MODEL_READY"})
+    patched = await client.patch(
+        f"{API}/logged-models/{ids['a']}/tags", json={"tags": [{"key": "k", "value": "v"}]}
+    )
+    assert patched.status_code == 200, patched.text
+
+    got = (await get(client, f"/logged-models/{ids['a']}", {}))["model"]
+    assert {p["key"]: p["value"] for p in got["data"]["params"]} == {"lr": "0.1", "epochs": "3"}
+    assert {t["key"]: t["value"] for t in got["info"]["tags"]} == {"team": "cv", "k": "v"}
+    [metric] = got["data"]["metrics"]
+    assert metric | {} == {
+        "key": "acc",
+        "value": 0.9,
+        "timestamp": 1000,
+        "step": 0,
+        "model_id": ids["a"],
+        "run_id": run_id,
+        "dataset_name": "val",
+    }
+    nan = (await get(client, f"/logged-models/{ids['c']}", {}))["model"]["data"]["metrics"]
+    assert nan[0]["value"] == "NaN"
+
+    async def search(filter: str = "", **body: Any) -> list[str]:
+        found = await post(
+            client, "/logged-models/search", {"experiment_ids": [exp_id], "filter": filter, **body}
+        )
+        return _names(found, ids)
+
+    assert await search() == ["c", "b", "a"]  # newest first
+    assert await search("params.lr = '0.1'") == ["c", "a"]
+    assert await search("tags.team ILIKE 'cv%'") == ["c", "a"]
+    assert await search("tags.team LIKE 'cv%'") == ["a"]
+    assert await search("metrics.acc > 0.8") == ["a"]  # NaN satisfies no comparison
+    assert await search("metrics.acc >= 0.7 AND params.lr = '0.01'") == ["b"]
+    assert await search("status = 'READY'") == ["b"]
+    assert await search("name IN ('a', 'b')") == ["b", "a"]
+    assert await search(f"source_run_id = '{run_id}' AND name = 'c'") == ["c"]
+    assert await search("creation_timestamp > 0 AND attributes.name != 'a'") == ["c", "b"]
+    assert await search(order_by=[{"field_name": "metrics.acc", "ascending": True}]) == ["b", "a", "c"]
+    assert await search(order_by=[{"field_name": "name", "ascending": True}]) == ["a", "b", "c"]
+    assert await search(datasets=[{"dataset_name": "val"}], filter="metrics.acc < 0.8") == ["b"]
+    assert await search(datasets=[{"dataset_name": "test"}]) == []
+    pages: list[list[str]] = []
+    body: dict[str, Any] = {"experiment_ids": [exp_id], "max_results": 2}
+    while True:
+        page = await post(client, "/logged-models/search", body)
+        pages.append(_names(page, ids))
+        if "next_page_token" not in page:
+            break
+        body["page_token"] = page["next_page_token"]
+    assert pages == [["c", "b"], ["a"]]
+    for bad in (
+        "metrics.acc > 'x'",
+        "params.lr > '1'",
+        "foo = 'x'",
+        "name = 'a' OR name = 'b'",
+        "bogus.x = 'y'",
+    ):
+        error(
+            await client.post(
+                API + "/logged-models/search", json={"experiment_ids": [exp_id], "filter": bad}
+            ),
+            400,
+            "INVALID_PARAMETER_VALUE",
+        )
+
+    # runs/outputs links; delete (soft): gone from get and search, back with allow_deleted.
+    await post(client, "/runs/outputs", {"run_id": run_id, "models": [{"model_id": ids["b"], "step": 2}]})
+    run = (await get(client, "/runs/get", {"run_id": run_id}))["run"]
+    assert run["outputs"]["model_outputs"] == [{"model_id": ids["b"], "step": 2}]
+    deleted = await client.delete(f"{API}/logged-models/{ids['c']}")
+    assert deleted.status_code == 200, deleted.text
+    error(await client.get(f"{API}/logged-models/{ids['c']}"), 404, "RESOURCE_DOES_NOT_EXIST")
+    assert (await get(client, f"/logged-models/{ids['c']}", {"allow_deleted": "true"}))["model"]["info"][
+        "name"
+    ] == "c"
+    assert await search() == ["b", "a"]
+    tag_gone = await client.delete(f"{API}/logged-models/{ids['a']}/tags/k")
+    assert tag_gone.status_code == 200, tag_gone.text
+    error(await client.delete(f"{API}/logged-models/{ids['a']}/tags/k"), 404, "RESOURCE_DOES_NOT_EXIST")
+    missing = await client.post(
+        API + "/runs/outputs", json={"run_id": run_id, "models": [{"model_id": "m-" + "0" * 32, "step": 0}]}
+    )
+    error(missing, 404, "RESOURCE_DOES_NOT_EXIST")
+
+
+async def test_legacy_tag_stored_model_is_read_then_promoted(client: httpx.AsyncClient) -> None:
+    run_id = (await new_run(client))["info"]["run_id"]
+    model_id = "m-" + "1" * 32
+    legacy = {
+        "model_id": model_id,
+        "experiment_id": "0",
+        "name": "old",
+        "creation_timestamp_ms": 1_700_000_000_000,
+        "last_updated_timestamp_ms": 1_700_000_000_000,
+        "artifact_uri": f"mlflow-artifacts:/0/{run_id}/artifacts/old",
+        "status": "LOGGED_MODEL_PENDING",
+        "model_type": "",
+        "source_run_id": run_id,
+        "tags": {"t": "1"},
+        "params": {"p": "2"},
+    }
+    await post(
+        client,
+        "/runs/set-tag",
+        {"run_id": run_id, "key": f"mlflow.loggedModels/{model_id}", "value": json.dumps(legacy)},
+    )
+    got = (await get(client, f"/logged-models/{model_id}", {}))["model"]
+    assert got["info"]["name"] == "old" and got["data"]["params"] == [{"key": "p", "value": "2"}]
+    finalized = await client.patch(f"{API}/logged-models/{model_id}", json={"status": "LOGGED_MODEL_READY"})
+    assert (
+        finalized.status_code == 200 and finalized.json()["model"]["info"]["status"] == "LOGGED_MODEL_READY"
+    )
+    found = await post(client, "/logged-models/search", {"experiment_ids": ["0"], "filter": "name = 'old'"})
+    [promoted] = found["models"]
+    assert promoted["info"]["creation_timestamp_ms"] == 1_700_000_000_000
+    assert promoted["info"]["tags"] == [{"key": "t", "value": "1"}]
+
+
+async def test_experiment_delete_tag_and_legacy_log_model(client: httpx.AsyncClient) -> None:
+    exp_id = (await post(client, "/experiments/create", {"name": "tags-and-log-model"}))["experiment_id"]
+    await post(client, "/experiments/set-experiment-tag", {"experiment_id": exp_id, "key": "a", "value": "1"})
+    await post(client, "/experiments/delete-experiment-tag", {"experiment_id": exp_id, "key": "a"})
+    assert (await get(client, "/experiments/get", {"experiment_id": exp_id}))["experiment"].get(
+        "tags", []
+    ) == []
+    again = await client.post(
+        API + "/experiments/delete-experiment-tag", json={"experiment_id": exp_id, "key": "a"}
+    )
+    error(again, 404, "RESOURCE_DOES_NOT_EXIST")
+
+    run_id = (await new_run(client, exp_id))["info"]["run_id"]
+    model = {
+        "artifact_path": "m",
+        "flavors": {"python_function": {}},
+        "utc_time_created": "2026",
+        "run_id": run_id,
+    }
+    for path in ("m", "n"):
+        await post(
+            client,
+            "/runs/log-model",
+            {"run_id": run_id, "model_json": json.dumps(model | {"artifact_path": path})},
+        )
+    history = json.loads(
+        tags_of((await get(client, "/runs/get", {"run_id": run_id}))["run"])["mlflow.log-model.history"]
+    )
+    assert [h["artifact_path"] for h in history] == ["m", "n"]
+    bad = await client.post(
+        API + "/runs/log-model", json={"run_id": run_id, "model_json": json.dumps({"flavors": {}})}
+    )
+    error(bad, 400, "INVALID_PARAMETER_VALUE")
+
+
+async def test_runs_create_retried_with_the_same_body_is_one_run(client: httpx.AsyncClient) -> None:
+    exp_id = (await post(client, "/experiments/create", {"name": "retries"}))["experiment_id"]
+    body = {
+        "experiment_id": exp_id,
+        "start_time": int(time.time() * 1000),
+        "tags": [{"key": "mlflow.user", "value": "ana"}],
+    }
+    first, retried = await asyncio.gather(
+        client.post(API + "/runs/create", json=body), client.post(API + "/runs/create", json=body)
+    )
+    assert first.status_code == retried.status_code == 200, (first.text, retried.text)
+    again = await post(client, "/runs/create", body)  # a late retry, after both were written
+    run_id = first.json()["run"]["info"]["run_id"]
+    assert retried.json()["run"]["info"]["run_id"] == run_id == again["run"]["info"]["run_id"]
+    listed = await post(client, "/runs/search", {"experiment_ids": [exp_id]})
+    assert [r["info"]["run_id"] for r in listed["runs"]] == [run_id]
+    # Another start time, name or tag is another run.
+    other = await new_run(client, exp_id, start_time=body["start_time"] + 1)
+    named = await new_run(client, exp_id, start_time=body["start_time"], run_name="x")
+    assert len({run_id, other["info"]["run_id"], named["info"]["run_id"]}) == 3
+
+
+async def test_shared_experiment_in_searches_read_only(
+    client: httpx.AsyncClient, dsn: str, outsider: Identity
+) -> None:
+    exp_id = (await post(client, "/experiments/create", {"name": "shared-out"}))["experiment_id"]
+    hidden_id = (await post(client, "/experiments/create", {"name": "not-shared"}))["experiment_id"]
+    run_id = (await new_run(client, exp_id, run_name="shared-run"))["info"]["run_id"]
+    await post(
+        client, "/runs/log-metric", {"run_id": run_id, "key": "m", "value": 3, "timestamp": 1, "step": 0}
+    )
+    model_id = await _model(client, exp_id, "shared-model", source_run_id=run_id)
+    hidden_run = (await new_run(client, hidden_id))["info"]["run_id"]
+    conn = await asyncpg.connect(dsn)
+    try:
+        await directory.share_experiment(conn, Share(T, exp_id, OTHER), "test")
+    finally:
+        await conn.close()
+    h = basic(outsider.key.key_id, outsider.key.secret)
+    for _ in range(100):  # the auth watcher reloads shares within a second
+        if (
+            await client.get(API + "/experiments/get", params={"experiment_id": exp_id}, headers=h)
+        ).status_code == 200:
+            break
+        await asyncio.sleep(0.05)
+    listed = await client.post(API + "/experiments/search", json={}, headers=h)
+    names = {e["name"] for e in listed.json()["experiments"]}
+    assert "shared-out" in names and "not-shared" not in names
+    searched = await client.post(
+        API + "/runs/search",
+        json={"experiment_ids": [exp_id, hidden_id, "0"], "filter": "metrics.m > 2"},
+        headers=h,
+    )
+    assert searched.status_code == 200, searched.text
+    assert [r["info"]["run_id"] for r in searched.json()["runs"]] == [run_id]
+    everything = await client.post(API + "/runs/search", json={"experiment_ids": [exp_id, "0"]}, headers=h)
+    ids = [r["info"]["run_id"] for r in everything.json()["runs"]]
+    assert run_id in ids and hidden_run not in ids
+    models = await client.post(API + "/logged-models/search", json={"experiment_ids": [exp_id]}, headers=h)
+    assert [m["info"]["model_id"] for m in models.json()["models"]] == [model_id]
+    assert (await client.get(f"{API}/logged-models/{model_id}", headers=h)).status_code == 200
+    # Read-only: writes to the shared experiment, its run and its model are refused.
+    for method, path, body in (
+        ("POST", "/runs/log-metric", {"run_id": run_id, "key": "m", "value": 1, "timestamp": 2, "step": 1}),
+        ("POST", "/runs/create", {"experiment_id": exp_id}),
+        ("POST", "/logged-models", {"experiment_id": exp_id, "name": "x"}),
+        ("PATCH", f"/logged-models/{model_id}", {"status": "LOGGED_MODEL_READY"}),
+        ("DELETE", f"/logged-models/{model_id}", None),
+        ("POST", "/experiments/delete-experiment-tag", {"experiment_id": exp_id, "key": "x"}),
+    ):
+        r = await client.request(method, API + path, json=body, headers=h)
+        error(r, 403, "PERMISSION_DENIED")
+    # The not-shared experiment stays invisible.
+    error(
+        await client.get(API + "/experiments/get", params={"experiment_id": hidden_id}, headers=h),
+        404,
+        "RESOURCE_DOES_NOT_EXIST",
+    )

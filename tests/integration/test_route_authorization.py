@@ -264,6 +264,10 @@ def _mlflow_body(path: str) -> Any:
         "tags": [{"key": "t", "value": "1"}],
         "datasets": [{"dataset": {"name": "d", "digest": "x"}}],
         "models": [{"model_id": MODEL, "step": 0}],
+        "params": [{"key": "p", "value": "1"}],
+        "model_json": orjson.dumps(
+            {"artifact_path": "m", "flavors": {}, "utc_time_created": "2026-01-01", "run_id": RUN}
+        ).decode(),
     }
 
 

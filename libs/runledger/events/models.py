@@ -79,6 +79,10 @@ class ExperimentTagSetPayload(Payload):
     value: TagValue
 
 
+class ExperimentTagDeletedPayload(Payload):
+    key: Key
+
+
 # --- runs ----------------------------------------------------------------------------------
 
 
@@ -149,6 +153,17 @@ class InputsLoggedPayload(Payload):
     datasets: list[DatasetInput]
 
 
+class ModelOutput(Payload):
+    model_id: Id
+    step: int = 0
+
+
+class OutputsLoggedPayload(Payload):
+    """Logged models (MLflow 3) a run produced, each at a step (MLflow's runs/outputs)."""
+
+    models: list[ModelOutput] = Field(min_length=1)
+
+
 class CodeStateCapturedPayload(Payload):
     """The code a run ran: git state of its working tree and how the process was started."""
 
@@ -192,6 +207,56 @@ class ModelVersionRegisteredPayload(Payload):
     version: int = Field(ge=1)
     source: str = ""
     stage: str = "None"
+
+
+LoggedModelStatus = Literal[
+    "LOGGED_MODEL_STATUS_UNSPECIFIED",
+    "LOGGED_MODEL_PENDING",
+    "LOGGED_MODEL_READY",
+    "LOGGED_MODEL_UPLOAD_FAILED",
+]
+
+
+class LoggedModelCreatedPayload(Payload):
+    """An MLflow 3 logged model, in the envelope's experiment (its source run, if any, too)."""
+
+    model_id: Id
+    name: Annotated[str, Field(min_length=1, max_length=500)]
+    artifact_location: str
+    creation_timestamp_ms: int = Field(description="Milliseconds since the epoch.")
+    status: LoggedModelStatus = "LOGGED_MODEL_PENDING"
+    model_type: str = ""
+    source_run_id: Id | None = None
+    creator_id: str = Field("", description="The user who created it.")
+    tags: dict[Key, TagValue] = Field(default_factory=dict)
+    params: dict[Key, ParamValue] = Field(default_factory=dict)
+
+
+class LoggedModelMetric(Payload):
+    """A metric point linked to a logged model (MLflow keeps every point, not only the latest)."""
+
+    key: Key
+    value: float | NonFinite
+    timestamp: int
+    step: int = 0
+    run_id: Id | None = None
+    dataset_name: str = ""
+    dataset_digest: str = ""
+
+
+class LoggedModelUpdatedPayload(Payload):
+    """A change of a logged model: its status, tags set or deleted, params added, metrics linked."""
+
+    model_id: Id
+    status: LoggedModelStatus | None = None
+    tags: dict[Key, TagValue] = Field(default_factory=dict)
+    deleted_tags: list[str] = Field(default_factory=list)
+    params: dict[Key, ParamValue] = Field(default_factory=dict)
+    metrics: list[LoggedModelMetric] = Field(default_factory=list)
+
+
+class LoggedModelDeletedPayload(Payload):
+    model_id: Id
 
 
 class LineageLinkedPayload(Payload):
@@ -261,6 +326,7 @@ class EventType(StrEnum):
     EXPERIMENT_DELETED = "experiment.deleted"
     EXPERIMENT_RESTORED = "experiment.restored"
     EXPERIMENT_TAG_SET = "experiment.tag_set"
+    EXPERIMENT_TAG_DELETED = "experiment.tag_deleted"
     RUN_STARTED = "run.started"
     PARAMS_LOGGED = "run.params_logged"
     METRICS_LOGGED = "run.metrics_logged"
@@ -268,12 +334,16 @@ class EventType(StrEnum):
     TAGS_DELETED = "run.tags_deleted"
     ARTIFACT_LOGGED = "run.artifact_logged"
     INPUTS_LOGGED = "run.inputs_logged"
+    OUTPUTS_LOGGED = "run.outputs_logged"
     CODE_STATE_CAPTURED = "run.code_state_captured"
     ENVIRONMENT_CAPTURED = "run.environment_captured"
     STATUS_CHANGED = "run.status_changed"
     RUN_DELETED = "run.deleted"
     RUN_RESTORED = "run.restored"
     MODEL_VERSION_REGISTERED = "model.version_registered"
+    LOGGED_MODEL_CREATED = "model.logged"
+    LOGGED_MODEL_UPDATED = "model.logged_model_updated"
+    LOGGED_MODEL_DELETED = "model.logged_model_deleted"
     LINEAGE_LINKED = "lineage.linked"
     ANOMALY_DETECTED = "analysis.anomaly_detected"
     ATTRIBUTION_REQUESTED = "analysis.attribution_requested"
@@ -286,6 +356,7 @@ PAYLOAD_TYPES: dict[EventType, type[Payload]] = {
     EventType.EXPERIMENT_DELETED: EmptyPayload,
     EventType.EXPERIMENT_RESTORED: EmptyPayload,
     EventType.EXPERIMENT_TAG_SET: ExperimentTagSetPayload,
+    EventType.EXPERIMENT_TAG_DELETED: ExperimentTagDeletedPayload,
     EventType.RUN_STARTED: RunStartedPayload,
     EventType.PARAMS_LOGGED: ParamsLoggedPayload,
     EventType.METRICS_LOGGED: MetricsLoggedPayload,
@@ -293,12 +364,16 @@ PAYLOAD_TYPES: dict[EventType, type[Payload]] = {
     EventType.TAGS_DELETED: TagsDeletedPayload,
     EventType.ARTIFACT_LOGGED: ArtifactLoggedPayload,
     EventType.INPUTS_LOGGED: InputsLoggedPayload,
+    EventType.OUTPUTS_LOGGED: OutputsLoggedPayload,
     EventType.CODE_STATE_CAPTURED: CodeStateCapturedPayload,
     EventType.ENVIRONMENT_CAPTURED: EnvironmentCapturedPayload,
     EventType.STATUS_CHANGED: StatusChangedPayload,
     EventType.RUN_DELETED: EmptyPayload,
     EventType.RUN_RESTORED: EmptyPayload,
     EventType.MODEL_VERSION_REGISTERED: ModelVersionRegisteredPayload,
+    EventType.LOGGED_MODEL_CREATED: LoggedModelCreatedPayload,
+    EventType.LOGGED_MODEL_UPDATED: LoggedModelUpdatedPayload,
+    EventType.LOGGED_MODEL_DELETED: LoggedModelDeletedPayload,
     EventType.LINEAGE_LINKED: LineageLinkedPayload,
     EventType.ANOMALY_DETECTED: AnomalyDetectedPayload,
     EventType.ATTRIBUTION_REQUESTED: AttributionRequestedPayload,
@@ -307,10 +382,15 @@ PAYLOAD_TYPES: dict[EventType, type[Payload]] = {
 
 # Events that concern one run: their envelope must carry run_id (and experiment_id).
 RUN_SCOPED = frozenset(t for t in EventType if t.value.startswith("run.")) | {EventType.ANOMALY_DETECTED}
-EXPERIMENT_SCOPED = frozenset(t for t in EventType if t.value.startswith("experiment.")) | {
-    EventType.ATTRIBUTION_REQUESTED,
-    EventType.ATTRIBUTION_COMPUTED,
-}
+# Logged models (MLflow 3) belong to an experiment; their model_id is in the payload.
+LOGGED_MODEL_EVENTS = frozenset(
+    {EventType.LOGGED_MODEL_CREATED, EventType.LOGGED_MODEL_UPDATED, EventType.LOGGED_MODEL_DELETED}
+)
+EXPERIMENT_SCOPED = (
+    frozenset(t for t in EventType if t.value.startswith("experiment."))
+    | {EventType.ATTRIBUTION_REQUESTED, EventType.ATTRIBUTION_COMPUTED}
+    | LOGGED_MODEL_EVENTS
+)
 # Events a platform service (the analysis service, holding a superadmin key) may publish
 # for any tenant: what it concludes about a tenant's runs, never the runs themselves.
 PLATFORM_REPORTED = frozenset(t for t in EventType if t.value.startswith("analysis."))

@@ -101,6 +101,12 @@ async def set_experiment_tag(body: schemas.ExperimentTag, service: Service) -> B
     return await service.set_experiment_tag(body)
 
 
+@_write("/experiments/delete-experiment-tag")
+async def delete_experiment_tag(body: schemas.ExperimentTagDelete, service: Service) -> Body:
+    """Delete one tag of an experiment (RESOURCE_DOES_NOT_EXIST when it has none of that key)."""
+    return await service.delete_experiment_tag(body)
+
+
 # ---------------------------------------------------------------------- runs
 
 
@@ -178,8 +184,14 @@ async def log_inputs(body: schemas.LogInputs, service: Service) -> Body:
 
 @_write("/runs/outputs")
 async def log_outputs(body: schemas.LogOutputs, service: Service) -> Body:
-    """Record a run's model outputs (its logged models are its outputs already)."""
+    """Record logged models a run produced (Run.outputs.model_outputs)."""
     return await service.log_outputs(body)
+
+
+@_write("/runs/log-model")
+async def log_model(body: schemas.LogModel, service: Service) -> Body:
+    """Legacy (MLflow 2) model metadata: appended to the run's `mlflow.log-model.history` tag."""
+    return await service.log_model(body)
 
 
 # ---------------------------------------------------------------------- metrics
@@ -223,17 +235,27 @@ async def create_logged_model(body: schemas.LoggedModelCreate, models: Models) -
 
 
 @router.post("/logged-models/search", responses=READ_RESPONSES)
-async def search_logged_models(body: schemas.LoggedModelSearch, service: Service) -> Body:
-    """Search logged models. Models logged in a run keep their files under the run's artifacts,
-    so `runs:/` URIs resolve without this search; it answers no models (proto3 JSON: {})."""
-    service.require_listing()
-    return {}
+async def search_logged_models(body: schemas.LoggedModelSearch, models: Models) -> Body:
+    """Search logged models with MLflow's filter grammar (a read, though a POST): {models, next_page_token}."""
+    return await models.search(body)
 
 
 @router.get("/logged-models/{model_id}", responses=READ_RESPONSES)
-async def get_logged_model(model_id: str, models: Models) -> Body:
-    """One logged model: {model}."""
-    return await models.get(model_id)
+async def get_logged_model(model_id: str, models: Models, allow_deleted: bool = False) -> Body:
+    """One logged model: {model} (a deleted one only with allow_deleted=true)."""
+    return await models.get(model_id, allow_deleted)
+
+
+@router.delete("/logged-models/{model_id}", responses=WRITE_RESPONSES, dependencies=[Writer])
+async def delete_logged_model(model_id: str, models: Models) -> Body:
+    """Delete a logged model (soft)."""
+    return await models.delete(model_id)
+
+
+@_write("/logged-models/{model_id}/params")
+async def log_logged_model_params(model_id: str, body: schemas.LoggedModelParams, models: Models) -> Body:
+    """Log params of a logged model (first value of a key wins)."""
+    return await models.log_params(model_id, body)
 
 
 @router.patch("/logged-models/{model_id}", responses=WRITE_RESPONSES, dependencies=[Writer])

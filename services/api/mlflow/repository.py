@@ -40,18 +40,28 @@ async def search_experiments(
     pool: asyncpg.Pool[Any],
     tenant_id: str,
     readable: frozenset[str] | None,
+    shared: dict[str, str],
     clauses: Sequence[Clause],
     orders: Sequence[Order],
     stages: Sequence[str],
     offset: int,
     limit: int,
 ) -> list[Experiment]:
-    """A page of the tenant's experiments (only `readable` ones unless None) matching `clauses`."""
+    """A page of the tenant's experiments (only `readable` ones unless None) and of those
+    `shared` with it (experiment id -> owner tenant; the tenant's own id wins) matching `clauses`."""
     where = Conditions()
     tenant = where.param(tenant_id)
-    where.add(f"e.tenant_id = {tenant}")
+    own = f"e.tenant_id = {tenant}"
     if readable is not None:
-        where.add(f"e.experiment_id = ANY({where.param(sorted(readable))}::text[])")
+        own += f" AND e.experiment_id = ANY({where.param(sorted(readable))}::text[])"
+    if shared:
+        where.add(
+            f"(({own}) OR ((e.tenant_id, e.experiment_id) IN (SELECT * FROM unnest({where.param(list(shared.values()))}"
+            f"::text[], {where.param(list(shared))}::text[])) AND NOT EXISTS (SELECT 1 FROM experiments o"
+            f" WHERE o.tenant_id = {tenant} AND o.experiment_id = e.experiment_id)))"
+        )
+    else:
+        where.add(own)
     where.add(f"e.lifecycle_stage = ANY({where.param(list(stages))}::text[])")
     for clause in clauses:
         op = _SQL_OPS[clause.op]
@@ -65,7 +75,7 @@ async def search_experiments(
                 f" AND t.value {op} {value})"
             )
     order = [f"e.{o.column} {'DESC' if o.descending else 'ASC'}" for o in orders]
-    order += ["e.creation_time DESC", "e.experiment_id ASC"]
+    order += ["e.creation_time DESC", "e.experiment_id ASC", "e.tenant_id ASC"]
     rows = await pool.fetch(
         f"SELECT {_EXPERIMENT_COLUMNS}, COALESCE((SELECT json_object_agg(t.key, t.value) FROM experiment_tags t"
         " WHERE t.tenant_id = e.tenant_id AND t.experiment_id = e.experiment_id), '{}') AS tags"
@@ -82,8 +92,8 @@ async def search_experiments(
 
 
 async def load_runs(pool: asyncpg.Pool[Any], tenant_id: str, run_ids: Sequence[str]) -> list[RunRecord]:
-    """The runs with params, tags, latest metrics and dataset inputs, in the order of `run_ids`
-    (five queries per batch, not per run)."""
+    """The runs with params, tags, latest metrics, dataset inputs and model outputs, in the
+    order of `run_ids` (six queries per batch, not per run)."""
     if not run_ids:
         return []
     ids = list(run_ids)
@@ -114,6 +124,14 @@ async def load_runs(pool: asyncpg.Pool[Any], tenant_id: str, run_ids: Sequence[s
             metrics.setdefault(r["run_id"], {})[r["key"]] = LatestMetric(
                 value=r["value"], step=r["step"], timestamp=r["timestamp"]
             )
+        outputs: dict[str, list[dict[str, Any]]] = {}
+        for r in await conn.fetch(
+            "SELECT run_id, model_id, step FROM run_model_outputs WHERE tenant_id = $1 AND run_id = ANY($2::text[])"
+            " ORDER BY step, model_id",
+            tenant_id,
+            ids,
+        ):
+            outputs.setdefault(r["run_id"], []).append({"model_id": r["model_id"], "step": r["step"]})
         datasets: dict[str, list[dict[str, Any]]] = {}
         for r in await conn.fetch(
             "SELECT run_id, body FROM dataset_inputs WHERE tenant_id = $1 AND run_id = ANY($2::text[])"
@@ -129,6 +147,7 @@ async def load_runs(pool: asyncpg.Pool[Any], tenant_id: str, run_ids: Sequence[s
             tags=kv["tags"].get(i, {}),
             metrics=metrics.get(i, {}),
             datasets=datasets.get(i, []),
+            outputs=outputs.get(i, []),
         )
         for i in ids
         if i in infos

@@ -68,6 +68,11 @@ class ExperimentTag(Request):
     value: TagValue = ""
 
 
+class ExperimentTagDelete(Request):
+    experiment_id: str
+    key: str
+
+
 class ExperimentSearch(Request):
     max_results: Annotated[int, Field(ge=1, le=MAX_SEARCH_RESULTS)] = 1000
     filter: str | None = None
@@ -104,6 +109,10 @@ class MetricBody(Request):
     value: float  # "NaN", "Infinity" and "-Infinity" parse too
     timestamp: Millis | None = None
     step: Int64 = 0
+    # MLflow 3: a point may also be linked to a logged model, on a dataset.
+    model_id: str | None = None
+    dataset_name: str | None = None
+    dataset_digest: str | None = None
 
 
 class LogMetric(RunRef, MetricBody):
@@ -157,6 +166,10 @@ class LogOutputs(RunRef):
     models: list[ModelOutput] = Field(default_factory=list)
 
 
+class LogModel(RunRef):
+    model_json: str
+
+
 class RunSearch(Request):
     experiment_ids: list[str] = Field(default_factory=list)
     filter: str | None = None
@@ -184,8 +197,27 @@ class LoggedModelTags(Request):
     tags: list[KeyValue] = Field(default_factory=list)
 
 
+class LoggedModelParams(Request):
+    model_id: str | None = None
+    params: list[KeyValue] = Field(default_factory=list)
+
+
+class DatasetFilter(Request):
+    dataset_name: str = ""
+    dataset_digest: str | None = None
+
+
+class ModelOrderBy(Request):
+    field_name: str
+    ascending: bool = True
+    dataset_name: str | None = None
+    dataset_digest: str | None = None
+
+
 class LoggedModelSearch(Request):
     experiment_ids: list[str] = Field(default_factory=list)
     filter: str | None = None
-    max_results: int | None = None
+    datasets: list[DatasetFilter] = Field(default_factory=list)
+    max_results: Annotated[int, Field(ge=0, le=MAX_SEARCH_RESULTS)] | None = None
+    order_by: list[ModelOrderBy] = Field(default_factory=list)
     page_token: str | None = None

@@ -119,9 +119,12 @@ def integer_bound(comparator: str, value: float | int) -> tuple[str, int] | bool
 class _Query:
     """Builds the SQL of one search: bound parameters in `where`, joins for order keys."""
 
-    def __init__(self, tenant_id: str) -> None:
+    def __init__(self, tenant_id: str, multi_tenant: bool = False) -> None:
         self.where = Conditions()
-        self.tenant = self.where.param(tenant_id)
+        self.tenant_param = self.where.param(tenant_id)
+        # Subqueries match the row's own tenant: a bound parameter (the planner's best case)
+        # unless the search also covers experiments shared by other tenants.
+        self.tenant = "r.tenant_id" if multi_tenant else self.tenant_param
         self.joins: list[str] = []
         self.joined: dict[tuple[Entity, str], str] = {}  # (metric|param|tag, key) -> inner join alias
         self.columns: list[_SortColumn] = []
@@ -242,7 +245,7 @@ class _Query:
         order = ", ".join(c.order_sql() for c in self.columns)
         joins = " ".join(self.joins)
         return (
-            f"SELECT r.run_id, {values} FROM runs r {joins} WHERE {self.where.sql}"
+            f"SELECT r.tenant_id, r.run_id, {values} FROM runs r {joins} WHERE {self.where.sql}"
             f" ORDER BY {order} LIMIT {self.where.param(limit)}"
         )
 
@@ -319,6 +322,27 @@ async def search_run_ids(
 ) -> tuple[list[str], str | None]:
     """One page of the ids of the tenant's runs in `experiment_ids` matching every condition,
     in `order` (then start_time DESC, run_id), and the next page's token (None at the end)."""
+    found, token = await search_runs(
+        conn, tenant_id, experiment_ids, conditions, order, run_view_type, max_results, page_token
+    )
+    return [run_id for _, run_id in found], token
+
+
+async def search_runs(
+    conn: PgConnection | asyncpg.Pool[Any],
+    tenant_id: str,
+    experiment_ids: list[str],
+    conditions: list[Condition],
+    order: list[OrderKey],
+    run_view_type: RunViewType | str,
+    max_results: int,
+    page_token: str | None,
+    *,
+    shared: dict[str, str] | None = None,
+) -> tuple[list[tuple[str, str]], str | None]:
+    """search_run_ids over the tenant's `experiment_ids` and the `shared` experiments (id ->
+    owner tenant, searched in the owner's rows): a page of (tenant id, run id) and the next
+    page's token."""
     if run_view_type not in _LIFECYCLE:
         raise InvalidParameter(
             f"Invalid run_view_type '{run_view_type}'. Valid values are ACTIVE_ONLY, DELETED_ONLY, ALL"
@@ -331,8 +355,9 @@ async def search_run_ids(
         raise InvalidParameter(
             f"Invalid value for request parameter max_results. It must be at most {MAX_RESULTS}, but got value {max_results}"
         )
-    scope = search_fingerprint(experiment_ids, conditions, order, run_view_type)
-    query = _Query(tenant_id)
+    shared = {e: t for e, t in (shared or {}).items() if e not in experiment_ids}
+    scope = search_fingerprint([*experiment_ids, *shared], conditions, order, run_view_type)
+    query = _Query(tenant_id, multi_tenant=bool(shared))
     for condition in conditions:  # first: order keys reuse their joins
         query.condition(condition)
     for key in with_tiebreakers(order):
@@ -340,16 +365,30 @@ async def search_run_ids(
     position = None
     if page_token:
         position = _decode_position(query.columns, decode_page_token(page_token, scope))
-    if not experiment_ids:
+    if not experiment_ids and not shared:
         return [], None
     w = query.where
-    w.add(f"r.tenant_id = {query.tenant}")
     ids = sorted(set(experiment_ids))
-    # A plain equality for one experiment lets the index return rows already in start_time order.
-    if len(ids) == 1:
-        w.add(f"r.experiment_id = {w.param(ids[0])}::text")
+    if not shared:
+        w.add(f"r.tenant_id = {query.tenant_param}")
+        # A plain equality for one experiment lets the index return rows already in start_time order.
+        if len(ids) == 1:
+            w.add(f"r.experiment_id = {w.param(ids[0])}::text")
+        else:
+            w.add(f"r.experiment_id = ANY({w.param(ids)}::text[])")
     else:
-        w.add(f"r.experiment_id = ANY({w.param(ids)}::text[])")
+        groups: dict[str, list[str]] = {}
+        for experiment_id, owner in sorted(shared.items()):
+            groups.setdefault(owner, []).append(experiment_id)
+        # The caller's own tenant is the query's first parameter ($1), bound in _Query.
+        terms = [
+            f"(r.tenant_id = {query.tenant_param}::text AND r.experiment_id = ANY({w.param(ids)}::text[]))"
+        ]
+        terms += [
+            f"(r.tenant_id = {w.param(t)}::text AND r.experiment_id = ANY({w.param(e)}::text[]))"
+            for t, e in groups.items()
+        ]
+        w.add("(" + " OR ".join(terms) + ")")
     lifecycle = _LIFECYCLE[run_view_type]
     if lifecycle is not None:
         w.add(f"r.lifecycle_stage = {w.param(lifecycle)}::text")
@@ -357,7 +396,7 @@ async def search_run_ids(
         query.after(position)
     rows = await conn.fetch(query.sql(max_results + 1), *w.args)
     if len(rows) <= max_results:
-        return [row["run_id"] for row in rows], None
+        return [(row["tenant_id"], row["run_id"]) for row in rows], None
     page = rows[:max_results]
     token = encode_page_token(_encode_position(query.columns, page[-1]), scope)
-    return [row["run_id"] for row in page], token
+    return [(row["tenant_id"], row["run_id"]) for row in page], token

@@ -7,21 +7,28 @@ write whose projection outlasts the wait still answers 200 (the event is in the 
 
 from __future__ import annotations
 
+import hashlib
 import re
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from runledger.events.codec import DEFAULT_EXPERIMENT_ID, DEFAULT_EXPERIMENT_NAME
-from runledger.events.models import EventType, RunStatus
+import orjson
+
+from runledger.auth.signing import signed_bytes
+from runledger.events.codec import DEFAULT_EXPERIMENT_ID, DEFAULT_EXPERIMENT_NAME, envelope_dict
+from runledger.events.models import MAX_TAG_VALUE_LENGTH, EventType, RunStatus
 from services.api.access import Access, Located, readable_run
 from services.api.deps import Runtime
-from services.api.errors import InvalidParameter, NotFound
+from services.api.errors import InvalidParameter, NotFound, PermissionDenied
 from services.api.experiments.repository import ExperimentRepository
 from services.api.experiments.schemas import Experiment
 from services.api.experiments.service import ExperimentService
 from services.api.mlflow import repository, schemas, search, search_repository, shapes
 from services.api.mlflow.experiment_filter import parse_filter, parse_order_by
 from services.api.mlflow.history import HistoryReader, Position
+from services.api.mlflow.models import LoggedModelService
+from services.api.mlflow.scope import search_scope
 from services.api.mlflow.shapes import PARENT_RUN_TAG, RUN_NAME_TAG, RunRecord
 from services.api.pagination import decode_page_token, encode_page_token, fingerprint
 from services.api.principal import Principal
@@ -29,11 +36,18 @@ from services.api.publisher import OutgoingEvent
 from services.api.runs.naming import generate_run_name
 from services.api.runs.repository import RunRepository
 from services.api.runs.schemas import MetricPoint, RunInfo
-from services.api.runs.schemas import RunCreate as NativeRunCreate
 from services.api.runs.service import RunService, metric_payloads, now_ms
-from services.api.writes import WriteReceipt, build_event
+from services.api.writes import API_PRODUCER, WriteReceipt, build_event, checked_event
 
 _ID = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
+# MLflow's tag of legacy (runs/log-model) model metadata: a JSON list of MLmodel dicts.
+LOG_MODEL_HISTORY_TAG = "mlflow.log-model.history"
+# Namespace of the run ids derived from a runs/create request (retries get the same run).
+_RUN_REQUEST_NAMESPACE = uuid.UUID("0b9a9c36-3f0e-4b8e-9d4f-6c2f1a7e5d21")
+# A runs/create is taken for a retry only while its start_time is this close to now: longer
+# than the client's default retry horizon (7 tries, up to 120 s each plus backoff), short
+# enough that requests replaying an old start_time (imports, fixtures) create distinct runs.
+RETRY_WINDOW_MS = 30 * 60 * 1000
 _VIEW_STAGES = {
     None: ("active",),
     "": ("active",),
@@ -82,6 +96,7 @@ class MlflowService:
         self._experiments = ExperimentService(self._experiment_repo, runtime.writer, principal)
         self._run_repo = RunRepository(runtime.pool, principal)
         self._runs = RunService(self._run_repo, self._experiment_repo, runtime.writer, principal)
+        self._models = LoggedModelService(runtime, principal)
 
     # ------------------------------------------------------------------ experiments
 
@@ -120,6 +135,7 @@ class MlflowService:
             self._pool,
             self._principal.tenant_id,
             self._access.readable(),
+            self._access.shared(),
             clauses,
             orders,
             stages,
@@ -166,6 +182,25 @@ class MlflowService:
         )
         return {}
 
+    async def delete_experiment_tag(self, body: schemas.ExperimentTagDelete) -> dict[str, Any]:
+        """experiments/delete-experiment-tag: the experiment must be active and have the tag."""
+        experiment = await self._writable_experiment(body.experiment_id)
+        if experiment.lifecycle_stage != "active":
+            raise InvalidParameter(
+                f"The experiment {body.experiment_id} must be in the 'active' state."
+                f" Current state is {experiment.lifecycle_stage}."
+            )
+        if body.key not in experiment.tags:
+            raise NotFound(f"No tag with name: {body.key} in experiment with id {body.experiment_id}")
+        event = build_event(
+            self._principal,
+            EventType.EXPERIMENT_TAG_DELETED,
+            {"key": body.key},
+            experiment_id=body.experiment_id,
+        )
+        await self._write([event])
+        return {}
+
     async def _writable_experiment(self, experiment_id: str) -> Experiment:
         """The experiment if the caller may change it: 404 when it may not read it, 403 when only read."""
         if not _ID.match(experiment_id):
@@ -204,57 +239,154 @@ class MlflowService:
         self._access.require_listing()
         conditions = search.parse_filter(body.filter or "")
         order = search.parse_order_by(body.order_by)
-        # Experiments the caller may not read look like missing ones: they add no runs.
-        experiment_ids = [e for e in dict.fromkeys(body.experiment_ids) if self._access.can_read(e)]
-        if not experiment_ids:
+        # Experiments the caller may not read look like missing ones: they add no runs. Those
+        # shared with its tenant are searched in their owner's rows (read-only).
+        scope = await search_scope(self._pool, self._access, body.experiment_ids)
+        if not scope:
             return {}
-        run_ids, token = await search_repository.search_run_ids(
+        own = scope[0][1] if scope[0][0] == self._principal.tenant_id else []
+        shared = {e: tenant for tenant, ids in scope if tenant != self._principal.tenant_id for e in ids}
+        found, token = await search_repository.search_runs(
             self._pool,
             self._principal.tenant_id,
-            experiment_ids,
+            own,
             conditions,
             order,
             body.run_view_type or "ACTIVE_ONLY",
             body.max_results,
             body.page_token,
+            shared=shared,
         )
-        records = await repository.load_runs(self._pool, self._principal.tenant_id, run_ids)
-        return with_token({"runs": [shapes.run(r) for r in records]}, token)
+        by_tenant: dict[str, list[str]] = {}
+        for tenant_id, run_id in found:
+            by_tenant.setdefault(tenant_id, []).append(run_id)
+        loaded: dict[str, RunRecord] = {}
+        for tenant_id, ids in by_tenant.items():
+            loaded |= {r.info.run_id: r for r in await repository.load_runs(self._pool, tenant_id, ids)}
+        runs = [shapes.run(loaded[run_id]) for _, run_id in found if run_id in loaded]
+        return with_token({"runs": runs}, token)
 
     # ------------------------------------------------------------------ runs: writes
 
     async def create_run(self, body: schemas.RunCreate) -> dict[str, Any]:
         """runs/create: run_name generated when absent and mirrored in the mlflow.runName tag;
-        tag mlflow.parentRunId makes it a nested run."""
+        tag mlflow.parentRunId makes it a nested run.
+
+        Idempotent for a retry: the client sends no idempotency key, but it sends the same
+        body again (its start_time included) when it retries after a timeout. The run id and
+        the event id are derived from the request (tenant, caller, experiment, start_time,
+        run_name, user_id, tags), so a retry answers the run the first attempt created, and
+        a retry racing the first attempt publishes the same event, which the projector
+        applies once. A request without start_time, or whose start_time is not within
+        RETRY_WINDOW_MS of now, is never deduplicated.
+        """
         experiment_id = body.experiment_id or DEFAULT_EXPERIMENT_ID
         if not _ID.match(experiment_id):
             raise NotFound(f"experiment {experiment_id!r} does not exist")
         tags = {t.key: t.value for t in body.tags}
+        run_id = self._request_run_id(experiment_id, body, tags)
+        if run_id is not None:
+            existing = await self._run_repo.get_info(run_id)
+            if existing is not None:  # a retry of a create that was written
+                self._access.require_write(
+                    Located(self._principal.tenant_id, existing.experiment_id, shared=False),
+                    f"experiment {existing.experiment_id}",
+                )
+                return {"run": shapes.run(await self._load_run(self._principal.tenant_id, run_id))}
         name = body.run_name or tags.get(RUN_NAME_TAG) or generate_run_name()
         tags[RUN_NAME_TAG] = name
         parent = tags.get(PARENT_RUN_TAG)
         if parent is not None and not await self._is_readable_own_run(parent):
             parent = None  # MLflow keeps the tag without checking it; so does RunLedger
         start_time = body.start_time if body.start_time is not None else now_ms()
-        native = NativeRunCreate(
-            experiment_id=experiment_id, name=name, tags=tags, parent_run_id=parent, start_time=start_time
-        )
-        run_id, _, created = await self._runs.create(native)
-        if created is not None:
-            record = RunRecord(info=created.info, params=created.params, tags=created.tags)
-        else:  # not projected within the wait: answer what was written
-            info = RunInfo(
+        await self._startable_experiment(experiment_id)
+        self._check_tagging(tags)
+        payload: dict[str, Any] = {
+            "name": name,
+            "parent_run_id": parent,
+            "start_time": start_time,
+            "user_id": self._principal.user_id,
+            "tags": tags,
+        }
+        if run_id is None:
+            event = build_event(
+                self._principal,
+                EventType.RUN_STARTED,
+                payload,
+                run_id=(run_id := uuid.uuid4().hex),
+                experiment_id=experiment_id,
+            )
+        else:
+            envelope = envelope_dict(
+                tenant_id=self._principal.tenant_id,
+                type=EventType.RUN_STARTED,
+                payload=payload,
+                producer=API_PRODUCER,
                 run_id=run_id,
                 experiment_id=experiment_id,
-                parent_run_id=parent,
-                name=name,
-                user_id=self._principal.user_id,
-                status=RunStatus.RUNNING.value,
-                start_time=start_time,
-                lifecycle_stage="active",
+                event_id=str(uuid.uuid5(_RUN_REQUEST_NAMESPACE, run_id)),
             )
-            record = RunRecord(info=info, tags=tags)
-        return {"run": shapes.run(record)}
+            event = checked_event(signed_bytes(envelope, self._principal.key_id, self._principal.signing_key))
+        receipt = await self._write([event])
+        if receipt.projected:
+            return {"run": shapes.run(await self._load_run(self._principal.tenant_id, run_id))}
+        info = RunInfo(  # not projected within the wait: answer what was written
+            run_id=run_id,
+            experiment_id=experiment_id,
+            parent_run_id=parent,
+            name=name,
+            user_id=self._principal.user_id,
+            status=RunStatus.RUNNING.value,
+            start_time=start_time,
+            lifecycle_stage="active",
+        )
+        return {"run": shapes.run(RunRecord(info=info, tags=tags))}
+
+    def _request_run_id(
+        self, experiment_id: str, body: schemas.RunCreate, tags: dict[str, str]
+    ) -> str | None:
+        """The run id of a runs/create request: the same for a retry of it; None (a fresh id) without
+        a start_time near now."""
+        if body.start_time is None or abs(now_ms() - body.start_time) > RETRY_WINDOW_MS:
+            return None
+        identity = orjson.dumps(
+            [
+                self._principal.tenant_id,
+                self._principal.user_id,
+                experiment_id,
+                body.start_time,
+                body.run_name or "",
+                body.user_id or "",
+                sorted(tags.items()),
+            ]
+        )
+        return uuid.uuid5(_RUN_REQUEST_NAMESPACE, hashlib.sha256(identity).hexdigest()).hex
+
+    async def _startable_experiment(self, experiment_id: str) -> None:
+        """A run may start in the experiment: the caller may write it and it is active (RunService's
+        rules: "0" exists for every tenant, since the projector creates it with the first event)."""
+        if experiment_id == DEFAULT_EXPERIMENT_ID:
+            if not self._access.can_write(experiment_id):
+                raise PermissionDenied(f"the caller may not write experiment {experiment_id}")
+            return
+        experiment = await self._experiment_repo.get(experiment_id)
+        located = self._access.locate(experiment is not None, experiment_id, f"experiment {experiment_id!r}")
+        self._access.require_write(located, f"experiment {experiment_id}")
+        if experiment is None:
+            raise NotFound(f"experiment {experiment_id!r} does not exist")
+        if experiment.lifecycle_stage != "active":
+            raise InvalidParameter(f"experiment {experiment_id} is deleted; runs cannot start in it")
+
+    def _check_tagging(self, tags: dict[str, str]) -> None:
+        """400 when the tenant's tagging policy rejects runs without these tags (as RunService)."""
+        policy = self._principal.authorizer.snapshot.tagging.get(self._principal.tenant_id)
+        if policy is None or not policy.reject:
+            return
+        problems = policy.violations(tags)
+        if problems:
+            raise InvalidParameter(
+                f"the tenant's tagging policy rejects this run: {'; '.join(problems)}", details=problems
+            )
 
     async def update_run(self, body: schemas.RunUpdate) -> dict[str, Any]:
         """runs/update: status, end_time and run_name (kept in the mlflow.runName tag)."""
@@ -333,6 +465,8 @@ class MlflowService:
             ]
             for payload in metric_payloads(points, now_ms()):
                 events.append(self._run_event(info, EventType.METRICS_LOGGED, payload))
+            # MLflow 3: points naming a model_id are linked to that logged model too.
+            events += await self._models.metric_events(info.run_id, body.metrics)
         if body.tags:
             tags = {t.key: t.value for t in body.tags}  # the last value of a key wins, as in MLflow
             events.append(self._run_event(info, EventType.TAGS_SET, {"tags": tags}))
@@ -360,9 +494,48 @@ class MlflowService:
         return {}
 
     async def log_outputs(self, body: schemas.LogOutputs) -> dict[str, Any]:
-        """runs/outputs: the run must be writable and active; a run's outputs are the logged models
-        it is the source run of (kept with the model, see models.py), so nothing else is written."""
-        await self._active_run(body.id())
+        """runs/outputs: logged models the run produced, each at a step (the models must be
+        ones the caller can see)."""
+        info = await self._active_run(body.id())
+        models: dict[str, int] = {}
+        for m in body.models:
+            await self._models.get(m.model_id)
+            models[m.model_id] = m.step
+        if models:
+            payload = {"models": [{"model_id": k, "step": v} for k, v in models.items()]}
+            await self._write([self._run_event(info, EventType.OUTPUTS_LOGGED, payload)])
+        return {}
+
+    async def log_model(self, body: schemas.LogModel) -> dict[str, Any]:
+        """runs/log-model (MLflow 2's record_logged_model): the MLmodel dict appended to the run's
+        `mlflow.log-model.history` tag, as MLflow's server does."""
+        try:
+            model = orjson.loads(body.model_json)
+        except orjson.JSONDecodeError:
+            raise InvalidParameter(
+                f"Malformed model info. \n {body.model_json} \n is not a valid JSON."
+            ) from None
+        if not isinstance(model, dict):
+            raise InvalidParameter("Malformed model info: expected a JSON object.")
+        missing = {"artifact_path", "flavors", "utc_time_created", "run_id"} - set(model)
+        if missing:
+            raise InvalidParameter(f"Model json is missing mandatory fields: {sorted(missing)}")
+        info = await self._active_run(body.id())
+        record = await self._load_run(self._principal.tenant_id, info.run_id)
+        try:
+            history = orjson.loads(record.tags.get(LOG_MODEL_HISTORY_TAG, "[]"))
+        except orjson.JSONDecodeError:
+            history = []
+        history = [*history, model] if isinstance(history, list) else [model]
+        value = orjson.dumps(history).decode()
+        if len(value) > MAX_TAG_VALUE_LENGTH:
+            raise InvalidParameter(
+                f"'{LOG_MODEL_HISTORY_TAG}' would exceed {MAX_TAG_VALUE_LENGTH} characters: the run has"
+                " too many models logged"
+            )
+        await self._write(
+            [self._run_event(info, EventType.TAGS_SET, {"tags": {LOG_MODEL_HISTORY_TAG: value}})]
+        )
         return {}
 
     def require_listing(self) -> None:

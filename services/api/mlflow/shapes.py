@@ -17,8 +17,9 @@ from services.api.serialization import json_float
 
 RUN_NAME_TAG = "mlflow.runName"
 PARENT_RUN_TAG = "mlflow.parentRunId"
-# Logged models (MLflow 3) are kept as one JSON tag each on their source run (or experiment):
-# no event type or table holds them yet; these tags are hidden from MLflow's views.
+# Logged models (MLflow 3) were once kept as one JSON tag each on their source run (or
+# experiment), before they had events and a table: such tags are still read (models.py)
+# and hidden from MLflow's views.
 MODEL_TAG_PREFIX = "mlflow.loggedModels/"
 
 
@@ -31,6 +32,7 @@ class RunRecord:
     tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, LatestMetric] = field(default_factory=dict)
     datasets: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # [{model_id, step}] (runs/outputs)
 
     @property
     def name(self) -> str:
@@ -79,9 +81,10 @@ def metric(key: str, point: LatestMetric) -> dict[str, Any]:
 def run(record: RunRecord) -> dict[str, Any]:
     """MLflow's Run: info, data (latest metrics, params, tags), inputs, outputs."""
     visible = {k: v for k, v in record.tags.items() if not k.startswith(MODEL_TAG_PREFIX)}
-    outputs = []
-    for key, value in record.tags.items():
-        if key.startswith(MODEL_TAG_PREFIX):
+    outputs = list(record.outputs)
+    listed = {o["model_id"] for o in outputs}
+    for key, value in record.tags.items():  # legacy tag-stored models are outputs of their run
+        if key.startswith(MODEL_TAG_PREFIX) and key[len(MODEL_TAG_PREFIX) :] not in listed:
             outputs.append({"model_id": key[len(MODEL_TAG_PREFIX) :], "step": _output_step(value)})
     return {
         "info": run_info(record.info, record.name),
