@@ -25,6 +25,10 @@ Kinds (label):
   converges to a level 12-25% worse or better (a code or data change). Label: the index (in
   finish order) of the first shifted run. Outlier-run findings on shifted runs are not
   labelled either way (a big enough shift makes the first shifted runs outliers too).
+  Detectability: the finals of a sequence scatter by the 2% seed jitter plus their tail noise,
+  so a 12-25% shift is ~4-12 of those spreads, and an accuracy converging near 1 is clipped,
+  which can squeeze it below 3; such plants stay labelled (the held-out benchmark will have them
+  too), and bench/cohort_quality.py reports the shift recall by planted size instead.
 """
 
 from __future__ import annotations

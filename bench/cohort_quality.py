@@ -15,6 +15,10 @@ Scoring:
   first one or the next (delay = index of the first candidate - label, in runs; latency = index
   of the run the finding is attached to - label); any other level_shift = FP.
 - clean cohorts: cohorts with any finding.
+- shift recall by size: the planted shift in spreads of the earlier runs' finals (median of the
+  first 3 shifted finals minus the median of the earlier finals, over 1.4826 MAD of those; finals
+  = median of the last 5 points), binned < 4, 4-6, >= 6: a shift that is not a few spreads
+  beyond the runs' own scatter (small shift, accuracy clipped near 1) cannot be told from it.
 
 ``--per-call``: the speed of single-point calls with 200 runs in a cohort (every run gets one
 point per tick, as in a fleet where each event carries one point per series), and of
@@ -61,6 +65,7 @@ def evaluate(seed: int, n: int, config: DetectorConfig) -> dict[str, dict[str, f
     delay: dict[str, list[int]] = defaultdict(list)
     latency: dict[str, list[int]] = defaultdict(list)
     within: list[bool] = []
+    by_size: dict[str, list[bool]] = defaultdict(list)
     clean_fp = 0
     incidental = 0
     for kind in KINDS:
@@ -110,6 +115,8 @@ def evaluate(seed: int, n: int, config: DetectorConfig) -> dict[str, dict[str, f
                         fp["shift"] += 1
                 else:
                     fp[a.kind] += 1
+            if kind == "shift" and c.shift_index is not None:
+                by_size[_size_bin(c)].append(hit_shift)
     for kind in ("curve", "final", "shift"):
         t, f, p = tp[kind], fp[kind], planted[kind]
         res[kind] = {
@@ -130,7 +137,24 @@ def evaluate(seed: int, n: int, config: DetectorConfig) -> dict[str, dict[str, f
         "within5": float(np.mean(within)) if within else float("nan"),
         "within5_n": len(within),
     }
+    for b in _SIZE_BINS:
+        res["_other"][f"shift_{b}"] = float(np.mean(by_size[b])) if by_size[b] else float("nan")
+        res["_other"][f"shift_{b}_n"] = len(by_size[b])
     return res
+
+
+_SIZE_BINS = ("<4", "4-6", ">=6")
+
+
+def _size_bin(c: Cohort) -> str:
+    """The planted shift in robust spreads of the earlier runs' finals (module docstring)."""
+    assert c.shift_index is not None
+    fin = np.asarray([float(np.median(c.values[r][-5:])) for r in c.finish_order])
+    base, new = fin[: c.shift_index], fin[c.shift_index : c.shift_index + 3]
+    med = float(np.median(base))
+    mad = max(1.4826 * float(np.median(np.abs(base - med))), 1e-12)
+    size = abs(float(np.median(new)) - med) / mad
+    return "<4" if size < 4 else "4-6" if size < 6 else ">=6"
 
 
 def per_call(runs: int = 200, points: int = 600, seed: int = 0) -> dict[str, float]:
@@ -207,6 +231,8 @@ def main() -> None:
         f"Curve outliers flagged <= 5 points after the label when >= 5 siblings had data there: "
         f"{o['within5']:.3f} of {int(o['within5_n'])}. Took {took:.1f} s."
     )
+    sizes = ", ".join(f"{b}: {o[f'shift_{b}']:.2f} of {int(o[f'shift_{b}_n'])}" for b in _SIZE_BINS)
+    print(f"\nCross-run shift recall by planted size (baseline spreads): {sizes}.")
     if args.per_call:
         pc = per_call()
         print("\n| speed | value |\n|---|---|")

@@ -194,7 +194,7 @@ def test_member_state_is_small() -> None:
         d.update(f"r{i}", st, 0.5 + 2 * np.exp(-st / 4000) + 0.01 * rng.standard_normal(n))
     d.finish("r0")
     for state in d.members().values():
-        assert len(orjson.dumps(state)) <= 460
+        assert len(orjson.dumps(state)) <= 480  # ~460 + the residual EWMA of a run being judged
 
 
 def test_clean_cohorts_are_silent() -> None:

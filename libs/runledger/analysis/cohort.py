@@ -41,15 +41,24 @@ FINE_PER_OCTAVE = 16  # sibling statistics are kept on a log-spaced grid of 16 n
 COARSE_RATIO = 4  # ... a member stores its whole curve at 16 / 4 = 4 buckets per octave ...
 RING = 10  # ... and its last 10 fine bins (enough for the next coarse node to complete)
 STEP_SCALE = 16  # the grid is log2(1 + step / 16): steps below ~16 share few nodes
-PERSIST_N = 5  # (config) a curve departure needs PERSIST_K of the last PERSIST_N points ...
-PERSIST_K = 3  # (config) ... beyond cohort_threshold, in the same direction
+PERSIST_N = 5  # streak bits kept per test (the onset is the first point of the streak, <= 5 back)
+CONFIRM = 2  # (config) a curve departure needs 2 consecutive points beyond cohort_threshold, same side
+SMOOTH_ALPHA = 0.3  # (config) EWMA weight of the newest residual (smoothed test, lag ~2.3 points)
+NOISE_ALLOW = 3.0  # (config) a clean run may sit this many spreads off the median (its own seed) ...
+NOISE_Z = 5.0  # (config) ... plus this many of its own noise (raw point or EWMA): the bar is raised
+# above cohort_threshold only where that sum exceeds it (a noisy run, early steps), so a departure
+# of a quiet run confirms as soon as it reaches the threshold, with no margin added to the spread
+# standard deviation of an EWMA of white noise of unit variance: sqrt(alpha / (2 - alpha))
+_SMOOTH_SD = math.sqrt(SMOOTH_ALPHA / (2.0 - SMOOTH_ALPHA))
+_CONF = (1 << CONFIRM) - 1
+_MASK = (1 << (PERSIST_N - 1)) - 1
 NOISE_GROUP = 16  # a run's own point noise is re-estimated every 16 first differences
-NOISE_WEIGHT = 0.3  # (config) share of the run's own point noise added to the sibling spread
 INTERP_UNC = 0.1  # (config) share of the reference's change between its two nodes added to the scale
 FINAL_TAIL = 5  # the final value of a run is the median of its last 5 finite points
 FINAL_STEP_RATIO = 1.25  # finals are compared only between runs whose last steps are within 25%
-LEVEL_RUNS = 3  # (config) a cross-run shift needs the last 3 finished runs all beyond ...
-LEVEL_THRESHOLD = 5.0  # (config) ... this robust z from the earlier runs' finals ...
+LEVEL_RUNS = 3  # (config) a cross-run shift needs the last 3 finished runs, on average beyond ...
+LEVEL_THRESHOLD = 4.0  # (config) ... this robust z from the earlier runs' levels, each beyond ...
+LEVEL_EACH = 3.0  # (config) ... this one (and half the candidates' median) on the same side ...
 LEVEL_MIN_BASELINE = 8  # (config) ... of at least 8 earlier runs ...
 LEVEL_MAX_BASELINE = 200  # ... the latest 200 of them at most
 LEVEL_REL_FLOOR = 0.002  # (config) the finals' spread is at least 0.2% of |median|
@@ -146,6 +155,9 @@ class _Member:
         "nsum",
         "rg",
         "ring",
+        "sd",
+        "sm",
+        "su",
         "synced",
         "ts",
         "tv",
@@ -169,6 +181,9 @@ class _Member:
         self.ts: list[int] = []
         self.up = 0  # bit i: the point i back from the last was judged beyond +threshold
         self.dn = 0  # ... beyond -threshold
+        self.su = 0  # the same for the smoothed test
+        self.sd = 0
+        self.sm = math.nan  # EWMA of the run's residuals from the sibling reference, in spreads
         self.nsum = 0.0  # running sum / count of |first differences| of the current noise group
         self.ncnt = 0
         self.noise = math.nan  # point noise of the run (nan: not known yet)
@@ -190,6 +205,14 @@ class _Member:
     def final(self) -> float:
         return _median(self.tv)
 
+    @property
+    def level(self) -> float:
+        """Where the run ended, less noisy than :attr:`final`: the median of the final and the
+        means of its last 3 fine bins (the last ~10% of its steps once past a few hundred; the
+        last bin may hold few points, the median keeps one odd estimate out)."""
+        est = [self.final, *(v for v in self.ring[-3:] if v == v)]
+        return _median(est)
+
     def state(self) -> dict[str, Any]:
         """JSON-ready state: float arrays as base64 little-endian float32, sums as JSON floats."""
         st: dict[str, Any] = {"v": STATE_VERSION, "u": self.u}
@@ -207,11 +230,11 @@ class _Member:
             np.asarray([self.csum, self.fsum, self.nsum], dtype="<f8").tobytes()
         ).decode()
         if self.tv:
-            # the tail values, then the noise (float32 too); steps as the first and increments
-            st["t"] = _pack([*self.tv, self.noise])
+            # the tail values, the noise and (while judging) the residual EWMA, float32 too
+            st["t"] = _pack([*self.tv, self.noise] + ([self.sm] if self.sm == self.sm else []))
             st["ts"] = [self.ts[0]] + [b - a for a, b in zip(self.ts, self.ts[1:], strict=False)]
-        if self.up or self.dn:
-            st["p"] = [self.up, self.dn]
+        if self.up or self.dn or self.su or self.sd:
+            st["p"] = [self.up, self.dn, self.su, self.sd]
         st["n"] = self.ncnt
         if self.fo >= 0:
             st["f"] = [self.fo, self.bf, int(self.fj)]
@@ -238,10 +261,13 @@ class _Member:
         m.csum, m.fsum, m.nsum = float(sums[0]), float(sums[1]), float(sums[2])
         if "t" in st:
             packed = _unpack(st["t"])
-            m.tv, m.noise = packed[:-1], packed[-1]
             m.ts = np.cumsum(np.asarray(st["ts"], dtype=np.int64)).tolist()
+            k = len(m.ts)
+            m.tv, m.noise = packed[:k], packed[k]
+            m.sm = packed[k + 1] if len(packed) > k + 1 else math.nan
         if "p" in st:
-            m.up, m.dn = int(st["p"][0]), int(st["p"][1])
+            p = [int(x) for x in st["p"]] + [0, 0]
+            m.up, m.dn, m.su, m.sd = p[:4]
         m.ncnt = int(st["n"])
         if "f" in st:
             m.fo, m.bf, m.fj = int(st["f"][0]), int(st["f"][1]), bool(st["f"][2])
@@ -266,15 +292,18 @@ class CohortDetector:
     not passed it yet, as in a fleet where runs advance together), leaving the run's own
     contributions out:
 
-        z = (value - ref) / sqrt(spread^2 + (NOISE_WEIGHT * point_noise)^2)
+        u = (value - ref) / spread
 
-    where ``spread`` = max(IQR / 1.349, ``cohort_rel_floor`` * |ref|) of the siblings plus
-    ``INTERP_UNC`` times the reference's change between the two nodes (linear interpolation is
-    only that exact), and ``point_noise`` is the run's own noise (mean |first difference| of
-    groups of 16 points), since one point is compared with smooth sibling means. A node counts
-    only with ``cohort_min_runs`` siblings. ``PERSIST_K`` of the last ``PERSIST_N`` points
-    beyond ``cohort_threshold`` in the same direction flag the run; the onset is the first
-    of those points. A run ahead of all but a few siblings cannot be judged on its curve: it is
+    in sibling spreads, where ``spread`` = max(IQR / 1.349, ``cohort_rel_floor`` * |ref|) of the
+    siblings plus ``INTERP_UNC`` times the reference's change between the two nodes (linear
+    interpolation is only that exact). A node counts only with ``cohort_min_runs`` siblings.
+    The run's own point noise (mean |first difference| of groups of 16 points) is *not* added to
+    the spread, which delayed slow drifts: two tests run side by side (:meth:`_judge`), the raw
+    point ``u`` (abrupt departures) and an EWMA of ``u`` (``SMOOTH_ALPHA``; drifts, the noise
+    divided out), and either confirms with ``CONFIRM`` consecutive points beyond its bar; the bar
+    is ``cohort_threshold``, raised only for a run whose own noise could carry a clean run there
+    (``NOISE_ALLOW`` + ``NOISE_Z`` noise units of that test). The onset is the first point of the
+    confirming streak. A run ahead of all but a few siblings cannot be judged on its curve: it is
     judged on its final value.
 
     Final value (:meth:`finish`): the median of the run's last 5 points against the finals of
@@ -282,11 +311,14 @@ class CohortDetector:
     MAD, at least ``cohort_min_runs`` of them (a run that finished too early is judged when
     enough siblings have finished). A run is flagged ``outlier_run`` at most once.
 
-    Cross-run level shift (:meth:`finish`): finished runs form a sequence in finish order. When
-    the last ``LEVEL_RUNS`` finals (of comparable lengths) all lie beyond ``LEVEL_THRESHOLD``
-    robust units, on the same side, from the finals of the >= ``LEVEL_MIN_BASELINE`` runs
-    finished before them (since the last shift), a ``level_shift`` (scope "runs") is attached to
-    the run whose finish completed the evidence. The new level then becomes the baseline (the
+    Cross-run level shift (:meth:`finish`): finished runs form a sequence in finish order; each
+    is summarised by its level (:attr:`_Member.level`: the final and its last fine bins, less
+    noisy than the final). When the last ``LEVEL_RUNS`` levels (of comparable lengths) lie on
+    average beyond ``LEVEL_THRESHOLD`` robust units, each beyond ``LEVEL_EACH`` (and half their
+    median) on the same side, from the levels of the >= ``LEVEL_MIN_BASELINE`` runs finished
+    before them (since the last shift; scale: the larger of the MAD and the capped mean absolute
+    deviation, the MAD of a few runs being unreliable), a ``level_shift`` (scope "runs") is
+    attached to the run whose finish completed the evidence. The new level then becomes the baseline (the
     finish order of the first shifted run is kept on every later finished member), so a shift
     is reported once.
 
@@ -594,21 +626,18 @@ class CohortDetector:
             c = g // COARSE_RATIO
             # -- judge the point before it joins the summary
             if judge:
-                z = math.nan
-                ref = 0.0
+                ref = spread = math.nan
                 if m.noise == m.noise:
-                    upper = s >= _POS_F[g]
-                    r = self._ref(m, g, upper)
+                    r = self._ref(m, g, s >= _POS_F[g])
                     if r is not None:
                         p1, m1, p2, m2, spread, _n = r
                         ref = m1 + (s - p1) / (p2 - p1) * (m2 - m1)
-                        z = (v - ref) / math.sqrt(spread * spread + (NOISE_WEIGHT * m.noise) ** 2)
-                mask = (1 << (PERSIST_N - 1)) - 1
-                m.up = ((m.up & mask) << 1) | (z >= thr)
-                m.dn = ((m.dn & mask) << 1) | (z <= -thr)
-                if m.up.bit_count() >= PERSIST_K or m.dn.bit_count() >= PERSIST_K:
+                hit = self._judge(m, v, ref, spread, m.noise, thr)
+                if hit is not None:
                     m.flagged, judge = True, False
-                    out.append((run_id, self._curve_anomaly(m, s, v, z, ref, g)))
+                    z, streak = hit
+                    onset = [*m.ts, s][-streak]  # the tail does not hold the current point yet
+                    out.append((run_id, self._curve_anomaly_at(onset, s, v, z, ref, g, m)))
             # -- noise of the run (first differences, groups of NOISE_GROUP)
             if m.tv:
                 m.nsum += abs(v - m.tv[-1])
@@ -639,6 +668,8 @@ class CohortDetector:
             m.csum += v
             m.ccnt += 1
         if changed:
+            if m.sm == m.sm:
+                m.sm = _f32(m.sm)  # what the packed state keeps
             self._touch(run_id, m)
         return out
 
@@ -702,34 +733,21 @@ class CohortDetector:
                     params[i] = r[:5]
             p1, m1, p2, m2, spread = (params[inv, j] for j in range(5))
             ref = m1 + (st - p1) / (p2 - p1) * (m2 - m1)
-            z = (va - ref) / np.sqrt(spread * spread + (NOISE_WEIGHT * noise_at) ** 2)
             thr = self.config.cohort_threshold
-            with np.errstate(invalid="ignore"):
-                upb, dnb = z >= thr, z <= -thr
-            prior = PERSIST_N - 1
-            old_up = np.asarray([(m.up >> (prior - 1 - i)) & 1 for i in range(prior)], dtype=np.int64)
-            old_dn = np.asarray([(m.dn >> (prior - 1 - i)) & 1 for i in range(prior)], dtype=np.int64)
-            all_up = np.concatenate([old_up, upb.astype(np.int64)])  # point i of the call is prior + i
-            all_dn = np.concatenate([old_dn, dnb.astype(np.int64)])
-            cu, cd = np.concatenate([[0], np.cumsum(all_up)]), np.concatenate([[0], np.cumsum(all_dn)])
-            wu = cu[PERSIST_N:] - cu[:-PERSIST_N]  # window ending at point i of the call
-            wd = cd[PERSIST_N:] - cd[:-PERSIST_N]
-            hit = np.flatnonzero((wu >= PERSIST_K) | (wd >= PERSIST_K))
-            if len(hit):
-                i = int(hit[0])
-                bits = (all_up if wu[i] >= PERSIST_K else all_dn)[i : i + PERSIST_N].tolist()
-                steps_w = (m.ts + st[: i + 1].tolist())[-PERSIST_N:]
-                pairs = list(zip(reversed(steps_w), reversed(bits), strict=False))[::-1]
-                onset = next(sp for sp, b in pairs if b)
-                m.flagged = True
-                m.up = m.dn = 0
-                anomaly = self._curve_anomaly_at(
-                    onset, int(st[i]), float(va[i]), float(z[i]), float(ref[i]), int(gf[i]), m
-                )
-                out.append((run_id, anomaly))
-            else:
-                m.up = sum(int(b) << j for j, b in enumerate(all_up[::-1][:PERSIST_N].tolist()))
-                m.dn = sum(int(b) << j for j, b in enumerate(all_dn[::-1][:PERSIST_N].tolist()))
+            judge = self._judge
+            for i, (v, rf, sp, nz) in enumerate(
+                zip(va.tolist(), ref.tolist(), spread.tolist(), noise_at.tolist(), strict=True)
+            ):
+                hit = judge(m, v, rf, sp, nz, thr)
+                if hit is not None:
+                    z, streak = hit
+                    onset = (m.ts + st[max(0, i + 1 - PERSIST_N) : i + 1].tolist())[-streak]
+                    m.flagged = True
+                    m.up = m.dn = m.su = m.sd = 0
+                    out.append((run_id, self._curve_anomaly_at(onset, int(st[i]), v, z, rf, int(gf[i]), m)))
+                    break
+            if m.sm == m.sm:
+                m.sm = _f32(m.sm)
         m.noise, m.nsum, m.ncnt = new_noise, new_nsum, new_ncnt
         # -- tails
         m.tv = (m.tv + v32[-FINAL_TAIL:].tolist())[-FINAL_TAIL:]
@@ -766,19 +784,45 @@ class CohortDetector:
 
     # ------------------------------------------------------------------ findings
 
-    def _curve_anomaly(self, m: _Member, s: int, v: float, z: float, ref: float, g: int) -> Anomaly:
-        """The scalar path's finding: onset = first beyond-threshold point of the window."""
-        bits = m.up if m.up.bit_count() >= PERSIST_K else m.dn
-        steps = [*m.ts, s]  # the tail does not hold the current point yet
-        steps = steps[-PERSIST_N:]
-        k = len(steps)
-        onset = s
-        for i in range(k):
-            if (bits >> (k - 1 - i)) & 1:
-                onset = steps[i]
-                break
-        m.up = m.dn = 0
-        return self._curve_anomaly_at(onset, s, v, z, ref, g, m)
+    @staticmethod
+    def _judge(
+        m: _Member, v: float, ref: float, spread: float, noise: float, thr: float
+    ) -> tuple[float, int] | None:
+        """Judge one point against the sibling reference; (z, streak length) when it confirms a departure.
+
+        ``z`` is the residual ``value - reference`` in sibling spreads. Two tests, either confirms
+        with ``CONFIRM`` consecutive points beyond their bar on one side:
+
+        - raw: the point itself; catches abrupt departures within ``CONFIRM`` points;
+        - smoothed: an EWMA of the residuals, so the point noise is divided out rather than added
+          to the scale and slow drifts confirm soon after they reach the threshold.
+
+        The bar is ``cohort_threshold``, raised to ``NOISE_ALLOW + NOISE_Z * (noise of the test in
+        spreads)`` for a run whose own noise could otherwise carry it there (the point noise
+        itself for the raw test, the EWMA's share of it for the smoothed one).
+        ``nan`` (no reference, or no noise estimate yet) judges nothing and restarts the EWMA.
+        """
+        if ref == ref and spread == spread and noise == noise:
+            zr = (v - ref) / spread
+            sm = m.sm
+            zs = zr if sm != sm else sm + SMOOTH_ALPHA * (zr - sm)
+            m.sm = zs
+            q = noise / spread
+            br = max(thr, NOISE_ALLOW + NOISE_Z * q)
+            bs = max(thr, NOISE_ALLOW + NOISE_Z * _SMOOTH_SD * q)
+        else:
+            zr = zs = math.nan
+            br = bs = thr
+            m.sm = math.nan
+        m.up = ((m.up & _MASK) << 1) | (zr >= br)
+        m.dn = ((m.dn & _MASK) << 1) | (zr <= -br)
+        m.su = ((m.su & _MASK) << 1) | (zs >= bs)
+        m.sd = ((m.sd & _MASK) << 1) | (zs <= -bs)
+        for bits, z in ((m.up, zr), (m.dn, zr), (m.su, zs), (m.sd, zs)):
+            if bits & _CONF == _CONF:
+                m.up = m.dn = m.su = m.sd = 0
+                return z, (bits ^ (bits + 1)).bit_length() - 1  # trailing ones: the streak
+        return None
 
     def _curve_anomaly_at(
         self, onset: int, s: int, v: float, z: float, ref: float, g: int, m: _Member
@@ -873,7 +917,7 @@ class CohortDetector:
         ):
             return  # runs of different lengths: their finals are not comparable
         base = [
-            (rid, r.final)
+            (rid, r.level)
             for _, rid, r in seq[:-LEVEL_RUNS]
             if ref_step / FINAL_STEP_RATIO <= r.last_step <= ref_step * FINAL_STEP_RATIO
         ][-LEVEL_MAX_BASELINE:]
@@ -881,10 +925,22 @@ class CohortDetector:
             return
         arr = np.asarray([v for _, v in base])
         med = float(np.median(arr))
-        scale = max(1.4826 * float(np.median(np.abs(arr - med))), LEVEL_REL_FLOOR * abs(med), 1e-12)
-        finals = [r.final for *_, r in cand]
+        dev = np.abs(arr - med)
+        mad = 1.4826 * float(np.median(dev))
+        # the MAD of 8-20 runs is often far too small (half of them happen to agree): the mean
+        # absolute deviation is steadier; deviations are capped at 5 MADs so a failed run in the
+        # baseline cannot inflate it much
+        mean_dev = 1.2533 * float(np.mean(np.minimum(dev, 5.0 * mad)))
+        scale = max(mad, mean_dev, LEVEL_REL_FLOOR * abs(med), 1e-12)
+        finals = [r.level for *_, r in cand]
         zs = [(f - med) / scale for f in finals]
-        if not (all(z >= LEVEL_THRESHOLD for z in zs) or all(z <= -LEVEL_THRESHOLD for z in zs)):
+        # each candidate clearly off on the same side, and together far off: the mean of k
+        # independent runs is sqrt(k) less noisy than one, so a 6-spread shift is caught reliably
+        # while one outlier run (or two) among ordinary ones is not a shift
+        each = max(LEVEL_EACH, 0.5 * abs(_median(zs)))  # a run half-way is before the change (or noise)
+        if not (all(z >= each for z in zs) or all(z <= -each for z in zs)):
+            return
+        if abs(sum(zs) / len(zs)) < LEVEL_THRESHOLD:
             return
         # the new level is the baseline from now on: kept on this (the latest finished) member
         m.bf = cand[0][0]
