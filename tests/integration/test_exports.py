@@ -44,6 +44,7 @@ BETA_RUNS = [f"beta{i:02d}" for i in range(5)]
 POINT_RUNS = ALPHA_RUNS[:3] + BETA_RUNS[:1]
 STEPS = 100
 LEAK = "leak-marker"  # in every row of OTHER: must never appear in T's answers
+NOTE = 'two\nlines, "quoted", \\ and \t'  # CSV from COPY must give it back unchanged
 
 
 def loss_at(run: str, step: int) -> float:
@@ -327,3 +328,115 @@ async def test_empty_export_has_a_header(client: httpx.AsyncClient) -> None:
     assert len(r.text.splitlines()) == 1
     empty = read("parquet", (await export(client, "runs", "parquet", filter="params.lr = 'nope'")).content)
     assert empty.num_rows == 0 and "params.lr" in empty.column_names
+
+
+async def test_runs_wide_table_values_survive_the_pivot(client: httpx.AsyncClient, dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:  # seeded here and removed after: test_odata counts the shared seed's rows
+        notes = [(T, ALPHA_RUNS[2], "note", ""), (T, ALPHA_RUNS[4], "note", NOTE)]  # empty is not null
+        await conn.executemany("INSERT INTO params VALUES ($1, $2, $3, $4)", notes)
+        table = read("arrow", (await export(client, "runs", "arrow")).content)
+    finally:
+        await conn.execute("DELETE FROM params WHERE tenant_id = $1 AND key = 'note'", T)
+        await conn.close()
+    rows = {r["run_id"]: r for r in table.to_pylist()}
+    assert rows[ALPHA_RUNS[4]]["params.note"] == NOTE
+    assert rows[ALPHA_RUNS[2]]["params.note"] == ""  # an empty value is not a missing one
+    assert rows[ALPHA_RUNS[3]]["params.note"] is None
+    first = rows[ALPHA_RUNS[0]]
+    assert math.isnan(first["metrics.acc.latest"])  # the last logged value was NaN
+    assert first["metrics.acc.min"] is None and first["metrics.acc.max"] is None  # no finite point
+    assert rows[BETA_RUNS[0]]["end_time"] is not None and rows[ALPHA_RUNS[0]]["end_time"] is None
+    assert rows[ALPHA_RUNS[0]]["user_id"] == ""
+
+
+def comparable(table: pa.Table) -> tuple[pa.Schema, list[tuple[Any, ...]]]:
+    """Schema and rows, NaN as a string (Table.equals finds NaN unequal to itself)."""
+    nan = "NaN"
+    rows = [
+        tuple(nan if isinstance(v, float) and math.isnan(v) else v for v in row.values())
+        for row in table.to_pylist()
+    ]
+    return table.schema, rows
+
+
+async def test_runs_wide_table_pages_and_key_plans_agree(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small pages (a first page, then growing ones) and either key discovery plan: the same table."""
+    from services.api.exports import repository, service
+
+    whole = read("arrow", (await export(client, "runs", "arrow")).content)
+    starts = whole.column("start_time").cast(pa.int64()).to_pylist()
+    assert starts == sorted(starts, reverse=True)  # start time descending, across pages
+    monkeypatch.setattr(service, "RUN_FIRST_PAGE", 2)
+    monkeypatch.setattr(service, "RUN_PAGE", 7)
+    monkeypatch.setattr(service, "RUN_ID_PAGE", 20)
+    for by_run_max in (0, 10_000):  # 0: probe each distinct key; 10,000: read the runs' keys
+        monkeypatch.setattr(repository, "KEYS_BY_RUN_MAX", by_run_max)
+        paged = pa.ipc.open_stream((await export(client, "runs", "arrow")).content)
+        batches = list(paged)
+        assert [b.num_rows for b in batches] == [2, 7, 7, 6, 7, 5]  # ids: 2, then 20 and 12
+        assert comparable(pa.Table.from_batches(batches)) == comparable(whole)
+        deleted = read("arrow", (await export(client, "runs", "arrow", view_type="DELETED_ONLY")).content)
+        assert deleted.column("run_id").to_pylist() == ["alpha29"]
+        assert "params.optimizer" not in deleted.column_names  # keys of the deleted run only
+        beta = read("arrow", (await export(client, "runs", "arrow", experiment_id=BETA)).content)
+        assert "tags.mode" not in beta.column_names and "params.optimizer" in beta.column_names
+
+
+async def test_read_ahead_reads_one_item_ahead_and_passes_errors_on() -> None:
+    import asyncio
+
+    from services.api.exports.service import read_ahead
+
+    produced: list[int] = []
+
+    async def items(fail_at: int | None) -> AsyncIterator[int]:
+        for i in range(4):
+            if i == fail_at:
+                raise ValueError("page failed")
+            produced.append(i)
+            yield i
+
+    seen = []
+    async for item in read_ahead(items(None)):
+        await asyncio.sleep(0.01)  # the next item is read meanwhile, never more than one ahead
+        assert produced[-1] <= item + 1
+        seen.append(item)
+    assert seen == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="page failed"):
+        async for _ in read_ahead(items(2)):
+            pass
+
+
+def test_wide_page_leaves_out_unknown_keys_and_vanished_runs() -> None:
+    """A run deleted after its id was read, and keys logged after the columns were chosen."""
+    from services.api.exports.service import RUN_ATTRIBUTES, _assemble_wide
+
+    metric_fields = [(f"metrics.loss.{s}", pa.float64()) for s in ("latest", "min", "max")]
+    schema = pa.schema([*RUN_ATTRIBUTES, ("params.lr", pa.string()), *metric_fields])
+    keys = {"params": pa.array(["lr"]), "tags": pa.array([], pa.string()), "metrics": pa.array(["loss"])}
+    values = {
+        "params": b'1,lr,"gone"\n2,lr,"0.1"\n2,new_key,"y"\n',  # run 1 vanished; new_key: no column
+        "tags": b"",
+        "metrics": b"2,loss,NaN\n2,other,1\n",
+    }
+    ranges = pa.table({"run_id": ["r2", "r1"], "key": ["loss", "loss"], "lo": [0.5, 9.0], "hi": [2.0, 9.0]})
+    attributes = b'2,r2,e,"n",FINISHED,5,,"",,active\n'
+    (row,) = _assemble_wide(schema, 2, keys, attributes, values, ranges).to_pylist()
+    assert math.isnan(row.pop("metrics.loss.latest"))
+    assert row == {
+        "run_id": "r2",
+        "experiment_id": "e",
+        "name": "n",
+        "status": "FINISHED",
+        "start_time": pd.Timestamp(5, unit="ms", tz="UTC").to_pydatetime(),
+        "end_time": None,
+        "user_id": "",
+        "parent_run_id": None,
+        "lifecycle_stage": "active",
+        "params.lr": "0.1",
+        "metrics.loss.min": 0.5,
+        "metrics.loss.max": 2.0,
+    }

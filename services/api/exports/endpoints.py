@@ -6,6 +6,7 @@ a proper 4xx; after that, batches are written to the response as they are read.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
@@ -55,14 +56,16 @@ async def _stream(export: Export, fmt: str) -> StreamingResponse:
 
     async def body() -> AsyncIterator[bytes]:
         writer = BatchWriter(fmt, export.schema)  # type: ignore[arg-type]
+        # Encoding (CSV text, Parquet's zstd) runs in a thread, so that the event loop meanwhile
+        # reads the next page (an export that reads ahead) and serves other requests.
         try:
             if first is not None:
-                yield writer.write(first)
+                yield await asyncio.to_thread(writer.write, first)
             async for batch in batches:
-                chunk = writer.write(batch)
+                chunk = await asyncio.to_thread(writer.write, batch)
                 if chunk:
                     yield chunk
-            yield writer.close()
+            yield await asyncio.to_thread(writer.close)
         except Exception:
             log.exception("export %s failed while streaming; the response is cut short", export.name)
             raise

@@ -7,16 +7,20 @@ the MLflow run search grammar (`filter`) and its keyset SQL (search_run_ids).
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from runledger.stores.clickhouse import ClickHouse
 from services.api.access import Access
@@ -27,7 +31,9 @@ from services.api.mlflow import experiment_filter
 from services.api.mlflow.search import Condition, parse_filter
 from services.api.mlflow.search_repository import search_run_ids
 
-RUN_PAGE = 2000  # runs per page of the wide table
+RUN_FIRST_PAGE = 1000  # runs in the wide table's first page: the response starts after it
+RUN_PAGE = 2500  # runs per later page: 5,000 took as much CPU and twice the memory (~100 MB)
+RUN_ID_PAGE = 50_000  # run ids per search after the first page (the search's maximum)
 POINT_RUN_PAGE = 500  # runs per ClickHouse query of metric points
 POINT_CHUNK = 200_000  # points per ClickHouse query (and per record batch)
 EXPERIMENT_PAGE = 5000
@@ -200,55 +206,59 @@ class ExportService:
             fields += [pa.field(f"metrics.{k}.{s}", pa.float64()) for s in ("latest", "min", "max")]
         schema = pa.schema(fields)
 
-        async def batches() -> AsyncIterator[pa.RecordBatch]:
+        async def pages() -> AsyncIterator[pa.RecordBatch]:
             for tenant, ids in scopes:
-                async for run_ids in self._run_pages(tenant, ids, conditions, request.view_type, RUN_PAGE):
+                async for run_ids in self._run_pages_growing(tenant, ids, conditions, request.view_type):
                     yield await self._wide_batch(schema, tenant, run_ids, keys)
 
-        return Export("runs", schema, batches())
+        # The next page is read (Postgres, ClickHouse, pivot in a thread) while this one is written.
+        return Export("runs", schema, read_ahead(pages()))
+
+    async def _run_pages_growing(
+        self, tenant: str, experiments: list[str], conditions: list[Condition], view_type: str
+    ) -> AsyncIterator[list[str]]:
+        """Pages of run ids: a small first one (the response starts soon), then RUN_PAGE each.
+
+        Ids are searched RUN_ID_PAGE at a time: each search sorts the remaining runs of the
+        experiments, so one search per wide page cost a sort per 2,500 runs.
+        """
+        token: str | None = None
+        size = RUN_FIRST_PAGE
+        while True:
+            ids, token = await search_run_ids(
+                self._pool, tenant, experiments, conditions, [], view_type, size, token
+            )
+            for start in range(0, len(ids), RUN_PAGE):
+                yield ids[start : start + RUN_PAGE]
+            if token is None:
+                return
+            size = RUN_ID_PAGE
 
     async def _wide_batch(
         self, schema: pa.Schema, tenant: str, run_ids: list[str], keys: dict[str, list[str]]
     ) -> pa.RecordBatch:
-        rows = await repo.run_attributes(self._pool, tenant, run_ids)
-        run_ids = [r["run_id"] for r in rows]
-        n = len(rows)
-        arrays: list[pa.Array] = []
-        for name, type_ in RUN_ATTRIBUTES:
-            values = [r[name] for r in rows]
-            arrays.append(_ms_array(values) if type_ == _TS else pa.array(values, type_))
-        for kind in ("params", "tags"):
-            ri, ki, values = await repo.pivot(self._pool, kind, tenant, run_ids, keys[kind])
-            grid = np.full((n, len(keys[kind])), None, dtype=object)
-            if values:
-                grid[np.asarray(ri), np.asarray(ki)] = np.asarray(values, dtype=object)
-            arrays += [pa.array(grid[:, j], pa.string()) for j in range(len(keys[kind]))]
-        metric_keys = keys["metrics"]
-        m = len(metric_keys)
-        if m:
-            latest = np.full((n, m), np.nan)
-            has_latest = np.zeros((n, m), dtype=bool)
-            ri, ki, values = await repo.pivot(self._pool, "metrics", tenant, run_ids, metric_keys)
-            if values:
-                latest[np.asarray(ri), np.asarray(ki)] = np.asarray(values, dtype=np.float64)
-                has_latest[np.asarray(ri), np.asarray(ki)] = True
-            low, high = np.full((n, m), np.nan), np.full((n, m), np.nan)
-            has_range = np.zeros((n, m), dtype=bool)
-            if values:  # runs without any metric need no ClickHouse query
-                ranges = await repo.metric_ranges(self._ch, tenant, run_ids)
-                rpos = pc.index_in(ranges.column("run_id"), value_set=pa.array(run_ids, pa.string()))
-                kpos = pc.index_in(ranges.column("key"), value_set=pa.array(metric_keys, pa.string()))
-                valid = pc.and_(pc.is_valid(rpos), pc.is_valid(kpos))
-                r = pc.filter(rpos, valid).to_numpy(zero_copy_only=False).astype(np.int64)
-                k = pc.filter(kpos, valid).to_numpy(zero_copy_only=False).astype(np.int64)
-                low[r, k] = pc.filter(ranges.column("lo"), valid).to_numpy(zero_copy_only=False)
-                high[r, k] = pc.filter(ranges.column("hi"), valid).to_numpy(zero_copy_only=False)
-                has_range[r, k] = True
-            for j in range(m):
-                arrays.append(pa.array(latest[:, j], pa.float64(), mask=~has_latest[:, j]))
-                arrays.append(pa.array(low[:, j], pa.float64(), mask=~has_range[:, j]))
-                arrays.append(pa.array(high[:, j], pa.float64(), mask=~has_range[:, j]))
-        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+        """One page of the wide table: five queries at once, then a columnar pivot in a thread."""
+        pool = self._pool
+        page = await repo.page_literals(pool, tenant, run_ids)
+        queries: list[Any] = [
+            repo.run_attributes_csv(pool, page),
+            *(
+                repo.run_values_csv(pool, kind, page) if keys[kind] else _no_csv()
+                for kind in ("params", "tags", "metrics")
+            ),
+        ]
+        if keys["metrics"]:
+            queries.append(repo.metric_ranges(self._ch, tenant, run_ids))
+        attributes, params, tags, latest, *ranges = await asyncio.gather(*queries)
+        return await asyncio.to_thread(
+            _assemble_wide,
+            schema,
+            len(run_ids),
+            {kind: pa.array(names, pa.string()) for kind, names in keys.items()},
+            attributes,
+            {"params": params, "tags": tags, "metrics": latest},
+            ranges[0] if ranges else None,
+        )
 
     # metric points (long) ------------------------------------------------------------------------
 
@@ -313,6 +323,143 @@ class ExportService:
                         yield batch
 
         return Export("findings", FINDING_SCHEMA, batches())
+
+
+_T = TypeVar("_T")
+_END: Any = object()
+
+
+async def read_ahead(items: AsyncIterator[_T]) -> AsyncIterator[_T]:
+    """`items`, the next one read (in a task) while the consumer handles the current one.
+
+    At most two items exist at a time, the one handed out and the one being read, so memory
+    stays at two pages. Errors come out where their item would have; closing this iterator
+    (a client gone) cancels the read under way.
+    """
+    pending = asyncio.ensure_future(anext(items, _END))
+    try:
+        while True:
+            item = await pending
+            if item is _END:
+                return
+            pending = asyncio.ensure_future(anext(items, _END))
+            yield item
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with suppress(asyncio.CancelledError):
+                await pending
+        close = getattr(items, "aclose", None)
+        if close is not None:  # a generator left mid-way: run its cleanup now, not at collection
+            await close()
+
+
+async def _no_csv() -> bytes:
+    return b""
+
+
+_ATTRIBUTE_CSV = ["i", *(name for name, _ in RUN_ATTRIBUTES)]
+_ATTRIBUTE_TYPES = {"i": pa.int64(), "start_time": pa.int64(), "end_time": pa.int64()} | {
+    name: type_ for name, type_ in RUN_ATTRIBUTES if type_ != _TS
+}
+
+
+def _read_csv(data: bytes, names: list[str], types: dict[str, pa.DataType]) -> pa.Table:
+    """COPY's CSV as Arrow: unquoted empty = NULL, "" = empty string, NaN/Infinity are numbers."""
+    if not data:
+        return pa.table({n: pa.array([], types[n]) for n in names})
+    return pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=pacsv.ReadOptions(column_names=names, use_threads=False),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=types,
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+def _positions(found: pa.Array) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """index_in's result as int64, -1 where absent."""
+    return np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _cells(rows: np.ndarray[Any, Any], keys: np.ndarray[Any, Any], n: int) -> tuple[Any, Any]:
+    """(which long rows have a cell, their cell index key * n + row), dropping unknown rows/keys."""
+    valid = (rows >= 0) & (keys >= 0)
+    return np.flatnonzero(valid), keys[valid] * n + rows[valid]
+
+
+def _assemble_wide(
+    schema: pa.Schema,
+    asked: int,
+    keys: dict[str, pa.Array],
+    attributes_csv: bytes,
+    values_csv: dict[str, bytes],
+    ranges: pa.Table | None,
+) -> pa.RecordBatch:
+    """A wide page from the long rows, column by column with numpy and Arrow kernels.
+
+    Each kind's cells are scattered into one (keys x runs) grid: a `take` for strings (null
+    where no value), float arrays with a validity mask for metrics; each column is a slice.
+    """
+    attributes = _read_csv(attributes_csv, _ATTRIBUTE_CSV, _ATTRIBUTE_TYPES)
+    n = attributes.num_rows
+    # position in the asked ids (from 1) -> row of this page; -1 for a run gone meanwhile
+    row_of = np.full(asked + 1, -1, dtype=np.int64)
+    row_of[attributes.column("i").to_numpy()] = np.arange(n)
+    arrays: list[pa.Array] = []
+    for name, type_ in RUN_ATTRIBUTES:
+        column = attributes.column(name).combine_chunks()
+        arrays.append(column.cast(_TS) if type_ == _TS else column)
+    long: dict[str, tuple[pa.Table, Any, Any]] = {}
+    for kind, names in keys.items():
+        if len(names):
+            table = _read_csv(values_csv[kind], ["i", "key", "value"], _LONG_TYPES[kind])
+            rows = row_of[table.column("i").to_numpy()]
+            # a key logged since the columns were chosen has no column: index_in leaves it null
+            long[kind] = (table, *_cells(rows, _positions(pc.index_in(table.column("key"), names)), n))
+    for kind in ("params", "tags"):
+        m = len(keys[kind])
+        if not m:
+            continue
+        table, source, cells = long[kind]
+        take = np.full(m * n, -1, dtype=np.int64)
+        take[cells] = source
+        grid = table.column("value").combine_chunks().take(pa.array(take, mask=take < 0))
+        arrays += [grid.slice(j * n, n) for j in range(m)]
+    m = len(keys["metrics"])
+    if m:
+        table, source, cells = long["metrics"]
+        latest, has_latest = np.full(m * n, np.nan), np.zeros(m * n, dtype=bool)
+        latest[cells] = table.column("value").to_numpy()[source]
+        has_latest[cells] = True
+        low, high = np.full(m * n, np.nan), np.full(m * n, np.nan)
+        has_range = np.zeros(m * n, dtype=bool)
+        if ranges is not None and ranges.num_rows:
+            source, cells = _cells(
+                _positions(pc.index_in(ranges.column("run_id"), value_set=attributes.column("run_id"))),
+                _positions(pc.index_in(ranges.column("key"), value_set=keys["metrics"])),
+                n,
+            )
+            low[cells] = ranges.column("lo").to_numpy()[source]
+            high[cells] = ranges.column("hi").to_numpy()[source]
+            has_range[cells] = True
+        for j in range(m):
+            cut = slice(j * n, (j + 1) * n)
+            arrays.append(pa.array(latest[cut], pa.float64(), mask=~has_latest[cut]))
+            arrays.append(pa.array(low[cut], pa.float64(), mask=~has_range[cut]))
+            arrays.append(pa.array(high[cut], pa.float64(), mask=~has_range[cut]))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+_LONG_TYPES = {
+    "params": {"i": pa.int64(), "key": pa.string(), "value": pa.string()},
+    "tags": {"i": pa.int64(), "key": pa.string(), "value": pa.string()},
+    "metrics": {"i": pa.int64(), "key": pa.string(), "value": pa.float64()},
+}
 
 
 _SQL_OPS = {
