@@ -16,7 +16,11 @@ Kinds (label):
   divergence, or an abrupt jump of its level (a data or code bug from some step on). Label: the
   run and the first step where its noise-free curve is ``cohort_threshold`` (6) sibling
   spreads (max of 1.4826 MAD of the siblings' noise-free curves and 5% of their median) away
-  from the siblings' median, i.e. where the departure becomes distinguishable.
+  from the siblings' median, i.e. where the departure becomes distinguishable. Checked against
+  the detector (seed 0): at the label its sibling spread (the IQR of the siblings' noisy bin
+  means, floored at 5%) is within 0-4% of this noise-free one, so a plant just past 6 spreads
+  here is just past the detector's threshold too; a plant that creeps past 6 (a slow asymptote)
+  is labelled where it crosses, and no detector with a 6-spread threshold flags it much sooner.
 - ``final``: one run's last points (0.5-3% of the run, at least 3: enough to move the median
   of the last 5) are off by 50-100% (e.g. the last phase of training or the final evaluations
   went wrong). Label: the run and the first changed step.

@@ -9,6 +9,9 @@ Scoring:
 - ``outlier_run`` (curve and final cohorts): the planted run flagged = TP, any other run
   flagged = FP (except runs after a planted cross-run shift: counted apart, unlabelled);
   delay = reported step - label, latency = ``detected_at_step`` - label, in points of the run;
+  a finding made when the siblings caught up with a run ahead of them (``reported_at_step``)
+  counts its latency from ``detected_at_step`` (the run's data that made it certain); the points
+  the run had logged by then are reported apart ("report lag");
   "<= 5 when covered": the share of curve outliers flagged within 5 points of the label among
   those where >= 5 siblings had already sent points at the label step when the outlier did.
 - ``level_shift`` (scope runs): TP when the candidate runs are all shifted runs and include the
@@ -64,6 +67,7 @@ def evaluate(seed: int, n: int, config: DetectorConfig) -> dict[str, dict[str, f
     planted: dict[str, int] = defaultdict(int)
     delay: dict[str, list[int]] = defaultdict(list)
     latency: dict[str, list[int]] = defaultdict(list)
+    report_lag: list[int] = []
     within: list[bool] = []
     by_size: dict[str, list[bool]] = defaultdict(list)
     clean_fp = 0
@@ -90,6 +94,9 @@ def evaluate(seed: int, n: int, config: DetectorConfig) -> dict[str, dict[str, f
                         delay[kind].append(int(np.searchsorted(steps, a.step)) - o)
                         lat = int(np.searchsorted(steps, int(a.evidence["detected_at_step"]))) - o
                         latency[kind].append(lat)
+                        if kind == "curve":
+                            rep_at = int(a.evidence.get("reported_at_step", a.evidence["detected_at_step"]))
+                            report_lag.append(int(np.searchsorted(steps, rep_at)) - o)
                         if kind == "curve" and covered is not None and covered >= 5:
                             within.append(lat <= 5)
                     elif rid in shifted:
@@ -136,6 +143,8 @@ def evaluate(seed: int, n: int, config: DetectorConfig) -> dict[str, dict[str, f
         "incidental": incidental,
         "within5": float(np.mean(within)) if within else float("nan"),
         "within5_n": len(within),
+        "report_lag_median": float(np.median(report_lag)) if report_lag else float("nan"),
+        "report_lag_p90": float(np.percentile(report_lag, 90)) if report_lag else float("nan"),
     }
     for b in _SIZE_BINS:
         res["_other"][f"shift_{b}"] = float(np.mean(by_size[b])) if by_size[b] else float("nan")
@@ -229,7 +238,9 @@ def main() -> None:
         f"\nClean cohorts with any finding: {int(o['clean_fp'])} / {int(o['clean'])}; outlier_run on unlabelled runs "
         f"of shift cohorts: {int(o['outlier_other_fp'])}; on shifted runs (not scored): {int(o['incidental'])}. "
         f"Curve outliers flagged <= 5 points after the label when >= 5 siblings had data there: "
-        f"{o['within5']:.3f} of {int(o['within5_n'])}. Took {took:.1f} s."
+        f"{o['within5']:.3f} of {int(o['within5_n'])}. Curve outliers' report lag (points the run had "
+        f"logged when reported, after the label): median {o['report_lag_median']:.1f}, "
+        f"p90 {o['report_lag_p90']:.1f}. Took {took:.1f} s."
     )
     sizes = ", ".join(f"{b}: {o[f'shift_{b}']:.2f} of {int(o[f'shift_{b}_n'])}" for b in _SIZE_BINS)
     print(f"\nCross-run shift recall by planted size (baseline spreads): {sizes}.")

@@ -207,6 +207,51 @@ def test_config_overrides_and_validation() -> None:
             CFG.with_overrides(b)
 
 
+def test_cohort_config_fields_round_trip_and_validation() -> None:
+    over: dict[str, Any] = {
+        "cohort_confirm_buckets": 3,
+        "cohort_smooth_alpha": 0.5,
+        "cohort_noise_allow": 2,
+        "cohort_noise_z": 4.5,
+        "cohort_interp_unc": 0.2,
+        "cohort_level_runs": 4,
+        "cohort_level_threshold": 5,
+        "cohort_level_each": 2.5,
+        "cohort_level_min_baseline": 10,
+        "cohort_level_rel_floor": 0.01,
+    }
+    cfg = CFG.with_overrides(over)
+    assert {k: cfg.to_dict()[k] for k in over} == over
+    assert isinstance(cfg.cohort_noise_allow, float) and isinstance(cfg.cohort_level_runs, int)
+    assert DetectorConfig().with_overrides(orjson.loads(orjson.dumps(cfg.to_dict()))) == cfg
+    assert "cohort_buckets_per_octave" not in CFG.to_dict()  # removed: the grid is fixed
+    bad: list[dict[str, Any]] = [
+        {"cohort_buckets_per_octave": 4},
+        {"cohort_confirm_buckets": 0},
+        {"cohort_confirm_buckets": 6},  # the onset is looked up in the run's last 5 points
+        {"cohort_confirm_buckets": 2.0},
+        {"cohort_smooth_alpha": 0},
+        {"cohort_smooth_alpha": 1.5},
+        {"cohort_smooth_alpha": True},
+        {"cohort_noise_allow": -1},
+        {"cohort_noise_z": -0.5},
+        {"cohort_noise_z": float("nan")},
+        {"cohort_interp_unc": -0.1},
+        {"cohort_interp_unc": 10},
+        {"cohort_level_runs": 0},
+        {"cohort_level_runs": "3"},
+        {"cohort_level_threshold": 0},
+        {"cohort_level_threshold": float("inf")},
+        {"cohort_level_each": -1},
+        {"cohort_level_each": 5},  # above cohort_level_threshold (4)
+        {"cohort_level_min_baseline": 1},
+        {"cohort_level_rel_floor": -0.001},
+    ]
+    for b in bad:
+        with pytest.raises(ValueError):
+            CFG.with_overrides(b)
+
+
 def test_disabled_kind_is_not_reported() -> None:
     steps, v = _loss()
     v[250] *= 3

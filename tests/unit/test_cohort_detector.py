@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from bench.cohort_data import cohort
+from bench.cohort_data import Cohort, cohort
 from runledger.analysis.cohort import CohortDetector
 from runledger.analysis.detection import Anomaly, DetectorConfig
 
@@ -215,3 +215,105 @@ def test_replays_nan_and_unknown_runs_are_ignored() -> None:
     assert d.members()["a"]["ts"] == [1, 1]  # steps 1, 2: the first and the increments
     assert d.finish("nobody") == []
     assert d.finish("a") == [] and d.finish("a") == []
+
+
+def _fleet_events(c: Cohort, chunk: int) -> list[tuple[str, int, int]]:
+    """Every run from the start, ``chunk`` points per run per tick, finish after its last point."""
+    events: list[tuple[str, int, int]] = []
+    n = max(len(s) for s in c.steps.values())
+    for lo in range(0, n, chunk):
+        for rid, st in c.steps.items():
+            if lo < len(st):
+                events.append((rid, lo, min(lo + chunk, len(st))))
+                if lo + chunk >= len(st):
+                    events.append((rid, lo, -1))
+    return events
+
+
+def _found(
+    d: CohortDetector, c: Cohort, events: list[tuple[str, int, int]], split: int
+) -> list[tuple[object, ...]]:
+    """Findings when every update event is cut into calls of ``split`` points (0: as is)."""
+    out: list[tuple[str, Anomaly]] = []
+    for rid, lo, hi in events:
+        if hi < 0:
+            out += d.finish(rid)
+            continue
+        step = split or hi - lo
+        for a in range(lo, hi, step):
+            b = min(hi, a + step)
+            out += d.update(rid, c.steps[rid][a:b], c.values[rid][a:b])
+    return [
+        (
+            r,
+            a.kind,
+            a.step,
+            a.evidence["detected_at_step"],
+            a.evidence.get("basis"),
+            round(a.evidence["robust_z"], 4),
+        )
+        for r, a in out
+    ]
+
+
+def test_same_findings_however_points_are_chunked() -> None:
+    """The vectorised batch path, the small-call path and the one-point path judge alike."""
+    seen = 0
+    for seed in (11, 12):
+        rng = np.random.default_rng(seed)
+        for kind in ("curve", "final", "shift", "clean"):
+            c = cohort(rng, kind)
+            events = _fleet_events(c, 40)  # 40 points per call: the batch path
+            want = _found(CohortDetector(c.key, CFG), c, events, 0)
+            for split in (1, 7):  # one point per call, then small calls
+                assert _found(CohortDetector(c.key, CFG), c, events, split) == want, (seed, kind, split)
+            seen += len(want)
+    assert seen >= 4  # the plants were found, so the comparison compared findings
+
+
+def test_run_ahead_of_its_siblings_is_judged_when_they_catch_up() -> None:
+    runs = _with_jump({f"r{i}": _loss(seed=i) for i in range(8)}, "r3", 200, 1.6)
+    d = CohortDetector("val/loss", CFG)
+    st, va = runs["r3"]
+    assert d.update("r3", st, va) == []  # the whole run first: no sibling has data yet
+    assert d.members()["r3"]["k"][0] >= 0  # marked for a recheck
+    found: list[tuple[str, Anomaly]] = []
+    at = -1
+    for lo in range(0, 400, 5):
+        for rid in [r for r in runs if r != "r3"]:
+            got = d.update(rid, runs[rid][0][lo : lo + 5], runs[rid][1][lo : lo + 5])
+            if got and at < 0:
+                at = lo + 5
+            found += got
+    assert [(r, a.kind, a.evidence["basis"]) for r, a in found] == [("r3", "outlier_run", "curve")]
+    a = found[0][1]
+    assert 190 <= a.step <= 201  # the onset: the first step of the fine bin holding the jump
+    # the end of the bin or bucket (below the run's ring: 4 fine bins) whose mean made it certain
+    assert 201 <= a.evidence["detected_at_step"] <= 260 and a.evidence["reported_at_step"] == 400
+    assert at <= 240  # reported soon after the siblings passed the jump
+    assert "siblings reached" in a.evidence["message"]
+    assert "k" not in d.members()["r3"]  # the marker is cleared once flagged
+
+
+def test_recheck_marker_survives_a_restore() -> None:
+    runs = _with_jump({f"r{i}": _loss(seed=i) for i in range(8)}, "r3", 200, 1.6)
+    found = {}
+    for restore_at in (-1, 100, 195):
+        d = CohortDetector("val/loss", CFG)
+        d.update("r3", *runs["r3"])
+        got: list[tuple[str, Anomaly]] = []
+        for lo in range(0, 400, 5):
+            if lo == restore_at:
+                d = _round_trip(d)
+            for rid in [r for r in runs if r != "r3"]:
+                got += d.update(rid, runs[rid][0][lo : lo + 5], runs[rid][1][lo : lo + 5])
+        found[restore_at] = got
+    assert found[100] == found[-1] and found[195] == found[-1] and len(found[-1]) == 1
+
+
+def test_clean_run_ahead_of_its_siblings_is_not_flagged() -> None:
+    runs = {f"r{i}": _loss(seed=i, noise=0.03) for i in range(8)}
+    d = CohortDetector("val/loss", CFG)
+    assert d.update("r0", *runs["r0"]) == [] and d.finish("r0") == []
+    assert _feed(d, {r: v for r, v in runs.items() if r != "r0"}, chunk=3) == []
+    assert "k" not in d.members()["r0"]  # rechecked to its end, then the marker cleared

@@ -35,34 +35,31 @@ import numpy.typing as npt
 from runledger.analysis.detection import STATE_VERSION, Anomaly, DetectorConfig, _fmt, _severity
 
 # --------------------------------------------------------------------------- tunables
-# Module constants for now; the ones marked (config) should become DetectorConfig fields.
+# The grid and the summary are fixed (the member state depends on them); the judgement's
+# tunables are DetectorConfig fields (cohort_*), per experiment / metric.
 
 FINE_PER_OCTAVE = 16  # sibling statistics are kept on a log-spaced grid of 16 nodes per octave ...
 COARSE_RATIO = 4  # ... a member stores its whole curve at 16 / 4 = 4 buckets per octave ...
 RING = 10  # ... and its last 10 fine bins (enough for the next coarse node to complete)
 STEP_SCALE = 16  # the grid is log2(1 + step / 16): steps below ~16 share few nodes
-PERSIST_N = 5  # streak bits kept per test (the onset is the first point of the streak, <= 5 back)
-CONFIRM = 2  # (config) a curve departure needs 2 consecutive points beyond cohort_threshold, same side
-SMOOTH_ALPHA = 0.3  # (config) EWMA weight of the newest residual (smoothed test, lag ~2.3 points)
-NOISE_ALLOW = 3.0  # (config) a clean run may sit this many spreads off the median (its own seed) ...
-NOISE_Z = 5.0  # (config) ... plus this many of its own noise (raw point or EWMA): the bar is raised
-# above cohort_threshold only where that sum exceeds it (a noisy run, early steps), so a departure
-# of a quiet run confirms as soon as it reaches the threshold, with no margin added to the spread
-# standard deviation of an EWMA of white noise of unit variance: sqrt(alpha / (2 - alpha))
-_SMOOTH_SD = math.sqrt(SMOOTH_ALPHA / (2.0 - SMOOTH_ALPHA))
-_CONF = (1 << CONFIRM) - 1
+PERSIST_N = 5  # streak bits kept per test (the onset is the first point of the streak, <= 5 back;
+# DetectorConfig.cohort_confirm_buckets is at most this)
 _MASK = (1 << (PERSIST_N - 1)) - 1
 NOISE_GROUP = 16  # a run's own point noise is re-estimated every 16 first differences
-INTERP_UNC = 0.1  # (config) share of the reference's change between its two nodes added to the scale
 FINAL_TAIL = 5  # the final value of a run is the median of its last 5 finite points
 FINAL_STEP_RATIO = 1.25  # finals are compared only between runs whose last steps are within 25%
-LEVEL_RUNS = 3  # (config) a cross-run shift needs the last 3 finished runs, on average beyond ...
-LEVEL_THRESHOLD = 4.0  # (config) ... this robust z from the earlier runs' levels, each beyond ...
-LEVEL_EACH = 3.0  # (config) ... this one (and half the candidates' median) on the same side ...
-LEVEL_MIN_BASELINE = 8  # (config) ... of at least 8 earlier runs ...
-LEVEL_MAX_BASELINE = 200  # ... the latest 200 of them at most
-LEVEL_REL_FLOOR = 0.002  # (config) the finals' spread is at least 0.2% of |median|
+LEVEL_MAX_BASELINE = 200  # the level-shift baseline is the latest 200 earlier runs at most
 SMALL_CALL = 12  # calls with at most this many points take the scalar (no numpy) path
+SK_MAX = 16  # points since the EWMA restarted, counted up to this (its noise has settled by then)
+# the reference's slack (cohort_interp_unc x the curvature measure) is 1 + _EXTRAP times larger
+# when it is extrapolated. On a smooth curve a line through two nodes is off by ~1/8 of the measure
+# between them (hence cohort_interp_unc = 0.125) and by ~1x one bin beyond; but the measure of
+# node medians is mostly their scatter, not curvature, and 2x (as before) kept clean cohorts silent
+_EXTRAP = 1.0
+# The judgement (DetectorConfig): a point is judged against cohort_threshold, the bar raised only
+# for a run whose own noise could carry a clean run there (cohort_noise_allow spreads plus
+# cohort_noise_z of its noise, per test), so a departure of a quiet run confirms as soon as it
+# reaches the threshold, with no margin added to the spread.
 
 _IQR_TO_SIGMA = 1.0 / 1.349
 _NOISE_FROM_ABS_DIFF = math.sqrt(math.pi) / 2  # E|x1 - x2| = 2 sigma / sqrt(pi) for Gaussian noise
@@ -112,6 +109,19 @@ for _i in range(len(_HAS_F) - 1, -1, -1):
     _NEXT_F[_i] = _j if _j < len(_HAS_F) else -1
 
 
+# the nodes the reference of a point in fine bin g reads (lo, hi, and the three below lo for the
+# extrapolation and the curvature), by g * 2 + (point in the upper half of the bin); -1: none. A version counter per
+# node (-1 reads the last one, which no step reaches) keys the per-run memo of the reference.
+_REFN: list[tuple[int, int, int, int, int]] = []
+for _g in range(len(_HAS_F)):
+    for _upper in (False, True):
+        _lo = _g if _upper else _PREV_F[_g]
+        _hi = _NEXT_F[_g] if _upper else _g
+        _p1 = _PREV_F[_lo] if _lo >= 0 else -1
+        _p2 = _PREV_F[_p1] if _p1 >= 0 else -1
+        _REFN.append((_lo, _hi, _p1, _p2, _PREV_F[_p2] if _p2 >= 0 else -1))
+
+
 def _pack(values: list[float]) -> str:
     return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode("ascii")
 
@@ -155,7 +165,12 @@ class _Member:
         "nsum",
         "rg",
         "ring",
+        "rk",
+        "rn",
+        "ro",
+        "rz",
         "sd",
+        "sk",
         "sm",
         "su",
         "synced",
@@ -184,6 +199,7 @@ class _Member:
         self.su = 0  # the same for the smoothed test
         self.sd = 0
         self.sm = math.nan  # EWMA of the run's residuals from the sibling reference, in spreads
+        self.sk = SK_MAX  # residuals in it after the first since it restarted (capped at SK_MAX)
         self.nsum = 0.0  # running sum / count of |first differences| of the current noise group
         self.ncnt = 0
         self.noise = math.nan  # point noise of the run (nan: not known yet)
@@ -192,6 +208,14 @@ class _Member:
         self.bf = -1  # finish order where the level-shift baseline started when this run finished
         self.flagged = False  # outlier_run reported (once per run)
         self.fj = False  # final value judged
+        # points judged with fewer than cohort_min_runs siblings at their step (the run was ahead):
+        # its stored curve is rechecked from fine bin rk on as the siblings catch up (-1: none);
+        # rz: signed count of consecutive rechecked bins beyond the bar, the first of them ro;
+        # rn: the run's point noise when marked (early noise is larger: the recheck uses the max)
+        self.rk = -1
+        self.rn = 0.0
+        self.ro = -1
+        self.rz = 0
         # derived
         self.contrib: dict[int, float] = {}  # fine node -> the value this run adds to it
         self.synced = -1  # fine bins below this (and below the ring) have their final contribution
@@ -230,16 +254,21 @@ class _Member:
             np.asarray([self.csum, self.fsum, self.nsum], dtype="<f8").tobytes()
         ).decode()
         if self.tv:
-            # the tail values, the noise and (while judging) the residual EWMA, float32 too
-            st["t"] = _pack([*self.tv, self.noise] + ([self.sm] if self.sm == self.sm else []))
+            # the tail values, the noise, (while judging) the residual EWMA and (while marked for a
+            # recheck) the noise when marked, float32 too
+            extra = [self.sm, self.rn] if self.rk >= 0 else [self.sm] if self.sm == self.sm else []
+            st["t"] = _pack([*self.tv, self.noise, *extra])
             st["ts"] = [self.ts[0]] + [b - a for a, b in zip(self.ts, self.ts[1:], strict=False)]
-        if self.up or self.dn or self.su or self.sd:
-            st["p"] = [self.up, self.dn, self.su, self.sd]
+        young = self.sm == self.sm and self.sk < SK_MAX  # the EWMA restarted a few points ago
+        if self.up or self.dn or self.su or self.sd or young:
+            st["p"] = [self.up, self.dn, self.su, self.sd] + ([self.sk] if young else [])
         st["n"] = self.ncnt
         if self.fo >= 0:
             st["f"] = [self.fo, self.bf, int(self.fj)]
         if self.flagged:
             st["x"] = 1
+        if self.rk >= 0:
+            st["k"] = [self.rk] if self.ro < 0 and self.rz == 0 else [self.rk, self.ro, self.rz]
         return st
 
     @classmethod
@@ -265,13 +294,19 @@ class _Member:
             k = len(m.ts)
             m.tv, m.noise = packed[:k], packed[k]
             m.sm = packed[k + 1] if len(packed) > k + 1 else math.nan
+            m.rn = packed[k + 2] if len(packed) > k + 2 else 0.0
         if "p" in st:
             p = [int(x) for x in st["p"]] + [0, 0]
             m.up, m.dn, m.su, m.sd = p[:4]
+            if len(st["p"]) > 4:
+                m.sk = p[4]
         m.ncnt = int(st["n"])
         if "f" in st:
             m.fo, m.bf, m.fj = int(st["f"][0]), int(st["f"][1]), bool(st["f"][2])
         m.flagged = bool(st.get("x", 0))
+        if "k" in st:
+            k3 = [int(x) for x in st["k"]]
+            m.rk, m.ro, m.rz = (k3[0], -1, 0) if len(k3) == 1 else (k3[0], k3[1], k3[2])
         return m
 
 
@@ -295,16 +330,24 @@ class CohortDetector:
         u = (value - ref) / spread
 
     in sibling spreads, where ``spread`` = max(IQR / 1.349, ``cohort_rel_floor`` * |ref|) of the
-    siblings plus ``INTERP_UNC`` times the reference's change between the two nodes (linear
-    interpolation is only that exact). A node counts only with ``cohort_min_runs`` siblings.
+    siblings plus the line's own uncertainty: ``cohort_interp_unc`` times how far the node below
+    lies off the line (the curvature: a line is exact on a straight stretch), 2x that when
+    extrapolating. (It was a share of the change between the two nodes, which widened the spread
+    by 4-9% on every sloped stretch, so departures sitting just beyond ``cohort_threshold`` waited
+    for noise to carry them over.) A node counts only with ``cohort_min_runs`` siblings.
     The run's own point noise (mean |first difference| of groups of 16 points) is *not* added to
-    the spread, which delayed slow drifts: two tests run side by side (:meth:`_judge`), the raw
-    point ``u`` (abrupt departures) and an EWMA of ``u`` (``SMOOTH_ALPHA``; drifts, the noise
-    divided out), and either confirms with ``CONFIRM`` consecutive points beyond its bar; the bar
-    is ``cohort_threshold``, raised only for a run whose own noise could carry a clean run there
-    (``NOISE_ALLOW`` + ``NOISE_Z`` noise units of that test). The onset is the first point of the
-    confirming streak. A run ahead of all but a few siblings cannot be judged on its curve: it is
-    judged on its final value.
+    the spread, which delayed slow drifts: two tests run side by side (:meth:`_point`), the raw
+    point ``u`` (abrupt departures) and an EWMA of ``u`` (``cohort_smooth_alpha``; drifts, the
+    noise divided out), and either confirms with ``cohort_confirm_buckets`` consecutive points
+    beyond its bar; the bar is ``cohort_threshold``, raised only for a run whose own noise could
+    carry a clean run there (``cohort_noise_allow`` + ``cohort_noise_z`` noise units of that
+    test). The onset is the first point of the confirming streak.
+
+    Runs ahead: a point with too few siblings at its step is not judged; the run is marked to
+    be rechecked from that fine bin, and when the siblings' data reaches it (any run completing a
+    fine bin at or above the marker), its stored bin and bucket means there are judged against
+    the siblings' fine bins (:meth:`_recheck`); the onset is the departure's step, as if judged
+    in time.
 
     Final value (:meth:`finish`): the median of the run's last 5 points against the finals of
     the finished siblings of a comparable length (last step within 25%), robust z with the
@@ -313,10 +356,10 @@ class CohortDetector:
 
     Cross-run level shift (:meth:`finish`): finished runs form a sequence in finish order; each
     is summarised by its level (:attr:`_Member.level`: the final and its last fine bins, less
-    noisy than the final). When the last ``LEVEL_RUNS`` levels (of comparable lengths) lie on
-    average beyond ``LEVEL_THRESHOLD`` robust units, each beyond ``LEVEL_EACH`` (and half their
-    median) on the same side, from the levels of the >= ``LEVEL_MIN_BASELINE`` runs finished
-    before them (since the last shift; scale: the larger of the MAD and the capped mean absolute
+    noisy than the final). When the last ``cohort_level_runs`` levels (of comparable lengths) lie on
+    average beyond ``cohort_level_threshold`` robust units, each beyond ``cohort_level_each`` (and
+    half their median) on the same side, from the levels of the >= ``cohort_level_min_baseline`` runs
+    finished before them (since the last shift; scale: the larger of the MAD and the capped mean absolute
     deviation, the MAD of a few runs being unreliable), a ``level_shift`` (scope "runs") is
     attached to the run whose finish completed the evidence. The new level then becomes the baseline (the
     finish order of the first shifted run is kept on every later finished member), so a shift
@@ -331,12 +374,28 @@ class CohortDetector:
         self.config = config
         self._m: dict[str, _Member] = {}
         self._nodes: dict[int, list[float]] = {}  # fine node -> sorted contributions
-        self._ver: dict[int, int] = {}  # fine node -> change counter (for the per-run cache)
+        self._ver = [0] * len(_HAS_F)  # fine node -> change counter (for the per-run cache)
         self._seq = 0  # update sequence (max member u)
         self._fseq = 0  # finish sequence (max member fo + 1)
         self._dirty: dict[str, bool] = {}  # run_id -> True: changed, False: evicted
         self._curve_on = "outlier_run" in config.enabled_kinds
         self._shift_on = "level_shift" in config.enabled_kinds
+        self._pend: set[str] = set()  # runs with a recheck marker (_Member.rk >= 0)
+        # the judgement's settings, unpacked once (the per-point path reads them every point)
+        self._thr = config.cohort_threshold
+        self._confirm = config.cohort_confirm_buckets
+        self._conf = (1 << self._confirm) - 1
+        self._alpha = config.cohort_smooth_alpha
+        self._allow = config.cohort_noise_allow
+        self._nz = config.cohort_noise_z
+        # standard deviation of the EWMA of white noise of unit variance k points after it started
+        # at one of them: sqrt(c^2k + alpha / (2 - alpha) (1 - c^2k)), c = 1 - alpha (1 at k = 0,
+        # the raw point's, down to sqrt(alpha / (2 - alpha))): the smoothed test's noise term
+        c2 = (1.0 - self._alpha) ** 2
+        st = self._alpha / (2.0 - self._alpha)
+        self._nz_s = [self._nz * math.sqrt(c2**k + st * (1.0 - c2**k)) for k in range(SK_MAX + 1)]
+        self._nz_s_np = np.asarray(self._nz_s)
+        self._interp = config.cohort_interp_unc
 
     # ------------------------------------------------------------------ public API
 
@@ -349,6 +408,8 @@ class CohortDetector:
         if isinstance(steps, np.ndarray) and isinstance(values, np.ndarray) and steps.size <= SMALL_CALL:
             if steps.shape != values.shape:
                 raise ValueError(f"steps and values differ in length: {steps.shape} vs {values.shape}")
+            if steps.size == 1:  # the hot path of a fleet: one point per event
+                return self._update_one(run_id, int(steps.item()), float(values.item()))
             if steps.size == 0:
                 return []
             return self._update_small(run_id, steps.ravel().tolist(), values.ravel().tolist())
@@ -365,18 +426,23 @@ class CohortDetector:
         m = self._m.get(run_id)
         if m is None or m.fo >= 0:
             return []  # unknown (never logged this key, or forgotten) or already finished
+        rg = m.rg
         if m.fcnt:
             self._close_fine(m)
         if m.ccnt:
             self._close_coarse(m)
         m.cb, m.fb = -1, -1
         self._resync(m)
+        out: list[tuple[str, Anomaly]] = []
+        if self._pend and m.rg != rg:
+            self._closed(run_id, m, out)
+        elif m.rk >= 0:
+            self._recheck(run_id, m, out)  # its last bin closed: it may be judged to its end now
         prev = self._latest_finished()
         m.fo = self._fseq
         self._fseq += 1
         m.bf = prev.bf if prev is not None else 0
         self._touch(run_id, m)
-        out: list[tuple[str, Anomaly]] = []
         if self._curve_on:
             for rid, r in self._m.items():
                 if r.fo >= 0 and not r.fj:
@@ -410,6 +476,8 @@ class CohortDetector:
             d._seq = max(d._seq, m.u)
             if m.fo >= 0:
                 d._fseq = max(d._fseq, m.fo + 1)
+            if m.rk >= 0:
+                d._pend.add(rid)
             d._resync(m)
         return d
 
@@ -426,6 +494,7 @@ class CohortDetector:
 
     def _forget(self, run_id: str) -> None:
         m = self._m.pop(run_id)
+        self._pend.discard(run_id)
         for g in list(m.contrib):
             self._drop(m, g)
         self._dirty[run_id] = False
@@ -447,7 +516,7 @@ class CohortDetector:
         if lst is None:
             lst = self._nodes[g] = []
         insort(lst, v)
-        self._ver[g] = self._ver.get(g, 0) + 1
+        self._ver[g] += 1
         m.contrib[g] = v
 
     def _drop(self, m: _Member, g: int) -> None:
@@ -513,8 +582,12 @@ class CohortDetector:
             m.synced = synced
         else:
             m.synced = rs
-        # the ring
+        # the ring (most bins unchanged since the last close: compared here, not in _set)
+        contrib = m.contrib
         for i, v in enumerate(m.ring):
+            have = contrib.get(rs + i)
+            if (have is None and v != v) or have == v:
+                continue
             self._set(m, rs + i, v)
 
     def _set(self, m: _Member, g: int, want: float) -> None:
@@ -561,12 +634,10 @@ class CohortDetector:
         Memoised per run on the nodes' change counters, so it is recomputed only when a node
         it reads changes.
         """
-        lo = g if upper else _PREV_F[g]
-        hi = _NEXT_F[g] if upper else g
+        k2 = 2 * g + upper
+        lo, hi, p1, p2, p3 = _REFN[k2]
         ver = self._ver
-        p1 = _PREV_F[lo] if lo >= 0 else -1
-        p2 = _PREV_F[p1] if p1 >= 0 else -1
-        key = (g, upper, ver.get(lo, 0), ver.get(hi, 0), ver.get(p1, 0), ver.get(p2, 0))
+        key = (k2, ver[lo], ver[hi], ver[p1], ver[p2], ver[p3])
         c = m.cache
         if c is not None and c[0] == key:
             return c[1]  # type: ignore[no-any-return]
@@ -602,8 +673,17 @@ class CohortDetector:
             if c is None:
                 return None
             p1, p2, n1, n2 = _POS_F[lo2], _POS_F[lo], c, a
+            lo = lo2
             extra = 1.0
-        spread = max(n1[1], n2[1]) + INTERP_UNC * (1.0 + extra) * abs(n2[0] - n1[0])
+        # the line is exact on a straight stretch: its error grows with the curvature, measured
+        # by how far the node below lies off the line (without one: the change along the line)
+        below = _PREV_F[lo]
+        nb = self._node(below, own.get(below)) if below >= 0 else None
+        if nb is not None:
+            dev = abs(nb[0] - (n1[0] + (_POS_F[below] - p1) / (p2 - p1) * (n2[0] - n1[0])))
+        else:
+            dev = abs(n2[0] - n1[0])
+        spread = max(n1[1], n2[1]) + self._interp * (1.0 + _EXTRAP * extra) * dev
         return p1, n1[0], p2, n2[0], spread, min(n1[2], n2[2])
 
     # ------------------------------------------------------------------ update paths
@@ -614,68 +694,166 @@ class CohortDetector:
         if m.fo >= 0:
             return out  # points after finish: the run is judged, its summary stays as it ended
         last = m.ts[-1] if m.ts else -1
+        rg = m.rg
         changed = False
-        thr = self.config.cohort_threshold
-        judge = self._curve_on and not m.flagged
+        point = self._point
         for s, v in zip(steps, values, strict=True):
             if s <= last or not math.isfinite(v):
                 continue
             changed = True
             last = s
-            g = bisect_right(_EDGES_F, s) - 1
-            c = g // COARSE_RATIO
-            # -- judge the point before it joins the summary
-            if judge:
-                ref = spread = math.nan
-                if m.noise == m.noise:
-                    r = self._ref(m, g, s >= _POS_F[g])
-                    if r is not None:
-                        p1, m1, p2, m2, spread, _n = r
-                        ref = m1 + (s - p1) / (p2 - p1) * (m2 - m1)
-                hit = self._judge(m, v, ref, spread, m.noise, thr)
-                if hit is not None:
-                    m.flagged, judge = True, False
-                    z, streak = hit
-                    onset = [*m.ts, s][-streak]  # the tail does not hold the current point yet
-                    out.append((run_id, self._curve_anomaly_at(onset, s, v, z, ref, g, m)))
-            # -- noise of the run (first differences, groups of NOISE_GROUP)
-            if m.tv:
-                m.nsum += abs(v - m.tv[-1])
-                m.ncnt += 1
-                if m.ncnt == NOISE_GROUP:
-                    m.noise = _f32(m.nsum / NOISE_GROUP * _NOISE_FROM_ABS_DIFF)
-                    m.nsum, m.ncnt = 0.0, 0
-            v32 = _f32(v)
-            m.tv.append(v32)
-            m.ts.append(s)
-            if len(m.tv) > FINAL_TAIL:
-                del m.tv[0], m.ts[0]
-            # -- summary
-            if g != m.fb:
-                resync = False
-                if m.fcnt:
-                    self._close_fine(m)
-                    resync = True
-                m.fb = g
-                if c != m.cb:
-                    if m.ccnt:
-                        self._close_coarse(m)
-                    m.cb = c
-                if resync:
-                    self._resync(m)
-            m.fsum += v
-            m.fcnt += 1
-            m.csum += v
-            m.ccnt += 1
+            point(run_id, m, s, v, out)
         if changed:
             if m.sm == m.sm:
                 m.sm = _f32(m.sm)  # what the packed state keeps
             self._touch(run_id, m)
+            if self._pend and m.rg != rg:
+                self._closed(run_id, m, out)
         return out
+
+    def _update_one(self, run_id: str, s: int, v: float) -> list[tuple[str, Anomaly]]:
+        """:meth:`_update_small` for one point (no list building)."""
+        m = self._m.get(run_id)
+        if m is None:
+            m = self._member(run_id)
+        out: list[tuple[str, Anomaly]] = []
+        if m.fo >= 0 or s <= (m.ts[-1] if m.ts else -1) or not math.isfinite(v):
+            return out
+        rg = m.rg
+        self._point(run_id, m, s, v, out)
+        if m.sm == m.sm:
+            m.sm = _f32(m.sm)  # what the packed state keeps
+        self._seq += 1
+        m.u = self._seq
+        self._dirty[run_id] = True
+        if self._pend and m.rg != rg:
+            self._closed(run_id, m, out)
+        return out
+
+    def _point(self, run_id: str, m: _Member, s: int, v: float, out: list[tuple[str, Anomaly]]) -> None:
+        """One new point: judge it against the sibling reference, then add it to the summary.
+
+        The judgement is inlined here (the single-point path is the hot one in a fleet); the
+        batch path (:meth:`_update_batch`) computes the same tests vectorised. Two tests, either
+        confirms with ``cohort_confirm_buckets`` consecutive points beyond its bar on one side:
+
+        - raw: ``z`` = (value - reference) / spread of the point itself (abrupt departures);
+        - smoothed: an EWMA of ``z`` (``cohort_smooth_alpha``), so the point noise is divided
+          out rather than added to the scale and slow drifts confirm soon after they reach the
+          threshold.
+
+        The bar is ``cohort_threshold``, raised to ``cohort_noise_allow + cohort_noise_z * (noise
+        of the test in spreads)`` for a run whose own noise could otherwise carry it there. No
+        reference (too few siblings there) or no noise estimate yet judges nothing and restarts
+        the EWMA; the former also marks the run for a recheck of its curve (:meth:`_recheck`).
+        The EWMA restarts at the first residual, and the smoothed test's noise term follows its
+        noise from there (that of one point, settling to the EWMA's within ~8 points): with the
+        settled bar from the start, one wild first point (heavy-tailed noise) confirmed it.
+        """
+        g = bisect_right(_EDGES_F, s) - 1
+        if self._curve_on and not m.flagged:
+            noise = m.noise
+            zr = math.nan
+            if noise == noise:
+                k2 = 2 * g + (s >= _POS_F[g])  # the memo of _ref, inlined
+                lo, hi, p1, p2, p3 = _REFN[k2]
+                ver = self._ver
+                key = (k2, ver[lo], ver[hi], ver[p1], ver[p2], ver[p3])
+                cache = m.cache
+                if cache is not None and cache[0] == key:
+                    r = cache[1]
+                else:
+                    r = self._ref_compute(m, lo, hi)
+                    m.cache = (key, r)
+                if r is None:
+                    if m.rk < 0:
+                        m.rk, m.ro, m.rz, m.rn = g, -1, 0, noise  # noise: float32 already
+                        self._pend.add(run_id)
+                else:
+                    x1, m1, x2, m2, spread, _n = r
+                    ref = m1 + (s - x1) / (x2 - x1) * (m2 - m1)
+                    zr = (v - ref) / spread
+            if zr == zr:
+                thr = self._thr
+                sm = m.sm
+                if sm != sm:
+                    zs, sk = zr, 0
+                else:
+                    zs, sk = sm + self._alpha * (zr - sm), m.sk + 1 if m.sk < SK_MAX else SK_MAX
+                m.sm, m.sk = zs, sk
+                q = noise / spread
+                br = self._allow + self._nz * q
+                if br < thr:
+                    br = thr
+                bs = self._allow + self._nz_s[sk] * q
+                if bs < thr:
+                    bs = thr
+                up = ((m.up & _MASK) << 1) | (zr >= br)
+                dn = ((m.dn & _MASK) << 1) | (zr <= -br)
+                su = ((m.su & _MASK) << 1) | (zs >= bs)
+                sd = ((m.sd & _MASK) << 1) | (zs <= -bs)
+                conf = self._conf
+                if (up | dn | su | sd) & 1 and (
+                    up & conf == conf or dn & conf == conf or su & conf == conf or sd & conf == conf
+                ):
+                    bits, z = (
+                        (up, zr)
+                        if up & conf == conf
+                        else (dn, zr)
+                        if dn & conf == conf
+                        else (su, zs)
+                        if su & conf == conf
+                        else (sd, zs)
+                    )
+                    m.up = m.dn = m.su = m.sd = 0
+                    m.flagged = True
+                    self._unpend(run_id, m)
+                    streak = (bits ^ (bits + 1)).bit_length() - 1  # trailing ones: the streak
+                    onset = [*m.ts, s][-streak]  # the tail does not hold the current point yet
+                    out.append((run_id, self._curve_anomaly_at(onset, s, v, z, ref, g, m)))
+                else:
+                    m.up, m.dn, m.su, m.sd = up, dn, su, sd
+            else:
+                m.sm = math.nan
+                m.up = (m.up & _MASK) << 1
+                m.dn = (m.dn & _MASK) << 1
+                m.su = (m.su & _MASK) << 1
+                m.sd = (m.sd & _MASK) << 1
+        # -- noise of the run (first differences, groups of NOISE_GROUP)
+        tv = m.tv
+        if tv:
+            m.nsum += abs(v - tv[-1])
+            m.ncnt += 1
+            if m.ncnt == NOISE_GROUP:
+                m.noise = _f32(m.nsum / NOISE_GROUP * _NOISE_FROM_ABS_DIFF)
+                m.nsum, m.ncnt = 0.0, 0
+        tv.append(_f32(v))
+        m.ts.append(s)
+        if len(tv) > FINAL_TAIL:
+            del tv[0], m.ts[0]
+        # -- summary
+        if g != m.fb:
+            resync = False
+            if m.fcnt:
+                self._close_fine(m)
+                resync = True
+            m.fb = g
+            c = g // COARSE_RATIO
+            if c != m.cb:
+                if m.ccnt:
+                    self._close_coarse(m)
+                m.cb = c
+            if resync:
+                self._resync(m)
+        m.fsum += v
+        m.fcnt += 1
+        m.csum += v
+        m.ccnt += 1
 
     def _update_batch(
         self, run_id: str, st: npt.NDArray[np.int64], va: npt.NDArray[np.float64]
     ) -> list[tuple[str, Anomaly]]:
+        """Many points at once: the same judgement as :meth:`_point`, vectorised (same findings)."""
         m = self._member(run_id)
         out: list[tuple[str, Anomaly]] = []
         if m.fo >= 0:
@@ -690,6 +868,7 @@ class CohortDetector:
             return out
         if n <= SMALL_CALL:
             return self._update_small(run_id, st.tolist(), va.tolist())
+        rg = m.rg
         gf = np.searchsorted(_EDGES_F_NP, st, side="right") - 1
         v32 = va.astype(np.float32).astype(np.float64)
         # -- point noise in effect at each point (before its own difference joins)
@@ -721,33 +900,8 @@ class CohortDetector:
         else:
             new_nsum = m.nsum + (float(csum[-1]) if len(d) else 0.0)
             new_ncnt = m.ncnt + len(d)
-        # -- judge every point against the sibling reference
         if self._curve_on and not m.flagged:
-            upper = st >= _POS_F_NP[gf]
-            keyv = gf * 2 + upper
-            uk, inv = np.unique(keyv, return_inverse=True)
-            params = np.full((len(uk), 5), np.nan)
-            for i, k in enumerate(uk.tolist()):
-                r = self._ref(m, k >> 1, bool(k & 1))
-                if r is not None:
-                    params[i] = r[:5]
-            p1, m1, p2, m2, spread = (params[inv, j] for j in range(5))
-            ref = m1 + (st - p1) / (p2 - p1) * (m2 - m1)
-            thr = self.config.cohort_threshold
-            judge = self._judge
-            for i, (v, rf, sp, nz) in enumerate(
-                zip(va.tolist(), ref.tolist(), spread.tolist(), noise_at.tolist(), strict=True)
-            ):
-                hit = judge(m, v, rf, sp, nz, thr)
-                if hit is not None:
-                    z, streak = hit
-                    onset = (m.ts + st[max(0, i + 1 - PERSIST_N) : i + 1].tolist())[-streak]
-                    m.flagged = True
-                    m.up = m.dn = m.su = m.sd = 0
-                    out.append((run_id, self._curve_anomaly_at(onset, int(st[i]), v, z, rf, int(gf[i]), m)))
-                    break
-            if m.sm == m.sm:
-                m.sm = _f32(m.sm)
+            self._judge_batch(run_id, m, st, va, gf, noise_at, out)
         m.noise, m.nsum, m.ncnt = new_noise, new_nsum, new_ncnt
         # -- tails
         m.tv = (m.tv + v32[-FINAL_TAIL:].tolist())[-FINAL_TAIL:]
@@ -757,7 +911,145 @@ class CohortDetector:
         self._fold(m, gf // COARSE_RATIO, va, fine=False)
         self._resync(m)
         self._touch(run_id, m)
+        if self._pend and m.rg != rg:
+            self._closed(run_id, m, out)
         return out
+
+    def _judge_batch(
+        self,
+        run_id: str,
+        m: _Member,
+        st: npt.NDArray[np.int64],
+        va: npt.NDArray[np.float64],
+        gf: npt.NDArray[np.int64],
+        noise_at: npt.NDArray[np.float64],
+        out: list[tuple[str, Anomaly]],
+    ) -> None:
+        """:meth:`_point`'s judgement of a call's points at once (the reference does not depend on
+        the run's own points, so it is the same as point by point); the EWMA alone is a loop,
+        and only where the smoothed test could fire."""
+        n = len(st)
+        upper = st >= _POS_F_NP[gf]
+        keyv = gf * 2 + upper
+        uk, inv = np.unique(keyv, return_inverse=True)
+        params = np.full((len(uk), 5), np.nan)
+        for i, k in enumerate(uk.tolist()):
+            r = self._ref(m, k >> 1, bool(k & 1))
+            if r is not None:
+                params[i] = r[:5]
+        p1, m1, p2, m2, spread = (params[inv, j] for j in range(5))
+        ref = m1 + (st - p1) / (p2 - p1) * (m2 - m1)
+        with np.errstate(invalid="ignore"):
+            zr = (va - ref) / spread
+            zr[np.isnan(noise_at)] = np.nan
+            q = noise_at / spread
+            thr = self._thr
+            br = np.maximum(self._allow + self._nz * q, thr)
+        ok = ~np.isnan(zr)
+        idx = np.arange(n)
+        # residuals in the EWMA after its first, at each point (it restarts after an unjudged one)
+        sm0 = m.sm
+        start = -(m.sk + 2) if sm0 == sm0 else -1
+        sk = np.minimum(idx - np.maximum.accumulate(np.where(ok, start, idx)) - 1, SK_MAX)
+        with np.errstate(invalid="ignore"):
+            bs = np.maximum(self._allow + self._nz_s_np[np.maximum(sk, 0)] * q, thr)
+        # -- the smoothed test: EWMA restarted after every unjudged point
+        zrl = zr.tolist()
+        bound = float(np.max(np.abs(zr[ok]))) if ok.any() else 0.0
+        if sm0 == sm0:
+            bound = max(bound, abs(sm0))
+        if bound >= thr:  # the EWMA is a convex combination of sm and the z's: it may cross a bar
+            a = self._alpha
+            zsl = []
+            sm = sm0
+            for x in zrl:
+                if x != x:
+                    sm = math.nan
+                elif sm != sm:
+                    sm = x
+                else:
+                    sm = sm + a * (x - sm)
+                zsl.append(sm)
+            zs = np.asarray(zsl)
+        else:
+            zs = None
+        with np.errstate(invalid="ignore"):
+            tests = [zr >= br, zr <= -br]
+            if zs is not None:
+                tests += [zs >= bs, zs <= -bs]
+        # consecutive run lengths, carrying the streaks of the previous points in
+        conf = self._confirm
+        hit_at = n
+        lengths = []
+        for t, bits in zip(tests, (m.up, m.dn, m.su, m.sd), strict=False):
+            carry = (bits ^ (bits + 1)).bit_length() - 1
+            lastf = np.maximum.accumulate(np.where(t, -1 - carry, idx))
+            run = idx - lastf
+            lengths.append(run)
+            hits = np.flatnonzero(run >= conf)
+            if len(hits):
+                hit_at = min(hit_at, int(hits[0]))
+        # the first unjudged point for lack of siblings (before any hit) marks a recheck
+        if m.rk < 0:
+            no_ref = np.flatnonzero(np.isnan(ref[:hit_at]) & ~np.isnan(noise_at[:hit_at]))
+            if len(no_ref):
+                m.rk, m.ro, m.rz = int(gf[no_ref[0]]), -1, 0
+                m.rn = float(noise_at[no_ref[0]])
+                self._pend.add(run_id)
+        if hit_at < n:
+            i = hit_at
+            j = next(k for k, run in enumerate(lengths) if run[i] >= conf)  # up, down, then smoothed
+            run = lengths[j]
+            z = float(zr[i]) if j < 2 else float(zs[i])  # type: ignore[index]
+            streak = min(int(run[i]), PERSIST_N)
+            onset = (m.ts + st[max(0, i + 1 - PERSIST_N) : i + 1].tolist())[-streak]
+            m.flagged = True
+            m.up = m.dn = m.su = m.sd = 0
+            self._unpend(run_id, m)
+            sm_end = float(zs[i]) if zs is not None else math.nan
+            if zs is None:  # only the raw test can have fired: the EWMA up to i
+                sm_end = self._ewma_end(zr[: i + 1], sm0)
+            m.sm, m.sk = sm_end, int(sk[i])
+            v = float(va[i])
+            out.append(
+                (run_id, self._curve_anomaly_at(onset, int(st[i]), v, z, float(ref[i]), int(gf[i]), m))
+            )
+        else:
+            bits_out = []
+            for t, bits in zip(tests, (m.up, m.dn, m.su, m.sd), strict=False):
+                for x in t[-PERSIST_N:].tolist():
+                    bits = ((bits & _MASK) << 1) | x
+                bits_out.append(bits)
+            if zs is None:
+                # the smoothed tests stayed within their bars: no bits set
+                for bits in (m.su, m.sd):
+                    b = bits
+                    for _ in range(min(n, PERSIST_N)):
+                        b = (b & _MASK) << 1
+                    bits_out.append(b)
+                m.sm = self._ewma_end(zr, sm0)
+            else:
+                m.sm = zsl[-1]
+            m.up, m.dn, m.su, m.sd = bits_out
+            m.sk = max(int(sk[-1]), 0)
+        if m.sm == m.sm:
+            m.sm = _f32(m.sm)
+
+    def _ewma_end(self, zr: npt.NDArray[np.float64], sm: float) -> float:
+        """The EWMA after ``zr`` (restarted after its last unjudged point), without the loop."""
+        bad = np.flatnonzero(np.isnan(zr))
+        if len(bad):
+            if bad[-1] == len(zr) - 1:
+                return math.nan
+            zr, sm = zr[bad[-1] + 1 :], math.nan
+        if sm != sm:
+            sm, zr = float(zr[0]), zr[1:]
+        k = len(zr)
+        if k == 0:
+            return sm
+        c = 1.0 - self._alpha
+        w = c ** np.arange(k - 1, -1, -1, dtype=np.float64)  # old weights underflow to 0: harmless
+        return float(c**k * sm + self._alpha * float(np.dot(w, zr)))
 
     def _fold(self, m: _Member, bins: npt.NDArray[np.int64], va: npt.NDArray[np.float64], fine: bool) -> None:
         """Add a call's points to the open bin / bucket, completing the ones it moves past."""
@@ -782,47 +1074,143 @@ class CohortDetector:
                 m.csum += float(sums[j])
                 m.ccnt += cnt
 
-    # ------------------------------------------------------------------ findings
+    # ------------------------------------------------------------------ recheck (runs ahead)
 
-    @staticmethod
-    def _judge(
-        m: _Member, v: float, ref: float, spread: float, noise: float, thr: float
-    ) -> tuple[float, int] | None:
-        """Judge one point against the sibling reference; (z, streak length) when it confirms a departure.
+    def _unpend(self, run_id: str, m: _Member) -> None:
+        m.rk, m.ro, m.rz = -1, -1, 0
+        self._pend.discard(run_id)
 
-        ``z`` is the residual ``value - reference`` in sibling spreads. Two tests, either confirms
-        with ``CONFIRM`` consecutive points beyond their bar on one side:
+    def _closed(self, run_id: str, m: _Member, out: list[tuple[str, Anomaly]]) -> None:
+        """``m`` completed fine bins up to ``m.rg``: recheck the runs marked at or below them.
 
-        - raw: the point itself; catches abrupt departures within ``CONFIRM`` points;
-        - smoothed: an EWMA of the residuals, so the point noise is divided out rather than added
-          to the scale and slow drifts confirm soon after they reach the threshold.
-
-        The bar is ``cohort_threshold``, raised to ``NOISE_ALLOW + NOISE_Z * (noise of the test in
-        spreads)`` for a run whose own noise could otherwise carry it there (the point noise
-        itself for the raw test, the EWMA's share of it for the smoothed one).
-        ``nan`` (no reference, or no noise estimate yet) judges nothing and restarts the EWMA.
+        Only this call's closes can complete a sibling node, so a marked run is looked at only
+        when a node at or above its marker changed (or its own bins completed): O(marked runs)
+        per completed bin, and few runs are ahead of all but a few siblings at a time.
         """
-        if ref == ref and spread == spread and noise == noise:
-            zr = (v - ref) / spread
-            sm = m.sm
-            zs = zr if sm != sm else sm + SMOOTH_ALPHA * (zr - sm)
-            m.sm = zs
-            q = noise / spread
-            br = max(thr, NOISE_ALLOW + NOISE_Z * q)
-            bs = max(thr, NOISE_ALLOW + NOISE_Z * _SMOOTH_SD * q)
-        else:
-            zr = zs = math.nan
-            br = bs = thr
-            m.sm = math.nan
-        m.up = ((m.up & _MASK) << 1) | (zr >= br)
-        m.dn = ((m.dn & _MASK) << 1) | (zr <= -br)
-        m.su = ((m.su & _MASK) << 1) | (zs >= bs)
-        m.sd = ((m.sd & _MASK) << 1) | (zs <= -bs)
-        for bits, z in ((m.up, zr), (m.dn, zr), (m.su, zs), (m.sd, zs)):
-            if bits & _CONF == _CONF:
-                m.up = m.dn = m.su = m.sd = 0
-                return z, (bits ^ (bits + 1)).bit_length() - 1  # trailing ones: the streak
-        return None
+        g = m.rg
+        for rid in sorted(self._pend):  # sorted: findings in a stable order
+            r = self._m.get(rid)
+            if r is not None and (rid == run_id or r.rk <= g):
+                self._recheck(rid, r, out)
+
+    def _recheck(self, run_id: str, m: _Member, out: list[tuple[str, Anomaly]]) -> None:
+        """Judge the run's stored curve from bin ``m.rk`` on where its siblings now have data.
+
+        The run was ahead of all but a few siblings there. Units: its fine-bin means while they
+        are in its ring, its coarse-bucket means below (both means of its points, as the
+        siblings' fine-bin means are: no interpolation, biased on curved stretches); the siblings'
+        reference is the step-weighted mean of their node medians over the unit's fine bins (each
+        with >= ``cohort_min_runs`` siblings), the spread their step-weighted mean spread. The
+        bar is the point test's with the run's noise (the larger of now and when marked: early
+        points are noisier) divided by sqrt(points in the unit, from its step stride).
+        ``cohort_confirm_buckets`` consecutive units beyond it on one side confirm, or one unit
+        of at least 4x that many points; the onset is the first step of the first of them and
+        ``detected_at_step`` the last step of the confirming unit (its data made the departure
+        certain); ``reported_at_step`` is the run's last step when it was reported.
+        """
+        if m.flagged or not self._curve_on:
+            self._unpend(run_id, m)
+            self._dirty[run_id] = True
+            return
+        if m.noise != m.noise or m.rg < 0:
+            return
+        noise = max(m.noise, m.rn)  # the noise when it was marked covers the earlier bins
+        before = (m.rk, m.ro, m.rz)
+        b = max(m.rk, m.g0)
+        rs = m.rg - len(m.ring) + 1
+        ts = m.ts
+        stride = max(1.0, (ts[-1] - ts[0]) / (len(ts) - 1)) if len(ts) > 1 else 1.0
+        thr, conf = self._thr, self._confirm
+        stop = m.last_step + 1
+        contrib = m.contrib
+        node = self._node
+        while b <= m.rg:
+            if b < rs:  # below the ring: the coarse bucket holding b
+                c = b // COARSE_RATIO
+                i = c - m.b0
+                val = m.curve[i] if m.b0 >= 0 and 0 <= i < len(m.curve) else math.nan
+                lo, hi = max(c * COARSE_RATIO, m.g0), c * COARSE_RATIO + COARSE_RATIO - 1
+            else:
+                val = m.ring[b - rs]
+                lo = hi = b
+            if val != val:
+                b = hi + 1
+                continue
+            w_sum = m_sum = s_sum = 0.0
+            n_min = 1 << 30
+            for g in range(lo, hi + 1):
+                if not _HAS_F[g]:
+                    continue
+                nd = node(g, contrib.get(g))
+                if nd is None:
+                    break
+                w = min(_EDGES_F[g + 1], stop) - _EDGES_F[g]  # the run's steps in the bin
+                w_sum += w
+                m_sum += w * nd[0]
+                s_sum += w * nd[1]
+                n_min = min(n_min, nd[2])
+            else:
+                if w_sum == 0:
+                    b = hi + 1
+                    continue
+                ref, spread = m_sum / w_sum, s_sum / w_sum
+                z = (val - ref) / spread
+                bar = max(thr, self._allow + self._nz * noise / math.sqrt(max(1.0, w_sum / stride)) / spread)
+                side = 1 if z >= bar else -1 if z <= -bar else 0
+                if side and m.rz * side > 0:
+                    m.rz += side
+                else:
+                    m.rz, m.ro = side, (lo if side else -1)
+                if side and w_sum >= 4 * conf * stride:
+                    # a mean of >= 4x as many points as the point test's streak: one wild point
+                    # moves it by a quarter of that at most, so it confirms alone
+                    m.rz = side * conf
+                b = hi + 1
+                if abs(m.rz) >= conf:
+                    onset = _EDGES_F[m.ro]
+                    if ts and onset > ts[-1]:
+                        onset = ts[-1]
+                    end = min(_EDGES_F[hi + 1] - 1, m.last_step)
+                    m.flagged = True
+                    self._unpend(run_id, m)
+                    self._dirty[run_id] = True
+                    out.append((run_id, self._recheck_anomaly(onset, end, val, z, ref, n_min, m)))
+                    return
+                continue
+            break  # a node of this unit lacks siblings: wait for them
+        m.rk = b
+        if b > m.rg and (m.sm == m.sm or m.fo >= 0):
+            self._unpend(run_id, m)  # caught up: the point test judges the run's new points again
+        if (m.rk, m.ro, m.rz) != before:
+            self._dirty[run_id] = True  # stored again (its recency, m.u, is unchanged)
+
+    def _recheck_anomaly(
+        self, onset: int, end: int, v: float, z: float, ref: float, n: int, m: _Member
+    ) -> Anomaly:
+        c = self.config
+        return Anomaly(
+            "outlier_run",
+            onset,
+            _severity(z, c.cohort_threshold),
+            {
+                "message": (
+                    f"{self.key}: the curve of this run left its {n} sibling runs around step {onset}: its "
+                    f"mean up to step {end} is {_fmt(v)}, {abs(z):.1f} robust deviations "
+                    f"{'above' if z > 0 else 'below'} their median {_fmt(ref)} (judged when the siblings "
+                    f"reached those steps; this run was at step {m.last_step})"
+                ),
+                "basis": "curve",
+                "value": v,
+                "expected": ref,
+                "robust_z": z,
+                "threshold": c.cohort_threshold,
+                "siblings": n,
+                "detected_at_step": end,
+                "reported_at_step": m.last_step,
+            },
+        )
+
+    # ------------------------------------------------------------------ findings
 
     def _curve_anomaly_at(
         self, onset: int, s: int, v: float, z: float, ref: float, g: int, m: _Member
@@ -905,12 +1293,14 @@ class CohortDetector:
         )
 
     def _judge_level(self, run_id: str, m: _Member, out: list[tuple[str, Anomaly]]) -> None:
+        c = self.config
+        runs, threshold = c.cohort_level_runs, c.cohort_level_threshold
         seq = sorted(
             ((r.fo, rid, r) for rid, r in self._m.items() if r.fo >= m.bf and r.tv), key=lambda x: x[0]
         )
-        if len(seq) < LEVEL_RUNS + LEVEL_MIN_BASELINE:
+        if len(seq) < runs + c.cohort_level_min_baseline:
             return
-        cand = seq[-LEVEL_RUNS:]
+        cand = seq[-runs:]
         ref_step = _median([float(r.last_step) for _, _, r in cand])
         if any(
             not ref_step / FINAL_STEP_RATIO <= r.last_step <= ref_step * FINAL_STEP_RATIO for *_, r in cand
@@ -918,10 +1308,10 @@ class CohortDetector:
             return  # runs of different lengths: their finals are not comparable
         base = [
             (rid, r.level)
-            for _, rid, r in seq[:-LEVEL_RUNS]
+            for _, rid, r in seq[:-runs]
             if ref_step / FINAL_STEP_RATIO <= r.last_step <= ref_step * FINAL_STEP_RATIO
         ][-LEVEL_MAX_BASELINE:]
-        if len(base) < LEVEL_MIN_BASELINE:
+        if len(base) < c.cohort_level_min_baseline:
             return
         arr = np.asarray([v for _, v in base])
         med = float(np.median(arr))
@@ -931,16 +1321,17 @@ class CohortDetector:
         # absolute deviation is steadier; deviations are capped at 5 MADs so a failed run in the
         # baseline cannot inflate it much
         mean_dev = 1.2533 * float(np.mean(np.minimum(dev, 5.0 * mad)))
-        scale = max(mad, mean_dev, LEVEL_REL_FLOOR * abs(med), 1e-12)
+        scale = max(mad, mean_dev, c.cohort_level_rel_floor * abs(med), 1e-12)
         finals = [r.level for *_, r in cand]
         zs = [(f - med) / scale for f in finals]
         # each candidate clearly off on the same side, and together far off: the mean of k
         # independent runs is sqrt(k) less noisy than one, so a 6-spread shift is caught reliably
         # while one outlier run (or two) among ordinary ones is not a shift
-        each = max(LEVEL_EACH, 0.5 * abs(_median(zs)))  # a run half-way is before the change (or noise)
+        # a run half-way is before the change (or noise)
+        each = max(c.cohort_level_each, 0.5 * abs(_median(zs)))
         if not (all(z >= each for z in zs) or all(z <= -each for z in zs)):
             return
-        if abs(sum(zs) / len(zs)) < LEVEL_THRESHOLD:
+        if abs(sum(zs) / len(zs)) < threshold:
             return
         # the new level is the baseline from now on: kept on this (the latest finished) member
         m.bf = cand[0][0]
@@ -953,7 +1344,7 @@ class CohortDetector:
                 Anomaly(
                     "level_shift",
                     m.last_step,
-                    _severity(z, LEVEL_THRESHOLD),
+                    _severity(z, threshold),
                     {
                         "scope": "runs",
                         "message": (
@@ -968,7 +1359,7 @@ class CohortDetector:
                         "value": new,
                         "expected": med,
                         "scale": scale,
-                        "threshold": LEVEL_THRESHOLD,
+                        "threshold": threshold,
                         "detected_at_step": m.last_step,
                     },
                 ),

@@ -168,13 +168,32 @@ class DetectorConfig:
     plateau_patience: int = 30
     plateau_min_delta: float = 1.4
     plateau_prior_progress: float = 6.0
-    # outlier_run (CohortDetector)
+    # outlier_run (CohortDetector): a run's curve this far (in sibling spreads) from its
+    # siblings' median, with at least cohort_min_runs siblings there, confirmed on
+    # cohort_confirm_buckets consecutive points (or rechecked bins); finals use the same threshold.
     cohort_min_runs: int = 5
     cohort_threshold: float = 6.0
     cohort_rel_floor: float = 0.05  # sibling spread is at least 5% of |median| (tiny cohorts)
-    cohort_confirm_buckets: int = 2
+    # Consecutive points (or rechecked bins) beyond the threshold, 1-5. Three, not two: siblings with
+    # heavy-tailed noise put two points in a row past the bar often enough to flag clean runs.
+    cohort_confirm_buckets: int = 3
     cohort_max_runs: int = 500
-    cohort_buckets_per_octave: int = 4
+    cohort_smooth_alpha: float = 0.3  # EWMA weight of the newest residual (the drift test; lag ~2.3 points)
+    # the bar is raised above cohort_threshold for a run whose own noise could carry a clean run
+    # there: cohort_noise_allow spreads plus cohort_noise_z of its noise (per test)
+    cohort_noise_allow: float = 3.0
+    cohort_noise_z: float = 5.0
+    # the reference (a line through two sibling nodes) is uncertain by cohort_interp_unc x how far
+    # the node below lies off that line (the curvature), 2x that when extrapolated beyond the nodes
+    cohort_interp_unc: float = 0.125
+    # level_shift across runs: the last cohort_level_runs finished runs on average beyond
+    # cohort_level_threshold robust units from the levels of >= cohort_level_min_baseline runs
+    # finished before them, each beyond cohort_level_each; their spread >= cohort_level_rel_floor * |median|
+    cohort_level_runs: int = 3
+    cohort_level_threshold: float = 4.0
+    cohort_level_each: float = 3.0
+    cohort_level_min_baseline: int = 8
+    cohort_level_rel_floor: float = 0.002
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -259,6 +278,8 @@ def _validate(c: DetectorConfig) -> None:
         "plateau_min_delta",
         "plateau_prior_progress",
         "cohort_threshold",
+        "cohort_level_threshold",
+        "cohort_level_each",
     )
     for name in positive:
         v = getattr(c, name)
@@ -266,8 +287,16 @@ def _validate(c: DetectorConfig) -> None:
             raise ValueError(f"{name} must be a positive finite number, got {v!r}")
     if c.explode_ratio <= 1:
         raise ValueError(f"explode_ratio must be > 1, got {c.explode_ratio!r}")
-    if not 0 <= c.cohort_rel_floor < 10:
-        raise ValueError(f"cohort_rel_floor must be in [0, 10), got {c.cohort_rel_floor!r}")
+    for name in ("cohort_rel_floor", "cohort_interp_unc", "cohort_level_rel_floor", "cohort_noise_allow"):
+        v = getattr(c, name)
+        if not (isinstance(v, int | float) and 0 <= v < 10):
+            raise ValueError(f"{name} must be in [0, 10), got {v!r}")
+    if not (isinstance(c.cohort_noise_z, int | float) and 0 <= c.cohort_noise_z < 100):
+        raise ValueError(f"cohort_noise_z must be in [0, 100), got {c.cohort_noise_z!r}")
+    if not (isinstance(c.cohort_smooth_alpha, int | float) and 0 < c.cohort_smooth_alpha <= 1):
+        raise ValueError(f"cohort_smooth_alpha must be in (0, 1], got {c.cohort_smooth_alpha!r}")
+    if c.cohort_level_each > c.cohort_level_threshold:
+        raise ValueError("cohort_level_each must not exceed cohort_level_threshold")
     if c.spike_return >= c.spike_threshold:
         raise ValueError("spike_return must be below spike_threshold")
     bounds = {
@@ -276,9 +305,11 @@ def _validate(c: DetectorConfig) -> None:
         "change_confirm": (2, 50),
         "plateau_patience": (5, 5000),
         "cohort_min_runs": (2, 10_000),
-        "cohort_confirm_buckets": (1, 100),
+        # the onset is looked up in the run's last 5 points (its stored tail)
+        "cohort_confirm_buckets": (1, 5),
         "cohort_max_runs": (10, 100_000),
-        "cohort_buckets_per_octave": (1, 32),
+        "cohort_level_runs": (1, 50),
+        "cohort_level_min_baseline": (2, 1000),
     }
     for name, (lo, hi) in bounds.items():
         v = getattr(c, name)
