@@ -417,6 +417,66 @@ async def test_metric_history_paging_dedup_and_bulk_interval(client: httpx.Async
     await refused([*(("run_ids", run_id) for _ in range(101)), ("metric_key", "loss")])
 
 
+async def test_metric_history_pages_dedup_within_their_range_and_follow_appends(
+    client: httpx.AsyncClient,
+) -> None:
+    # A page reads only its own range and deduplicates within it: copies of a point must
+    # never come back twice or be lost, wherever a page boundary falls among them.
+    run_id = (await new_run(client))["info"]["run_id"]
+
+    def point(i: int, value: Any = None) -> dict[str, Any]:
+        return {"key": "acc", "value": 0.5 + i if value is None else value, "timestamp": 100 + i, "step": i}
+
+    # Four points at one (timestamp, step): ordered -Infinity, 1.0, Infinity, NaN.
+    same = [point(4, v) for v in ("NaN", "Infinity", 1.0, "-Infinity")]
+    distinct = [point(i) for i in range(10) if i != 4] + same
+    for _ in range(3):  # at-least-once delivery: each point stored three times
+        await post(client, "/runs/log-batch", {"run_id": run_id, "metrics": distinct})
+
+    async def history(max_results: int | None = None, token: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"run_id": run_id, "metric_key": "acc"}
+        if max_results is not None:
+            params["max_results"] = max_results
+        if token is not None:
+            params["page_token"] = token
+        page: dict[str, Any] = await get(client, "/metrics/get-history", params)
+        return page
+
+    async def paged(max_results: int) -> list[dict[str, Any]]:
+        collected: list[dict[str, Any]] = []
+        token = None
+        while True:
+            page = await history(max_results, token)
+            assert 0 < len(page.get("metrics", [])) <= max_results or "next_page_token" not in page
+            collected += page.get("metrics", [])
+            token = page.get("next_page_token")
+            if token is None:
+                return collected
+
+    full = (await history())["metrics"]
+    assert len(full) == len(distinct)
+    assert [(m["timestamp"], m["step"]) for m in full] == sorted((m["timestamp"], m["step"]) for m in full)
+    assert [m["value"] for m in full[4:8]] == ["-Infinity", 1.0, "Infinity", "NaN"]
+    for size in (1, 2, 3, 4, 7, 25_000):
+        assert await paged(size) == full, size
+
+    # Appends between two pages: the token still resumes right after the last point
+    # returned; points appended after it (and new copies of points on either side) show
+    # up exactly once.
+    first = await history(5)
+    # Fewer than 5: the first 6 rows read hold copies (the page still has a token).
+    assert first["metrics"] == full[: len(first["metrics"])] and "next_page_token" in first
+    later = [point(i) for i in range(10, 13)]
+    await post(client, "/runs/log-batch", {"run_id": run_id, "metrics": [full[0], full[9], *later]})
+    rest: list[dict[str, Any]] = []
+    token = first["next_page_token"]
+    while token is not None:
+        page = await history(5, token)
+        rest += page["metrics"]
+        token = page.get("next_page_token")
+    assert first["metrics"] + rest == full + later == (await history())["metrics"]
+
+
 async def test_search_runs(client: httpx.AsyncClient) -> None:
     exp_id = (await post(client, "/experiments/create", {"name": "search-runs"}))["experiment_id"]
     ids = []

@@ -3,16 +3,19 @@
 ClickHouse renders each point as a JSON object (as services/api/metrics does), so a
 25,000-point page or a 1M-point history costs no Python per point. Points are
 distinct by (timestamp, step, value): MLflow's dedup rule, whether or not the
-table has merged duplicates yet.
+table has merged duplicates yet. A page of get-history is a range read in time
+order, deduplicated within the page.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pyarrow.compute as pc
 
 from runledger.stores.clickhouse import ClickHouse
 from runledger.stores.clickhouse.tables import METRIC_POINTS
@@ -23,6 +26,8 @@ _VALUE_JSON = "multiIf(isFinite(value), toString(value), isNaN(value), '\"NaN\"'
 # NaN compares false with everything: the keyset orders it after the numbers of its
 # (timestamp, step) and compares 0 in its place.
 _ORDER = "ts, step, isNaN(value), if(isNaN(value), 0, value)"
+# The same key over the stored columns, for filtering before the rows are renamed.
+_STORED_ORDER = f"{_TS}, step, isNaN(value), if(isNaN(value), 0, value)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +40,12 @@ class Position:
     value: float
 
     def as_list(self) -> list[Any]:
-        return [self.timestamp, self.step, self.nan, self.value]
+        """The position for a page token. JSON has no infinities (orjson writes null, which
+        no token could be resumed from), so they travel as the strings float() reads back."""
+        value: float | str = self.value
+        if math.isinf(self.value):
+            value = "Infinity" if self.value > 0 else "-Infinity"
+        return [self.timestamp, self.step, self.nan, value]
 
 
 class HistoryReader:
@@ -51,7 +61,16 @@ class HistoryReader:
         self, run_id: str, key: str, after: Position | None, limit: int | None
     ) -> tuple[bytes, Position | None]:
         """Up to `limit` points (all when None) after `after`, ordered by (timestamp, step, value),
-        as the body of a JSON array; and the position of the last one when more follow."""
+        as the body of a JSON array; and the position of the last one when more may follow.
+
+        A page reads only its own range: the first limit + 1 stored rows after `after` in
+        time order (a top-N of the rest of the series), deduplicated among themselves. Duplicates are equal in every sorted
+        column, so they are adjacent in that order: a cut inside a run of copies leaves the
+        rest to the next page, whose keyset (strictly after the last point) skips them. A
+        page with duplicates therefore holds fewer than `limit` points but still a token;
+        the client follows tokens, not page sizes. (The whole-series DISTINCT this replaces
+        read and sorted all of a 1M-point series for each of its 40 pages.)
+        """
         params: dict[str, Any] = {
             "tenant": self._tenant_id,
             "run": run_id,
@@ -60,27 +79,39 @@ class HistoryReader:
         }
         keyset = ""
         if after is not None:
-            keyset = f" WHERE ({_ORDER}) > ({{t:Int64}}, {{s:Int64}}, {{n:UInt8}}, {{v:Float64}})"
+            # The bound on the bare column prunes granules early; the tuple comparison is the
+            # exact keyset.
+            keyset = (
+                " AND timestamp >= fromUnixTimestamp64Milli({t:Int64}, 'UTC')"
+                f" AND ({_STORED_ORDER}) > ({{t:Int64}}, {{s:Int64}}, {{n:UInt8}}, {{v:Float64}})"
+            )
             params |= {"t": after.timestamp, "s": after.step, "n": after.nan, "v": after.value}
-        limit_sql = ""
+        range_sql = ""
         if limit is not None:
-            limit_sql = " LIMIT {limit:UInt64}"
-            params["limit"] = limit + 1  # one more tells whether a next page exists
+            # Bare columns, not _ORDER's expressions (those made the top-N ~3x slower); the same
+            # order, since ClickHouse sorts NaN after every number as _ORDER does.
+            range_sql = " ORDER BY timestamp, step, value LIMIT {raw:UInt64}"
+            params["raw"] = limit + 1  # one more tells whether a next page exists
         sql = (
             "SELECT concat('{\"key\":', {keyjson:String}, ',\"value\":', " + _VALUE_JSON + ","
             " ',\"timestamp\":', toString(ts), ',\"step\":', toString(step), '},') AS row,"
-            " ts, step, isNaN(value) AS nan, if(isNaN(value), 0, value) AS v FROM ("
-            f" SELECT DISTINCT {_TS} AS ts, step, value FROM {self._points}"
-            " WHERE tenant_id = {tenant:String} AND run_id = {run:String} AND key = {key:String}"
-            f"){keyset} ORDER BY {_ORDER}{limit_sql}"
+            " ts, step, isNaN(value) AS nan, if(isNaN(value), 0, value) AS v, copies FROM ("
+            # GROUP BY rather than DISTINCT: the copies add up to the rows read, which says
+            # whether the range was cut off by the LIMIT.
+            " SELECT ts, step, value, count() AS copies FROM ("
+            f"  SELECT {_TS} AS ts, step, value FROM {self._points}"
+            "   WHERE tenant_id = {tenant:String} AND run_id = {run:String} AND key = {key:String}"
+            f"{keyset}{range_sql}"
+            f" ) GROUP BY ts, step, value) ORDER BY {_ORDER}"
         )
         table = await asyncio.to_thread(self._ch.query_arrow, sql, params)
-        more = limit is not None and table.num_rows > limit
-        if more:
-            table = table.slice(0, limit)
+        read = pc.sum(table.column("copies")).as_py() or 0  # null for no rows
+        cut = limit is not None and read > limit
+        if not cut:
+            return concatenated_strings(table.column("row"))[:-1], None
+        assert limit is not None
+        table = table.slice(0, limit)
         body = concatenated_strings(table.column("row"))[:-1]
-        if not more or table.num_rows == 0:
-            return body, None
         last = table.num_rows - 1
         position = Position(
             int(table.column("ts")[last].as_py()),
