@@ -154,14 +154,11 @@ class BatchWriter:
                 projection = build_projection(events, utc_now())
             await asyncio.to_thread(self._dead_letters.flush)  # rejects are durable first
             await checkpoints.mark_pending(conn, key, last)
-            if projection.points is not None:
-                await asyncio.to_thread(
-                    self._clickhouse.insert_arrow, "metric_points", projection.points, token + ".p"
-                )
-            if projection.archive is not None:
-                await asyncio.to_thread(
-                    self._clickhouse.insert_arrow, "events_archive", projection.archive, token + ".a"
-                )
+            # ClickHouse inserts (in a thread, off the GIL) while Postgres applies the batch:
+            # a batch then takes the longer of the two instead of their sum (in a fleet,
+            # ~140 ms + ~410 ms). The checkpoint still commits only after ClickHouse holds
+            # the batch, so the protocol of checkpoints.py is unchanged.
+            clickhouse = asyncio.ensure_future(self._insert_clickhouse(projection, token))
             ids = [a.event.envelope.event_id for a in events]
             try:
                 async with conn.transaction():
@@ -169,12 +166,32 @@ class BatchWriter:
                     await record_applied(conn, ids)
                     await count_dead_letters(conn, rejected)
                     await add_usage(conn, points_by_tenant(projection))
+                    await clickhouse
                     await checkpoints.advance(conn, key, state.committed, last)
             except asyncpg.PostgresError as exc:
+                await clickhouse
                 log.warning("batch %s refused by Postgres (%s); isolating the bad events", token, exc)
                 await self._write_isolating(conn, events, projection, rejected, state, last)
+            finally:
+                # Never leave the insert running past this batch (its thread cannot be cancelled):
+                # on any failure, wait for it, then let the first error propagate.
+                if not clickhouse.done():
+                    await asyncio.wait({clickhouse})
+                if clickhouse.done() and not clickhouse.cancelled():
+                    clickhouse.exception()  # retrieved: a failure already raised above is not logged twice
         state.committed = last
         return projection
+
+    async def _insert_clickhouse(self, projection: Projection, token: str) -> None:
+        """The batch's points and archive rows, with dedup tokens (a repeated batch is a no-op)."""
+        if projection.points is not None:
+            await asyncio.to_thread(
+                self._clickhouse.insert_arrow, "metric_points", projection.points, token + ".p"
+            )
+        if projection.archive is not None:
+            await asyncio.to_thread(
+                self._clickhouse.insert_arrow, "events_archive", projection.archive, token + ".a"
+            )
 
     async def _denied_by_recorded_run(
         self, conn: Any, batch: PreparedBatch, rejected: Counter[tuple[str, str]]

@@ -77,19 +77,23 @@ class LostOwnership(Exception):
 
 async def advance(conn: PgConnection, key: PartitionKey, expected: int, committed: int) -> None:
     """Move the checkpoint from `expected` to `committed` and notify waiting readers."""
-    status = await conn.execute(
+    # One round trip: the NOTIFY rides on the UPDATE's RETURNING (it is sent at commit, and
+    # only if the row moved, so a lost partition notifies nobody).
+    moved = await conn.fetch(
         "UPDATE projector_checkpoints SET committed = $6, pending_until = NULL, updated_at = now()"
-        " WHERE consumer_group = $1 AND incarnation = $2 AND topic = $3 AND partition = $4 AND committed = $5",
+        " WHERE consumer_group = $1 AND incarnation = $2 AND topic = $3 AND partition = $4 AND committed = $5"
+        " RETURNING pg_notify($7, $8)",
         key.group,
         key.incarnation,
         key.topic,
         key.partition,
         expected,
         committed,
+        NOTIFY_CHANNEL,
+        notification(key, committed),
     )
-    if status != "UPDATE 1":
+    if len(moved) != 1:
         raise LostOwnership(f"{key} is no longer at offset {expected}")
-    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, notification(key, committed))
 
 
 def notification(key: PartitionKey, committed: int) -> str:

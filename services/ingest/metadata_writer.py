@@ -35,6 +35,7 @@ from runledger.events.models import (
     TagsSetPayload,
 )
 from runledger.stores.postgres import PgConnection
+from services.ingest.latest_writer import upsert_latest
 from services.ingest.projection import Projection
 
 
@@ -528,29 +529,8 @@ async def apply_projection(
                 await handler(conn, event)
         except asyncpg.PostgresError as exc:
             reject(event, f"rejected by metadata store: {exc}")
-    latest = projection.latest
-    if latest is not None:
-        await conn.execute(
-            "INSERT INTO latest_metrics (tenant_id, run_id, key, value, step, timestamp, first_step)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::int8[], $6::int8[],"
-            " $7::int8[])"
-            " ON CONFLICT (tenant_id, run_id, key) DO UPDATE SET"
-            " first_step = LEAST(latest_metrics.first_step, excluded.first_step),"
-            " value = CASE WHEN (excluded.step, excluded.timestamp, excluded.value)"
-            "  > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)"
-            "  THEN excluded.value ELSE latest_metrics.value END,"
-            " timestamp = CASE WHEN (excluded.step, excluded.timestamp, excluded.value)"
-            "  > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)"
-            "  THEN excluded.timestamp ELSE latest_metrics.timestamp END,"
-            " step = GREATEST(latest_metrics.step, excluded.step)",
-            latest.tenant_ids,
-            latest.run_ids,
-            latest.keys,
-            latest.values.tolist(),
-            latest.steps.tolist(),
-            latest.timestamps.tolist(),
-            latest.first_steps.tolist(),
-        )
+    if projection.latest is not None:
+        await upsert_latest(conn, projection.latest)
 
 
 async def already_applied(conn: PgConnection, event_ids: list[str]) -> set[str]:
