@@ -166,14 +166,23 @@ class _Job:
 
 
 def _producer(
-    fleet: Fleet, producer: int, bootstrap: str, spool: str, ready: Any, go: Any, start_at: Any, results: Any
+    fleet: Fleet,
+    producer: int,
+    bootstrap: str,
+    api_key: str,
+    spool: str,
+    ready: Any,
+    go: Any,
+    start_at: Any,
+    results: Any,
 ) -> None:
-    """One producer process: R runs in R threads, one SDK client."""
+    """One producer process: R runs in R threads, one SDK client (signing with the stack's key)."""
     import runledger_sdk as rl
 
     rl.init(
         transport="kafka",
         kafka_bootstrap=bootstrap,
+        api_key=api_key,
         spool_dir=spool,
         system_metrics_interval_s=0,
         capture_code_state=False,
@@ -362,7 +371,9 @@ class Monitor:
         self.rows: list[dict[str, float]] = []
         self.t0 = 0.0
         self.partitions = stack.settings.topic_partitions
-        self.http = httpx.AsyncClient(base_url=stack.api_url, timeout=10, trust_env=False)
+        self.http = httpx.AsyncClient(
+            base_url=stack.api_url, timeout=10, trust_env=False, headers=_auth(stack.api_key)
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     def parts(self) -> dict[str, list[psutil.Process]]:
@@ -511,7 +522,17 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
     procs = [
         ctx.Process(
             target=_producer,
-            args=(fleet, i, stack.kafka_bootstrap, str(spool / str(i)), ready, go, start_at, results),
+            args=(
+                fleet,
+                i,
+                stack.kafka_bootstrap,
+                stack.api_key,
+                str(spool / str(i)),
+                ready,
+                go,
+                start_at,
+                results,
+            ),
         )
         for i in range(fleet.producers)
     ]
@@ -583,7 +604,7 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
             counted = time.time()
             after = scraped["after"]
             await monitor.stop()
-            history = await _history_counts(stack.api_url, probed, fleet.probe_key)
+            history = await _history_counts(stack.api_url, stack.api_key, probed, fleet.probe_key)
     finally:
         for p in procs:
             p.join(timeout=30)
@@ -688,9 +709,14 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
     }
 
 
-async def _history_counts(api: str, run_ids: list[str], key: str) -> list[int]:
+def _auth(api_key: str) -> dict[str, str]:
+    """HTTP headers of the stack's bootstrap key (every API route needs a key)."""
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+async def _history_counts(api: str, api_key: str, run_ids: list[str], key: str) -> list[int]:
     """Points of `key` per run through the API's history route (ClickHouse)."""
-    async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as http:
+    async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False, headers=_auth(api_key)) as http:
         counts = []
         for run_id in run_ids:
             response = await http.get(f"/api/v1/runs/{run_id}/metrics/{key}/history")
