@@ -16,14 +16,11 @@ import pytest
 
 from runledger.auth.keys import ApiKey, generate_key
 from runledger.auth.model import Role
-from runledger.config import Settings
 from runledger.embedded.postgres import EmbeddedPostgres
-from runledger.stores.postgres.migrate import migrate
-from services.api.app import create_app
 from services.api.business.repository import business_rollup
-from tests.integration.conftest import create_database
 from tests.support.auth import Identity, provision
-from tests.unit.test_api_errors import NoClickHouse, RecordingPublisher
+from tests.support.inprocess import api_client, migrated_database
+from tests.unit.test_api_errors import NoClickHouse
 
 pytestmark = pytest.mark.integration
 
@@ -72,14 +69,7 @@ async def seed(conn: asyncpg.Connection[Any]) -> None:
 
 @pytest.fixture(scope="module")
 async def dsn(postgres: EmbeddedPostgres) -> str:
-    dsn = await create_database(postgres)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-        await seed(conn)
-    finally:
-        await conn.close()
-    return dsn
+    return await migrated_database(postgres, seed)
 
 
 @pytest.fixture(scope="module")
@@ -89,18 +79,7 @@ def admin_key() -> ApiKey:
 
 @pytest.fixture(scope="module")
 async def client(dsn: str, admin_key: ApiKey) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(
-        postgres_dsn=dsn, default_tenant=T, write_wait_timeout_s=1, bootstrap_api_key=admin_key.token
-    )
-    app = create_app(settings, NoClickHouse(), publisher=RecordingPublisher())
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://api",
-            headers={"Authorization": f"Bearer {admin_key.token}"},
-        ) as c,
-    ):
+    async with api_client(dsn, T, admin_key, NoClickHouse()) as c:
         yield c
 
 

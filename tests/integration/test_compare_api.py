@@ -17,16 +17,12 @@ from scipy import stats  # type: ignore[import-untyped]
 
 from runledger.auth.keys import ApiKey, generate_key
 from runledger.auth.model import Role
-from runledger.config import Settings
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.events.codec import experiment_id_for
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
-from runledger.stores.postgres.migrate import migrate
 from runledger_sdk.helpers.fairness import log_fairness_metrics
-from services.api.app import create_app
-from tests.integration.conftest import create_database
 from tests.support.auth import Identity, provision
-from tests.unit.test_api_errors import RecordingPublisher
+from tests.support.inprocess import api_client, migrated_database
 
 pytestmark = pytest.mark.integration
 
@@ -139,14 +135,7 @@ def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChdbClickHo
 
 @pytest.fixture(scope="module")
 async def dsn(postgres: EmbeddedPostgres) -> str:
-    dsn = await create_database(postgres)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-        await seed_postgres(conn)
-    finally:
-        await conn.close()
-    return dsn
+    return await migrated_database(postgres, seed_postgres)
 
 
 @pytest.fixture(scope="module")
@@ -156,18 +145,7 @@ def admin_key() -> ApiKey:
 
 @pytest.fixture(scope="module")
 async def client(dsn: str, clickhouse: ChdbClickHouse, admin_key: ApiKey) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(
-        postgres_dsn=dsn, default_tenant=T, write_wait_timeout_s=1, bootstrap_api_key=admin_key.token
-    )
-    app = create_app(settings, clickhouse, publisher=RecordingPublisher())
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://api",
-            headers={"Authorization": f"Bearer {admin_key.token}"},
-        ) as c,
-    ):
+    async with api_client(dsn, T, admin_key, clickhouse) as c:
         yield c
 
 

@@ -30,9 +30,7 @@ from runledger.auth.model import Role
 from runledger.config import Settings
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
-from runledger.stores.postgres.migrate import migrate
 from services.api.app import create_app
-from tests.integration.conftest import create_database
 from tests.integration.test_exports import (
     ALPHA,
     ALPHA_RUNS,
@@ -48,6 +46,7 @@ from tests.integration.test_exports import (
     seed_postgres,
 )
 from tests.support.auth import Identity, provision
+from tests.support.inprocess import migrated_database
 from tests.unit.test_api_errors import RecordingPublisher
 
 pytestmark = pytest.mark.integration
@@ -107,15 +106,7 @@ def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChdbClickHo
 
 @pytest.fixture(scope="module")
 async def dsn(postgres: EmbeddedPostgres) -> str:
-    dsn = await create_database(postgres)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-        await seed_postgres(conn)
-        await seed_business(conn)
-    finally:
-        await conn.close()
-    return dsn
+    return await migrated_database(postgres, seed_postgres, seed_business)
 
 
 @pytest.fixture(scope="module")

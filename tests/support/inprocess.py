@@ -7,15 +7,19 @@ never see each other's events or rows; these helpers make them the same way.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 
+from runledger.auth.keys import ApiKey
 from runledger.config import Settings
 from runledger.embedded.broker import EmbeddedBroker
 from runledger.embedded.postgres import EmbeddedPostgres
+from runledger.stores.clickhouse import ClickHouse
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
 from runledger.stores.postgres.migrate import migrate
 from tests.integration.conftest import create_database
@@ -43,15 +47,47 @@ def module_settings(
     return Settings(**values)
 
 
-async def migrated_database(postgres: EmbeddedPostgres) -> str:
-    """A fresh database with the schema; its DSN."""
+# asyncpg.Connection is not subscriptable at run time (only in its stubs).
+Seed = Callable[["asyncpg.Connection[Any]"], Awaitable[None]]
+
+
+async def migrated_database(postgres: EmbeddedPostgres, *seeds: Seed) -> str:
+    """A fresh database with the schema, filled by `seeds` in order; its DSN."""
     dsn = await create_database(postgres)
     conn = await asyncpg.connect(dsn)
     try:
         await migrate(conn)
+        for seed in seeds:
+            await seed(conn)
     finally:
         await conn.close()
     return dsn
+
+
+@asynccontextmanager
+async def api_client(
+    dsn: str, tenant: str, key: ApiKey, clickhouse: ClickHouse, *, basic_auth: bool = False
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in-process over `dsn` (its lifespan provisions `key` as admin of `tenant`; events
+    go to an in-memory log), and a client authenticated with `key`: bearer, or basic auth as
+    BI tools send it."""
+    from services.api.app import create_app
+    from tests.unit.test_api_errors import RecordingPublisher
+
+    settings = Settings(
+        postgres_dsn=dsn, default_tenant=tenant, write_wait_timeout_s=1.5, bootstrap_api_key=key.token
+    )
+    app = create_app(settings, clickhouse, publisher=RecordingPublisher())
+    auth = (
+        {"auth": (key.key_id, key.secret)}
+        if basic_auth
+        else {"headers": {"Authorization": f"Bearer {key.token}"}}
+    )
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api", **auth) as client,
+    ):
+        yield client
 
 
 def chdb_store(settings: Settings) -> Iterator[ChdbClickHouse]:
