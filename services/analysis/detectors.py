@@ -246,7 +246,7 @@ class DetectorBank:
             if entry is None:
                 entry = _Entry(self._build(state_key, config, stored.get(state_key) or {}), config)
                 self._cache[state_key] = entry
-            elif entry.config != config:
+            elif entry.config is not config and entry.config != config:  # `is`: cached, cheap
                 entry = _Entry(self._rebuild(state_key, entry.detector, config), config)
                 self._cache[state_key] = entry
             self._cache.move_to_end(state_key)
