@@ -216,6 +216,19 @@ def require(action: Action) -> Any:
     return Depends(check)
 
 
+async def tenant_admin(request: Request, runtime: RuntimeDep, principal: Auth) -> Principal:
+    """A route dependency: an admin of the caller's whole tenant, else 403 (recorded).
+
+    principal.can, not may_act: an admin grant narrowed to one experiment gives no admin rights.
+    """
+    if not principal.can(Action.ADMIN):
+        raise forbid(runtime, request, principal, "tenant admin only")
+    return principal
+
+
+TenantAdminPrincipal = Annotated[Principal, Depends(tenant_admin)]
+
+
 def require_superadmin() -> Any:
     """A route dependency: only the platform superadmin."""
 

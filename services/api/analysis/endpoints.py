@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 
-from runledger.auth.model import Action
 from services.api.access import Access
 from services.api.analysis.repository import AnalysisRepository
 from services.api.analysis.schemas import (
@@ -18,11 +17,10 @@ from services.api.analysis.schemas import (
     AttributionStatus,
 )
 from services.api.analysis.service import AnalysisService
-from services.api.deps import Auth, ConsistentRead, RuntimeDep, forbid
+from services.api.deps import Auth, ConsistentRead, RuntimeDep, tenant_admin
 from services.api.findings.repository import FindingFilters, FindingRepository
 from services.api.findings.service import FindingService
 from services.api.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from services.api.principal import Principal
 from services.api.runs.repository import RunRepository
 from services.api.schemas import READ_RESPONSES, WRITE_RESPONSES
 
@@ -42,15 +40,8 @@ def get_service(runtime: RuntimeDep, principal: Auth) -> AnalysisService:
     )
 
 
-async def _tenant_admin(request: Request, runtime: RuntimeDep, principal: Auth) -> Principal:
-    # principal.can, not may_act: an admin grant narrowed to one experiment gives no admin rights.
-    if not principal.can(Action.ADMIN):
-        raise forbid(runtime, request, principal, "tenant admin only")
-    return principal
-
-
 Service = Annotated[AnalysisService, Depends(get_service)]
-TenantAdmin = Depends(_tenant_admin)
+TenantAdmin = Depends(tenant_admin)
 
 
 @router.get("/anomalies", response_model=AnomalyList, responses=READ_RESPONSES, dependencies=[ConsistentRead])

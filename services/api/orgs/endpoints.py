@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from runledger.auth.model import Action, Role, TenantStatus
+from runledger.auth.model import Role, TenantStatus
 from runledger.events.models import Id
-from services.api.deps import Auth, RuntimeDep, forbid, require_superadmin
+from services.api.deps import RuntimeDep, TenantAdminPrincipal, forbid, require_superadmin
 from services.api.orgs import schemas
 from services.api.orgs.repository import OrgRepository
 from services.api.orgs.service import OrgService
@@ -28,19 +28,12 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _tenant_admin(request: Request, runtime: RuntimeDep, principal: Auth) -> Principal:
-    # principal.can, not may_act: an admin grant narrowed to one experiment gives no admin rights.
-    if not principal.can(Action.ADMIN):
-        raise forbid(runtime, request, principal, "tenant admin only")
-    return principal
-
-
 def _service(request: Request, runtime: RuntimeDep, principal: Principal) -> OrgService:
     return OrgService(OrgRepository(runtime.pool), runtime, principal, f"{request.method} {request.url.path}")
 
 
 def tenant_admin_service(
-    request: Request, runtime: RuntimeDep, principal: Annotated[Principal, Depends(_tenant_admin)]
+    request: Request, runtime: RuntimeDep, principal: TenantAdminPrincipal
 ) -> OrgService:
     """The service for a tenant admin (403 and an audit entry for anyone else)."""
     return _service(request, runtime, principal)
@@ -218,7 +211,7 @@ async def unshare_experiment(
 async def read_audit(
     request: Request,
     runtime: RuntimeDep,
-    principal: Annotated[Principal, Depends(_tenant_admin)],
+    principal: TenantAdminPrincipal,
     limit: PageLimit = 100,
     cursor: Annotated[int | None, Query(ge=1, description="next_cursor of the previous page.")] = None,
     outcome: Literal["ok", "denied"] | None = None,

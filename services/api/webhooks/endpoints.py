@@ -6,10 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from runledger.auth.model import Action
-from services.api.deps import Auth, RuntimeDep, forbid
+from services.api.deps import RuntimeDep, TenantAdminPrincipal
 from services.api.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from services.api.principal import Principal
 from services.api.schemas import READ_RESPONSES, ErrorBody
 from services.api.webhooks import schemas
 from services.api.webhooks.repository import WebhookRepository
@@ -23,16 +21,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _tenant_admin(request: Request, runtime: RuntimeDep, principal: Auth) -> Principal:
-    # principal.can, not may_act: an admin grant narrowed to one experiment gives no admin rights.
-    if not principal.can(Action.ADMIN):
-        raise forbid(runtime, request, principal, "tenant admin only")
-    return principal
-
-
-def get_service(
-    request: Request, runtime: RuntimeDep, principal: Annotated[Principal, Depends(_tenant_admin)]
-) -> WebhookService:
+def get_service(request: Request, runtime: RuntimeDep, principal: TenantAdminPrincipal) -> WebhookService:
     """The webhook service for a tenant admin (403 and an audit entry for anyone else)."""
     return WebhookService(
         WebhookRepository(runtime.pool, principal.tenant_id),
