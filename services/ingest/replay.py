@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import asyncpg
@@ -57,6 +58,48 @@ class ReplayStats:
     skipped: int = 0
 
 
+# engine_full of a Distributed table: Distributed(cluster, database, local_table[, key...]),
+# each name bare or quoted.
+_DISTRIBUTED = re.compile(r"^Distributed\(\s*'?([\w.-]+)'?\s*,\s*'?(\w+)'?\s*,\s*'?(\w+)'?")
+
+
+def truncate_statements(catalog: Iterable[tuple[str, str, str]], database: str) -> list[str]:
+    """TRUNCATE statements that empty each ClickHouse projection, single node or cluster.
+
+    `catalog` holds (name, engine, engine_full) rows of system.tables. On a cluster the
+    projection names are Distributed tables: truncating one would leave every shard's
+    rows in place, so the statement goes to the local table it fronts, ON CLUSTER.
+    """
+    engines = {name: (engine, engine_full) for name, engine, engine_full in catalog}
+    statements = []
+    for table in CLICKHOUSE_PROJECTIONS:
+        engine, engine_full = engines.get(table, ("", ""))
+        match = _DISTRIBUTED.match(engine_full) if engine == "Distributed" else None
+        if match is None:
+            statements.append(f"TRUNCATE TABLE IF EXISTS {database}.{table}")
+        else:
+            cluster, local_database, local_table = match.groups()
+            statements.append(
+                f"TRUNCATE TABLE IF EXISTS {local_database}.{local_table} ON CLUSTER {cluster} SYNC"
+            )
+    return statements
+
+
+def _catalog(clickhouse: ClickHouse) -> list[tuple[str, str, str]]:
+    table = clickhouse.query_arrow(
+        "SELECT name, engine, engine_full FROM system.tables WHERE database = {db:String}",
+        {"db": clickhouse.database},
+    )
+    return list(
+        zip(
+            table.column("name").to_pylist(),
+            table.column("engine").to_pylist(),
+            table.column("engine_full").to_pylist(),
+            strict=True,
+        )
+    )
+
+
 def _page(clickhouse: ClickHouse, after: tuple[int, str, int] | None) -> list[tuple[int, str, int, str]]:
     """The next archived events in projection order, after the keyset position `after`."""
     where = ""
@@ -87,8 +130,9 @@ async def replay(
     """Wipe the projections and re-apply the whole archive."""
     async with pool.acquire() as conn:
         await conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
-    for table in CLICKHOUSE_PROJECTIONS:
-        await asyncio.to_thread(clickhouse.command, f"TRUNCATE TABLE IF EXISTS {clickhouse.table(table)}")
+    catalog = await asyncio.to_thread(_catalog, clickhouse)
+    for statement in truncate_statements(catalog, clickhouse.database):
+        await asyncio.to_thread(clickhouse.command, statement)
     stats = ReplayStats()
     after: tuple[int, str, int] | None = None
     while True:

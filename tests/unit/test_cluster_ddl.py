@@ -36,6 +36,7 @@ from runledger.stores.clickhouse.tables import (
     render_cluster_schema,
     replicated_engine,
 )
+from services.ingest.replay import CLICKHOUSE_PROJECTIONS, truncate_statements
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SQL = REPO / "deploy" / "clickhouse" / "cluster.sql"
@@ -446,3 +447,22 @@ def test_engine_view_reads_and_writes_local_tables(executed: dict[str, list[list
         query = views[view.name]
         assert f"TO runledger.{view.target.name}_local " in query, query
         assert f"FROM runledger.{view.source.name}_local " in query, query
+
+
+def test_replay_truncates_the_shards_local_tables_on_the_cluster(
+    executed: dict[str, list[list[str]]], fmt: Formatter
+) -> None:
+    # The engine's own catalog of the cluster schema: the Distributed names are fronts.
+    catalog = [(name, engine, full) for db, name, engine, _, full in executed["tables"] if db == DB]
+    statements = truncate_statements(catalog, DB)
+    assert statements == [
+        f"TRUNCATE TABLE IF EXISTS {DB}.{table}_local ON CLUSTER {CLUSTER} SYNC"
+        for table in CLICKHOUSE_PROJECTIONS
+    ]
+    for statement in statements:
+        fmt.format(statement)
+    # One node: the tables themselves.
+    single = [(name, engine, full) for db, name, engine, _, full in executed["tables"] if db == "single"]
+    assert truncate_statements(single, "single") == [
+        f"TRUNCATE TABLE IF EXISTS single.{table}" for table in CLICKHOUSE_PROJECTIONS
+    ]
