@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EVENTS_TOPIC = "runledger.events.v1"
@@ -60,6 +60,17 @@ class Settings(BaseSettings):
 
     # Analysis service (anomaly detection, attribution, webhooks).
     analysis_group: str = Field("runledger-analysis", description="Consumer group of the analysis service.")
+    analysis_shards: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="How many analysis services share the events topic. Each reads every partition and"
+        " analyses the experiments that hash to its RUNLEDGER_ANALYSIS_SHARD (an experiment's series,"
+        " cohorts and attributions stay on one shard). Change it with every shard stopped (docs/scaling.md).",
+    )
+    analysis_shard: int = Field(
+        0, ge=0, description="This analysis service's shard, 0 to RUNLEDGER_ANALYSIS_SHARDS - 1."
+    )
     analysis_api_key: str = Field(
         "",
         description="The platform superadmin key the analysis service signs its findings with (rlk_...);"
@@ -145,6 +156,15 @@ class Settings(BaseSettings):
     services_start_timeout_s: float = Field(
         60.0, description="How long `runledger up` waits for the services to answer GET /healthz."
     )
+
+    @model_validator(mode="after")
+    def _shard_within_shards(self) -> Settings:
+        if self.analysis_shard >= self.analysis_shards:
+            raise ValueError(
+                f"RUNLEDGER_ANALYSIS_SHARD={self.analysis_shard} is not below"
+                f" RUNLEDGER_ANALYSIS_SHARDS={self.analysis_shards}"
+            )
+        return self
 
     @property
     def chdb_path(self) -> Path:

@@ -14,8 +14,9 @@ One batch at a time:
 A crash anywhere repeats at most what came after the last checkpoint, from the states
 that match its offsets: the same findings with the same ids, which the projector applies once.
 
-It takes every partition itself (no consumer group rebalances): cohorts span partitions,
-so one instance serves a topic; docs/scaling.md says how to shard it by topic.
+It takes every partition itself (no consumer group rebalances): cohorts span partitions.
+Several instances share the work by experiment (RUNLEDGER_ANALYSIS_SHARDS, one shard
+each; runledger.analysis.sharding), each storing its offsets under its own group name.
 Attribution jobs and webhook deliveries (services/analysis/webhooks.py) run beside the
 consumer loop in the same process.
 """
@@ -32,6 +33,7 @@ from typing import Any
 import asyncpg
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from runledger.analysis.sharding import checkpoint_group, resume_offsets, shard_of
 from runledger.analysis.tuning import Tuning
 from runledger.auth.keys import ApiKey
 from runledger.config import Settings
@@ -75,6 +77,9 @@ class AnalysisService:
         self._checkpointed = time.monotonic()
         self._settings_version: tuple[int, Any] | None = None
         self._settings_checked = 0.0
+        self._group = checkpoint_group(
+            settings.analysis_group, settings.analysis_shard, settings.analysis_shards
+        )
 
     async def run(self) -> None:
         """Consume, detect and publish until stopped; attribution jobs and webhooks beside."""
@@ -108,7 +113,7 @@ class AnalysisService:
 
     async def _consume(self, producer: KafkaProducer, gate: Gate) -> None:
         s = self._settings
-        config = consumer_config(s) | {"group_id": s.analysis_group, "max_poll_records": _POLL_RECORDS}
+        config = consumer_config(s) | {"group_id": self._group, "max_poll_records": _POLL_RECORDS}
         consumer = await asyncio.to_thread(KafkaConsumer, **config)
         try:
             while s.events_topic not in await asyncio.to_thread(consumer.topics):
@@ -121,10 +126,24 @@ class AnalysisService:
             consumer.assign(partitions)
             incarnation = consumer._client.cluster.cluster_id or "static"
             async with self._pool.acquire() as conn:
-                offsets = await store.load_offsets(conn, s.analysis_group, incarnation, s.events_topic)
+                stored = await store.load_offsets(conn, s.analysis_group, incarnation, s.events_topic)
+            resume = resume_offsets(stored, s.analysis_group, s.analysis_shard, s.analysis_shards)
+            offsets = resume.offsets
+            if resume.adopted_from_layout is not None:
+                log.warning(
+                    "shard layout changed from %d to %d shards: resuming from the old layout's newest offsets",
+                    resume.adopted_from_layout,
+                    s.analysis_shards,
+                )
             for tp in partitions:
                 consumer.seek(tp, offsets.get(tp.partition, -1) + 1)
-            log.info("analysing %d partitions from offsets %s", len(partitions), offsets or "the start")
+            log.info(
+                "shard %d of %d analysing %d partitions from offsets %s",
+                s.analysis_shard,
+                s.analysis_shards,
+                len(partitions),
+                offsets or "the start",
+            )
             self._unsaved = {}
             while not self.stop.is_set():
                 self.heartbeat = time.monotonic()
@@ -182,7 +201,7 @@ class AnalysisService:
             rows = self._bank.take_dirty()
             async with self._pool.acquire() as conn, conn.transaction():
                 await store.save_states(conn, rows)
-                await store.save_offsets(conn, s.analysis_group, incarnation, s.events_topic, self._unsaved)
+                await store.save_offsets(conn, self._group, incarnation, s.events_topic, self._unsaved)
             self._unsaved = {}
             self._bank.evict()
         self._checkpointed = time.monotonic()
@@ -196,9 +215,17 @@ class AnalysisService:
         except InvalidEvent:
             return
         env = event.envelope
-        if env.type in PLATFORM_REPORTED or isinstance(checks.verify(event), Rejected):
+        if env.type in PLATFORM_REPORTED or env.experiment_id is None:
             return
-        assert env.run_id is not None and env.experiment_id is not None
+        s = self._settings
+        if (
+            s.analysis_shards > 1
+            and shard_of(env.tenant_id, env.experiment_id, s.analysis_shards) != s.analysis_shard
+        ):
+            return  # another shard's experiment
+        if isinstance(checks.verify(event), Rejected):
+            return
+        assert env.run_id is not None
         if env.type is EventType.METRICS_LOGGED:
             cols = event.payload
             assert isinstance(cols, MetricColumns)

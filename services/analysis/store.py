@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from runledger.analysis.sharding import StoredOffset
 from runledger.stores.postgres import PgConnection
 
 SERIES = "series"  # scope_id = run_id
@@ -125,16 +126,17 @@ async def stored_series_keys(
     return found
 
 
-async def load_offsets(conn: PgConnection, group: str, incarnation: str, topic: str) -> dict[int, int]:
-    """partition -> last offset whose effects are stored (absent: start from the beginning)."""
+async def load_offsets(conn: PgConnection, group: str, incarnation: str, topic: str) -> list[StoredOffset]:
+    """The stored offsets of `group` and of every shard of it ("<group>#<shard>/<shards>")."""
     rows = await conn.fetch(
-        "SELECT partition, committed FROM analysis_checkpoints"
-        " WHERE consumer_group = $1 AND incarnation = $2 AND topic = $3",
+        "SELECT consumer_group, partition, committed, updated_at FROM analysis_checkpoints"
+        " WHERE (consumer_group = $1 OR starts_with(consumer_group, $1 || '#'))"
+        " AND incarnation = $2 AND topic = $3",
         group,
         incarnation,
         topic,
     )
-    return {r["partition"]: r["committed"] for r in rows}
+    return [StoredOffset(r["consumer_group"], r["partition"], r["committed"], r["updated_at"]) for r in rows]
 
 
 async def save_offsets(

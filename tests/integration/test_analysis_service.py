@@ -18,6 +18,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from runledger.analysis.sharding import shard_of
 from runledger.auth.model import Role
 from runledger.config import Settings
 from runledger.embedded.broker import EmbeddedBroker
@@ -72,10 +73,10 @@ async def world(broker: EmbeddedBroker, fresh_dsn: str, topics: dict[str, str]) 
 
 
 @contextlib.asynccontextmanager
-async def running(world: World) -> AsyncIterator[AnalysisService]:
+async def running(world: World, settings: Settings | None = None) -> AsyncIterator[AnalysisService]:
     """An analysis service over the world's topic and database, stopped on exit."""
     pool = await asyncpg.create_pool(world.dsn, min_size=1, max_size=4)
-    service = AnalysisService(world.settings, pool, world.platform.key)
+    service = AnalysisService(settings or world.settings, pool, world.platform.key)
     task = asyncio.create_task(service.run())
     try:
         yield service
@@ -353,3 +354,41 @@ async def test_a_shift_of_the_runs_final_values_starts_an_attribution(world: Wor
     assert sorted(payload["candidate_run_ids"]) == sorted(after)
     assert set(payload["baseline_run_ids"]) <= set(before) and len(payload["baseline_run_ids"]) >= 8
     assert payload["trigger"]["finding_event_id"] == shifts[0]["event_id"]
+
+
+async def test_shards_split_the_experiments_and_a_new_layout_resumes_where_the_old_one_stopped(
+    world: World,
+) -> None:
+    shards = [world.settings.model_copy(update={"analysis_shards": 2, "analysis_shard": i}) for i in (0, 1)]
+    experiments = [f"exp-shard-{uuid.uuid4().hex[:8]}" for _ in range(6)]
+    while len({shard_of(TENANT, e, 2) for e in experiments}) < 2:  # both shards get work
+        experiments.append(f"exp-shard-{uuid.uuid4().hex[:8]}")
+    runs = {e: f"run-{uuid.uuid4().hex[:12]}" for e in experiments}
+    async with running(world, shards[0]) as first, running(world, shards[1]) as second:
+        for i, (experiment, run) in enumerate(runs.items()):
+            send(world, [metrics(world.engineer, run, 0, planted(10 + i), experiment=experiment)], run)
+        await until(
+            lambda: (
+                {f["run_id"] for f in reported(world) if f["payload"]["kind"] == "divergence"}
+                >= set(runs.values())
+            )
+        )
+        for service, shard in ((first, 0), (second, 1)):
+            mine = [e for e in experiments if shard_of(TENANT, e, 2) == shard]
+            await analysed_through(world, service, 400 * len(mine))
+            # Each shard analysed its own experiments' points and no others.
+            assert service.analysed_points == 400 * len(mine)
+    everything = reported(world)
+    assert len(everything) == len({f["event_id"] for f in everything})
+    for run in runs.values():
+        assert [k for k, _ in kinds_of(everything, run)] == ["divergence", "non_finite", "spike"]
+    # One shard again: it takes over the two shards' offsets instead of starting over.
+    later = f"run-{uuid.uuid4().hex[:12]}"
+    async with running(world) as single:
+        send(world, [metrics(world.engineer, later, 0, planted(3), experiment=experiments[0])], later)
+        await until(lambda: len(kinds_of(reported(world), later)) >= 3)
+        await analysed_through(world, single, 400)
+        assert single.analysed_points == 400
+    everything = reported(world)
+    assert len(everything) == len({f["event_id"] for f in everything})
+    assert [k for k, _ in kinds_of(everything, later)] == ["divergence", "non_finite", "spike"]

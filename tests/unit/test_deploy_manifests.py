@@ -4,7 +4,7 @@ deploy/compose/compose.yaml, deploy/k8s/*.yaml and deploy/docker/Dockerfile are 
 as data: every setting the services read is set, none is unknown to
 `runledger.config.Settings`, the commands exist in the `runledger` CLI, ports agree
 (container = RUNLEDGER_API_PORT = probes = Service = scrape target, for every role),
-selectors select, the analysis role runs as exactly one replica per events topic, the
+selectors select, the analysis role runs each of its shards exactly once, the
 topic settings match the configuration, the dashboard queries
 metrics the services export, and the image's entry point is the console script.
 """
@@ -51,10 +51,10 @@ EMBEDDED_ONLY = {"RUNLEDGER_KAFKA_PORT", "RUNLEDGER_POSTGRES_PORT", "RUNLEDGER_S
 # here until the deployments decide its value.
 REQUIRED_ENV = KNOWN_ENV - EMBEDDED_ONLY
 ROLES = ("api", "ingest", "analysis")
-# Roles that run as exactly ONE replica per events topic: the analysis service takes
-# every partition itself (its cohort state spans partitions), so a second replica would
-# analyse everything again. No HPA, no PDB, no rolling surge.
-SINGLE_REPLICA_ROLES = ("analysis",)
+# Roles that run as a fixed set of shards, each exactly once: every analysis instance
+# reads every partition and analyses the experiments of its RUNLEDGER_ANALYSIS_SHARD, so
+# a copy of a shard would analyse them again. No HPA, no PDB, no rolling surge.
+SHARDED_ROLES = ("analysis",)
 # Settings that hold credentials: the k8s Secret carries them, compose takes them from
 # the environment of `docker compose`.
 SECRET_KEYS = ("RUNLEDGER_BOOTSTRAP_API_KEY", "RUNLEDGER_ANALYSIS_API_KEY")
@@ -148,10 +148,14 @@ def test_compose_runs_the_whole_distributed_stack(compose: Doc) -> None:
     assert infra | {"postgres", "minio", "prometheus", "grafana"} <= services
     roles = _by_role(compose)
     assert len(roles["api"]) >= 2 and len(roles["ingest"]) >= 2, roles
-    for role in SINGLE_REPLICA_ROLES:
-        assert len(roles[role]) == 1, f"exactly one {role} service per events topic: {roles[role]}"
-        (name,) = roles[role]
-        assert "deploy" not in compose["services"][name], "replicas would be set there"
+    for role in SHARDED_ROLES:
+        envs = [_env(compose["services"][name]) for name in roles[role]]
+        shards = {int(env["RUNLEDGER_ANALYSIS_SHARDS"]) for env in envs}
+        assert len(shards) == 1, f"the {role} services disagree on the shard count: {shards}"
+        # Every shard exactly once.
+        assert sorted(int(env["RUNLEDGER_ANALYSIS_SHARD"]) for env in envs) == list(range(shards.pop()))
+        for name in roles[role]:
+            assert "deploy" not in compose["services"][name], "replicas would be set there"
     for name, svc in _runledger_services(compose).items():
         assert svc["build"]["dockerfile"] == "deploy/docker/Dockerfile", name
         assert (COMPOSE_DIR / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
@@ -418,10 +422,15 @@ def _containers(deployment: Doc) -> list[Doc]:
     return containers
 
 
+def _workloads(k8s_docs: list[Doc]) -> dict[str, Doc]:
+    """The Deployments and StatefulSets by name."""
+    return _kind(k8s_docs, "Deployment") | _kind(k8s_docs, "StatefulSet")
+
+
 def _deployment_roles(k8s_docs: list[Doc]) -> dict[str, tuple[Doc, Doc]]:
-    """role -> (Deployment, its runledger container)."""
+    """role -> (Deployment or StatefulSet, its runledger container)."""
     roles = {}
-    for deployment in _kind(k8s_docs, "Deployment").values():
+    for deployment in _workloads(k8s_docs).values():
         (container,) = _containers(deployment)
         roles[_role(container["args"])] = (deployment, container)
         assert "command" not in container, "command would replace the image's runledger entrypoint"
@@ -462,8 +471,19 @@ def test_k8s_sets_every_setting(kustomization: Doc, k8s_docs: list[Doc]) -> None
             else:
                 assert source["secretRef"]["name"] == secret["metadata"]["name"], role
                 env.update({k: str(v) for k, v in secret["stringData"].items()})
-        env.update({e["name"]: str(e.get("value", "")) for e in container.get("env", [])})
+        for e in container.get("env", []):
+            # A value from the pod (the analysis shard's ordinal) is a valid value at run time.
+            env[e["name"]] = str(e["value"]) if "value" in e else _POD_FIELD_EXAMPLES[_field_path(e)]
         _check_env(env, f"k8s {role}")
+
+
+_POD_INDEX = "metadata.labels['apps.kubernetes.io/pod-index']"
+_POD_FIELD_EXAMPLES = {_POD_INDEX: "0"}
+
+
+def _field_path(env_var: Doc) -> str:
+    path: str = env_var["valueFrom"]["fieldRef"]["fieldPath"]
+    return path
 
 
 def test_credentials_stay_in_the_secret(kustomization: Doc) -> None:
@@ -526,13 +546,19 @@ def test_consumer_probes_are_its_healthz(k8s_docs: list[Doc], role: str) -> None
     assert live["periodSeconds"] * live["failureThreshold"] >= 30
 
 
-@pytest.mark.parametrize("role", SINGLE_REPLICA_ROLES)
-def test_single_replica_roles_never_run_twice(k8s_docs: list[Doc], role: str) -> None:
-    """One replica, replaced by Recreate (no surge), with no autoscaler or disruption budget."""
-    deployment, _ = _deployment_roles(k8s_docs)[role]
+@pytest.mark.parametrize("role", SHARDED_ROLES)
+def test_sharded_roles_run_each_shard_once(kustomization: Doc, k8s_docs: list[Doc], role: str) -> None:
+    """A StatefulSet: one pod per shard, its ordinal the shard, never two of one ordinal;
+    no autoscaler or disruption budget."""
+    deployment, container = _deployment_roles(k8s_docs)[role]
+    assert deployment["kind"] == "StatefulSet"
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}, "a rolling update would run two side by side"
+    assert spec["replicas"] == int(_literals(kustomization, "runledger-config")["RUNLEDGER_ANALYSIS_SHARDS"])
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["updateStrategy"]["type"] == "RollingUpdate"  # a pod stops before its replacement starts
+    assert spec["serviceName"] in _kind(k8s_docs, "Service")
+    shard = {e["name"]: e for e in container["env"]}["RUNLEDGER_ANALYSIS_SHARD"]
+    assert _field_path(shard) == _POD_INDEX
     # The consumer loop finishes its batch on SIGTERM.
     assert spec["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
     name = deployment["metadata"]["name"]
@@ -543,17 +569,17 @@ def test_single_replica_roles_never_run_twice(k8s_docs: list[Doc], role: str) ->
 
 
 def test_selectors_and_targets_resolve(k8s_docs: list[Doc]) -> None:
-    deployments = _kind(k8s_docs, "Deployment")
+    deployments = _workloads(k8s_docs)
     for kind in ("Service", "PodDisruptionBudget"):
         for name, doc in _kind(k8s_docs, kind).items():
             selector = doc["spec"]["selector"]
             selector = selector.get("matchLabels", selector) if kind == "PodDisruptionBudget" else selector
             matched = [d for d in deployments.values() if _selects(selector, d)]
-            assert len(matched) == 1, f"{kind} {name} selects {len(matched)} Deployments"
+            assert len(matched) == 1, f"{kind} {name} selects {len(matched)} workloads"
     roles = _deployment_roles(k8s_docs)
-    # Every role but the single-replica ones scales (HPA) and has a disruption budget.
-    scaled = {d["metadata"]["name"] for role, (d, _) in roles.items() if role not in SINGLE_REPLICA_ROLES}
-    assert len(scaled) == len(ROLES) - len(SINGLE_REPLICA_ROLES)
+    # Every role but the sharded ones scales (HPA) and has a disruption budget.
+    scaled = {d["metadata"]["name"] for role, (d, _) in roles.items() if role not in SHARDED_ROLES}
+    assert len(scaled) == len(ROLES) - len(SHARDED_ROLES)
     hpas = _kind(k8s_docs, "HorizontalPodAutoscaler")
     assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas.values()} == scaled
     for name, hpa in hpas.items():
