@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -132,15 +133,17 @@ class AnalysisProcess:
 
     A child, not a thread: detection is Python CPU work that would otherwise share the
     interpreter lock with the API and the projector. It needs no ClickHouse, so the
-    one-process rule of the embedded engine does not bind it.
+    one-process rule of the embedded engine does not bind it. With
+    RUNLEDGER_ANALYSIS_SHARDS=N the role starts N of them, one per shard.
     """
 
     _RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
-    def __init__(self) -> None:
+    def __init__(self, shard: int = 0) -> None:
+        self._env = {**os.environ, "RUNLEDGER_ANALYSIS_SHARD": str(shard)}
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
-        self._watchdog = threading.Thread(target=self._watch, name="analysis-watchdog", daemon=True)
+        self._watchdog = threading.Thread(target=self._watch, name=f"analysis-watchdog-{shard}", daemon=True)
 
     def start(self) -> None:
         """Start the child and the thread that restarts it."""
@@ -159,6 +162,7 @@ class AnalysisProcess:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "services.analysis"],
                 stdin=subprocess.DEVNULL,
+                env=self._env,
                 preexec_fn=die_with_parent(signal.SIGTERM),
             )
             code = self._proc.wait()
@@ -222,7 +226,7 @@ def serve(role: str, settings: Settings) -> None:
         analysis = AnalysisThread(settings, key)
         threads.append(analysis)
     elif role == "all" and key is not None:
-        threads.append(AnalysisProcess())
+        threads.extend(AnalysisProcess(shard) for shard in range(settings.analysis_shards))
     elif role in ("all", "analysis"):
         log.warning("no RUNLEDGER_ANALYSIS_API_KEY or RUNLEDGER_BOOTSTRAP_API_KEY: analysis not started")
     for thread in threads:
