@@ -23,10 +23,10 @@ def transport(tmp_path: Path) -> Iterator[rl.InMemoryTransport]:
 
 def final_status(transport: rl.InMemoryTransport, run_id: str) -> tuple[str, int | None]:
     assert rl.flush(5)
+    events = [decode(r.value) for r in transport.records]
+    # By type, not by bytes: the code-state event's diff may quote any text.
     changes = [
-        decode(r.value)
-        for r in transport.records
-        if b"run.status_changed" in r.value and decode(r.value).envelope.run_id == run_id
+        e for e in events if e.envelope.type is EventType.STATUS_CHANGED and e.envelope.run_id == run_id
     ]
     assert len(changes) == 1, "a run ends exactly once"
     payload = changes[0].payload
@@ -205,4 +205,4 @@ def test_shutdown_ends_open_runs(tmp_path: Path) -> None:
     run.log_metric("x", 1.0)
     assert rl.shutdown(5)
     assert run.ended and run.status is RunStatus.FINISHED
-    assert sum(b"run.status_changed" in r.value for r in memory.records) == 1
+    assert sum(decode(r.value).envelope.type is EventType.STATUS_CHANGED for r in memory.records) == 1
