@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install run test lint format bench bench-fleet bench-tenancy bench-mlflow schemas clean
+.PHONY: install run test lint format bench bench-fleet bench-tenancy bench-mlflow schemas fuzz clean chromium bench-ui chaos
 
 install: $(STAMP)
 
@@ -28,8 +28,33 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint
+test: lint chromium
 	$(PY) -m pytest -p no:cacheprovider
+
+# The web UI's browser tests and benchmark drive Debian's chromium (Playwright never downloads
+# a browser): installed here when missing, which needs root; RUNLEDGER_CHROMIUM names another binary.
+chromium:
+	@if [ -x /usr/bin/chromium ] || [ -n "$$RUNLEDGER_CHROMIUM" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	else \
+		echo "chromium is missing: run 'sudo make chromium' (apt-get install chromium), or set RUNLEDGER_CHROMIUM" >&2; \
+		exit 1; \
+	fi
+
+# schemathesis over every API operation, long (docs/testing.md): RUNLEDGER_FUZZ_EXAMPLES per operation
+# and RUNLEDGER_FUZZ_SEED override the size and the seed; `make test` runs the same suite small.
+fuzz: install
+	RUNLEDGER_FUZZ_EXAMPLES=$${RUNLEDGER_FUZZ_EXAMPLES:-100} RUNLEDGER_FUZZ_CLI=1 \
+		$(PY) -m pytest -p no:cacheprovider -o timeout=3600 tests/fuzz
+
+# Crash consistency (bench/chaos.py): >= 1M points from 4 SDK processes while the projector,
+# the analysis service and the API are SIGKILLed 24 times and the broker and PostgreSQL restart;
+# exits 1 on any loss, duplicate or mismatch. RUNLEDGER_CHAOS_SEED picks the storm; `make test`
+# runs a reduced trial (tests/e2e/test_chaos.py).
+chaos: install
+	$(PY) -m bench.chaos
 
 bench: install
 	$(PY) -m bench.run
@@ -39,6 +64,9 @@ bench-fleet: install
 
 bench-tenancy: install
 	$(PY) -m bench.tenancy
+
+bench-ui: install chromium
+	$(PY) -m bench.ui_render
 
 # A real `mlflow server` to compare with: its own venv (mlflow pins pyarrow<26), inside .venv.
 bench-mlflow: install

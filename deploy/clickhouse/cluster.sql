@@ -16,10 +16,13 @@ CREATE TABLE IF NOT EXISTS runledger.metric_points_local ON CLUSTER runledger (
   `key` LowCardinality(String),
   `step` Int64 CODEC(Delta, ZSTD(1)),
   `timestamp` DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
-  `value` Float64 CODEC(Gorilla)
+  `value` Float64 CODEC(Gorilla),
+  `retention_days` UInt16 DEFAULT 365,
+  `ingested_at` DateTime DEFAULT now() CODEC(Delta, ZSTD(1))
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
 ORDER BY (tenant_id, run_id, key, step, timestamp, value)
+TTL ingested_at + toIntervalDay(retention_days + 1) WHERE retention_days > 0
 SETTINGS replicated_deduplication_window = 10000, replicated_deduplication_window_seconds = 604800;
 
 CREATE TABLE IF NOT EXISTS runledger.metric_points ON CLUSTER runledger (
@@ -29,7 +32,9 @@ CREATE TABLE IF NOT EXISTS runledger.metric_points ON CLUSTER runledger (
   `key` LowCardinality(String),
   `step` Int64,
   `timestamp` DateTime64(3, 'UTC'),
-  `value` Float64
+  `value` Float64,
+  `retention_days` UInt16 DEFAULT 365,
+  `ingested_at` DateTime DEFAULT now()
 )
 ENGINE = Distributed(runledger, runledger, metric_points_local, cityHash64(tenant_id, run_id));
 

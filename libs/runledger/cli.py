@@ -298,6 +298,96 @@ def _add_admin(subparsers: Any) -> None:
     audit.add_argument("--platform", action="store_true", help="platform entries (superadmin)")
 
 
+def _cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from services.ingest import dlq_tools
+
+    try:
+        if args.dlq_command == "list":
+            return dlq_tools.list_command(
+                settings,
+                bootstrap=args.kafka_bootstrap,
+                reason=args.reason,
+                limit=args.limit,
+                as_json=args.json,
+                out=sys.stdout,
+            )
+        if args.dlq_command == "show":
+            return dlq_tools.show_command(
+                settings, bootstrap=args.kafka_bootstrap, letter_id=args.id, raw=args.raw, out=sys.stdout
+            )
+        return dlq_tools.replay_command(
+            settings,
+            bootstrap=args.kafka_bootstrap,
+            reason=args.reason,
+            ids=args.ids,
+            replay_all=args.all,
+            dry_run=args.dry_run,
+            out=sys.stdout,
+        )
+    except dlq_tools.DlqError as exc:
+        print(f"runledger dlq: {exc}", file=sys.stderr)
+        return 1
+
+
+def _add_dlq(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "dlq",
+        help="inspect the dead-letter topic and re-drive dead letters after a fix",
+        description="Reads RUNLEDGER_DLQ_TOPIC on the broker (--kafka-bootstrap, else"
+        " RUNLEDGER_KAFKA_BOOTSTRAP, else connection.json). A letter's id is PARTITION:OFFSET in that"
+        " topic. Format and workflow: docs/dead-letters.md.",
+    )
+    parser.set_defaults(handler=_cmd_dlq)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--kafka-bootstrap", metavar="HOST:PORT", help="the broker (default: see above)")
+    _add_state_dir(common)
+    commands = parser.add_subparsers(dest="dlq_command", metavar="COMMAND", required=True)
+    listing = commands.add_parser(
+        "list", parents=[common], help="dead letters: id, time, size, source@offset, reason"
+    )
+    listing.add_argument("--reason", help="only letters whose reason starts with this (e.g. 'clock skew')")
+    listing.add_argument("--limit", type=int, default=50, help="the newest N (default 50; 0 = all)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per letter")
+    show = commands.add_parser("show", parents=[common], help="one dead letter with its message")
+    show.add_argument("id", help="PARTITION:OFFSET (as `list` prints it)")
+    show.add_argument("--raw", action="store_true", help="write the exact bytes of the message to stdout")
+    replay = commands.add_parser(
+        "replay",
+        parents=[common],
+        help="send dead letters' original messages back onto the events topic",
+        description="Re-sends the exact bytes, keyed as before. The projector judges them again:"
+        " events that now pass are projected, others are dead-lettered again, and events already"
+        " applied are dropped by event id (replaying twice is harmless).",
+    )
+    which = replay.add_mutually_exclusive_group()
+    which.add_argument("--reason", help="every letter whose reason starts with this")
+    which.add_argument("--all", action="store_true", help="every letter of the topic")
+    replay.add_argument("ids", nargs="*", metavar="ID", help="these letters (PARTITION:OFFSET)")
+    replay.add_argument("--dry-run", action="store_true", help="print what would be sent, send nothing")
+
+
+def _cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
+    from runledger.retention_cli import run_retention
+
+    return run_retention(args, settings)
+
+
+def _add_retention(subparsers: Any) -> None:
+    from runledger.retention_cli import add_arguments
+
+    parser = subparsers.add_parser(
+        "retention",
+        help="the tenant's retention policy: show, set, plan (what would go), apply",
+        description="Talks to a running API. Metric points and artifacts older than the tenant's policy"
+        " are deleted (each deletion recorded as an event first); `plan` lists them before they go.",
+    )
+    parser.set_defaults(handler=_cmd_retention)
+    add_arguments(
+        parser.add_subparsers(dest="retention_command", metavar="COMMAND", required=True),
+        [_admin_connection_options()],
+    )
+
+
 SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_up,
     _add_serve,
@@ -306,6 +396,8 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_replay,
     _add_sync,
     _add_admin,
+    _add_dlq,
+    _add_retention,
 ]
 
 

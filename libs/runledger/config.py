@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         " (one projector per topic, as in the embedded mode; no group rebalances).",
     )
     projector_max_wait_ms: int = Field(200, description="Flush a partial batch after this long.")
+    projector_max_clock_skew_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="An event whose occurred_at is further ahead of the projector's clock than this is"
+        " dead-lettered (reason `clock skew`), as is one stamped before 2000-01-01; late events are"
+        " otherwise accepted however old (offline sync). `runledger dlq replay --reason 'clock skew'`"
+        " re-drives them after the limit is raised.",
+    )
 
     # Analysis service (anomaly detection, attribution, webhooks).
     analysis_group: str = Field("runledger-analysis", description="Consumer group of the analysis service.")
@@ -128,6 +136,14 @@ class Settings(BaseSettings):
         " credentials from the standard AWS variables (AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL,"
         " AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...).",
     )
+    retention_sweep_interval_s: float = Field(
+        3600.0,
+        ge=0,
+        description="How often each API process applies every tenant's retention policy (deletions recorded"
+        " as run.metrics_expired / run.artifacts_expired events, signed with the platform key); an advisory"
+        " lock lets one process sweep at a time. 0 = no periodic sweep (POST /api/v1/retention/sweep or"
+        " `runledger retention apply` only; the ClickHouse TTL still expires metric points a day later).",
+    )
     artifact_part_size_mb: int = Field(
         8,
         ge=5,
@@ -149,6 +165,12 @@ class Settings(BaseSettings):
         0.5,
         description="How often API and projector processes check for changed keys, roles and policies"
         " (revocations take effect within this, plus one reload).",
+    )
+    ui_session_lifetime_s: float = Field(
+        28_800.0,
+        gt=0,
+        description="How long a web UI sign-in (the session cookie) lasts, in seconds; it ends earlier"
+        " when its API key is revoked or expires, or on sign-out.",
     )
     log_level: str = Field("INFO", description="Python logging level of the services.")
 

@@ -58,6 +58,10 @@ Batching
 Kafka producer
   RUNLEDGER_KAFKA_LINGER_MS         linger_ms (default 20).
   RUNLEDGER_KAFKA_BATCH_SIZE        batch_size in bytes (default 1 MiB).
+  RUNLEDGER_KAFKA_RESEND_WINDOW_S   Acknowledged events are kept this long (default 300) and sent
+                                    again if the broker comes back as a new, empty incarnation
+                                    (the embedded broker keeps events in memory); 0 disables.
+  RUNLEDGER_KAFKA_RESEND_WINDOW_BYTES  At most this many bytes of them (default 64 MiB).
   RUNLEDGER_KAFKA_MAX_REQUEST_SIZE  max_request_size in bytes (default 8 MiB).
 
 System metrics
@@ -186,6 +190,12 @@ class SdkSettings(BaseSettings):
     kafka_linger_ms: int = Field(20, ge=0, description="Producer linger_ms.")
     kafka_batch_size: int = Field(1 << 20, gt=0, description="Producer batch_size (bytes).")
     kafka_max_request_size: int = Field(8 << 20, gt=0, description="Producer max_request_size (bytes).")
+    kafka_resend_window_s: float = Field(
+        300.0, ge=0, description="Keep acknowledged events this long, to resend to a new broker incarnation."
+    )
+    kafka_resend_window_bytes: int = Field(
+        64 << 20, ge=0, description="At most this many bytes of acknowledged events kept for resending."
+    )
 
     http_max_request_bytes: int = Field(4 << 20, gt=0, description="Largest POST body.")
     http_retries: int = Field(3, ge=1, description="Attempts per request before spooling.")

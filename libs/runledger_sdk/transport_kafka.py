@@ -5,10 +5,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from runledger_sdk.config import SdkSettings
+from runledger_sdk.resend import ResendWindow
 from runledger_sdk.transport import Outcome, Record, Transport
 
 log = logging.getLogger("runledger_sdk.kafka")
@@ -20,7 +22,11 @@ _RETRY_ANYWAY = ("TopicAuthorizationFailedError", "ClusterAuthorizationFailedErr
 
 class KafkaTransport(Transport):
     """Sends records to the events topic; the producer is created on first use (lazily),
-    so a broker that is down at start costs a spooled batch, not a failing start_run."""
+    so a broker that is down at start costs a spooled batch, not a failing start_run.
+
+    Acknowledged records are kept for RUNLEDGER_KAFKA_RESEND_WINDOW_S and sent again, ahead
+    of newer ones, when the broker turns out to be a new incarnation (runledger_sdk.resend).
+    """
 
     name = "kafka"
 
@@ -28,6 +34,7 @@ class KafkaTransport(Transport):
         self._settings = settings
         self._topic = settings.events_topic
         self._producer: Any = None
+        self._resend = ResendWindow(settings.kafka_resend_window_s, settings.kafka_resend_window_bytes)
 
     def _config(self) -> dict[str, Any]:
         s = self._settings
@@ -78,15 +85,70 @@ class KafkaTransport(Transport):
         return self._producer
 
     def send(self, records: Sequence[Record], timeout: float) -> list[Outcome]:
-        """Produce `records` and wait for every acknowledgement (bounded by the delivery timeout)."""
-        from kafka.errors import KafkaError, KafkaTimeoutError
+        """Produce `records` and wait for every acknowledgement (bounded by the delivery timeout).
 
+        First, when the broker is a new incarnation, the records the old one acknowledged
+        within the resend window go again (in order, before these); until they are
+        acknowledged, nothing newer is sent.
+        """
         try:
             producer = self._connect()
         except Exception as exc:
             self.last_error = f"cannot connect to {self._settings.kafka_bootstrap}: {exc}"
             log.debug("%s", self.last_error)
             return [Outcome.FAILED] * len(records)
+        if not self._resend.enabled:
+            return self._produce(producer, records, timeout)
+        incarnation = self._incarnation(producer, timeout)
+        if incarnation is None or not self._resend_orphans(producer, incarnation, timeout):
+            return [Outcome.FAILED] * len(records)
+        outcomes = self._produce(producer, records, timeout)
+        # Labelled with the incarnation seen before the send: if the broker was replaced
+        # meanwhile, the next send finds them orphaned and sends them again.
+        self._resend.add(
+            incarnation, [r for r, o in zip(records, outcomes, strict=True) if o is Outcome.ACKED]
+        )
+        return outcomes
+
+    @staticmethod
+    def _incarnation(producer: Any, timeout: float) -> str | None:
+        """The broker's cluster id, refreshed first when a connection dropped (None: unknown)."""
+        cluster = producer._metadata  # kafka.cluster.ClusterMetadata (private, stable across 2.x/3.x)
+        if cluster.need_update or cluster.cluster_id is None:
+            # A dropped connection flags the metadata for refresh: the broker may be a new
+            # one. Wait for the refresh, or the first records would reach the new broker
+            # ahead of the ones to send again.
+            future = cluster.request_update()
+            deadline = time.monotonic() + timeout
+            while not future.is_done and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not future.is_done or future.failed():
+                return None
+        cluster_id = cluster.cluster_id
+        return None if cluster_id is None else str(cluster_id)
+
+    def _resend_orphans(self, producer: Any, incarnation: str, timeout: float) -> bool:
+        """Send again what an earlier incarnation acknowledged; False if some did not make it."""
+        orphans = self._resend.orphans(incarnation)
+        if not orphans:
+            return True
+        log.warning(
+            "Kafka broker replaced (cluster id now %s): sending %d acknowledged events again",
+            incarnation,
+            len(orphans),
+        )
+        outcomes = self._produce(producer, orphans, timeout)
+        acked = [r for r, o in zip(orphans, outcomes, strict=True) if o is not Outcome.FAILED]
+        self._resend.add(incarnation, acked)
+        failed = [r for r, o in zip(orphans, outcomes, strict=True) if o is Outcome.FAILED]
+        if failed:
+            self._resend.add("", failed)  # "" is no incarnation: still orphaned next time
+            return False
+        return True
+
+    def _produce(self, producer: Any, records: Sequence[Record], timeout: float) -> list[Outcome]:
+        """Produce and wait for each record's acknowledgement."""
+        from kafka.errors import KafkaError, KafkaTimeoutError
 
         outcomes: list[Outcome] = [Outcome.FAILED] * len(records)
         futures: list[tuple[int, Any]] = []
@@ -124,8 +186,17 @@ class KafkaTransport(Transport):
         return Outcome.REJECTED
 
     def close(self, timeout: float) -> None:
-        """Close the producer, waiting at most `timeout` s for pending sends."""
+        """Close the producer, waiting at most `timeout` s for pending sends.
+
+        Records an earlier incarnation acknowledged go again first if the broker was
+        replaced since the last send (within `timeout`).
+        """
         if self._producer is not None:
+            if len(self._resend):
+                with contextlib.suppress(Exception):
+                    incarnation = self._incarnation(self._producer, timeout)
+                    if incarnation is not None:
+                        self._resend_orphans(self._producer, incarnation, timeout)
             try:
                 self._producer.close(timeout=timeout)
             except Exception as exc:

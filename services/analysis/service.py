@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -58,6 +59,11 @@ _POLL_RECORDS = 5000
 # cannot be evicted and the work a crash repeats).
 _MAX_DIRTY = 500_000
 _TERMINAL = frozenset({RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED})
+# Findings published this recently are published again when the broker comes back as a new
+# (empty) incarnation: the old one may have lost them before the projector read them, and
+# the detectors, restored from a checkpoint past their points, would not find them again.
+_REPUBLISH_WINDOW_S = 300.0
+_REPUBLISH_MAX = 100_000
 
 
 class AnalysisService:
@@ -77,6 +83,10 @@ class AnalysisService:
         self._checkpointed = time.monotonic()
         self._settings_version: tuple[int, Any] | None = None
         self._settings_checked = 0.0
+        # (monotonic time, event) of recently published findings, and whether the broker
+        # was replaced since they went out (then they go again: same ids, applied once).
+        self._recent: deque[tuple[float, Outgoing]] = deque()
+        self._republish = False
         self._group = checkpoint_group(
             settings.analysis_group, settings.analysis_shard, settings.analysis_shards
         )
@@ -99,6 +109,7 @@ class AnalysisService:
                 except BrokerRestarted as exc:
                     log.warning("broker restarted (%s); reloading positions", exc)
                     self._bank.clear()
+                    self._republish = True
                 except Exception:
                     log.exception("analysis loop failed; restarting in 1 s")
                     self._bank.clear()
@@ -125,6 +136,8 @@ class AnalysisService:
             partitions = [TopicPartition(s.events_topic, p) for p in sorted(numbers or ())]
             consumer.assign(partitions)
             incarnation = consumer._client.cluster.cluster_id or "static"
+            if self._republish:
+                await self._publish_recent_again(producer)
             async with self._pool.acquire() as conn:
                 stored = await store.load_offsets(conn, s.analysis_group, incarnation, s.events_topic)
             resume = resume_offsets(stored, s.analysis_group, s.analysis_shard, s.analysis_shards)
@@ -182,6 +195,7 @@ class AnalysisService:
         outgoing = self._reports(findings)
         if outgoing:
             await asyncio.to_thread(_publish, producer, s.events_topic, outgoing)
+            self._remember(outgoing)
             self.published_findings += len(findings)
             for f in findings:
                 metrics.ANALYSIS_FINDINGS.labels(f.anomaly.kind).inc()
@@ -193,6 +207,24 @@ class AnalysisService:
         metrics.ANALYSIS_BATCH_SECONDS.observe(time.perf_counter() - started)
         if newest_ms:
             metrics.ANALYSIS_LAG_SECONDS.set(max(0.0, time.time() - newest_ms / 1000))
+
+    def _remember(self, events: list[Outgoing]) -> None:
+        """Keep published events for the republish window."""
+        now = time.monotonic()
+        self._recent.extend((now, e) for e in events)
+        while self._recent and (
+            self._recent[0][0] < now - _REPUBLISH_WINDOW_S or len(self._recent) > _REPUBLISH_MAX
+        ):
+            self._recent.popleft()
+
+    async def _publish_recent_again(self, producer: KafkaProducer) -> None:
+        """After a broker restart: publish the recent findings again (raises until acknowledged)."""
+        self._remember([])
+        events = [e for _, e in self._recent]
+        if events:
+            log.warning("publishing %d recent findings again to the new broker", len(events))
+            await asyncio.to_thread(_publish, producer, self._settings.events_topic, events)
+        self._republish = False
 
     async def _checkpoint(self, incarnation: str) -> None:
         """Store the changed detector states and the offsets they match, in one transaction."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import asyncpg
 from fastapi import Depends, FastAPI
@@ -23,6 +24,7 @@ from services.api.admin import endpoints as admin
 from services.api.analysis import endpoints as analysis
 from services.api.artifacts import endpoints as artifacts
 from services.api.audit import AuditSink
+from services.api.body_guard import RejectUnpairedSurrogates
 from services.api.business import endpoints as business
 from services.api.compare import endpoints as compare
 from services.api.consistency import ProjectionWaiter
@@ -43,7 +45,11 @@ from services.api.odata import endpoints as odata
 from services.api.orgs import endpoints as orgs
 from services.api.publisher import EventPublisher, KafkaEventPublisher
 from services.api.quotas import QuotaGate, usage_reader
+from services.api.retention import endpoints as retention
 from services.api.runs import endpoints as runs
+from services.api.schemas import API_RESPONSES
+from services.api.ui import me as ui_me
+from services.api.ui import routes as ui
 from services.api.webhooks import endpoints as webhooks
 from services.api.writes import EventWriter
 from services.observability import metrics_router
@@ -118,11 +124,14 @@ def create_app(
     app.state.runtime = None
     install_error_handlers(app)
     # Added before RequestMetrics, so it runs inside it: 401s are counted like any answer.
+    app.add_middleware(RejectUnpairedSurrogates)  # innermost: after authentication
     app.add_middleware(AuthenticateApi, prefix="/api/")
     app.add_middleware(RequestMetrics)
     app.include_router(health.router)
     app.include_router(metrics_router)  # GET /metrics (Prometheus), outside the API and its schema
-    authenticated = [Depends(get_principal)]  # the caller AuthenticateApi resolved
+    app.include_router(ui.router)  # GET /ui/ (the web UI) and its sign-in, outside the API schema
+    # The caller AuthenticateApi resolved, and the answers (401, 403, 503) every API route may give.
+    authenticated: dict[str, Any] = {"dependencies": [Depends(get_principal)], "responses": API_RESPONSES}
     domains = (
         identity,
         experiments,
@@ -137,14 +146,16 @@ def create_app(
         analysis,
     )
     for domain in domains:
-        app.include_router(domain.router, prefix=API_PREFIX, dependencies=authenticated)
-    app.include_router(webhooks.router, prefix=API_PREFIX, dependencies=authenticated)
-    app.include_router(compare.router, prefix=API_PREFIX, dependencies=authenticated)
-    app.include_router(business.router, prefix=API_PREFIX, dependencies=authenticated)
+        app.include_router(domain.router, prefix=API_PREFIX, **authenticated)
+    app.include_router(webhooks.router, prefix=API_PREFIX, **authenticated)
+    app.include_router(compare.router, prefix=API_PREFIX, **authenticated)
+    app.include_router(business.router, prefix=API_PREFIX, **authenticated)
+    app.include_router(retention.router, prefix=API_PREFIX, **authenticated)
+    app.include_router(ui_me.router, prefix=API_PREFIX, **authenticated)  # GET /api/v1/me
     for router in (mlflow.router, mlflow.v3_router):  # MLflow's own paths, for the unmodified client
-        app.include_router(router, dependencies=authenticated)
-    app.include_router(artifacts.router, prefix=API_PREFIX, dependencies=authenticated)
-    app.include_router(mlflow_artifacts.router, prefix=mlflow_artifacts.PREFIX, dependencies=authenticated)
-    app.include_router(exports.router, prefix=API_PREFIX, dependencies=authenticated)
-    app.include_router(odata.router, dependencies=authenticated)  # /odata/: BI tools, basic auth
+        app.include_router(router, **authenticated)
+    app.include_router(artifacts.router, prefix=API_PREFIX, **authenticated)
+    app.include_router(mlflow_artifacts.router, prefix=mlflow_artifacts.PREFIX, **authenticated)
+    app.include_router(exports.router, prefix=API_PREFIX, **authenticated)
+    app.include_router(odata.router, **authenticated)  # /odata/: BI tools, basic auth
     return app

@@ -5,7 +5,9 @@ every /api/ request before routing, so a request without a usable key is a 401 e
 when its body is malformed; `get_principal` (a dependency of every API router) hands
 that caller to the routes. The key comes from
 `Authorization: Bearer rlk_...`, HTTP basic auth (username = key id, password =
-secret; what MLflow clients and BI tools send) or `X-API-Key`. The tenant is the
+secret; what MLflow clients and BI tools send) or `X-API-Key`; a request with none of
+them may present the web UI's session cookie instead (services/api/sessions.py: it acts
+as the key that signed in, and unsafe methods need its CSRF token). The tenant is the
 key's, never one named by the request.
 """
 
@@ -28,6 +30,7 @@ from runledger.auth.watcher import AuthWatcher
 from runledger.config import Settings
 from runledger.stores.clickhouse import ClickHouse
 from runledger.stores.postgres.directory import AuditEntry
+from services.api import sessions
 from services.api.audit import AuditSink
 from services.api.consistency import ConsistencyToken
 from services.api.errors import ApiError, PermissionDenied, TemporarilyUnavailable, Unauthenticated
@@ -119,6 +122,14 @@ async def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
         deny(runtime, request, None, "anonymous", exc.message)
         raise
     if key is None:
+        try:  # no key: the web UI's session cookie, if any (services/api/sessions.py)
+            from_session = await sessions.principal_from_cookie(request, runtime)
+        except ApiError as exc:
+            deny(runtime, request, None, "session", exc.message)
+            raise
+        if from_session is not None:
+            request.state.principal = from_session
+            return from_session
         deny(runtime, request, None, "anonymous", "no API key")
         raise Unauthenticated(
             "an API key is required: Authorization: Bearer rlk_<id>_<secret> (or basic auth with the key"

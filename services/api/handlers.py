@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from services.api.deps import Runtime, deny
 from services.api.errors import (
@@ -87,16 +88,34 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code in (404, 405):
         # 405 keeps its status but carries the same code: for an MLflow client both
         # mean "this server has no such endpoint", which triggers its fallbacks.
-        error = EndpointNotFound(f"no endpoint {request.method} {request.url.path}")
+        headers = {"Allow": _allowed_methods(request)} if exc.status_code == 405 else None
+        error = EndpointNotFound(f"no endpoint {request.method} {request.url.path}", headers=headers)
         return error_response(error, exc.status_code)
     other = ApiError(str(exc.detail))
     other.error_code = "INVALID_PARAMETER_VALUE" if exc.status_code < 500 else "INTERNAL_ERROR"
     return error_response(other, exc.status_code)
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method the path answers, for the `Allow` header of a 405 (RFC 9110); the router's own
+    names only the first route of the path."""
+    allowed = {
+        method
+        for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+        for route in request.app.router.routes
+        if route.matches({**request.scope, "method": method})[0] == Match.FULL
+    }
+    return ", ".join(sorted(allowed))
+
+
 async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     log.warning("backing service unavailable: %r", exc)
     return error_response(TemporarilyUnavailable(f"a backing service is unavailable: {type(exc).__name__}"))
+
+
+async def _unstorable_text(_: Request, exc: Exception) -> JSONResponse:
+    # Postgres text holds no NUL (U+0000): a request value carrying one is bad input, not a 500.
+    return error_response(InvalidParameter(f"a request value cannot be stored or matched: {exc}"))
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -128,4 +147,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     for exc_type in _UNAVAILABLE:
         app.add_exception_handler(exc_type, _unavailable)
+    for exc_type in (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError):
+        app.add_exception_handler(exc_type, _unstorable_text)
     app.add_exception_handler(Exception, _unexpected)

@@ -40,9 +40,25 @@ WRITE_RESPONSES: dict[int | str, dict[str, object]] = {
         "description": "Invalid input (INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS).",
     },
     404: {"model": ErrorBody, "description": "RESOURCE_DOES_NOT_EXIST in the caller's tenant."},
+    429: {
+        "model": ErrorBody,
+        "description": "REQUEST_LIMIT_EXCEEDED: a tenant quota; retry after Retry-After.",
+    },
     503: {"model": ErrorBody, "description": "The event log or a store is unavailable; retry."},
 }
 READ_RESPONSES: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorBody, "description": "Invalid query parameter or page token."},
     404: {"model": ErrorBody, "description": "RESOURCE_DOES_NOT_EXIST in the caller's tenant."},
+}
+# Documented on every authenticated route (app.py adds them to each API router).
+API_RESPONSES: dict[int | str, dict[str, object]] = {
+    401: {
+        "model": ErrorBody,
+        "description": "UNAUTHENTICATED: no API key, or an unknown, revoked or expired one.",
+    },
+    403: {"model": ErrorBody, "description": "PERMISSION_DENIED: the caller's role does not allow this."},
+    503: {
+        "model": ErrorBody,
+        "description": "A backing service is unavailable or the API is starting; retry.",
+    },
 }

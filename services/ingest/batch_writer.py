@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -23,6 +24,7 @@ from services.ingest import checkpoints
 from services.ingest.dead_letters import DeadLetters, reason_class
 from services.ingest.gate import Admitted, BatchGate, Gate
 from services.ingest.metadata_writer import (
+    REFUSED,
     already_applied,
     apply_projection,
     count_dead_letters,
@@ -30,6 +32,7 @@ from services.ingest.metadata_writer import (
 )
 from services.ingest.partition_buffer import PartitionBuffer
 from services.ingest.projection import ArchivedEvent, Projection, build_projection
+from services.ingest.retention_cache import RetentionDays, with_ingested_at, with_retention
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,15 @@ def prepare(
     return PreparedBatch(partition, records[-1].offset, events, projection, rejected, checks, admission)
 
 
+def ingestion_time(projection: Projection) -> datetime:
+    """When the batch was received: the ingested_at of its archive rows (now without any)."""
+    if projection.archive is not None and projection.archive.num_rows:
+        at = projection.archive.column("ingested_at")[0].as_py()
+        if isinstance(at, datetime):
+            return at
+    return utc_now()
+
+
 def points_by_tenant(projection: Projection) -> dict[str, int]:
     """Metric points of a projection per tenant (what tenant_usage advances by)."""
     if projection.points is None:
@@ -138,6 +150,7 @@ class BatchWriter:
         self._clickhouse = clickhouse
         self._pool = pool
         self._dead_letters = dead_letters
+        self._retention = RetentionDays(pool)
 
     async def write(self, batch: PreparedBatch) -> Projection:
         """Project one batch; returns what was written (re-sent and refused events removed)."""
@@ -168,7 +181,7 @@ class BatchWriter:
                     await add_usage(conn, points_by_tenant(projection))
                     await clickhouse
                     await checkpoints.advance(conn, key, state.committed, last)
-            except asyncpg.PostgresError as exc:
+            except REFUSED as exc:
                 await clickhouse
                 log.warning("batch %s refused by Postgres (%s); isolating the bad events", token, exc)
                 await self._write_isolating(conn, events, projection, rejected, state, last)
@@ -180,14 +193,18 @@ class BatchWriter:
                 if clickhouse.done() and not clickhouse.cancelled():
                     clickhouse.exception()  # retrieved: a failure already raised above is not logged twice
         state.committed = last
+        if any(e.envelope.type is EventType.RETENTION_POLICY_SET for e in projection.metadata_events):
+            self._retention.invalidate()
         return projection
 
     async def _insert_clickhouse(self, projection: Projection, token: str) -> None:
         """The batch's points and archive rows, with dedup tokens (a repeated batch is a no-op)."""
         if projection.points is not None:
-            await asyncio.to_thread(
-                self._clickhouse.insert_arrow, "metric_points", projection.points, token + ".p"
-            )
+            # Each point carries its tenant's retention and the time it was received, which
+            # the table's TTL reads: the batch's archive time, which replay stamps again.
+            days = await self._retention.days(projection.tenants)
+            points = with_ingested_at(with_retention(projection.points, days), ingestion_time(projection))
+            await asyncio.to_thread(self._clickhouse.insert_arrow, "metric_points", points, token + ".p")
         if projection.archive is not None:
             await asyncio.to_thread(
                 self._clickhouse.insert_arrow, "events_archive", projection.archive, token + ".a"

@@ -9,8 +9,10 @@
 3. permission: the key's principal may WRITE the event's experiment. A principal whose
    grant is narrowed to some experiments is also checked, by the batch writer, against
    the experiment its runs are RECORDED in (the envelope's experiment_id is a claim);
-4. tagging policy of run.started (reject: dead letter; flag: a `policy.tagging` finding);
-5. quotas: events per second per tenant, counted in 1 s windows of the Kafka record
+4. clock: `occurred_at` no further ahead of the projector's clock than
+   projector_max_clock_skew_s, and not before 2000-01-01 (docs/dead-letters.md);
+5. tagging policy of run.started (reject: dead letter; flag: a `policy.tagging` finding);
+6. quotas: events per second per tenant, counted in 1 s windows of the Kafka record
    timestamp (a backlog after an outage is judged by when it was produced, not by how
    fast it is read back), and the tenant's stored points (tenant_usage).
 
@@ -27,14 +29,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from runledger.auth import signing
 from runledger.auth.model import Action, AuthSnapshot
 from runledger.auth.rbac import Authorizer
 from runledger.events.codec import DecodedEvent, decode, encode, envelope_dict, producer
 from runledger.events.metric_columns import MetricColumns
-from runledger.events.models import PLATFORM_REPORTED, EventType, RunStartedPayload
+from runledger.events.models import ADMIN_ONLY, PLATFORM_REPORTED, EventType, RunStartedPayload
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,10 @@ _WINDOWS_KEPT_S = 600  # rate windows older than this (behind the newest seen) a
 # moment ago), at most this often, so a flood of forged key ids costs little.
 _REFRESH_EVERY_S = 0.1
 _KEY_ID_FIELD = b'"key_id":"'
+# Events stamped before this are refused whatever the skew setting: no run predates it, and
+# such a time is a broken clock (or an int read as seconds) rather than a late delivery.
+EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
+DEFAULT_MAX_CLOCK_SKEW_S = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +122,15 @@ class Gate:
     """Per-process admission state: rate windows and stored points per tenant."""
 
     def __init__(
-        self, authorizer: Callable[[], Authorizer], refresh: Callable[[], Awaitable[None]] | None = None
+        self,
+        authorizer: Callable[[], Authorizer],
+        refresh: Callable[[], Awaitable[None]] | None = None,
+        max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
+        existing: Callable[[list[str]], Awaitable[set[str]]] | None = None,
     ) -> None:
         self._authorizer = authorizer
+        self._existing = existing
+        self.max_clock_skew = timedelta(seconds=max_clock_skew_s)
         self._refresh = refresh
         self._refreshed_at = 0.0
         self._unknown: set[str] = set()
@@ -137,7 +149,10 @@ class Gate:
         watcher polls, and a key created a moment ago must not see its first events refused.
 
         Ids still unknown after a reload are remembered until the snapshot changes, and
-        reloads are at least _REFRESH_EVERY_S apart: forged key ids cost little.
+        reloads are at least _REFRESH_EVERY_S apart: forged key ids cost little. With
+        `existing` (which of these ids the directory holds: one indexed query), ids no
+        directory holds cost neither a reload nor the wait: a flood of made-up key ids
+        (hostile input) used to hold every batch for a reload.
         """
         if self._refresh is None:
             return
@@ -145,6 +160,11 @@ class Gate:
         if snapshot.generation != self._unknown_generation:
             self._unknown, self._unknown_generation = set(), snapshot.generation
         wanted = {k for k in map(_claimed_key_id, raws) if k and k not in snapshot.keys} - self._unknown
+        if wanted and self._existing is not None:
+            present = await self._existing(sorted(wanted))
+            if len(self._unknown) < 10_000:
+                self._unknown |= wanted - present
+            wanted &= present
         if not wanted:
             return
         wait = self._refreshed_at + _REFRESH_EVERY_S - time.monotonic()
@@ -216,6 +236,10 @@ class BatchGate:
         if not self.authorizer.can(principal, tenant, Action.WRITE, env.experiment_id):
             target = f"experiment {env.experiment_id}" if env.experiment_id else f"tenant {tenant}"
             return Rejected(tenant, f"permission denied: {principal} may not write {target}")
+        if env.type in ADMIN_ONLY and not self.authorizer.can(principal, tenant, Action.ADMIN, None):
+            return Rejected(
+                tenant, f"permission denied: {env.type.value} needs a tenant admin, not {principal}"
+            )
         return principal
 
     def admit(self, event: DecodedEvent, timestamp_ms: int) -> Admitted | Rejected:
@@ -226,6 +250,9 @@ class BatchGate:
         env = event.envelope
         snapshot = self._snapshot
         tenant = env.tenant_id
+        skew = self._clock_skew(env.occurred_at)
+        if skew is not None:
+            return Rejected(tenant, skew)
         if env.type in PLATFORM_REPORTED and principal in snapshot.superadmins:
             # A platform service's report: not the tenant's traffic, so not its quota.
             return Admitted(principal, False, None)
@@ -252,6 +279,20 @@ class BatchGate:
         if points:
             self._gate.usage[tenant] = self._gate.usage.get(tenant, 0) + points
         return Admitted(principal, self._is_narrowed(principal, tenant), finding)
+
+    def _clock_skew(self, occurred_at: datetime) -> str | None:
+        """Why `occurred_at` is not a plausible time for an event arriving now (None: it is)."""
+        if occurred_at < EARLIEST_OCCURRED_AT:
+            return (
+                f"clock skew: occurred_at {occurred_at.isoformat()} is before {EARLIEST_OCCURRED_AT.date()}"
+            )
+        ahead = occurred_at - self._now
+        if ahead > self._gate.max_clock_skew:
+            return (
+                f"clock skew: occurred_at {occurred_at.isoformat()} is {ahead.total_seconds():.0f} s ahead"
+                f" of the projector's clock (limit {self._gate.max_clock_skew.total_seconds():.0f} s)"
+            )
+        return None
 
     def _is_narrowed(self, principal: str, tenant: str) -> bool:
         """Whether the principal's WRITE covers only some experiments of the tenant."""

@@ -37,6 +37,16 @@ from runledger.events.models import (
 from runledger.stores.postgres import PgConnection
 from services.ingest.latest_writer import upsert_latest
 from services.ingest.projection import Projection
+from services.ingest.retention_writer import RETENTION_HANDLERS
+
+# What the metadata store refuses because of one event's data: a constraint or value error
+# of PostgreSQL, an integer outside int8 (asyncpg's client-side DataError), JSON nested deeper
+# than orjson writes. The batch is then written event by event and such events dead-lettered.
+REFUSED: tuple[type[Exception], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.exceptions._base.DataError,
+    orjson.JSONEncodeError,
+)
 
 
 def _ms(event: DecodedEvent) -> int:
@@ -362,9 +372,11 @@ async def _model_version(conn: PgConnection, ev: DecodedEvent) -> None:
     p = ev.payload
     assert isinstance(p, ModelVersionRegisteredPayload)
     await conn.execute(
-        "INSERT INTO model_versions (tenant_id, model_name, version, run_id, source, stage)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, model_name, version)"
-        " DO UPDATE SET stage = excluded.stage, source = excluded.source",
+        "INSERT INTO model_versions (tenant_id, model_name, version, run_id, source, stage, ever_production)"
+        " VALUES ($1, $2, $3, $4, $5, $6, lower($6) = 'production') ON CONFLICT (tenant_id, model_name, version)"
+        " DO UPDATE SET stage = excluded.stage, source = excluded.source,"
+        # Once in Production, always protected from retention (never cleared).
+        " ever_production = model_versions.ever_production OR excluded.ever_production",
         ev.envelope.tenant_id,
         p.model_name,
         p.version,
@@ -483,6 +495,7 @@ _HANDLERS: dict[EventType, _Handler] = {
     EventType.ANOMALY_DETECTED: _finding,
     EventType.ATTRIBUTION_REQUESTED: _attribution_requested,
     EventType.ATTRIBUTION_COMPUTED: _attribution_computed,
+    **RETENTION_HANDLERS,
 }
 
 
@@ -527,7 +540,7 @@ async def apply_projection(
         try:
             async with conn.transaction():
                 await handler(conn, event)
-        except asyncpg.PostgresError as exc:
+        except REFUSED as exc:
             reject(event, f"rejected by metadata store: {exc}")
     if projection.latest is not None:
         await upsert_latest(conn, projection.latest)

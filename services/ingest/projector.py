@@ -30,7 +30,7 @@ from services import observability as metrics
 from services.ingest import checkpoints
 from services.ingest.batch_writer import BatchWriter, PreparedBatch, prepare
 from services.ingest.checkpoints import Checkpoint, PartitionKey
-from services.ingest.dead_letters import DeadLetters
+from services.ingest.dead_letters import MAX_LETTER_BYTES, DeadLetters
 from services.ingest.gate import Gate
 from services.ingest.partition_buffer import PartitionBuffer
 from services.ingest.projection import Projection
@@ -104,6 +104,8 @@ class Projector:
             acks="all",
             linger_ms=5,
             enable_idempotence=False,
+            max_request_size=MAX_LETTER_BYTES,  # a dead letter is as large as the event it keeps
+            batch_size=1 << 20,  # a flood of bad input: few large requests, not one per 16 kB
         )
         self._dead_letters = DeadLetters(producer, self._settings.dlq_topic)
         try:
@@ -126,7 +128,7 @@ class Projector:
         if self._auth is None:
             self._auth = await directory.watch(self._pool, s.auth_poll_interval_s)
         auth = self._auth
-        gate = Gate(lambda: auth.authorizer, auth.refresh)
+        gate = Gate(lambda: auth.authorizer, auth.refresh, s.projector_max_clock_skew_s, self._existing_keys)
         async with self._pool.acquire() as conn:
             gate.load_usage(await load_usage(conn))
         self.gate = gate
@@ -190,6 +192,11 @@ class Projector:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await write_loop
             await asyncio.to_thread(consumer.close, False)
+
+    async def _existing_keys(self, key_ids: list[str]) -> set[str]:
+        """Which of these key ids the directory holds (the gate reloads only for those)."""
+        rows = await self._pool.fetch("SELECT key_id FROM api_keys WHERE key_id = ANY($1::text[])", key_ids)
+        return {r["key_id"] for r in rows}
 
     async def _write_loop(
         self, consumer: KafkaConsumer, writer: BatchWriter, queue: asyncio.Queue[PreparedBatch]

@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
+import pyarrow as pa
 
-from runledger.events.codec import InvalidEvent, decode
+from runledger.events.codec import DecodedEvent, InvalidEvent, decode
+from runledger.events.models import EventType
 from runledger.stores.clickhouse import ClickHouse
-from services.ingest.metadata_writer import apply_projection, record_applied
+from services.ingest.metadata_writer import REFUSED, apply_projection, record_applied
 from services.ingest.projection import ArchivedEvent, build_projection
+from services.ingest.retention_cache import RetentionDays, with_ingested_at, with_retention
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +128,35 @@ def _page(clickhouse: ClickHouse, after: tuple[int, str, int] | None) -> list[tu
     )
 
 
+def _stamped_points(
+    events: list[ArchivedEvent], received: list[int], points: pa.Table, days: Mapping[str, int]
+) -> pa.Table:
+    """The page's points, each with its tenant's retention and the time its event was first
+    received (the archive's ingested_at), so a replayed point keeps its age.
+
+    Events archived together (one projector batch) share that time, and the page comes in
+    that order: a page of one batch reuses its projection's points; otherwise each batch's
+    points are built on their own (one insert still: many small parts would cost merges)."""
+    groups: list[tuple[int, list[DecodedEvent]]] = []
+    for archived, at_ms in zip(events, received, strict=True):
+        if archived.event.envelope.type is not EventType.METRICS_LOGGED:
+            continue
+        if not groups or groups[-1][0] != at_ms:
+            groups.append((at_ms, []))
+        groups[-1][1].append(archived.event)
+    parts = []
+    for at_ms, group in groups:
+        built = (
+            points
+            if len(groups) == 1
+            else build_projection([ArchivedEvent(e, "", 0) for e in group], None, with_archive=False).points
+        )
+        if built is not None:
+            at = datetime.fromtimestamp(at_ms / 1000, UTC)
+            parts.append(with_ingested_at(with_retention(built, days), at))
+    return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+
 async def replay(
     clickhouse: ClickHouse, pool: asyncpg.Pool, progress: Callable[[ReplayStats], None] | None = None
 ) -> ReplayStats:
@@ -134,25 +167,47 @@ async def replay(
     for statement in truncate_statements(catalog, clickhouse.database):
         await asyncio.to_thread(clickhouse.command, statement)
     stats = ReplayStats()
+    # retention_policies is not wiped (its events re-apply idempotently): re-inserted points
+    # are stamped with their tenant's policy, so a "keep forever" tenant's old points are not
+    # taken by the TTL's default before a sweep re-stamps them; and with the time they were
+    # first received (their events' archive time), so their age does not restart: points a
+    # sweep deleted, and recorded, come back already expired and the TTL removes them again.
+    retention = RetentionDays(pool)
     after: tuple[int, str, int] | None = None
     while True:
         rows = await asyncio.to_thread(_page, clickhouse, after)
         if not rows:
             break
         after = rows[-1][:3]
-        events = []
-        for _, source, offset, body in rows:
+        events: list[ArchivedEvent] = []
+        received: list[int] = []  # archive time (ms) of each event
+        for at_ms, source, offset, body in rows:
             try:
                 events.append(ArchivedEvent(decode(body.encode()), source, offset))
+                received.append(at_ms)
             except InvalidEvent as exc:  # archived under an older, laxer contract
                 log.warning("replay skips %s@%d: %s", source, offset, exc.reason)
                 stats.skipped += 1
         projection = build_projection(events, None, with_archive=False)
         if projection.points is not None:
-            await asyncio.to_thread(clickhouse.insert_arrow, "metric_points", projection.points)
-        async with pool.acquire() as conn, conn.transaction():
-            await apply_projection(conn, projection)
-            await record_applied(conn, [a.event.envelope.event_id for a in events])
+            days = await retention.days(projection.tenants)
+            points = _stamped_points(events, received, projection.points, days)
+            await asyncio.to_thread(clickhouse.insert_arrow, "metric_points", points)
+        async with pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    await apply_projection(conn, projection)
+                    await record_applied(conn, [a.event.envelope.event_id for a in events])
+            except REFUSED:
+                # The live projector dead-lettered these events one by one (their points and
+                # archive rows went to ClickHouse first): skip the same ones here.
+                def skip(event: DecodedEvent, reason: str) -> None:
+                    log.warning("replay skips %s: %s", event.envelope.event_id, reason)
+                    stats.skipped += 1
+
+                async with conn.transaction():
+                    await apply_projection(conn, projection, skip)
+                    await record_applied(conn, [a.event.envelope.event_id for a in events])
         stats.events += len(events)
         stats.points += projection.point_count
         if progress is not None:

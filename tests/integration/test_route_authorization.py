@@ -66,7 +66,10 @@ ADMIN_PREFIXES = (
     "/api/v1/orgs",
     "/api/v1/webhooks",
     "/api/v1/anomaly-settings",
+    "/api/v1/retention/",
 )
+# Tenant-admin writes on paths any member may read.
+ADMIN_WRITES = {("PUT", "/api/v1/retention-policy")}
 # Any authenticated caller, about itself.
 SELF_PATHS = {"/api/v1/whoami"}
 MLFLOW = "/api/2.0/mlflow"
@@ -308,7 +311,9 @@ def _body(method: str, path: str) -> Any:
     return {}
 
 
-def _kind(path: str) -> str:
+def _kind(method: str, path: str) -> str:
+    if (method, path) in ADMIN_WRITES:
+        return "admin"
     if path in SELF_PATHS:
         return "self"
     if path.startswith(PLATFORM_PREFIXES):
@@ -358,7 +363,7 @@ async def test_another_tenant_sees_nothing_of_a(world: World) -> None:
     failures: list[str] = []
     for method, path in _routes(spec):
         r = await _call(world, method, path, world.intruder)
-        kind = _kind(path)
+        kind = _kind(method, path)
         if kind == "self":
             ok = r.status_code == 200
         elif kind in ("admin", "platform"):
@@ -386,7 +391,7 @@ async def test_a_viewer_may_not_write_and_only_admins_administer(world: World) -
     spec = (await world.client.get("/openapi.json")).json()
     failures: list[str] = []
     for method, path in _routes(spec):
-        kind = _kind(path)
+        kind = _kind(method, path)
         if method in WRITE_METHODS and kind != "self" and path not in READ_POSTS:
             r = await _call(world, method, path, world.viewer)
             if r.status_code != 403:
@@ -407,7 +412,12 @@ async def test_the_owner_reads_its_resources(world: World) -> None:
     spec = (await world.client.get("/openapi.json")).json()
     failures: list[str] = []
     for method, path in _routes(spec):
-        if method != "GET" or _kind(path) != "data" or path.endswith("/history") or "get-history" in path:
+        if (
+            method != "GET"
+            or _kind(method, path) != "data"
+            or path.endswith("/history")
+            or "get-history" in path
+        ):
             # no ClickHouse here
             continue
         if path in ("/api/v1/exports/runs", "/api/v1/exports/metric-points"):

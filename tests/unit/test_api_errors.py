@@ -166,6 +166,7 @@ def test_wrong_method_keeps_405_with_the_same_code(client: TestClient) -> None:
     r = client.put("/api/v1/experiments")
     assert r.status_code == 405
     assert r.json()["error_code"] == "ENDPOINT_NOT_FOUND"
+    assert r.headers["allow"] == "GET, POST"  # every method of the path (RFC 9110), not the first route's
 
 
 @pytest.mark.parametrize(

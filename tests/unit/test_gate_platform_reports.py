@@ -13,7 +13,7 @@ from runledger.events.codec import decode, envelope_dict, producer
 from runledger.events.models import EventType
 from services.ingest.gate import Admitted, Gate, Rejected
 
-PLATFORM_KEY, TENANT_KEY = generate_key(), generate_key()
+PLATFORM_KEY, TENANT_KEY, ACME_ENGINEER, ACME_ADMIN = (generate_key() for _ in range(4))
 
 
 def _record(key: ApiKey, tenant: str, principal: str) -> KeyRecord:
@@ -26,9 +26,15 @@ SNAPSHOT = AuthSnapshot(
     keys={
         PLATFORM_KEY.key_id: _record(PLATFORM_KEY, "platform", "root"),
         TENANT_KEY.key_id: _record(TENANT_KEY, "other", "eng"),
+        ACME_ENGINEER.key_id: _record(ACME_ENGINEER, "acme", "acme-eng"),
+        ACME_ADMIN.key_id: _record(ACME_ADMIN, "acme", "acme-admin"),
     },
     superadmins=frozenset({"root"}),
-    grants=(Grant("other", "eng", Role.ENGINEER),),
+    grants=(
+        Grant("other", "eng", Role.ENGINEER),
+        Grant("acme", "acme-eng", Role.ENGINEER),
+        Grant("acme", "acme-admin", Role.ADMIN),
+    ),
 )
 GATE = Gate(lambda: Authorizer(SNAPSHOT))
 
@@ -63,3 +69,23 @@ def test_a_forged_platform_report_is_refused() -> None:
     raw = _event(PLATFORM_KEY, EventType.ANOMALY_DETECTED, ANOMALY).replace(b'"spike"', b'"plateau"')
     verdict = GATE.batch().admit(decode(raw), 0)
     assert isinstance(verdict, Rejected) and verdict.reason == "signature mismatch"
+
+
+POLICY = {"metric_points_days": 30, "artifacts_days": 30, "keep_production_models": True}
+EXPIRED = {
+    "before": 1_700_000_000_000,
+    "artifacts": [{"path": "a.txt", "digest": "sha256:" + "0" * 64, "size": 1}],
+}
+
+
+def test_policies_and_deletion_records_need_a_tenant_admin() -> None:
+    policy = _event(ACME_ENGINEER, EventType.RETENTION_POLICY_SET, POLICY)
+    verdict = GATE.batch().admit(decode(policy), 0)
+    assert isinstance(verdict, Rejected) and "needs a tenant admin" in verdict.reason
+    assert isinstance(
+        GATE.batch().admit(decode(_event(ACME_ADMIN, EventType.RETENTION_POLICY_SET, POLICY)), 0), Admitted
+    )
+    # An engineer could otherwise delete artifact rows and orphan their blobs.
+    expired = _event(ACME_ENGINEER, EventType.ARTIFACTS_EXPIRED, EXPIRED)
+    verdict = GATE.batch().admit(decode(expired), 0)
+    assert isinstance(verdict, Rejected) and "needs a tenant admin" in verdict.reason

@@ -307,6 +307,53 @@ class AttributionComputedPayload(Payload):
     error: str | None = None
 
 
+# --- retention (docs/retention.md) ---------------------------------------------------------
+
+
+class RetentionPolicySetPayload(Payload):
+    """A tenant's retention policy (replaces the previous one); null days = kept forever."""
+
+    metric_points_days: int | None = Field(
+        365, ge=1, le=36_500, description="Days raw metric points are kept after RunLedger received them."
+    )
+    artifacts_days: int | None = Field(
+        183, ge=1, le=36_500, description="Days a run's artifacts are kept after the run ended."
+    )
+    keep_production_models: bool = Field(
+        True, description="Keep the binaries of model versions ever marked Production forever."
+    )
+
+
+class ExpiredSeries(Payload):
+    key: Key
+    points: int = Field(ge=0)
+    first_timestamp: int = Field(description="Milliseconds since the epoch.")
+    last_timestamp: int = Field(description="Milliseconds since the epoch.")
+
+
+class MetricsExpiredPayload(Payload):
+    """Raw points of the run received before `before` were removed by the retention policy."""
+
+    before: int = Field(description="Milliseconds since the epoch: points received before this went.")
+    policy_days: int | None = None
+    series: list[ExpiredSeries] = Field(default_factory=list)
+
+
+class ExpiredArtifact(Payload):
+    path: Annotated[str, Field(min_length=1, max_length=1024)]
+    digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+    size: int = Field(ge=0)
+
+
+class ArtifactsExpiredPayload(Payload):
+    """These artifact rows of the run were removed by the retention policy (a row is removed
+    only while it still has this digest); their blobs go once no artifact row references them."""
+
+    before: int = Field(description="Milliseconds since the epoch: artifacts of runs ended before this went.")
+    policy_days: int | None = None
+    artifacts: list[ExpiredArtifact] = Field(min_length=1)
+
+
 # --- envelope ------------------------------------------------------------------------------
 
 
@@ -340,6 +387,8 @@ class EventType(StrEnum):
     STATUS_CHANGED = "run.status_changed"
     RUN_DELETED = "run.deleted"
     RUN_RESTORED = "run.restored"
+    METRICS_EXPIRED = "run.metrics_expired"
+    ARTIFACTS_EXPIRED = "run.artifacts_expired"
     MODEL_VERSION_REGISTERED = "model.version_registered"
     LOGGED_MODEL_CREATED = "model.logged"
     LOGGED_MODEL_UPDATED = "model.logged_model_updated"
@@ -348,6 +397,7 @@ class EventType(StrEnum):
     ANOMALY_DETECTED = "analysis.anomaly_detected"
     ATTRIBUTION_REQUESTED = "analysis.attribution_requested"
     ATTRIBUTION_COMPUTED = "analysis.attribution_computed"
+    RETENTION_POLICY_SET = "tenant.retention_policy_set"
 
 
 PAYLOAD_TYPES: dict[EventType, type[Payload]] = {
@@ -370,6 +420,8 @@ PAYLOAD_TYPES: dict[EventType, type[Payload]] = {
     EventType.STATUS_CHANGED: StatusChangedPayload,
     EventType.RUN_DELETED: EmptyPayload,
     EventType.RUN_RESTORED: EmptyPayload,
+    EventType.METRICS_EXPIRED: MetricsExpiredPayload,
+    EventType.ARTIFACTS_EXPIRED: ArtifactsExpiredPayload,
     EventType.MODEL_VERSION_REGISTERED: ModelVersionRegisteredPayload,
     EventType.LOGGED_MODEL_CREATED: LoggedModelCreatedPayload,
     EventType.LOGGED_MODEL_UPDATED: LoggedModelUpdatedPayload,
@@ -378,6 +430,7 @@ PAYLOAD_TYPES: dict[EventType, type[Payload]] = {
     EventType.ANOMALY_DETECTED: AnomalyDetectedPayload,
     EventType.ATTRIBUTION_REQUESTED: AttributionRequestedPayload,
     EventType.ATTRIBUTION_COMPUTED: AttributionComputedPayload,
+    EventType.RETENTION_POLICY_SET: RetentionPolicySetPayload,
 }
 
 # Events that concern one run: their envelope must carry run_id (and experiment_id).
@@ -393,7 +446,16 @@ EXPERIMENT_SCOPED = (
 )
 # Events a platform service (the analysis service, holding a superadmin key) may publish
 # for any tenant: what it concludes about a tenant's runs, never the runs themselves.
-PLATFORM_REPORTED = frozenset(t for t in EventType if t.value.startswith("analysis."))
+# The retention sweeper records what a tenant's policy removed the same way.
+PLATFORM_REPORTED = frozenset(t for t in EventType if t.value.startswith("analysis.")) | {
+    EventType.METRICS_EXPIRED,
+    EventType.ARTIFACTS_EXPIRED,
+}
+# Events only a tenant admin (or a platform superadmin) may write: policies, and the
+# records of deletions they decide. An engineer's key writing one is dead-lettered.
+ADMIN_ONLY = frozenset(
+    {EventType.RETENTION_POLICY_SET, EventType.METRICS_EXPIRED, EventType.ARTIFACTS_EXPIRED}
+)
 
 
 class Envelope(BaseModel):

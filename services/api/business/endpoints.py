@@ -54,7 +54,10 @@ async def list_business_metrics(service: Service) -> BusinessMetricList:
 @router.post(
     "/business-metrics",
     response_model=DeclaredBusinessMetric,
-    responses=WRITE_RESPONSES,
+    responses={
+        **WRITE_RESPONSES,
+        201: {"model": DeclaredBusinessMetric, "description": "A new declaration (200: a replaced one)."},
+    },
     dependencies=[TenantWriter],
 )
 async def declare_business_metric(

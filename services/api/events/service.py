@@ -66,7 +66,13 @@ def parse_batch(body: bytes, principal: Principal) -> list[ParsedEvent]:
         event_id = item.get("event_id") if isinstance(item, dict) else None
         event_id = event_id if isinstance(event_id, str) else None
         # Re-encoding each element gives the exact bytes that are validated.
-        raw = orjson.dumps(item)
+        try:
+            raw = orjson.dumps(item)
+        except orjson.JSONEncodeError as exc:  # nested deeper than 255 levels
+            rejected.append(
+                EventRejection(index=index, event_id=event_id, reason=f"cannot encode the event: {exc}")
+            )
+            continue
         if len(raw) > MAX_EVENT_BYTES:
             reason = f"event exceeds {MAX_EVENT_BYTES} bytes"
             rejected.append(EventRejection(index=index, event_id=event_id, reason=reason))

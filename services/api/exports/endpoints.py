@@ -41,6 +41,17 @@ ViewType = Annotated[
     Literal["ACTIVE_ONLY", "DELETED_ONLY", "ALL"], Query(description="Which runs (lifecycle stage).")
 ]
 _MAX_MS = 9_999_999_999_999
+# The 200 of every export: a file in the requested format, never JSON.
+_EXPORT_RESPONSES: dict[int | str, dict[str, object]] = {
+    **READ_RESPONSES,
+    200: {
+        "description": "The export as a file in `format` (Content-Disposition: attachment).",
+        "content": {
+            media.split(";")[0]: {"schema": {"type": "string", "format": "binary"}}
+            for media in MEDIA_TYPES.values()
+        },
+    },
+}
 
 
 def get_service(runtime: RuntimeDep, principal: Auth) -> ExportService:
@@ -81,7 +92,12 @@ async def _stream(export: Export, fmt: str) -> StreamingResponse:
     )
 
 
-@router.get("/exports/experiments", responses=READ_RESPONSES, dependencies=[ConsistentRead])
+@router.get(
+    "/exports/experiments",
+    response_class=StreamingResponse,
+    responses=_EXPORT_RESPONSES,
+    dependencies=[ConsistentRead],
+)
 async def export_experiments(
     service: Service,
     format: FormatParam = "csv",
@@ -96,7 +112,12 @@ async def export_experiments(
     return await _stream(await service.experiments(request), format)
 
 
-@router.get("/exports/runs", responses=READ_RESPONSES, dependencies=[ConsistentRead])
+@router.get(
+    "/exports/runs",
+    response_class=StreamingResponse,
+    responses=_EXPORT_RESPONSES,
+    dependencies=[ConsistentRead],
+)
 async def export_runs(
     service: Service,
     format: FormatParam = "csv",
@@ -109,7 +130,12 @@ async def export_runs(
     return await _stream(await service.runs(request), format)
 
 
-@router.get("/exports/metric-points", responses=READ_RESPONSES, dependencies=[ConsistentRead])
+@router.get(
+    "/exports/metric-points",
+    response_class=StreamingResponse,
+    responses=_EXPORT_RESPONSES,
+    dependencies=[ConsistentRead],
+)
 async def export_metric_points(
     service: Service,
     format: FormatParam = "csv",
@@ -123,7 +149,12 @@ async def export_metric_points(
     return await _stream(await service.metric_points(request), format)
 
 
-@router.get("/exports/findings", responses=READ_RESPONSES, dependencies=[ConsistentRead])
+@router.get(
+    "/exports/findings",
+    response_class=StreamingResponse,
+    responses=_EXPORT_RESPONSES,
+    dependencies=[ConsistentRead],
+)
 async def export_findings(
     service: Service,
     format: FormatParam = "csv",

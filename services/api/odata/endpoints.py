@@ -3,8 +3,9 @@ collection route per entity set (and its /$count).
 
 Authentication is the API's (app.py includes this router with get_principal): Basic auth
 with the key id as user name and the secret as password, which is what Excel, Power BI and
-Tableau send; Bearer and X-API-Key work too. The routes stay out of the OpenAPI schema
-(it documents the JSON API); tests/integration/test_odata.py probes them across tenants.
+Tableau send; Bearer and X-API-Key work too. The OpenAPI schema declares the routes with
+OData's system query options and media types (so that schemathesis fuzzes them too);
+tests/integration/test_odata.py probes them across tenants with a real OData client.
 """
 
 from __future__ import annotations
@@ -25,10 +26,57 @@ from services.api.odata.repository import ODataRepository, Scope
 from services.api.odata.service import DEFAULT_PAGE_SIZE, ODataService, page_size_preference
 
 PREFIX = "/odata"
-router = APIRouter(prefix=PREFIX, include_in_schema=False, tags=["odata"])
+router = APIRouter(prefix=PREFIX, tags=["odata"])
 
 _VERSION = {"OData-Version": "4.0"}
 _JSON = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
+
+_ERROR = {"$ref": "#/components/schemas/ErrorBody"}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+    for status, description in (
+        (400, "An invalid system query option ($filter, $orderby, $select, $top, $skip, $skiptoken)."),
+        (403, "PERMISSION_DENIED: the caller may not read this tenant."),
+    )
+}
+_JSON_OBJECT = {"type": "object", "required": ["value"], "properties": {"value": {"type": "array"}}}
+_COLLECTION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    200: {
+        "description": "One page of entities: `value`, `@odata.nextLink` while more follow, `@odata.count`.",
+        "content": {"application/json": {"schema": _JSON_OBJECT}},
+    },
+}
+_COUNT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    200: {
+        "description": "The number of matching entities.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+}
+
+
+def _option(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+_FILTER = _option(
+    "$filter", {"type": "string"}, "e.g. Status eq 'FINISHED' and StartTime gt 2024-01-01T00:00:00Z"
+)
+# OData's system query options, read from the raw query string (FastAPI cannot bind `$` names).
+_COLLECTION_OPTIONS = {
+    "parameters": [
+        _FILTER,
+        _option("$select", {"type": "string"}, "Comma-separated property names."),
+        _option("$orderby", {"type": "string"}, "e.g. StartTime desc,RunId"),
+        _option("$top", {"type": "integer", "minimum": 0}, "At most this many entities in all."),
+        _option("$skip", {"type": "integer", "minimum": 0}, "Skip this many entities first."),
+        _option("$count", {"type": "string", "enum": ["true", "false"]}, "Add @odata.count."),
+        _option("$skiptoken", {"type": "string"}, "From @odata.nextLink: the next page."),
+        _option("$format", {"type": "string", "enum": ["json"]}, "Only JSON is served."),
+    ]
+}
+_COUNT_OPTIONS = {"parameters": [_FILTER]}
 
 
 def service_root(request: Request) -> str:
@@ -55,8 +103,8 @@ def _service(runtime: RuntimeDep, principal: Auth) -> ODataService:
     return ODataService(ODataRepository(runtime.pool, runtime.clickhouse, scope))
 
 
-@router.get("")
-@router.get("/")
+@router.get("", responses={403: _ERRORS[403]})
+@router.get("/", responses={403: _ERRORS[403]})
 async def service_document(request: Request, principal: Auth) -> Response:
     """The service document: every entity set."""
     del principal
@@ -69,7 +117,11 @@ async def service_document(request: Request, principal: Auth) -> Response:
     )
 
 
-@router.get("/$metadata")
+@router.get(
+    "/$metadata",
+    response_class=Response,
+    responses={200: {"description": "CSDL (OData v4 XML).", "content": {"application/xml": {}}}},
+)
 async def metadata(principal: Auth) -> Response:
     """The CSDL XML document."""
     del principal
@@ -111,5 +163,19 @@ def _count_route(entity_set: EntitySet) -> Callable[..., Awaitable[Response]]:
 
 
 for _set in ENTITY_SETS:
-    router.add_api_route(f"/{_set.name}", _collection_route(_set), methods=["GET"])
-    router.add_api_route(f"/{_set.name}/$count", _count_route(_set), methods=["GET"])
+    router.add_api_route(
+        f"/{_set.name}",
+        _collection_route(_set),
+        methods=["GET"],
+        response_class=Response,
+        responses=_COLLECTION_RESPONSES,
+        openapi_extra=_COLLECTION_OPTIONS,
+    )
+    router.add_api_route(
+        f"/{_set.name}/$count",
+        _count_route(_set),
+        methods=["GET"],
+        response_class=Response,
+        responses=_COUNT_RESPONSES,
+        openapi_extra=_COUNT_OPTIONS,
+    )

@@ -6,6 +6,7 @@ mode) and clickhouse-connect (a server or cluster, distributed mode).
 
 from __future__ import annotations
 
+import re
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from runledger.stores.clickhouse.tables import ALL_TABLES, ALL_VIEWS
+from runledger.stores.clickhouse.tables import ALL_TABLES, ALL_VIEWS, Table
 
 DATABASE = "runledger"
 
@@ -40,12 +41,64 @@ class ClickHouse(ABC):
         """Release the connection or engine."""
 
     def migrate(self) -> None:
-        """Create the database and every declared table if missing."""
+        """Create the database and every declared table if missing; bring older ones up to date."""
         self.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
         for table in ALL_TABLES:
             self.command(table.render_single_node(self.database))
+            for statement in self._upgrades(table):
+                self.command(statement)
         for view in ALL_VIEWS:
             self.command(view.render_single_node(self.database))
+
+    def _upgrades(self, table: Table) -> list[str]:
+        """ALTERs for a table an older version created (columns added since, a new TTL).
+
+        Only for MergeTree tables: a cluster's Distributed tables come from
+        deploy/clickhouse/cluster.sql, which its operator upgrades ON CLUSTER.
+        """
+        found = self.query_arrow(
+            "SELECT engine, create_table_query FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+            {"db": self.database, "t": table.name},
+        ).to_pylist()
+        if not found or not str(found[0]["engine"]).endswith("MergeTree"):
+            return []
+        columns = (
+            self.query_arrow(
+                "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+                {"db": self.database, "t": table.name},
+            )
+            .column("name")
+            .to_pylist()
+        )
+        match = re.search(r"\bTTL (.*?)(?: SETTINGS |$)", str(found[0]["create_table_query"]), re.DOTALL)
+        return table.render_upgrade(
+            self.database,
+            [str(c) for c in columns],
+            match.group(1) if match else "",
+            self._unmaterialized(table, columns),
+        )
+
+    def _unmaterialized(self, table: Table, columns: list[str]) -> list[str]:
+        """Existing columns with a non-constant DEFAULT that some active part does not store."""
+        wanted = [c.name for c in table.columns if c.materialize and c.name in columns]
+        if not wanted:
+            return []
+        params = {"db": self.database, "t": table.name}
+        parts = (
+            self.query_arrow(
+                "SELECT count() AS n FROM system.parts WHERE database = {db:String} AND table = {t:String} AND active",
+                params,
+            )
+            .column("n")[0]
+            .as_py()
+        )
+        stored = self.query_arrow(
+            "SELECT column, uniqExact(name) AS n FROM system.parts_columns"
+            " WHERE database = {db:String} AND table = {t:String} AND active GROUP BY column",
+            params,
+        ).to_pylist()
+        per_column = {str(r["column"]): int(r["n"]) for r in stored}
+        return [name for name in wanted if per_column.get(name, 0) < int(parts)]
 
     def table(self, name: str) -> str:
         """Fully qualified table name."""

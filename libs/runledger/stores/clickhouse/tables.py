@@ -10,9 +10,11 @@ fails when that file drifts from the declarations.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from runledger.retention import DEFAULT_METRIC_POINTS_DAYS, TTL_GRACE_DAYS
 
 # Name of the cluster in the servers' <remote_servers> (deploy/compose/clickhouse/).
 CLUSTER = "runledger"
@@ -62,16 +64,24 @@ def replicated_engine(engine: str) -> str:
 
 @dataclass(frozen=True)
 class Column:
-    """One column: name, ClickHouse type and optional codec."""
+    """One column: name, ClickHouse type, optional DEFAULT expression and codec."""
 
     name: str
     type: str
     codec: str = ""
+    # A column added after its table first shipped needs one: existing rows (and inserts
+    # that do not name it) read the default.
+    default: str = ""
+    # The DEFAULT is not a constant (now()): the rows that exist when the column is added
+    # must store the value of that moment (MATERIALIZE COLUMN), or they would read a new
+    # one at every query and merge (a TTL on the column would then never fire).
+    materialize: bool = False
 
     def render(self) -> str:
-        """`name Type [CODEC(...)]`."""
+        """`name Type [DEFAULT expr] [CODEC(...)]`."""
+        default = f" DEFAULT {self.default}" if self.default else ""
         codec = f" CODEC({self.codec})" if self.codec else ""
-        return f"`{self.name}` {self.type}{codec}"
+        return f"`{self.name}` {self.type}{default}{codec}"
 
 
 @dataclass(frozen=True)
@@ -139,13 +149,55 @@ class Table:
                 *self._storage_clauses(replicated_engine(self.engine), self._cluster_settings()),
             ]
         )
-        # The Distributed table stores nothing: its columns carry no codecs.
-        dist_cols = ",\n  ".join(Column(c.name, c.type).render() for c in self.columns)
+        # The Distributed table stores nothing: its columns carry no codecs (defaults, yes:
+        # an insert that omits a column gets it filled there).
+        dist_cols = ",\n  ".join(Column(c.name, c.type, default=c.default).render() for c in self.columns)
         distributed = (
             f"CREATE TABLE IF NOT EXISTS {database}.{self.name} ON CLUSTER {cluster} (\n  {dist_cols}\n)\n"
             f"ENGINE = Distributed({cluster}, {database}, {self.local_name}, {self.sharding_key})"
         )
         return [local, distributed]
+
+    def render_upgrade(
+        self,
+        database: str,
+        existing_columns: Collection[str],
+        existing_ttl: str,
+        unmaterialized: Collection[str] = (),
+    ) -> list[str]:
+        """ALTER statements that bring an existing single-node table to this declaration.
+
+        There is no migration framework: CREATE TABLE IF NOT EXISTS leaves a table created by
+        an older version as it was, so columns declared since are added (each has a DEFAULT),
+        those with `materialize` are then written into the existing rows, and a changed TTL
+        is set, in that order (the TTL may read the added columns). `existing_ttl` is the
+        table's TTL as ClickHouse formats it (system.tables), compared with the declaration
+        after removing whitespace. `unmaterialized` names the existing columns some active
+        part lacks (an upgrade interrupted between ADD and MATERIALIZE): they are
+        materialized again, which fills only those parts.
+        """
+        added: list[str] = []
+        materialized: list[str] = []
+        previous = ""
+        for column in self.columns:
+            if column.name not in existing_columns:
+                after = f" AFTER `{previous}`" if previous else " FIRST"
+                added.append(
+                    f"ALTER TABLE {database}.{self.name} ADD COLUMN IF NOT EXISTS {column.render()}{after}"
+                )
+            if column.materialize and (column.name not in existing_columns or column.name in unmaterialized):
+                # Synchronous: the TTL set next must see the stored values, not now().
+                materialized.append(
+                    f"ALTER TABLE {database}.{self.name} MATERIALIZE COLUMN `{column.name}`"
+                    " SETTINGS mutations_sync = 2"
+                )
+            previous = column.name
+        statements = added + materialized
+        if self.ttl and _squash(existing_ttl) != _squash(self.ttl):
+            # Materialized at once on every part (materialize_ttl_after_modify): a one-time
+            # rewrite, after which expired rows are gone.
+            statements.append(f"ALTER TABLE {database}.{self.name} MODIFY TTL {self.ttl}")
+        return statements
 
     def render_single_node(self, database: str) -> str:
         """CREATE TABLE for one node (chdb or a single server)."""
@@ -155,6 +207,10 @@ class Table:
             *self._storage_clauses(self.engine, self.settings),
         ]
         return "\n".join(parts)
+
+
+def _squash(sql: str) -> str:
+    return re.sub(r"\s+", "", sql)
 
 
 # Insert dedup tokens make a re-sent batch (same token) a no-op; the window must
@@ -167,6 +223,14 @@ _DEDUP: Mapping[str, str | int] = {_NON_REPLICATED_DEDUP: 10000}
 # the run id as well as the tenant keeps one large tenant from filling one shard.
 _BY_RUN = "cityHash64(tenant_id, run_id)"
 
+# Raw metric points expire by their age in RunLedger: the time they were received
+# (ingested_at), never their client timestamp, so a run synced from offline mode or a history
+# imported from MLflow is not deleted on arrival. They go after the retention of their tenant
+# plus TTL_GRACE_DAYS: the retention sweeper records (run.metrics_expired) and deletes what
+# the policy removes first, by the same rule; the TTL is the backstop that enforces the policy
+# even when no sweeper runs. retention_days = 0 keeps a point forever.
+METRIC_POINTS_TTL = f"ingested_at + toIntervalDay(retention_days + {TTL_GRACE_DAYS}) WHERE retention_days > 0"
+
 METRIC_POINTS = Table(
     name="metric_points",
     columns=(
@@ -177,12 +241,24 @@ METRIC_POINTS = Table(
         Column("step", "Int64", "Delta, ZSTD(1)"),
         Column("timestamp", "DateTime64(3, 'UTC')", "Delta, ZSTD(1)"),
         Column("value", "Float64", "Gorilla"),
+        # The tenant's retention of raw points in days when the point was inserted (0 = kept
+        # forever), filled by the projector from the tenant's retention policy and rewritten
+        # for the tenant's rows when the policy changes (runledger.retention, ADR 0012).
+        Column("retention_days", "UInt16", default=str(DEFAULT_METRIC_POINTS_DAYS)),
+        # When RunLedger received the point (second precision): what its age, and so its
+        # expiry, is measured from. The projector stamps the time its batch was projected
+        # (the batch's events_archive.ingested_at), which replay stamps again, so a replayed
+        # point keeps its age; the DEFAULT serves other writers, and the rows that existed
+        # when the column was added (materialized then: their age starts at the upgrade).
+        # Constant within a batch, so it compresses to almost nothing.
+        Column("ingested_at", "DateTime", "Delta, ZSTD(1)", default="now()", materialize=True),
     ),
     # Replacing on the full point identity gives MLflow's dedup rule
     # (run, key, timestamp, step, value) on merge; exact reads never depend on it
     # because the projector never inserts a point twice.
     engine="ReplacingMergeTree",
     order_by=("tenant_id", "run_id", "key", "step", "timestamp", "value"),
+    ttl=METRIC_POINTS_TTL,
     settings=_DEDUP,
     sharding_key=_BY_RUN,
 )

@@ -489,3 +489,51 @@ CREATE TABLE IF NOT EXISTS run_model_outputs (
     PRIMARY KEY (tenant_id, run_id, model_id)
 );
 -- end of mlflow logged models -------------------------------------------------------------
+
+-- retention ---------------------------------------------------------------------------------
+-- (runledger.retention, docs/retention.md) A tenant's retention policy, projected from its
+-- tenant.retention_policy_set events; no row = the defaults (metric points 365 days,
+-- artifacts 183 days, production model binaries forever). NULL days = kept forever.
+-- `runledger replay` does not wipe it (the events re-apply idempotently, newest wins), so
+-- the points it re-inserts are stamped with their tenant's policy.
+CREATE TABLE IF NOT EXISTS retention_policies (
+    tenant_id              text PRIMARY KEY,
+    metric_points_days     integer CHECK (metric_points_days BETWEEN 1 AND 36500),
+    artifacts_days         integer CHECK (artifacts_days BETWEEN 1 AND 36500),
+    keep_production_models boolean NOT NULL DEFAULT true,
+    updated_at             timestamptz NOT NULL,
+    updated_by             text NOT NULL DEFAULT '',   -- key id that signed the event
+    event_id               uuid NOT NULL
+);
+-- A model version once in the Production stage keeps its binary forever, whatever stage it
+-- moves to later: this flag is set by the projector and never cleared.
+ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS ever_production boolean NOT NULL DEFAULT false;
+UPDATE model_versions SET ever_production = true WHERE lower(stage) = 'production' AND NOT ever_production;
+-- The sweeper deletes a blob only when no artifact row of any tenant references its digest.
+CREATE INDEX IF NOT EXISTS artifacts_by_digest ON artifacts (digest);
+-- Blobs a sweep will delete once the rows that referenced them are gone: queued before the
+-- sweep's events go out, so a sweep that stops half-way leaves them for the next one.
+CREATE TABLE IF NOT EXISTS retention_pending_blobs (
+    digest    text PRIMARY KEY,
+    queued_at timestamptz NOT NULL DEFAULT now()
+);
+-- end of retention --------------------------------------------------------------------------
+
+-- web UI sessions (services/api/sessions.py, ADR 0013) ---------------------------------------
+-- A browser's sign-in with an API key: the cookie holds a 256-bit random token, this table
+-- only its SHA-256 (a read of the table gives no usable cookie). The session acts as the key:
+-- revoking or expiring the key, disabling its principal or suspending its tenant ends it.
+-- Not an event: a session is transport state of one browser, not part of the tracked record.
+CREATE TABLE IF NOT EXISTS ui_sessions (
+    token_hash   bytea PRIMARY KEY,
+    tenant_id    text NOT NULL,
+    principal_id text NOT NULL,
+    key_id       text NOT NULL,
+    csrf_token   text NOT NULL,               -- sent back in X-CSRF-Token on unsafe methods
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    expires_at   timestamptz NOT NULL,
+    source       text NOT NULL DEFAULT ''      -- client address at sign-in
+);
+CREATE INDEX IF NOT EXISTS ui_sessions_by_expiry ON ui_sessions (expires_at);
+CREATE INDEX IF NOT EXISTS ui_sessions_by_key ON ui_sessions (key_id);
+-- end of web UI sessions ----------------------------------------------------------------------
