@@ -55,7 +55,12 @@ def test_events_acknowledged_by_a_broker_that_restarted_empty_are_sent_again_fir
     try:
         broker.ensure_topics({TOPIC: 1})
         transport = KafkaTransport(
-            load_settings(kafka_bootstrap=broker.bootstrap, events_topic=TOPIC, send_timeout_s=5.0)
+            load_settings(
+                kafka_bootstrap=broker.bootstrap,
+                events_topic=TOPIC,
+                send_timeout_s=5.0,
+                kafka_resend_window_s=300,
+            )
         )
         before = _records(0, 50)
         assert transport.send(before, 5.0) == [Outcome.ACKED] * 50
