@@ -31,7 +31,7 @@ from runledger.stores.postgres.migrate import migrate
 from services.api.app import create_app
 from tests.integration.conftest import create_database
 from tests.support.auth import Identity, provision
-from tests.support.moto import MotoServer
+from tests.support.moto import MotoServer, serving_s3
 
 pytestmark = pytest.mark.integration
 
@@ -54,18 +54,8 @@ def pieces(data: bytes, size: int = 65536) -> Iterator[bytes]:
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     """moto's S3 over HTTP; boto3 finds it through the standard AWS variables while the module runs."""
-    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
-    saved = {name: os.environ.get(name) for name in server.env}
-    with server:
-        os.environ.update(server.env)
-        try:
-            yield server
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+    with serving_s3(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
 
 
 def new_bucket() -> str:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import socket
 import threading
 import time
@@ -66,7 +65,7 @@ from runledger.stores.clickhouse.adapter import ChdbClickHouse
 from services.api.app import create_app
 from tests.support.auth import Identity, provision
 from tests.support.inprocess import migrated_database, module_settings
-from tests.support.moto import MotoServer
+from tests.support.moto import MotoServer, serving_s3
 
 pytestmark = pytest.mark.integration
 
@@ -202,18 +201,8 @@ def _age(clickhouse: ChdbClickHouse, tenants: tuple[str, ...], received: dict[in
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     """moto's S3 over HTTP; boto3 finds it through the standard AWS variables while the module runs."""
-    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
-    saved = {name: os.environ.get(name) for name in server.env}
-    with server:
-        os.environ.update(server.env)
-        try:
-            yield server
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+    with serving_s3(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="module", params=["local", "s3"])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -72,3 +74,20 @@ class MotoServer:
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def serving_s3(log_path: Path) -> Iterator[MotoServer]:
+    """moto's S3 over HTTP; boto3 finds it through the standard AWS variables until exit."""
+    server = MotoServer(log_path)
+    saved = {name: os.environ.get(name) for name in server.env}
+    with server:
+        os.environ.update(server.env)
+        try:
+            yield server
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
