@@ -158,7 +158,8 @@ def runs_table(page: Page, url: str, experiment_id: str, runs: int) -> dict[str,
     loaded = page.evaluate("performance.now()")
     rendered = int(page.get_attribute("#runs-table", "data-rendered") or 0)
     fetches = page.evaluate(
-        """() => performance.getEntriesByType('resource').filter(e => e.name.includes('/api/v1/runs?'))
+        """() => performance.getEntriesByType('resource')
+             .filter(e => e.name.includes('/api/v1/runs?') || e.name.includes('/api/v1/runs:table?'))
              .map(e => e.responseEnd - e.startTime)"""
     )
     scroll = """async ([rowsPerFrame, frames]) => {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Response
 
 from runledger.auth.model import Action
@@ -19,6 +20,7 @@ from services.api.runs.schemas import (
     RunCreate,
     RunLifecycleFilter,
     RunList,
+    RunTable,
     RunWriteResult,
     StatusUpdate,
     TagsSet,
@@ -28,6 +30,8 @@ from services.api.schemas import READ_RESPONSES, WRITE_RESPONSES, write_status
 from services.api.writes import WriteReceipt
 
 router = APIRouter(prefix="/runs", tags=["runs"])
+
+MAX_TABLE_RUNS = 100_000  # runs of one GET /runs:table answer
 
 # A caller that may write nothing at all is refused before its body is even read.
 Writer = require(Action.WRITE)
@@ -79,6 +83,38 @@ async def list_runs(
         lifecycle=lifecycle_stage,
     )
     return await service.page(filters, page_size, page_token)
+
+
+@router.get(
+    ":table",
+    response_class=Response,
+    responses={**READ_RESPONSES, 200: {"model": RunTable, "description": "The runs as columns."}},
+    dependencies=[ConsistentRead],
+)
+async def runs_table(
+    service: Service,
+    experiment_id: Annotated[
+        list[str],
+        Query(max_length=100, description="Repeatable; default: every experiment the caller may read."),
+    ] = [],  # noqa: B006
+    filter: Annotated[
+        str | None,
+        Query(
+            max_length=10_000,
+            description="MLflow run-search grammar, as POST /api/2.0/mlflow/runs/search takes it.",
+        ),
+    ] = None,
+    lifecycle_stage: RunLifecycleFilter = RunLifecycleFilter.ACTIVE,
+    limit: Annotated[int, Query(ge=1, le=MAX_TABLE_RUNS)] = MAX_TABLE_RUNS,
+) -> Response:
+    """Every run of the experiments in one answer, as columns (the web UI's runs table).
+
+    Attributes, every param, tag and latest metric value: one list per field, entry i of each
+    is run i (newest start_time first). Four queries whatever the number of runs, instead of
+    paging through GET /runs; `truncated` says that more than `limit` runs matched.
+    """
+    table = await service.table(experiment_id, filter, lifecycle_stage, limit)
+    return Response(orjson.dumps(dict(table)), media_type="application/json")
 
 
 @router.get("/{run_id}", response_model=Run, responses=READ_RESPONSES, dependencies=[ConsistentRead])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -66,6 +66,24 @@ class RunList(BaseModel):
     next_page_token: str | None = Field(
         None, description="Pass as page_token for the next page; null at the end."
     )
+
+
+class RunTable(BaseModel):
+    """Runs as columns: entry i of every list is run i (newest start_time first).
+
+    `runs` holds the attribute columns (run_id, experiment_id, parent_run_id, name, user_id,
+    status, start_time, end_time, lifecycle_stage); `params`, `tags` and `metrics` one column
+    per key (null where a run lacks it; a metric's latest value, non-finite as "NaN" /
+    "Infinity" / "-Infinity").
+    """
+
+    experiment_ids: list[str] = Field(description="The experiments searched.")
+    count: int = Field(description="Runs in the table.")
+    truncated: bool = Field(description="More runs matched than `limit`.")
+    runs: dict[str, list[Any]]
+    params: dict[str, list[str | None]]
+    tags: dict[str, list[str | None]]
+    metrics: dict[str, list[float | str | None]]
 
 
 class RunCreate(BaseModel):

@@ -14,17 +14,37 @@ from runledger.events.models import EventType, RunStatus
 from services.api.access import Access, readable_run
 from services.api.errors import AlreadyExists, InvalidParameter, NotFound, PermissionDenied
 from services.api.experiments.repository import ExperimentRepository
+from services.api.mlflow import search, search_repository
 from services.api.pagination import fingerprint, split_page, time_id_position
 from services.api.principal import Principal
 from services.api.publisher import OutgoingEvent
 from services.api.runs.naming import generate_run_name
-from services.api.runs.repository import RunFilters, RunRepository
-from services.api.runs.schemas import MetricPoint, Run, RunCreate, RunInfo, RunList
+from services.api.runs.repository import (
+    RunFilters,
+    RunRepository,
+    experiment_exists,
+    run_columns,
+)
+from services.api.runs.repository import experiment_ids as experiment_ids_of
+from services.api.runs.schemas import (
+    MetricPoint,
+    Run,
+    RunCreate,
+    RunInfo,
+    RunLifecycleFilter,
+    RunList,
+    RunTable,
+)
 from services.api.writes import EventWriter, WriteReceipt, build_event
 
 # Points per MetricsLogged event: ~50 bytes each keeps an event well under Kafka's 1 MB.
 METRIC_POINTS_PER_EVENT = 10_000
 _TERMINAL = {RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED}
+_VIEW = {
+    RunLifecycleFilter.ACTIVE: "ACTIVE_ONLY",
+    RunLifecycleFilter.DELETED: "DELETED_ONLY",
+    RunLifecycleFilter.ALL: "ALL",
+}
 
 
 def now_ms() -> int:
@@ -90,6 +110,75 @@ class RunService:
         )
         page, next_token = split_page(runs, page_size, lambda r: [r.info.start_time, r.info.run_id], scope)
         return RunList(runs=page, next_page_token=next_token)
+
+    async def table(
+        self, experiment_ids: list[str], filter_string: str | None, lifecycle: RunLifecycleFilter, limit: int
+    ) -> RunTable:
+        """The runs of these experiments (default: every experiment of the caller's tenant it may
+        read) matching the run-search filter, as columns, at most `limit`.
+
+        A named experiment must be readable: the caller's tenant's, or one shared with it; any
+        other answers NotFound exactly like a missing one. A malformed filter is InvalidParameter.
+        """
+        self._access.require_listing()
+        pool = self._runs.pool
+        tenant = self._access.tenant_id
+        own: list[str] = []
+        shared: dict[str, str] = {}
+        for experiment_id in dict.fromkeys(experiment_ids):
+            exists = await experiment_exists(pool, tenant, experiment_id)
+            located = self._access.locate(exists, experiment_id, f"experiment {experiment_id!r}")
+            if located.shared:
+                shared[experiment_id] = located.tenant_id
+            else:
+                own.append(experiment_id)
+        if not experiment_ids:
+            readable = self._access.readable()
+            own = [e for e in await experiment_ids_of(pool, tenant) if readable is None or e in readable]
+        scopes = [(tenant, e) for e in own] + [(owner, e) for e, owner in shared.items()]
+        runs: list[tuple[str, str]] | None = None
+        if filter_string is not None and filter_string.strip():
+            try:
+                conditions = search.parse_filter(filter_string)
+            except InvalidParameter as exc:
+                raise InvalidParameter(f"filter: {exc}") from None
+            runs = []
+            token: str | None = None
+            while scopes and len(runs) <= limit:
+                page, token = await search_repository.search_runs(
+                    pool,
+                    tenant,
+                    own,
+                    conditions,
+                    [],
+                    _VIEW[lifecycle],
+                    min(search_repository.MAX_RESULTS, limit + 1 - len(runs)),
+                    token,
+                    shared=shared,
+                )
+                runs.extend(page)
+                if token is None:
+                    break
+        columns = await run_columns(pool, scopes, lifecycle, runs, limit)
+        return RunTable(
+            experiment_ids=[e for _, e in scopes],
+            count=len(columns.run_id),
+            truncated=columns.truncated,
+            runs={
+                "run_id": columns.run_id,
+                "experiment_id": columns.experiment_id,
+                "parent_run_id": columns.parent_run_id,
+                "name": columns.name,
+                "user_id": columns.user_id,
+                "status": columns.status,
+                "start_time": columns.start_time,
+                "end_time": columns.end_time,
+                "lifecycle_stage": columns.lifecycle_stage,
+            },
+            params=columns.params,
+            tags=columns.tags,
+            metrics=columns.metrics,
+        )
 
     async def get(self, run_id: str) -> Run:
         """The run with its data (the caller's, or one of a shared experiment), or NotFound."""

@@ -5,20 +5,35 @@ import { h, mount } from "./dom.js";
 import { experimentsPage } from "./pages/experiments.js";
 import { experimentPage } from "./pages/experiment.js";
 import { runPage } from "./pages/run.js";
+import { comparePage } from "./pages/compare.js";
+import { attributionPage, attributionsPage } from "./pages/attribution.js";
 import { signInPage } from "./pages/signin.js";
+import { adminPage } from "./pages/admin.js";
 
 const app = document.getElementById("app");
 const routes = [
   [/^#\/experiments\/([^/?]+)$/, (m) => experimentPage(decodeURIComponent(m[1]))],
   [/^#\/runs\/([^/?]+)$/, (m) => runPage(decodeURIComponent(m[1]))],
+  [/^#\/admin(?:\/([a-z-]+))?\/?$/, (m) => adminPage(m[1] || "users")],
+  [/^#\/compare$/, () => comparePage()],
+  [/^#\/attribution\/([^/?]+)$/, (m) => attributionPage(decodeURIComponent(m[1]))],
+  [/^#\/attributions?$/, () => attributionsPage()],
   [/^#\/?$/, () => experimentsPage()],
 ];
 
 let current = null; // the page's cleanup function, if it returned one
+// Bumped by every render: a page that finishes loading after the user navigated on is
+// dropped (its cleanup run) instead of being mounted over the page they went to.
+let generation = 0;
 
 function header() {
   const who = me();
-  mount(document.getElementById("nav"), who ? h("a", { href: "#/" }, "Experiments") : null);
+  mount(
+    document.getElementById("nav"),
+    who ? h("a", { href: "#/" }, "Experiments") : null,
+    // Tenant admins only (GET /api/v1/me); the admin pages and the API refuse anyone else.
+    who && who.permissions && who.permissions.admin ? h("a", { href: "#/admin/users", id: "nav-admin" }, "Admin") : null,
+  );
   const role = who ? [...new Set(who.roles.map((r) => r.role))].join(", ") || "no role" : "";
   mount(
     document.getElementById("whoami"),
@@ -32,6 +47,7 @@ function header() {
 }
 
 async function render() {
+  const mine = ++generation;
   if (typeof current === "function") current();
   current = null;
   header();
@@ -44,13 +60,16 @@ async function render() {
     const match = hash.match(pattern);
     if (match) {
       mount(app);
-      current = await page(match, app).then((view) => {
+      const cleanup = await page(match, app).then((view) => {
+        if (mine !== generation) return view.cleanup || null;
         mount(app, view.element);
         return view.cleanup || null;
       }, (err) => {
-        mount(app, h("div", { class: "error", role: "alert" }, err.message || String(err)));
+        if (mine === generation) mount(app, h("div", { class: "error", role: "alert" }, err.message || String(err)));
         return null;
       });
+      if (mine === generation) current = cleanup;
+      else if (typeof cleanup === "function") cleanup(); // a stale page: stop its timers and listeners
       return;
     }
   }

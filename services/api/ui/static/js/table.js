@@ -1,7 +1,9 @@
 // A virtualised table: only the rows in view (plus a margin) exist in the DOM, so 10,000 or
 // 100,000 rows scroll as smoothly as 50. Rows have one fixed height; the body is a spacer of
 // rows × height with the visible rows placed by transform. Columns: {id, label, width, value(row),
-// render(row) -> Node|string, numeric}. The caller sorts; the header reports clicks.
+// render(row) -> Node|string, numeric, sortable (default true), header(table) -> Node}. The caller
+// sorts; the header reports clicks. invalidate() re-renders the rows in view (e.g. after a
+// selection changed outside the table).
 
 import { h, mount } from "./dom.js";
 
@@ -35,17 +37,18 @@ export class VirtualTable {
       this.head,
       columns.map((c) => {
         const arrow = this.sort.id === c.id ? (this.sort.dir > 0 ? " ▲" : " ▼") : "";
+        const sortable = c.sortable !== false;
         return h(
           "div",
           {
-            class: `vt-cell vt-th${c.numeric ? " num" : ""}`,
+            class: `vt-cell vt-th${c.numeric ? " num" : ""}${sortable ? "" : " vt-th-plain"}`,
             role: "columnheader",
             title: c.title || c.label,
             dataset: { col: c.id },
-            "aria-sort": this.sort.id === c.id ? (this.sort.dir > 0 ? "ascending" : "descending") : "none",
-            onclick: () => this.onSort && this.onSort(c.id),
+            "aria-sort": sortable ? (this.sort.id === c.id ? (this.sort.dir > 0 ? "ascending" : "descending") : "none") : null,
+            onclick: sortable ? () => this.onSort && this.onSort(c.id) : null,
           },
-          c.label + arrow,
+          c.header ? c.header(this) : c.label + arrow,
         );
       }),
     );
@@ -66,6 +69,12 @@ export class VirtualTable {
     this.rows = rows;
     this.spacer.style.height = `${rows.length * this.rowHeight}px`;
     this.element.dataset.rows = String(rows.length);
+    this.schedule(true);
+  }
+
+  /** Re-render every row in view on the next frame, even those whose row object is unchanged. */
+  invalidate() {
+    for (const el of this.pool) el._row = null;
     this.schedule(true);
   }
 
@@ -102,6 +111,7 @@ export class VirtualTable {
       const el = this.pool[slot];
       const row = this.rows[index];
       el.hidden = false;
+      el.style.display = ""; // .vt-row's display: grid would otherwise beat [hidden]
       if (el._index === index && el._row === row) continue;
       el._index = index;
       el._row = row;
@@ -121,6 +131,7 @@ export class VirtualTable {
       if (used.has(slot)) continue;
       const el = this.pool[slot];
       el.hidden = true;
+      el.style.display = "none"; // an unused slot must not sit over row 0 and take its clicks
       el._index = -1;
       el.dataset.index = "";
     }

@@ -1,15 +1,19 @@
 // One experiment: its runs in a virtualised table (sort, run-search filter, param/metric
 // columns of your choice, nested runs as a tree).
 //
-// Rows come from GET /api/v1/runs (every run with params, tags, latest metrics and its parent),
-// a page of 1000 at a time. The filter box sends MLflow's run-search grammar to the existing
-// search API (POST /api/2.0/mlflow/runs/search) and shows the runs it matches.
+// Rows come from GET /api/v1/runs:table (every run of the experiment with params, tags, latest
+// metrics and its parent, as columns, in one answer; a server without it is paged through
+// GET /api/v1/runs instead). The filter box sends MLflow's run-search grammar to the same
+// endpoint (?filter=) and shows the runs it matches.
+// Checkboxes select runs (kept for the browser tab's session); "Compare (n)" opens the compare
+// view (#/compare?runs=...) with them.
 
 import { allPages, api } from "../api.js";
 import { debounce, errorBox, fmtDuration, fmtNumber, fmtTime, h, mount } from "../dom.js";
 import { VirtualTable } from "../table.js";
 
 const MAX_RUNS = 50000;
+const MAX_COMPARED = 200; // POST /api/v1/compare takes at most 200 runs
 const BASE_COLUMNS = [
   { id: "name", label: "Run", width: 260 },
   { id: "status", label: "Status", width: 90 },
@@ -33,6 +37,36 @@ function fromNative(r) {
     tags: r.tags || {},
     metrics,
   };
+}
+
+/** Row models from a GET /runs:table answer (columns: entry i of each list is run i). */
+export function fromColumns(table) {
+  const cols = table.runs;
+  const n = cols.run_id.length;
+  const rows = new Array(n);
+  for (let i = 0; i < n; i++) {
+    rows[i] = {
+      id: cols.run_id[i],
+      name: cols.name[i],
+      status: cols.status[i],
+      start_time: cols.start_time[i],
+      end_time: cols.end_time[i],
+      user_id: cols.user_id[i],
+      parent: cols.parent_run_id[i] || null,
+      params: {},
+      tags: {},
+      metrics: {},
+    };
+  }
+  for (const field of ["params", "tags", "metrics"]) {
+    for (const [key, values] of Object.entries(table[field] || {})) {
+      for (let i = 0; i < n; i++) {
+        const v = values[i];
+        if (v !== null && v !== undefined) rows[i][field][key] = v;
+      }
+    }
+  }
+  return rows;
 }
 
 function fromMlflow(r) {
@@ -123,6 +157,8 @@ export async function experimentPage(experimentId) {
     expanded: new Set(),
     columns: stored, // ["params.lr", "metrics.loss", ...] or null (the defaults)
     loading: true,
+    bulk: true, // GET /runs:table answers (else: paging through GET /runs)
+    selected: new Set(JSON.parse(sessionStorage.getItem(`rl.selected.${experimentId}`) || "[]")),
   };
   const controller = new AbortController();
   const table = new VirtualTable({
@@ -142,6 +178,83 @@ export async function experimentPage(experimentId) {
     title: "MLflow run-search grammar: metrics.*, params.*, tags.*, attributes (status, run_name, start_time, ...)",
   });
   const picker = h("details", { class: "picker", id: "column-picker" });
+  const compareButton = h("button", {
+    type: "button",
+    id: "compare-runs",
+    class: "primary",
+    onclick: () => {
+      const ids = [...state.selected];
+      if (ids.length < 2 || ids.length > MAX_COMPARED) return;
+      location.hash = `#/compare?runs=${ids.map(encodeURIComponent).join(",")}`;
+    },
+  });
+  const clearButton = h("button", {
+    type: "button",
+    id: "clear-selection",
+    onclick: () => {
+      state.selected.clear();
+      selectionChanged();
+    },
+  }, "Clear");
+  let selectAll = null; // the header checkbox: every run shown in the table
+
+  function selectionChanged() {
+    const n = state.selected.size;
+    compareButton.textContent = `Compare (${n})`;
+    compareButton.disabled = n < 2 || n > MAX_COMPARED;
+    compareButton.title = n > MAX_COMPARED ? `at most ${MAX_COMPARED} runs` : n < 2 ? "select two runs or more" : "";
+    clearButton.hidden = n === 0;
+    sessionStorage.setItem(`rl.selected.${experimentId}`, JSON.stringify([...state.selected]));
+    syncSelectAll();
+    table.invalidate();
+  }
+
+  function syncSelectAll() {
+    if (!selectAll) return;
+    const shown = table.rows;
+    const chosen = shown.filter((r) => state.selected.has(r.id)).length;
+    selectAll.checked = shown.length > 0 && chosen === shown.length;
+    selectAll.indeterminate = chosen > 0 && chosen < shown.length;
+  }
+
+  const selectColumn = {
+    id: "select",
+    label: "",
+    title: "Select runs to compare",
+    width: 34,
+    sortable: false,
+    header: () => {
+      selectAll = h("input", {
+        type: "checkbox",
+        id: "select-all",
+        "aria-label": "Select every run shown",
+        onchange: (event) => {
+          for (const row of table.rows) {
+            if (event.target.checked) state.selected.add(row.id);
+            else state.selected.delete(row.id);
+          }
+          selectionChanged();
+        },
+      });
+      syncSelectAll();
+      return selectAll;
+    },
+    value: () => "",
+    render: (row) =>
+      h("input", {
+        type: "checkbox",
+        class: "row-select",
+        checked: state.selected.has(row.id),
+        "aria-label": `Select ${row.run.name || row.id}`,
+        onchange: (event) => {
+          if (event.target.checked) state.selected.add(row.id);
+          else state.selected.delete(row.id);
+          selectionChanged();
+        },
+      }),
+  };
+
+  selectionChanged();
 
   function keys() {
     const params = new Set();
@@ -205,7 +318,7 @@ export async function experimentPage(experimentId) {
         value: (row) => (metric ? fmtNumber(row.run.metrics[key]) : row.run.params[key] ?? ""),
       };
     });
-    return [...base, ...extra];
+    return [selectColumn, ...base, ...extra];
   }
 
   function renderPicker() {
@@ -248,6 +361,7 @@ export async function experimentPage(experimentId) {
       ? [...state.matched].map((id) => state.runs.get(id)).filter(Boolean)
       : [...state.runs.values()];
     table.setRows(flattenTree(runs, state.sort, state.expanded));
+    selectionChanged();
     const total = state.runs.size;
     status.textContent = state.matched
       ? `${runs.length} of ${total}${state.loading ? "+" : ""} runs match`
@@ -265,19 +379,30 @@ export async function experimentPage(experimentId) {
     }
     try {
       const matched = new Set();
-      let token = null;
-      do {
-        const page = await api("/api/2.0/mlflow/runs/search", {
-          method: "POST",
-          body: { experiment_ids: [experimentId], filter: text, max_results: 5000, page_token: token },
+      if (state.bulk) {
+        const table = await api("/api/v1/runs:table", {
+          query: { experiment_id: experimentId, filter: text, limit: MAX_RUNS },
           signal: controller.signal,
         });
-        for (const r of page.runs || []) {
-          matched.add(r.info.run_id);
-          if (!state.runs.has(r.info.run_id)) state.runs.set(r.info.run_id, fromMlflow(r));
+        for (const run of fromColumns(table)) {
+          matched.add(run.id);
+          if (!state.runs.has(run.id)) state.runs.set(run.id, run);
         }
-        token = page.next_page_token;
-      } while (token && matched.size < MAX_RUNS);
+      } else {
+        let token = null;
+        do {
+          const page = await api("/api/2.0/mlflow/runs/search", {
+            method: "POST",
+            body: { experiment_ids: [experimentId], filter: text, max_results: 5000, page_token: token },
+            signal: controller.signal,
+          });
+          for (const r of page.runs || []) {
+            matched.add(r.info.run_id);
+            if (!state.runs.has(r.info.run_id)) state.runs.set(r.info.run_id, fromMlflow(r));
+          }
+          token = page.next_page_token;
+        } while (token && matched.size < MAX_RUNS);
+      }
       state.matched = matched;
       refresh();
     } catch (err) {
@@ -305,7 +430,10 @@ export async function experimentPage(experimentId) {
       filter,
       h("button", { type: "button", id: "apply-filter", onclick: applyFilter }, "Filter"),
       picker,
+      compareButton,
+      clearButton,
       status,
+      h("a", { href: `#/attribution?experiment=${encodeURIComponent(experimentId)}`, id: "attributions-link" }, "Attributions"),
     ),
     filterMessage,
     table.element,
@@ -317,30 +445,47 @@ export async function experimentPage(experimentId) {
     refresh();
   }, 50);
   table.setColumns(columns());
-  let received = 0;
-  allPages("/api/v1/runs", "runs", {
-    query: { experiment_id: experimentId, page_size: 1000 },
-    limit: MAX_RUNS,
-    signal: controller.signal,
-    onPage: (items, more) => {
-      for (; received < items.length; received++) {
-        const run = fromNative(items[received]);
-        state.runs.set(run.id, run);
-      }
-      state.loading = more;
-      if (!state.runs.size || items.length <= 1000 || !more) {
-        table.setColumns(columns());
-        renderPicker();
-      }
-      redraw();
-    },
-  })
+  const started = performance.now();
+  function paged() {
+    let received = 0;
+    return allPages("/api/v1/runs", "runs", {
+      query: { experiment_id: experimentId, page_size: 1000 },
+      limit: MAX_RUNS,
+      signal: controller.signal,
+      onPage: (items, more) => {
+        for (; received < items.length; received++) {
+          const run = fromNative(items[received]);
+          state.runs.set(run.id, run);
+        }
+        state.loading = more;
+        if (!state.runs.size || items.length <= 1000 || !more) {
+          table.setColumns(columns());
+          renderPicker();
+        }
+        redraw();
+      },
+    });
+  }
+  api("/api/v1/runs:table", { query: { experiment_id: experimentId, limit: MAX_RUNS }, signal: controller.signal })
+    .then(
+      (answer) => {
+        for (const run of fromColumns(answer)) state.runs.set(run.id, run);
+        if (answer.truncated) status.title = `only the newest ${MAX_RUNS} runs`;
+      },
+      (err) => {
+        // A server without the columnar endpoint: page through GET /runs.
+        if (err.name === "AbortError" || !(err.status === 404 || err.status === 405)) throw err;
+        state.bulk = false;
+        return paged();
+      },
+    )
     .then(() => {
       state.loading = false;
       table.setColumns(columns());
       renderPicker();
       if (initial) applyFilter();
       else refresh();
+      element.dataset.loadMs = (performance.now() - started).toFixed(1);
       element.dataset.loaded = "true";
     })
     .catch((err) => {

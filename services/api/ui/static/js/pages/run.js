@@ -1,9 +1,12 @@
 // One run: params, tags, metric charts (train/val overlays, step or time axis, smoothing,
-// log scale, zoom that re-fetches a finer window), system metrics, findings on the charts.
+// log scale, zoom that re-fetches a finer window), system metrics grouped by resource,
+// findings on the charts, code state and environment, the artifact browser, lineage.
 
 import { allPages, api, can } from "../api.js";
 import { LineChart } from "../chart.js";
 import { errorBox, fmtDuration, fmtNumber, fmtTime, h, mount } from "../dom.js";
+import { artifactBrowser } from "./run_artifacts.js";
+import { codeEnvironmentPanel, lineagePanel } from "./run_context.js";
 
 const SPLIT = /^(train|training|val|valid|validation|test|eval|evaluation)[/_.-]/i;
 const MAX_POINTS_CAP = 4000;
@@ -18,6 +21,70 @@ export function groupKeys(keys) {
     groups.get(base).push(key);
   }
   return [...groups.entries()].map(([base, members]) => ({ base, keys: members.sort() }));
+}
+
+const SYSTEM_CATEGORIES = [
+  // [category, title, test on the key without "system/"]; the first match wins
+  ["cpu", "CPU", (k) => /(^|_)cpu/.test(k)],
+  ["memory", "Memory", (k) => /memory|rss/.test(k) && !k.startsWith("gpu")],
+  ["gpu", "GPU", (k) => /^gpu\d*\//.test(k)],
+  ["disk", "Disk", (k) => /^disk_/.test(k)],
+  ["network", "Network", (k) => /^net(work)?_/.test(k)],
+];
+// Counters of one resource in one unit share a chart (read + write, sent + received, a GPU's
+// memory used + total); process and host memory do not: their scales differ by orders.
+const MERGED_UNITS = new Set(["bytes"]);
+const mergesUnits = (category) => category === "disk" || category === "network" || /^gpu\d*$/.test(category);
+
+/**
+ * system/* keys as sections by resource (CPU, memory, each GPU, disk, network, other); disk,
+ * network and GPU byte counters share one chart per section (read + write, sent + received,
+ * memory used + total), every other key has its own.
+ * [{category, title, groups: [{base, keys}]}] in a fixed order.
+ */
+export function systemGroups(keys) {
+  const sections = new Map();
+  for (const key of keys) {
+    const rest = key.slice("system/".length);
+    const found = SYSTEM_CATEGORIES.find(([, , test]) => test(rest));
+    let category = found ? found[0] : "other";
+    let title = found ? found[1] : "Other";
+    if (category === "gpu") {
+      const gpu = rest.split("/")[0];
+      category = gpu;
+      title = gpu.toUpperCase().replace(/^GPU(\d+)$/, "GPU $1");
+    }
+    if (!sections.has(category)) sections.set(category, { category, title, keys: [] });
+    sections.get(category).keys.push(key);
+  }
+  const rank = (c) => {
+    const fixed = ["cpu", "memory"].indexOf(c);
+    if (fixed >= 0) return [fixed, 0];
+    if (/^gpu\d*$/.test(c)) return [2, Number(c.slice(3)) || 0];
+    return [["disk", "network", "other"].indexOf(c) + 3, 0];
+  };
+  return [...sections.values()]
+    .sort((a, b) => rank(a.category)[0] - rank(b.category)[0] || rank(a.category)[1] - rank(b.category)[1])
+    .map(({ category, title, keys: members }) => {
+      const byUnit = new Map();
+      const groups = [];
+      for (const key of members.sort()) {
+        const unit = key.includes("_") ? key.slice(key.lastIndexOf("_") + 1) : "";
+        if (mergesUnits(category) && MERGED_UNITS.has(unit)) {
+          if (!byUnit.has(unit)) {
+            const group = { base: `system/${category} (${unit})`, keys: [] };
+            byUnit.set(unit, group);
+            groups.push(group);
+          }
+          byUnit.get(unit).keys.push(key);
+        } else {
+          groups.push({ base: key, keys: [key] });
+        }
+      }
+      // A unit with one key keeps the key's own name as its title.
+      for (const g of groups) if (g.keys.length === 1) g.base = g.keys[0];
+      return { category, title, groups };
+    });
 }
 
 function historyUrl(runId, key) {
@@ -61,7 +128,7 @@ export async function runPage(runId) {
   const findingsBox = h("div", { id: "findings-box" }, h("p", { class: "muted" }, "Loading findings…"));
 
   const metricKeys = keys.metrics.map((m) => m.key);
-  const system = groupKeys(metricKeys.filter((k) => k.startsWith("system/")));
+  const system = systemGroups(metricKeys.filter((k) => k.startsWith("system/")));
   const groups = groupKeys(metricKeys.filter((k) => !k.startsWith("system/")));
 
   function chartCard(group) {
@@ -142,7 +209,19 @@ export async function runPage(runId) {
   log.addEventListener("change", () => setOption("log", log.checked));
 
   const chartGrid = h("div", { class: "charts", id: "charts" }, groups.map(chartCard));
-  const systemGrid = h("div", { class: "charts", id: "system-charts" }, system.map(chartCard));
+  const systemGrid = h(
+    "div",
+    { id: "system-charts" },
+    system.map((section) =>
+      h(
+        "div",
+        { class: "system-section", dataset: { category: section.category } },
+        h("h3", {}, section.title),
+        h("div", { class: "charts" }, section.groups.map(chartCard)),
+      ),
+    ),
+  );
+  const artifacts = artifactBrowser(runId);
   const params = Object.entries(run.params || {}).sort();
   const tags = Object.entries(run.tags || {}).sort();
   const latest = keys.metrics.map((m) => [m.key, `${fmtNumber(m.value)} (step ${m.step})`]);
@@ -178,7 +257,7 @@ export async function runPage(runId) {
     ),
     h("h2", {}, "Metrics"),
     groups.length ? chartGrid : h("p", { class: "muted" }, "No metrics."),
-    system.length ? [h("h2", {}, "System metrics"), systemGrid] : null,
+    system.length ? [h("h2", { id: "system-metrics" }, "System metrics"), systemGrid] : null,
     h(
       "div",
       { class: "columns" },
@@ -186,6 +265,15 @@ export async function runPage(runId) {
       h("div", {}, h("h2", {}, "Latest metrics"), kvTable("latest-metrics", latest, "No metrics.")),
       h("div", {}, h("h2", {}, "Tags"), kvTable("tags", tags, "No tags."), can("write") ? tagForm(runId) : null),
     ),
+    h("h2", {}, "Code and environment"),
+    codeEnvironmentPanel(runId, run.tags || {}, (path) => {
+      artifacts.open(path);
+      artifacts.element.scrollIntoView({ block: "start" });
+    }),
+    h("h2", {}, "Artifacts"),
+    artifacts.element,
+    h("h2", {}, "Lineage"),
+    lineagePanel(runId),
     h("h2", {}, "Findings"),
     findingsBox,
   );
