@@ -9,6 +9,12 @@ first byte, the total time, the bytes and the process's peak RSS growth (sampled
     .venv/bin/python -m bench.bi                      # 100k runs x 50 params x 20 metrics, 10M points
     .venv/bin/python -m bench.bi --runs 10000 --points 5
     .venv/bin/python -m bench.bi --data /tmp/bi-100k --only runs   # seed once, then reuse the data
+    .venv/bin/python -m bench.bi --data /tmp/bi-100k --compare 3   # params: documents vs rows
+
+--compare N exports the runs wide table (parquet, then csv) N times each way, reading params
+from the runs' documents (runs.params_doc) and from the params rows alternately on the same
+data, and reports each export's CPU seconds in this process and in Postgres (its backends,
+ended ones included), which a shared machine's load does not inflate as it does wall times.
 
 --data keeps the seeded Postgres and chdb directories in DIR (with a seeded.json saying
 what they hold) and reuses them when a later run asks for the same sizes; seeding 100k
@@ -27,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +82,7 @@ async def _seed_postgres(dsn: str, runs: int, params: int, metrics: int) -> None
         )
         for chunk in range(0, runs, 10_000):
             ids = range(chunk, min(runs, chunk + 10_000))
+            # The params triggers fill runs.params_doc from these rows, as for the projector's.
             await conn.copy_records_to_table(
                 "params",
                 records=[
@@ -184,6 +191,42 @@ def _export(client: httpx.Client, path: str, params: dict[str, Any]) -> dict[str
     }
 
 
+def _cpu_s(process: psutil.Process) -> float:
+    """CPU seconds of a process and its children, ended ones included (those it waited for)."""
+    own = process.cpu_times()
+    total = own.user + own.system + own.children_user + own.children_system
+    for child in process.children():
+        with suppress(psutil.NoSuchProcess):
+            times = child.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def _compare(client: httpx.Client, postgres: psutil.Process, repeat: int) -> list[dict[str, Any]]:
+    """The runs wide table with params from documents and from rows, alternately: CPU per export."""
+    from services.api.exports import service
+
+    api = psutil.Process()
+    results = []
+    for i in range(repeat):
+        for fmt in ("parquet", "csv"):
+            for documents in (True, False) if i % 2 == 0 else (False, True):  # neither always first
+                service.PARAMS_FROM_DOCUMENTS = documents
+                api_before, pg_before = api.cpu_times(), _cpu_s(postgres)
+                result = _export(client, "/api/v1/exports/runs", {"format": fmt})
+                api_after = api.cpu_times()
+                result["params_from"] = "documents" if documents else "rows"
+                result["cpu_api_s"] = round(
+                    api_after.user + api_after.system - api_before.user - api_before.system, 2
+                )
+                result["cpu_postgres_s"] = round(_cpu_s(postgres) - pg_before, 2)
+                result["load_1m"] = round(psutil.getloadavg()[0], 1)
+                results.append(result)
+                print(json.dumps(result), flush=True)
+    service.PARAMS_FROM_DOCUMENTS = True
+    return results
+
+
 def _odata(client: httpx.Client, repeat: int, runs: int) -> list[dict[str, Any]]:
     cases = [
         ("Runs, first page of 1000", "/odata/Runs", {"$top": "1000"}),
@@ -259,6 +302,13 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=["all", "runs"], default="all", help="runs: only the runs wide table exports"
     )
+    parser.add_argument(
+        "--compare",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the runs wide table, N times each way: params from documents and from rows",
+    )
     args = parser.parse_args()
     sizes = {"runs": args.runs, "params": args.params, "metrics": args.metrics, "points": args.points}
     if args.data is not None:
@@ -296,14 +346,18 @@ def main() -> None:
             _stopping(serving),
             httpx.Client(base_url=base, auth=(key.key_id, key.secret), timeout=600) as client,
         ):
-            summary["exports"] = [
-                _export(client, "/api/v1/exports/runs", {"format": "parquet"}),
-                _export(client, "/api/v1/exports/runs", {"format": "csv"}),
-                _export(
-                    client, "/api/v1/exports/runs", {"format": "arrow", "filter": "params.param_03 = '5'"}
-                ),
-            ]
-            if args.only == "all":
+            if args.compare:
+                assert pg.pid is not None
+                summary["compare"] = _compare(client, psutil.Process(pg.pid), args.compare)
+            else:
+                summary["exports"] = [
+                    _export(client, "/api/v1/exports/runs", {"format": "parquet"}),
+                    _export(client, "/api/v1/exports/runs", {"format": "csv"}),
+                    _export(
+                        client, "/api/v1/exports/runs", {"format": "arrow", "filter": "params.param_03 = '5'"}
+                    ),
+                ]
+            if args.only == "all" and not args.compare:
                 summary["exports"] += [
                     _export(client, "/api/v1/exports/metric-points", {"format": "parquet"}),
                     _export(client, "/api/v1/exports/metric-points", {"format": "csv"}),

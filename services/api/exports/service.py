@@ -21,6 +21,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 
 from runledger.stores.clickhouse import ClickHouse
 from services.api.access import Access
@@ -37,6 +38,9 @@ RUN_ID_PAGE = 50_000  # run ids per search after the first page (the search's ma
 POINT_RUN_PAGE = 500  # runs per ClickHouse query of metric points
 POINT_CHUNK = 200_000  # points per ClickHouse query (and per record batch)
 EXPERIMENT_PAGE = 5000
+# Params of the wide table from each run's document (runs.params_doc, one row per run) rather
+# than from the params rows (one per param); False reads the rows (bench/bi.py compares both).
+PARAMS_FROM_DOCUMENTS = True
 FINDING_PAGE = 1000
 VIEW_TYPES = {"ACTIVE_ONLY": "active", "DELETED_ONLY": "deleted", "ALL": None}
 _TS = pa.timestamp("ms", tz="UTC")
@@ -240,16 +244,20 @@ class ExportService:
         """One page of the wide table: five queries at once, then a columnar pivot in a thread."""
         pool = self._pool
         page = await repo.page_literals(pool, tenant, run_ids)
+        documents = PARAMS_FROM_DOCUMENTS and bool(keys["params"])
         queries: list[Any] = [
             repo.run_attributes_csv(pool, page),
+            repo.run_params_ndjson(pool, page) if documents else _no_csv(),
             *(
-                repo.run_values_csv(pool, kind, page) if keys[kind] else _no_csv()
+                repo.run_values_csv(pool, kind, page)
+                if keys[kind] and not (documents and kind == "params")
+                else _no_csv()
                 for kind in ("params", "tags", "metrics")
             ),
         ]
         if keys["metrics"]:
             queries.append(repo.metric_ranges(self._ch, tenant, run_ids))
-        attributes, params, tags, latest, *ranges = await asyncio.gather(*queries)
+        attributes, docs, params, tags, latest, *ranges = await asyncio.gather(*queries)
         return await asyncio.to_thread(
             _assemble_wide,
             schema,
@@ -258,6 +266,7 @@ class ExportService:
             attributes,
             {"params": params, "tags": tags, "metrics": latest},
             ranges[0] if ranges else None,
+            docs if documents else None,
         )
 
     # metric points (long) ------------------------------------------------------------------------
@@ -399,11 +408,14 @@ def _assemble_wide(
     attributes_csv: bytes,
     values_csv: dict[str, bytes],
     ranges: pa.Table | None,
+    params_ndjson: bytes | None = None,
 ) -> pa.RecordBatch:
     """A wide page from the long rows, column by column with numpy and Arrow kernels.
 
     Each kind's cells are scattered into one (keys x runs) grid: a `take` for strings (null
     where no value), float arrays with a validity mask for metrics; each column is a slice.
+    With `params_ndjson` (run_params_ndjson's lines), params come from the runs' documents:
+    one struct column, its rows put in the page's order by one `take`.
     """
     attributes = _read_csv(attributes_csv, _ATTRIBUTE_CSV, _ATTRIBUTE_TYPES)
     n = attributes.num_rows
@@ -416,7 +428,7 @@ def _assemble_wide(
         arrays.append(column.cast(_TS) if type_ == _TS else column)
     long: dict[str, tuple[pa.Table, Any, Any]] = {}
     for kind, names in keys.items():
-        if len(names):
+        if len(names) and not (kind == "params" and params_ndjson is not None):
             table = _read_csv(values_csv[kind], ["i", "key", "value"], _LONG_TYPES[kind])
             rows = row_of[table.column("i").to_numpy()]
             # a key logged since the columns were chosen has no column: index_in leaves it null
@@ -424,6 +436,9 @@ def _assemble_wide(
     for kind in ("params", "tags"):
         m = len(keys[kind])
         if not m:
+            continue
+        if kind == "params" and params_ndjson is not None:
+            arrays += _params_from_documents(params_ndjson, keys["params"], row_of, n)
             continue
         table, source, cells = long[kind]
         take = np.full(m * n, -1, dtype=np.int64)
@@ -453,6 +468,39 @@ def _assemble_wide(
             arrays.append(pa.array(low[cut], pa.float64(), mask=~has_range[cut]))
             arrays.append(pa.array(high[cut], pa.float64(), mask=~has_range[cut]))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _params_from_documents(
+    data: bytes, names: pa.Array, row_of: np.ndarray[Any, Any], n: int
+) -> list[pa.Array]:
+    """The params columns of a page (in `names` order) from its NDJSON documents.
+
+    pyarrow's JSON reader, with every key a string field of the schema, builds the columns
+    directly; keys logged since the columns were chosen are ignored, missing ones are null.
+    """
+    fields = [pa.field(name, pa.string()) for name in names.to_pylist()]
+    struct = pa.struct(fields)
+    if data:
+        table = pajson.read_json(
+            io.BytesIO(data),
+            # one block: a line (one run's params) may be larger than the default 1 MB block
+            read_options=pajson.ReadOptions(use_threads=False, block_size=len(data) + 1),
+            parse_options=pajson.ParseOptions(
+                explicit_schema=pa.schema([("i", pa.int64()), ("p", struct)]),
+                unexpected_field_behavior="ignore",
+            ),
+        )
+        rows = row_of[table.column("i").to_numpy()]
+        take = np.full(n, -1, dtype=np.int64)  # page row -> document line, -1 for none
+        valid = rows >= 0
+        take[rows[valid]] = np.flatnonzero(valid)
+        docs = table.column("p").combine_chunks().take(pa.array(take, mask=take < 0))
+    else:  # no run of the page left
+        docs = pa.nulls(n, struct)
+    # One (keys x runs) grid, each column a slice of it, as the long rows give: Arrow IPC
+    # writes the buffers as laid out, so this keeps that format's bytes too.
+    grid = pa.concat_arrays(docs.flatten())
+    return [grid.slice(j * n, n) for j in range(len(fields))]
 
 
 _LONG_TYPES = {

@@ -55,6 +55,70 @@ CREATE TABLE IF NOT EXISTS params (
 DROP INDEX IF EXISTS params_by_key;
 CREATE INDEX IF NOT EXISTS params_by_key_prefix ON params (tenant_id, key, left(value, 256)) INCLUDE (run_id);
 
+-- Each run's params as one JSON object {key: value}, so that the runs wide export reads one
+-- row per run instead of one per param. The params table stays the source of truth: the
+-- triggers below keep the document equal to the run's rows whoever writes them (projector,
+-- replay, bulk COPY, a fix by hand), in the writing statement's transaction, set-based (one
+-- UPDATE of runs per statement on params, from its transition table). A run row inserted
+-- after its params (events out of order) starts from them.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'runs'::regclass
+                   AND attname = 'params_doc' AND NOT attisdropped) THEN
+        ALTER TABLE runs ADD COLUMN params_doc jsonb NOT NULL DEFAULT '{}';
+        -- Backfill once, in the transaction that adds the column (later starts skip it).
+        UPDATE runs r SET params_doc = p.doc
+        FROM (SELECT tenant_id, run_id, jsonb_object_agg(key, value) AS doc FROM params
+              GROUP BY tenant_id, run_id) p
+        WHERE r.tenant_id = p.tenant_id AND r.run_id = p.run_id;
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION params_doc_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE runs r SET params_doc = r.params_doc || n.doc
+    FROM (SELECT tenant_id, run_id, jsonb_object_agg(key, value) AS doc FROM new_params
+          GROUP BY tenant_id, run_id) n
+    WHERE r.tenant_id = n.tenant_id AND r.run_id = n.run_id;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION params_doc_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE runs r SET params_doc = r.params_doc - o.keys
+    FROM (SELECT tenant_id, run_id, array_agg(key) AS keys FROM old_params GROUP BY tenant_id, run_id) o
+    WHERE r.tenant_id = o.tenant_id AND r.run_id = o.run_id;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION params_doc_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN  -- rare (params are immutable): rebuild the documents of the runs touched
+    UPDATE runs r SET params_doc = coalesce((SELECT jsonb_object_agg(p.key, p.value) FROM params p
+                                             WHERE p.tenant_id = r.tenant_id AND p.run_id = r.run_id), '{}')
+    WHERE (r.tenant_id, r.run_id) IN (SELECT tenant_id, run_id FROM old_params
+                                      UNION SELECT tenant_id, run_id FROM new_params);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION params_doc_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE runs SET params_doc = '{}' WHERE params_doc <> '{}';
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION params_doc_of_new_run() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.params_doc := coalesce((SELECT jsonb_object_agg(p.key, p.value) FROM params p
+                                WHERE p.tenant_id = NEW.tenant_id AND p.run_id = NEW.run_id), '{}');
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER params_doc_on_insert AFTER INSERT ON params
+    REFERENCING NEW TABLE AS new_params FOR EACH STATEMENT EXECUTE FUNCTION params_doc_inserted();
+CREATE OR REPLACE TRIGGER params_doc_on_delete AFTER DELETE ON params
+    REFERENCING OLD TABLE AS old_params FOR EACH STATEMENT EXECUTE FUNCTION params_doc_deleted();
+CREATE OR REPLACE TRIGGER params_doc_on_update AFTER UPDATE ON params
+    REFERENCING OLD TABLE AS old_params NEW TABLE AS new_params
+    FOR EACH STATEMENT EXECUTE FUNCTION params_doc_updated();
+CREATE OR REPLACE TRIGGER params_doc_on_truncate AFTER TRUNCATE ON params
+    FOR EACH STATEMENT EXECUTE FUNCTION params_doc_truncated();
+CREATE OR REPLACE TRIGGER params_doc_of_new_run BEFORE INSERT ON runs
+    FOR EACH ROW EXECUTE FUNCTION params_doc_of_new_run();
+
 CREATE TABLE IF NOT EXISTS tags (
     tenant_id text NOT NULL,
     run_id    text NOT NULL,
