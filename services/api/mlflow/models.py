@@ -177,6 +177,8 @@ class LoggedModelService:
         """POST logged-models/{id}/params (the client sends them 100 at a time)."""
         if body.params:
             await self._update(model_id, {"params": {p.key: p.value for p in body.params}})
+        else:  # nothing to change, but a missing model is still RESOURCE_DOES_NOT_EXIST
+            await self._find(model_id, write=True)
         return {}
 
     async def delete(self, model_id: str) -> dict[str, Any]:
