@@ -32,6 +32,7 @@ from services.ingest.batch_writer import BatchWriter, PreparedBatch, PreparedRou
 from services.ingest.checkpoints import Checkpoint, PartitionKey
 from services.ingest.dead_letters import MAX_LETTER_BYTES, DeadLetters
 from services.ingest.gate import Gate
+from services.ingest.incarnation import metadata_settled
 from services.ingest.partition_buffer import PartitionBuffer, round_due, take_round
 from services.ingest.projection import Projection
 from services.ingest.range_reader import read_ranges
@@ -39,6 +40,7 @@ from services.ingest.range_reader import read_ranges
 log = logging.getLogger(__name__)
 
 _POLL_RECORDS = 2000
+_CONFIRM_TIMEOUT_S = 5.0  # wait this long for the metadata refresh a dropped connection asked for
 
 
 class BrokerRestarted(Exception):
@@ -159,6 +161,16 @@ class Projector:
             while not self.stop.is_set():
                 self.heartbeat = time.monotonic()
                 polled = await asyncio.to_thread(consumer.poll, 100, _POLL_RECORDS)
+                # After a dropped connection, records can come from a restarted broker before
+                # the metadata refresh that changes cluster_id (services/ingest/incarnation.py).
+                if (
+                    polled
+                    and consumer._client.cluster.need_update
+                    and not await asyncio.to_thread(
+                        metadata_settled, consumer._client.cluster, _CONFIRM_TIMEOUT_S
+                    )
+                ):
+                    raise BrokerRestarted("connection lost and the broker's cluster id is not confirmed")
                 if (consumer._client.cluster.cluster_id or "static") != incarnation:
                     raise BrokerRestarted(
                         f"cluster id {incarnation} -> {consumer._client.cluster.cluster_id}"
