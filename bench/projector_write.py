@@ -54,7 +54,7 @@ from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.stores.postgres.migrate import migrate
 from runledger.stores.postgres.usage import add_usage
 from services.ingest import checkpoints
-from services.ingest.checkpoints import PartitionKey
+from services.ingest.checkpoints import Member, PartitionKey
 from services.ingest.latest_writer import UPSERT_SQL, stage_latest, upsert_latest
 from services.ingest.metadata_writer import already_applied, ensure_tenants, record_applied
 from services.ingest.projection import LatestMetrics
@@ -336,7 +336,7 @@ async def _write(
     """One batch's transaction as BatchWriter.write runs it (metric events only)."""
     started = time.perf_counter()
     await already_applied(conn, ids)
-    await checkpoints.mark_pending(conn, key, 0)
+    await checkpoints.mark_pending(conn, key, [Member(key.partition, 1, 1)], "bench")
     pre = time.perf_counter()
     tr = conn.transaction()
     await tr.start()
@@ -350,7 +350,8 @@ async def _write(
     row = await conn.fetchrow(
         "SELECT committed FROM projector_checkpoints WHERE consumer_group = $1", key.group
     )
-    await checkpoints.advance(conn, key, row["committed"], row["committed"] + 1)
+    committed = row["committed"]
+    await checkpoints.advance(conn, key, [Member(key.partition, committed + 1, committed + 1)])
     t3 = time.perf_counter()
     await tr.commit()
     t4 = time.perf_counter()
@@ -386,7 +387,7 @@ async def _bench(server: EmbeddedPostgres, args: argparse.Namespace) -> dict[str
     conns = [await asyncpg.connect(v.dsn) for v in variants]
     key = PartitionKey("bench", "static", "events", 0)
     for conn in conns:
-        await checkpoints.mark_pending(conn, key, 0)
+        await checkpoints.mark_pending(conn, key, [Member(key.partition, 1, 0)], "bench")
         await conn.execute("UPDATE projector_checkpoints SET committed = 0")
     fleet = Fleet(args.runs, args.keys, args.runs_per_batch)
     warmup = -(-args.runs // args.runs_per_batch) + args.warmup  # first pass inserts every row
@@ -481,7 +482,7 @@ async def _bench_writer(server: EmbeddedPostgres, root: Path, args: argparse.Nam
     from kafka import TopicPartition
 
     from runledger.stores.clickhouse.adapter import ChdbClickHouse
-    from services.ingest.batch_writer import BatchWriter, prepare
+    from services.ingest.batch_writer import BatchWriter, assemble, prepare
     from services.ingest.partition_buffer import PartitionBuffer
 
     class _DeadLetters:
@@ -500,9 +501,7 @@ async def _bench_writer(server: EmbeddedPostgres, root: Path, args: argparse.Nam
         clickhouse = _NoClickHouse() if name == "sequential" else timed
         writers[name] = BatchWriter(clickhouse, pools[name], _DeadLetters())  # type: ignore[arg-type]
         key = PartitionKey("bench", "static", f"events-{name}", 0)  # own dedup tokens per variant
-        states[name] = PartitionBuffer(
-            key=key, tp=TopicPartition(key.topic, 0), committed=-1, pending_until=None
-        )
+        states[name] = PartitionBuffer(key=key, tp=TopicPartition(key.topic, 0), committed=-1)
     fleet = Fleet(args.runs, args.keys, args.runs_per_batch)
     warmup = -(-args.runs // args.runs_per_batch) + args.warmup
     offset = 0
@@ -512,11 +511,11 @@ async def _bench_writer(server: EmbeddedPostgres, root: Path, args: argparse.Nam
         offset += len(records)
         order = names if i % 2 == 0 else names[::-1]
         for name in order:
-            batch = prepare(states[name], records, _DeadLetters())  # type: ignore[arg-type]
+            batch = assemble([prepare(states[name], records, _DeadLetters())])  # type: ignore[arg-type]
             started = time.perf_counter()
             timed.spent = 0.0
             if name == "sequential":
-                token = states[name].key.token(states[name].committed + 1, batch.last_offset)
+                token = batch.token
                 for table, data in (
                     ("metric_points", batch.projection.points),
                     ("events_archive", batch.projection.archive),

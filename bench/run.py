@@ -30,11 +30,19 @@ OUT = Path(__file__).parent / "out"
 
 
 def _producer(
-    index: int, bootstrap: str, spool: str, steps: int, keys: int, ready: Any, go: Any, results: Any
+    index: int,
+    bootstrap: str,
+    api_key: str,
+    spool: str,
+    steps: int,
+    keys: int,
+    ready: Any,
+    go: Any,
+    results: Any,
 ) -> None:
     import runledger_sdk as rl
 
-    rl.init(transport="kafka", kafka_bootstrap=bootstrap, spool_dir=spool)
+    rl.init(transport="kafka", kafka_bootstrap=bootstrap, api_key=api_key, spool_dir=spool)
     names = [f"layer{k // 10}/metric{k}" for k in range(keys)]
     values = np.random.default_rng(index).random((steps, keys))
     rows = [dict(zip(names, row, strict=True)) for row in values.tolist()]
@@ -68,14 +76,15 @@ async def _wait_projected(dsn: str, run_ids: list[str], keys: int, last_step: in
 
 
 def bench_ingest(
-    bootstrap: str, dsn: str, spool: Path, producers: int, steps: int, keys: int
+    bootstrap: str, api_key: str, dsn: str, spool: Path, producers: int, steps: int, keys: int
 ) -> dict[str, Any]:
     """End-to-end ingest throughput: SDK log calls to points queryable."""
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     procs = [
         ctx.Process(
-            target=_producer, args=(i, bootstrap, str(spool / str(i)), steps, keys, ready, go, results)
+            target=_producer,
+            args=(i, bootstrap, api_key, str(spool / str(i)), steps, keys, ready, go, results),
         )
         for i in range(producers)
     ]
@@ -103,10 +112,10 @@ def bench_ingest(
     }
 
 
-def _log_series(bootstrap: str, spool: str, points: int, results: Any) -> None:
+def _log_series(bootstrap: str, api_key: str, spool: str, points: int, results: Any) -> None:
     import runledger_sdk as rl
 
-    rl.init(transport="kafka", kafka_bootstrap=bootstrap, spool_dir=spool)
+    rl.init(transport="kafka", kafka_bootstrap=bootstrap, api_key=api_key, spool_dir=spool)
     values = np.cumsum(np.random.default_rng(0).normal(size=points)).tolist()
     values[points // 2] = 1e6  # a spike the downsampled read must keep
     with rl.start_run(experiment="bench-read", name="long-series") as run:
@@ -135,18 +144,18 @@ def _timed(client: httpx.Client, url: str, params: dict[str, Any], repeat: int) 
 
 
 def bench_history(
-    api: str, bootstrap: str, dsn: str, spool: Path, points: int, repeat: int
+    api: str, api_key: str, bootstrap: str, dsn: str, spool: Path, points: int, repeat: int
 ) -> dict[str, Any]:
     """History read latency of a long series, full and downsampled."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    proc = ctx.Process(target=_log_series, args=(bootstrap, str(spool / "series"), points, results))
+    proc = ctx.Process(target=_log_series, args=(bootstrap, api_key, str(spool / "series"), points, results))
     proc.start()
     run_id = results.get(timeout=600)
     proc.join()
     asyncio.run(_wait_projected(dsn, [run_id], 1, points - 1, limit_s=600))
     url = f"{api}/api/v1/runs/{run_id}/metrics/loss/history"
-    with httpx.Client(timeout=120) as client:
+    with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {api_key}"}) as client:
         downsampled = client.get(url, params={"max_points": 1000}).json()
         kept_spike = 1e6 in downsampled.get("values", [])
         return {
@@ -175,12 +184,19 @@ def main() -> None:
         spool = stack.settings.state_dir / "bench-spool"
         if not args.skip_ingest:
             report["ingest"] = bench_ingest(
-                stack.kafka_bootstrap, stack.postgres_dsn, spool, args.producers, args.steps, args.keys
+                stack.kafka_bootstrap,
+                stack.api_key,
+                stack.postgres_dsn,
+                spool,
+                args.producers,
+                args.steps,
+                args.keys,
             )
             print(json.dumps(report["ingest"], indent=2), flush=True)
         if not args.skip_history:
             report["history"] = bench_history(
                 stack.api_url,
+                stack.api_key,
                 stack.kafka_bootstrap,
                 stack.postgres_dsn,
                 spool,

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     api_port: int = Field(
         8765, description="Port the API listens on (the ingest role: its /healthz and /metrics)."
     )
+    api_max_json_body_bytes: int = Field(
+        32 << 20,
+        gt=0,
+        description="Largest JSON request body the API reads (413 beyond; artifact uploads are not JSON"
+        " and are not limited by it).",
+    )
     kafka_port: int = Field(0, description="Port of the embedded broker (0 = a free one).")
     postgres_port: int = Field(0, description="Port of the embedded PostgreSQL (0 = a free one).")
 
@@ -50,13 +56,15 @@ class Settings(BaseSettings):
 
     # Projector.
     projector_group: str = Field("runledger-projector", description="Consumer group of the projector.")
-    projector_max_batch_events: int = Field(5000, description="Max events per projected batch.")
+    projector_max_batch_events: int = Field(
+        5000, description="Max events per projected round (a batch of every partition with data)."
+    )
     projector_assign_all: bool = Field(
         False,
         description="Take every partition of the events topic instead of joining the consumer group"
         " (one projector per topic, as in the embedded mode; no group rebalances).",
     )
-    projector_max_wait_ms: int = Field(200, description="Flush a partial batch after this long.")
+    projector_max_wait_ms: int = Field(200, description="Flush a partial round after this long.")
     projector_max_clock_skew_s: float = Field(
         86_400.0,
         gt=0,

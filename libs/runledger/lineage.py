@@ -26,9 +26,9 @@ MAX_VERSION_LENGTH: Final = 200
 DIGEST_PREFIX_LENGTH: Final = 12
 MAX_MODEL_VERSION: Final = 2**31 - 1  # model_versions.version is a Postgres integer
 
-_DIGEST_RE = re.compile(r"^(?:[A-Za-z0-9_+.-]+:)?([0-9A-Fa-f]{12,})$")
-_MODEL_VERSION_RE = re.compile(r"^(?P<name>.+)@(?P<version>[1-9][0-9]*)$")
-_MODEL_RUN_RE = re.compile(r"^(?P<name>.+)@run:(?P<run_id>[A-Za-z0-9_\-.]{1,64})$")
+_DIGEST_RE = re.compile(r"^(?:[A-Za-z0-9_+.-]+:)?([0-9A-Fa-f]{12,})\Z")
+_MODEL_VERSION_RE = re.compile(r"^(?P<name>.+)@(?P<version>[1-9][0-9]*)\Z")
+_MODEL_RUN_RE = re.compile(r"^(?P<name>.+)@run:(?P<run_id>[A-Za-z0-9_\-.]{1,64})\Z")
 
 
 def check_name(name: object, what: str = "name") -> str:

@@ -191,12 +191,11 @@ class SdkSettings(BaseSettings):
     kafka_batch_size: int = Field(1 << 20, gt=0, description="Producer batch_size (bytes).")
     kafka_max_request_size: int = Field(8 << 20, gt=0, description="Producer max_request_size (bytes).")
     kafka_resend_window_s: float = Field(
-        0.0,
+        300.0,
         ge=0,
         description="Keep acknowledged events this long, to resend them to a new broker incarnation (a"
-        " restarted embedded broker, whose log is in memory); 0 = off. Off by default: with it on, a run"
-        " logged across an embedded-broker restart lost its spooled batches in one test order"
-        " (tests/e2e/test_broker_outage.py, not yet explained); `make chaos` turns it on.",
+        " restarted embedded broker, whose log is in memory); 0 = off. Against a replicated Kafka the"
+        " cluster id never changes and the events only age out (at most kafka_resend_window_bytes).",
     )
     kafka_resend_window_bytes: int = Field(
         64 << 20, ge=0, description="At most this many bytes of acknowledged events kept for resending."

@@ -46,8 +46,8 @@ VERSION_TAG: Final = "version"
 
 _CHUNK = 1 << 20
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
-_RELATION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,64}\Z")
+_RELATION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}\Z")
 
 Event = tuple[EventType, dict[str, Any]]
 

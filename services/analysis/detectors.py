@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from runledger.analysis.cohort import CohortDetector
-from runledger.analysis.detection import Anomaly, DetectorConfig, SeriesDetector
+from runledger.analysis.detection import Anomaly, DetectorConfig, SeriesDetector, default_config
 from runledger.analysis.tuning import Tuning, merged_overrides
 from services.analysis.store import COHORT, SERIES, StateKey, StateRow
 
@@ -168,11 +168,12 @@ class DetectorBank:
         config = self._configs.get(cache_key)
         if config is None:
             overrides = merged_overrides(self._tuning.get(tenant_id, ()), experiment_id, key)
+            base = default_config(key)
             try:
-                config = DetectorConfig().with_overrides(overrides) if overrides else DetectorConfig()
+                config = base.with_overrides(overrides) if overrides else base
             except ValueError as exc:
                 log.warning("tenant %s: ignoring invalid detector settings for %s: %s", tenant_id, key, exc)
-                config = DetectorConfig()
+                config = base
             if len(self._configs) > 100_000:
                 self._configs.clear()
             self._configs[cache_key] = config

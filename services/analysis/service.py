@@ -50,6 +50,7 @@ from services.analysis.reports import Outgoing, Reporter
 from services.analysis.store import StateKey
 from services.analysis.webhooks import WebhookDispatcher
 from services.ingest.gate import Gate, Rejected
+from services.ingest.incarnation import metadata_settled
 from services.ingest.projector import BrokerRestarted, consumer_config
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,14 @@ class AnalysisService:
                 self.heartbeat = time.monotonic()
                 await self._refresh_tuning()
                 polled = await asyncio.to_thread(consumer.poll, 100, _POLL_RECORDS)
+                # After a dropped connection, records can come from a restarted broker before
+                # the metadata refresh that changes cluster_id (services/ingest/incarnation.py).
+                if (
+                    polled
+                    and consumer._client.cluster.need_update
+                    and not await asyncio.to_thread(metadata_settled, consumer._client.cluster, 5.0)
+                ):
+                    raise BrokerRestarted("connection lost and the broker's cluster id is not confirmed")
                 if (consumer._client.cluster.cluster_id or "static") != incarnation:
                     raise BrokerRestarted(
                         f"cluster id {incarnation} -> {consumer._client.cluster.cluster_id}"

@@ -24,7 +24,7 @@ from services.api.admin import endpoints as admin
 from services.api.analysis import endpoints as analysis
 from services.api.artifacts import endpoints as artifacts
 from services.api.audit import AuditSink
-from services.api.body_guard import RejectUnpairedSurrogates
+from services.api.body_guard import GuardJsonBodies
 from services.api.business import endpoints as business
 from services.api.compare import endpoints as compare
 from services.api.consistency import ProjectionWaiter
@@ -124,7 +124,7 @@ def create_app(
     app.state.runtime = None
     install_error_handlers(app)
     # Added before RequestMetrics, so it runs inside it: 401s are counted like any answer.
-    app.add_middleware(RejectUnpairedSurrogates)  # innermost: after authentication
+    app.add_middleware(GuardJsonBodies, max_bytes=settings.api_max_json_body_bytes)  # innermost: after auth
     app.add_middleware(AuthenticateApi, prefix="/api/")
     app.add_middleware(RequestMetrics)
     app.include_router(health.router)

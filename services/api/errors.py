@@ -74,6 +74,13 @@ class PermissionDenied(ApiError):
     audited = False
 
 
+class PayloadTooLarge(ApiError):
+    """The request body is larger than this server accepts."""
+
+    status_code = 413
+    error_code = "INVALID_PARAMETER_VALUE"
+
+
 class RequestLimitExceeded(ApiError):
     """A tenant quota (events per second, stored points) refuses the request; see Retry-After."""
 

@@ -1,7 +1,9 @@
-"""One batch of one partition into both stores, effectively once (see checkpoints.py).
+"""A round (one batch from each of several partitions) into both stores, effectively once.
 
-`prepare` is the CPU part (decode, validate, build the columns) and runs while the
-previous batch is still being written; `BatchWriter.write` is the I/O part.
+`prepare` is the CPU part of one partition's batch (decode, validate) and `assemble`
+builds the round's columns; both run while the previous round is still being written.
+`BatchWriter.write` is the I/O part: one ClickHouse insert per table and one Postgres
+transaction for the whole round (see checkpoints.py for the protocol).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from runledger.events.models import EventType, utc_now
 from runledger.stores.clickhouse import ClickHouse
 from runledger.stores.postgres.usage import add_usage
 from services.ingest import checkpoints
+from services.ingest.checkpoints import Member, PartitionKey, round_token
 from services.ingest.dead_letters import DeadLetters, reason_class
 from services.ingest.gate import Admitted, BatchGate, Gate
 from services.ingest.metadata_writer import (
@@ -52,24 +55,79 @@ class RunCheck:
 
 @dataclass
 class PreparedBatch:
-    """A decoded batch: its partition, last offset, valid events, their projection, and
-    how many of its messages were dead-lettered, by (tenant, reason); `run_checks` and
-    `gate` are what the writer still checks against the recorded runs."""
+    """One partition's decoded batch: its partition, offsets, valid events, and how many of
+    its messages were dead-lettered, by (tenant, reason); `run_checks` and `gate` are what
+    the writer still checks against the recorded runs."""
 
     partition: PartitionBuffer
     last_offset: int
     events: list[ArchivedEvent]
-    projection: Projection
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
     run_checks: list[RunCheck] = field(default_factory=list)
     gate: BatchGate | None = None
+
+    @property
+    def member(self) -> Member:
+        """This batch's place in its round's checkpoint: from the partition's checkpoint as it
+        is when the round is written (earlier rounds may still be in flight when it is built)."""
+        return Member(self.partition.key.partition, self.partition.committed + 1, self.last_offset)
+
+
+@dataclass
+class PreparedRound:
+    """Batches of distinct partitions of one topic and their merged projection; `recorded_token`
+    is the dedup token of a pending round being re-formed (else computed when written)."""
+
+    batches: list[PreparedBatch]
+    projection: Projection
+    recorded_token: str | None = None
+
+    @property
+    def key(self) -> PartitionKey:
+        """The group, incarnation and topic of the round (from its first batch)."""
+        return self.batches[0].partition.key
+
+    @property
+    def members(self) -> list[Member]:
+        return [b.member for b in self.batches]
+
+    @property
+    def events(self) -> list[ArchivedEvent]:
+        return [a for b in self.batches for a in b.events]
+
+    @property
+    def token(self) -> str:
+        """The round's ClickHouse dedup token (checkpoints.round_token of its members)."""
+        key = self.key
+        return self.recorded_token or round_token(key.incarnation, key.topic, self.members)
+
+
+def assemble(batches: list[PreparedBatch], token: str | None = None) -> PreparedRound:
+    """The round of these batches (one per partition): events kept in each partition's order,
+    an event id seen in an earlier batch dropped, one projection built for all.
+
+    `token` is given when a pending round is re-formed (it must match what was recorded).
+    """
+    if not batches:
+        raise ValueError("a round needs at least one batch")
+    keys = {(b.partition.key.group, b.partition.key.incarnation, b.partition.key.topic) for b in batches}
+    if len(keys) != 1 or len({b.partition.key.partition for b in batches}) != len(batches):
+        raise ValueError("a round holds one batch per partition of one group, incarnation and topic")
+    if len(batches) > 1:
+        seen: set[str] = set()
+        for batch in batches:
+            kept = [a for a in batch.events if a.event.envelope.event_id not in seen]
+            seen.update(a.event.envelope.event_id for a in kept)
+            batch.events = kept
+    events = [a for b in batches for a in b.events]
+    return PreparedRound(batches, build_projection(events, utc_now()), token)
 
 
 def prepare(
     partition: PartitionBuffer, records: list[Any], dead_letters: DeadLetters, gate: Gate | None = None
 ) -> PreparedBatch:
-    """Decode records, admit them through `gate` (rejects to the DLQ), drop repeats within
-    the batch, build the columns. Without a gate nothing is verified (tools and tests only)."""
+    """Decode one partition's records, admit them through `gate` (rejects to the DLQ), drop
+    repeats within the batch. Without a gate nothing is verified (tools and tests only)."""
     key = partition.key
     source = f"{key.incarnation}.{key.topic}.{key.partition}"
     events: list[ArchivedEvent] = []
@@ -111,8 +169,7 @@ def prepare(
         events.append(ArchivedEvent(decoded, source, record.offset))
         if finding is not None:
             events.append(ArchivedEvent(finding, source, record.offset))
-    projection = build_projection(events, utc_now())
-    return PreparedBatch(partition, records[-1].offset, events, projection, rejected, checks, admission)
+    return PreparedBatch(partition, records[-1].offset, events, rejected, checks, admission)
 
 
 def ingestion_time(projection: Projection) -> datetime:
@@ -144,7 +201,7 @@ async def recorded_experiments(conn: Any, runs: set[tuple[str, str]]) -> dict[tu
 
 
 class BatchWriter:
-    """Writes prepared batches: ClickHouse with a dedup token, then Postgres with the checkpoint."""
+    """Writes prepared rounds: ClickHouse with a dedup token, then Postgres with the checkpoints."""
 
     def __init__(self, clickhouse: ClickHouse, pool: asyncpg.Pool, dead_letters: DeadLetters) -> None:
         self._clickhouse = clickhouse
@@ -152,25 +209,27 @@ class BatchWriter:
         self._dead_letters = dead_letters
         self._retention = RetentionDays(pool)
 
-    async def write(self, batch: PreparedBatch) -> Projection:
-        """Project one batch; returns what was written (re-sent and refused events removed)."""
-        state, last = batch.partition, batch.last_offset
-        key, first = state.key, state.committed + 1
-        token = key.token(first, last)
-        rejected = Counter(batch.rejected)
+    async def write(self, round_: PreparedRound) -> Projection:
+        """Project one round; returns what was written (re-sent and refused events removed)."""
+        key, members, token = round_.key, round_.members, round_.token
+        rejected: Counter[tuple[str, str]] = Counter()
+        for batch in round_.batches:
+            rejected.update(batch.rejected)
         async with self._pool.acquire() as conn:
-            events, projection = batch.events, batch.projection
-            drop = await self._denied_by_recorded_run(conn, batch, rejected)
+            events, projection = round_.events, round_.projection
+            drop: set[str] = set()
+            for batch in round_.batches:
+                drop |= await self._denied_by_recorded_run(conn, batch, rejected)
             drop |= await already_applied(conn, [a.event.envelope.event_id for a in events])
             if drop:  # re-sent events (same id, new offset) or refused ones: rare, so rebuild only then
                 events = [a for a in events if a.event.envelope.event_id not in drop]
                 projection = build_projection(events, utc_now())
             await asyncio.to_thread(self._dead_letters.flush)  # rejects are durable first
-            await checkpoints.mark_pending(conn, key, last)
-            # ClickHouse inserts (in a thread, off the GIL) while Postgres applies the batch:
-            # a batch then takes the longer of the two instead of their sum (in a fleet,
-            # ~140 ms + ~410 ms). The checkpoint still commits only after ClickHouse holds
-            # the batch, so the protocol of checkpoints.py is unchanged.
+            await checkpoints.mark_pending(conn, key, members, token)
+            # ClickHouse inserts (in a thread, off the GIL) while Postgres applies the round:
+            # a round then takes the longer of the two instead of their sum (in a fleet,
+            # ~140 ms + ~410 ms). The checkpoints still commit only after ClickHouse holds
+            # the round, so the protocol of checkpoints.py is unchanged.
             clickhouse = asyncio.ensure_future(self._insert_clickhouse(projection, token))
             ids = [a.event.envelope.event_id for a in events]
             try:
@@ -180,19 +239,20 @@ class BatchWriter:
                     await count_dead_letters(conn, rejected)
                     await add_usage(conn, points_by_tenant(projection))
                     await clickhouse
-                    await checkpoints.advance(conn, key, state.committed, last)
+                    await checkpoints.advance(conn, key, members)
             except REFUSED as exc:
                 await clickhouse
-                log.warning("batch %s refused by Postgres (%s); isolating the bad events", token, exc)
-                await self._write_isolating(conn, events, projection, rejected, state, last)
+                log.warning("round %s refused by Postgres (%s); isolating the bad events", token, exc)
+                await self._write_isolating(conn, events, projection, rejected, key, members)
             finally:
-                # Never leave the insert running past this batch (its thread cannot be cancelled):
+                # Never leave the insert running past this round (its thread cannot be cancelled):
                 # on any failure, wait for it, then let the first error propagate.
                 if not clickhouse.done():
                     await asyncio.wait({clickhouse})
                 if clickhouse.done() and not clickhouse.cancelled():
                     clickhouse.exception()  # retrieved: a failure already raised above is not logged twice
-        state.committed = last
+        for batch in round_.batches:
+            batch.partition.committed = batch.last_offset
         if any(e.envelope.type is EventType.RETENTION_POLICY_SET for e in projection.metadata_events):
             self._retention.invalidate()
         return projection
@@ -250,17 +310,17 @@ class BatchWriter:
         events: list[ArchivedEvent],
         projection: Projection,
         rejected: Counter[tuple[str, str]],
-        state: PartitionBuffer,
-        last: int,
+        key: PartitionKey,
+        members: list[Member],
     ) -> None:
         """The slow path: each metadata event in a savepoint; refused ones go to the DLQ."""
-        offsets = {a.event.envelope.event_id: a.offset for a in events}
-        source = f"{state.key.incarnation}.{state.key.topic}.{state.key.partition}"
+        origin = {a.event.envelope.event_id: (a.source, a.offset) for a in events}
         dead = self._dead_letters
         counts = Counter(rejected)
 
         def reject(event: DecodedEvent, reason: str) -> None:
-            dead.reject(event.raw, reason, source, offsets[event.envelope.event_id], None)
+            source, offset = origin[event.envelope.event_id]
+            dead.reject(event.raw, reason, source, offset, None)
             counts[event.envelope.tenant_id, reason_class(reason)] += 1
 
         async with conn.transaction():
@@ -269,4 +329,4 @@ class BatchWriter:
             await record_applied(conn, [a.event.envelope.event_id for a in events])
             await count_dead_letters(conn, counts)
             await add_usage(conn, points_by_tenant(projection))
-            await checkpoints.advance(conn, state.key, state.committed, last)
+            await checkpoints.advance(conn, key, members)

@@ -1,16 +1,24 @@
 """The projector's position per partition, kept in Postgres beside the projections.
 
-Protocol for one batch of partition p covering offsets a..b:
-1. `mark_pending(b)`: written before ClickHouse sees the batch.
-2. ClickHouse inserts with the dedup token of (incarnation, topic, p, a, b).
-3. One Postgres transaction: metadata + `advance(a-1 -> b)` + NOTIFY.
-After a crash between 1 and 3 the projector re-forms exactly a..b and repeats
-step 2 with the same token (a no-op in ClickHouse), then 3. Offsets are keyed by
-broker incarnation, because an embedded broker restart starts offsets from 0.
+The projector writes *rounds*: one batch from each of several partitions, projected
+together (one ClickHouse insert per table, one Postgres transaction), so a round's fixed
+cost is paid once instead of once per partition. Protocol for a round whose members are
+partitions p_i with offsets a_i..b_i:
+1. `mark_pending`: every member's row records b_i and the round's token, in one
+   statement, before ClickHouse sees the round.
+2. ClickHouse inserts with the round's dedup token (`round_token`: a function of the
+   members, so the same round always gets the same token).
+3. One Postgres transaction: metadata + `advance` of every member (a_i-1 -> b_i) + NOTIFY.
+After a crash between 1 and 3 the members of the pending round are read back from
+Kafka exactly (`pending_members`), the round is re-formed and written again with the
+same token (a no-op in ClickHouse), then 3. Offsets are keyed by broker incarnation,
+because an embedded broker restart starts offsets from 0.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -29,23 +37,42 @@ class PartitionKey:
     topic: str
     partition: int
 
-    def token(self, first: int, last: int) -> str:
-        """The ClickHouse insert dedup token of batch first..last."""
-        return f"{self.incarnation}.{self.topic}.{self.partition}.{first}.{last}"
+
+@dataclass(frozen=True, slots=True, order=True)
+class Member:
+    """One partition's part of a round: offsets first..last."""
+
+    partition: int
+    first: int
+    last: int
 
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """Last offset both stores hold, and the end of an unfinished batch if any."""
+    """Last offset both stores hold, and the unfinished round it is part of, if any."""
 
     committed: int
     pending_until: int | None
+    pending_round: str | None = None
+
+
+def round_token(incarnation: str, topic: str, members: Sequence[Member]) -> str:
+    """The ClickHouse insert dedup token of a round.
+
+    A round of one partition keeps the per-partition form of earlier versions, so a batch
+    left pending by one is recovered with the token it was inserted with.
+    """
+    if len(members) == 1:
+        m = members[0]
+        return f"{incarnation}.{topic}.{m.partition}.{m.first}.{m.last}"
+    spec = ",".join(f"{m.partition}:{m.first}-{m.last}" for m in sorted(members))
+    return f"{incarnation}.{topic}.round.{hashlib.blake2b(spec.encode(), digest_size=16).hexdigest()}"
 
 
 async def load(conn: PgConnection, key: PartitionKey) -> Checkpoint:
     """The checkpoint of a partition (-1 = nothing projected yet)."""
     row = await conn.fetchrow(
-        "SELECT committed, pending_until FROM projector_checkpoints"
+        "SELECT committed, pending_until, pending_round FROM projector_checkpoints"
         " WHERE consumer_group = $1 AND incarnation = $2 AND topic = $3 AND partition = $4",
         key.group,
         key.incarnation,
@@ -54,46 +81,83 @@ async def load(conn: PgConnection, key: PartitionKey) -> Checkpoint:
     )
     if row is None:
         return Checkpoint(committed=-1, pending_until=None)
-    return Checkpoint(committed=row["committed"], pending_until=row["pending_until"])
+    return Checkpoint(row["committed"], row["pending_until"], row["pending_round"])
 
 
-async def mark_pending(conn: PgConnection, key: PartitionKey, until: int) -> None:
-    """Record that a batch ending at `until` is about to reach ClickHouse."""
-    await conn.execute(
-        "INSERT INTO projector_checkpoints (consumer_group, incarnation, topic, partition, pending_until)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (consumer_group, incarnation, topic, partition)"
-        " DO UPDATE SET pending_until = excluded.pending_until, updated_at = now()",
+async def pending_members(conn: PgConnection, key: PartitionKey, checkpoint: Checkpoint) -> list[Member]:
+    """The members of the unfinished round `key`'s partition is part of ([] when none).
+
+    A row pending without a round token was left by a version that wrote one partition per
+    batch: it is a round of its own.
+    """
+    if checkpoint.pending_until is None:
+        return []
+    if checkpoint.pending_round is None:
+        return [Member(key.partition, checkpoint.committed + 1, checkpoint.pending_until)]
+    rows = await conn.fetch(
+        "SELECT partition, committed, pending_until FROM projector_checkpoints"
+        " WHERE consumer_group = $1 AND incarnation = $2 AND topic = $3 AND pending_round = $4"
+        " ORDER BY partition",
         key.group,
         key.incarnation,
         key.topic,
-        key.partition,
-        until,
+        checkpoint.pending_round,
+    )
+    return [Member(r["partition"], r["committed"] + 1, r["pending_until"]) for r in rows]
+
+
+async def mark_pending(conn: PgConnection, key: PartitionKey, members: Sequence[Member], token: str) -> None:
+    """Record, in one statement, that the round `token` is about to reach ClickHouse.
+
+    `key` names the group, incarnation and topic; its partition is not used.
+    """
+    await conn.execute(
+        "INSERT INTO projector_checkpoints"
+        " (consumer_group, incarnation, topic, partition, pending_until, pending_round)"
+        " SELECT $1, $2, $3, m.partition, m.until, $6"
+        " FROM unnest($4::integer[], $5::bigint[]) AS m(partition, until)"
+        " ON CONFLICT (consumer_group, incarnation, topic, partition) DO UPDATE"
+        " SET pending_until = excluded.pending_until, pending_round = excluded.pending_round,"
+        " updated_at = now()",
+        key.group,
+        key.incarnation,
+        key.topic,
+        [m.partition for m in members],
+        [m.last for m in members],
+        token,
     )
 
 
 class LostOwnership(Exception):
-    """Another projector advanced this partition first (rebalance); drop the batch."""
+    """Another projector advanced one of these partitions first (rebalance); drop the round."""
 
 
-async def advance(conn: PgConnection, key: PartitionKey, expected: int, committed: int) -> None:
-    """Move the checkpoint from `expected` to `committed` and notify waiting readers."""
-    # One round trip: the NOTIFY rides on the UPDATE's RETURNING (it is sent at commit, and
-    # only if the row moved, so a lost partition notifies nobody).
+async def advance(conn: PgConnection, key: PartitionKey, members: Sequence[Member]) -> None:
+    """Move every member's checkpoint from first-1 to last and notify waiting readers.
+
+    Inside the round's transaction: when any member moved meanwhile, LostOwnership is
+    raised and the transaction (the round) rolls back.
+    """
+    # One round trip: the NOTIFYs ride on the UPDATE's RETURNING (they are sent at commit,
+    # and only for rows that moved, so a lost partition notifies nobody).
     moved = await conn.fetch(
-        "UPDATE projector_checkpoints SET committed = $6, pending_until = NULL, updated_at = now()"
-        " WHERE consumer_group = $1 AND incarnation = $2 AND topic = $3 AND partition = $4 AND committed = $5"
-        " RETURNING pg_notify($7, $8)",
+        "UPDATE projector_checkpoints AS c"
+        " SET committed = m.last, pending_until = NULL, pending_round = NULL, updated_at = now()"
+        " FROM unnest($4::integer[], $5::bigint[], $6::bigint[]) AS m(partition, expected, last)"
+        " WHERE c.consumer_group = $1 AND c.incarnation = $2 AND c.topic = $3"
+        " AND c.partition = m.partition AND c.committed = m.expected"
+        " RETURNING pg_notify($7, json_build_object('group', $1::text, 'incarnation', $2::text,"
+        " 'topic', $3::text, 'partition', m.partition, 'committed', m.last)::text)",
         key.group,
         key.incarnation,
         key.topic,
-        key.partition,
-        expected,
-        committed,
+        [m.partition for m in members],
+        [m.first - 1 for m in members],
+        [m.last for m in members],
         NOTIFY_CHANNEL,
-        notification(key, committed),
     )
-    if len(moved) != 1:
-        raise LostOwnership(f"{key} is no longer at offset {expected}")
+    if len(moved) != len(members):
+        raise LostOwnership(f"a partition of {key.group}/{key.topic} moved past {members}")
 
 
 def notification(key: PartitionKey, committed: int) -> str:

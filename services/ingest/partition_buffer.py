@@ -1,8 +1,9 @@
-"""Per-partition buffering: when the records of one partition become a batch."""
+"""Per-partition buffering, and when the buffered records of all partitions become a round."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,17 +16,16 @@ MAX_BATCH_BYTES = 32 * 1024 * 1024
 
 @dataclass
 class PartitionBuffer:
-    """Records of one partition between the poll and the batch that projects them.
+    """Records of one partition between the poll and the round that projects them.
 
     `committed` is the checkpoint (moved by the writer); `fetched_until` is the last
-    offset handed to a batch or the buffer, so a re-fetch after a seek is ignored even
-    while earlier batches are still being written.
+    offset handed to a round or the buffer, so a re-fetch after a seek is ignored even
+    while earlier rounds are still being written.
     """
 
     key: PartitionKey
     tp: TopicPartition
     committed: int
-    pending_until: int | None
     fetched_until: int = -1
     buffer: list[Any] = field(default_factory=list)
     buffered_bytes: int = 0
@@ -44,30 +44,60 @@ class PartitionBuffer:
         self.buffered_bytes += len(record.value or b"")
         self.fetched_until = record.offset
 
-    def take_batch(self, max_events: int, max_wait_s: float, caught_up: bool, writer_free: bool) -> list[Any]:
-        """Records to project now, or [] to keep buffering.
-
-        A full batch goes at once; a partial one only when the writer has nothing queued
-        (so batches grow while it is busy: fewer, larger ClickHouse inserts under load)
-        and the consumer has caught up or the oldest record waited `max_wait_s`.
-        """
-        if not self.buffer:
-            return []
-        if self.pending_until is not None:
-            # Recovery: the batch a crash interrupted must be re-formed exactly.
-            if self.buffer[-1].offset < self.pending_until:
-                return []
-            cut = next(i for i, r in enumerate(self.buffer) if r.offset >= self.pending_until) + 1
-            self.pending_until = None
-        elif (
-            len(self.buffer) >= max_events
-            or self.buffered_bytes >= MAX_BATCH_BYTES
-            or (writer_free and (caught_up or time.monotonic() - self.oldest >= max_wait_s))
-        ):
-            cut = min(len(self.buffer), max_events)
-        else:
-            return []
-        batch, self.buffer = self.buffer[:cut], self.buffer[cut:]
-        self.buffered_bytes = sum(len(r.value or b"") for r in self.buffer)
+    def take(self, max_events: int, max_bytes: int = MAX_BATCH_BYTES) -> list[Any]:
+        """The oldest buffered records, up to `max_events` and about `max_bytes` (at least one)."""
+        cut, size = 0, 0
+        for record in self.buffer[:max_events]:
+            if cut and size + len(record.value or b"") > max_bytes:
+                break
+            size += len(record.value or b"")
+            cut += 1
+        taken, self.buffer = self.buffer[:cut], self.buffer[cut:]
+        self.buffered_bytes = sum(len(r.value or b"") for r in self.buffer) if self.buffer else 0
         self.oldest = time.monotonic()
-        return batch
+        return taken
+
+
+def round_due(
+    buffers: Sequence[PartitionBuffer], max_events: int, max_wait_s: float, caught_up: bool, writer_free: bool
+) -> bool:
+    """Whether the buffered records should go to the writer now.
+
+    A full round goes at once; a partial one only when the writer has nothing queued (so
+    rounds grow while it is busy: fewer, larger writes under load) and the consumer has
+    caught up or the oldest record waited `max_wait_s`.
+    """
+    waiting = [b for b in buffers if b.buffer]
+    if not waiting:
+        return False
+    if sum(len(b.buffer) for b in waiting) >= max_events:
+        return True
+    if sum(b.buffered_bytes for b in waiting) >= MAX_BATCH_BYTES:
+        return True
+    if not writer_free:
+        return False
+    return caught_up or time.monotonic() - min(b.oldest for b in waiting) >= max_wait_s
+
+
+def take_round(
+    buffers: Sequence[PartitionBuffer], max_events: int, start: int
+) -> list[tuple[PartitionBuffer, list[Any]]]:
+    """Up to `max_events` records (and about MAX_BATCH_BYTES) across partitions, one batch
+    per partition.
+
+    Partitions are visited from `start` (the caller rotates it every round), so under a
+    backlog no partition waits behind the others for long.
+    """
+    taken: list[tuple[PartitionBuffer, list[Any]]] = []
+    budget, bytes_budget = max_events, MAX_BATCH_BYTES
+    n = len(buffers)
+    for i in range(n):
+        if budget <= 0 or bytes_budget <= 0:
+            break
+        state = buffers[(start + i) % n]
+        if state.buffer:
+            records = state.take(budget, bytes_budget)
+            budget -= len(records)
+            bytes_budget -= sum(len(r.value or b"") for r in records)
+            taken.append((state, records))
+    return taken

@@ -355,6 +355,15 @@ async def test_native_routes_ranges_and_bad_paths(api: Api) -> None:
         ("data/blob.bin", 2, sha(b"v2"))
     ]
 
+    # Uploaded HTML is served inertly: no script runs on the API's origin (stored XSS).
+    page = b"<html><script>fetch('/api/v1/me')</script></html>"
+    r = await api.client.put(f"/api/v1/runs/{run}/artifacts/report.html", content=page, headers=h)
+    assert r.status_code == 201
+    got = await api.client.get(f"/api/v1/runs/{run}/artifacts/report.html", headers=h)
+    assert got.content == page and got.headers["content-type"].startswith("text/html")
+    assert got.headers["content-security-policy"].startswith("sandbox;")
+    assert got.headers["x-content-type-options"] == "nosniff"
+
     for bad in ("a/%2E%2E/b", "%2E%2E/x", "/etc/passwd", "a//b"):
         r = await api.client.put(f"/api/v1/runs/{run}/artifacts/{bad}", content=b"x", headers=h)
         assert r.status_code == 400, (bad, r.text)

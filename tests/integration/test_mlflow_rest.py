@@ -644,6 +644,10 @@ async def test_logged_models_search_params_tags_metrics_and_delete(client: httpx
     ]
     await post(client, "/runs/log-batch", {"run_id": run_id, "metrics": metrics})
     await post(client, f"/logged-models/{ids['a']}/params", {"params": [{"key": "epochs", "value": "3"}]})
+    await post(client, f"/logged-models/{ids['a']}/params", {"params": []})
+    for params in ([], [{"key": "epochs", "value": "3"}]):  # a missing model, with or without params
+        missing = await client.post(f"{API}/logged-models/m-{'0' * 32}/params", json={"params": params})
+        error(missing, 404, "RESOURCE_DOES_NOT_EXIST")
     await client.patch(f"{API}/logged-models/{ids['b']}", json={"status": "LOGGED_MODEL_READY"})
     patched = await client.patch(
         f"{API}/logged-models/{ids['a']}/tags", json={"tags": [{"key": "k", "value": "v"}]}

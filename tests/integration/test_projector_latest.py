@@ -23,7 +23,7 @@ from kafka import TopicPartition
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.events.codec import decode, encode, envelope_dict, metric_columns, producer
 from runledger.events.models import EventType
-from services.ingest.batch_writer import BatchWriter, prepare
+from services.ingest.batch_writer import BatchWriter, assemble, prepare
 from services.ingest.checkpoints import PartitionKey
 from services.ingest.latest_writer import upsert_latest
 from services.ingest.partition_buffer import PartitionBuffer
@@ -148,8 +148,8 @@ def _batch(key: PartitionKey) -> Any:
     )
     assert decode(raw).envelope.run_id == "run-w"
     record = type("Record", (), {"value": raw, "offset": 0, "key": None, "timestamp": 0})()
-    state = PartitionBuffer(key=key, tp=TopicPartition(key.topic, 0), committed=-1, pending_until=None)
-    return prepare(state, [record], _DeadLetters())  # type: ignore[arg-type]
+    state = PartitionBuffer(key=key, tp=TopicPartition(key.topic, 0), committed=-1)
+    return assemble([prepare(state, [record], _DeadLetters())])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("fail", [False, True])
@@ -188,8 +188,8 @@ async def test_checkpoint_commits_only_after_clickhouse_holds_the_batch(
             "SELECT value, step, first_step FROM latest_metrics WHERE run_id = 'run-w'"
         )
     if fail:
-        assert committed == -1 and latest is None and batch.partition.committed == -1
+        assert committed == -1 and latest is None and batch.batches[0].partition.committed == -1
     else:
         assert latest is not None
-        assert committed == 0 and tuple(latest) == (1.0, 2, 0) and batch.partition.committed == 0
+        assert committed == 0 and tuple(latest) == (1.0, 2, 0) and batch.batches[0].partition.committed == 0
         assert clickhouse.inserted == ["metric_points", "events_archive"]

@@ -152,7 +152,6 @@ def test_broker_outage_is_bridged_by_the_spool(tmp_path: Path) -> None:
                 send_timeout_s=3,
                 resend_backoff_initial_s=0.1,
                 resend_backoff_max_s=0.5,
-                kafka_resend_window_s=300,
             )
         )
         run = rl.start_run(experiment="outage")

@@ -50,7 +50,6 @@ def run_writer(config: ChaosConfig, writer: int, bootstrap: str, topic: str, out
         spool_dir=out / f"spool-{writer}",
         send_timeout_s=2.0,
         resend_backoff_max_s=1.0,
-        kafka_resend_window_s=300,
         system_metrics_interval_s=0,
         capture_code_state=False,
         capture_environment=False,

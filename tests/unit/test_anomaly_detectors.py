@@ -16,6 +16,7 @@ from runledger.analysis.detection import (
     Anomaly,
     DetectorConfig,
     SeriesDetector,
+    default_config,
     infer_direction,
 )
 
@@ -256,6 +257,29 @@ def test_disabled_kind_is_not_reported() -> None:
     steps, v = _loss()
     v[250] *= 3
     assert _run("loss", steps, v, CFG.with_overrides({"disabled_kinds": ["spike"]})) == []
+
+
+def test_system_metrics_report_only_faults_by_default() -> None:
+    steps = np.arange(1, 401, dtype=np.int64)
+    rng = np.random.default_rng(3)
+    # A disk counter that climbs, a memory gauge that steps up when data is loaded, and a
+    # GPU gauge with one spike and one NaN.
+    disk = np.cumsum(rng.uniform(1e6, 5e6, 400))
+    rss = np.where(steps < 200, 2e9, 6e9) * (1 + 0.002 * rng.standard_normal(400))
+    gpu = 60 + rng.standard_normal(400)
+    gpu[300], gpu[350] = 400.0, np.nan
+    assert _run("system/disk_read_bytes", steps, disk, default_config("system/disk_read_bytes")) == []
+    assert _run("system/process_rss_bytes", steps, rss, default_config("system/process_rss_bytes")) == []
+    kinds = [
+        a.kind for a in _run("system/gpu0/power_watts", steps, gpu, default_config("system/gpu0/power_watts"))
+    ]
+    assert sorted(kinds) == ["non_finite", "spike"]
+    # The same series as model metrics would alarm; model metrics keep every kind.
+    assert [a.kind for a in _run("train/rss", steps, rss)] == ["level_shift"]
+    assert default_config("val/loss") == CFG
+    # A tenant setting can turn a kind back on for system metrics.
+    tuned = default_config("system/process_rss_bytes").with_overrides({"enabled_kinds": list(KINDS)})
+    assert [a.kind for a in _run("system/process_rss_bytes", steps, rss, tuned)] == ["level_shift"]
 
 
 # ------------------------------------------------------------------ state

@@ -158,3 +158,28 @@ def test_experiment_ids_derive_from_the_name_per_tenant() -> None:
     assert experiment_id_for("a", "Default") == "0"
     assert experiment_id_for("a", "x") == experiment_id_for("a", "x")
     assert experiment_id_for("a", "x") != experiment_id_for("b", "x")
+
+
+@pytest.mark.parametrize("key", ["loss\n", "loss\nval", "a/\n", "\n"])
+def test_a_key_with_a_newline_is_refused(key: str) -> None:
+    from runledger.events.models import _check_key
+
+    with pytest.raises(ValueError, match="may only contain"):
+        _check_key(key)
+    assert _check_key("train/loss: top-1.x") == "train/loss: top-1.x"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value"),
+    [
+        ("runledger.auth.keys:_KEY_ID_RE", "0123456789abcdef\n"),
+        ("runledger.artifacts.base:_DIGEST", "sha256:" + "a" * 64 + "\n"),
+        ("services.api.mlflow.service:_ID", "run1\n"),
+    ],
+)
+def test_anchored_identifiers_refuse_a_trailing_newline(pattern: str, value: str) -> None:
+    import importlib
+
+    module, name = pattern.split(":")
+    regex = getattr(importlib.import_module(module), name)
+    assert regex.match(value) is None and regex.match(value.rstrip("\n")) is not None

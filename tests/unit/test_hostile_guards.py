@@ -84,3 +84,37 @@ def test_a_replay_is_keyed_as_its_producer_keyed_it() -> None:
 )
 def test_the_body_guard_finds_unpaired_surrogates(body: bytes, unpaired: bool) -> None:
     assert unpaired_surrogate(body) is unpaired
+
+
+async def test_the_body_guard_refuses_json_bodies_over_the_limit() -> None:
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from services.api.body_guard import GuardJsonBodies
+
+    async def echo(request: Request) -> JSONResponse:
+        return JSONResponse({"size": len(await request.body())})
+
+    app = GuardJsonBodies(Starlette(routes=[Route("/echo", echo, methods=["POST"])]), max_bytes=100)
+    json_type = {"content-type": "application/json"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        ok = await client.post("/echo", content=b"[" + b"1," * 48 + b"11]", headers=json_type)
+        assert ok.status_code == 200 and ok.json() == {"size": 100}
+        declared = await client.post("/echo", content=b"[" + b"1," * 60 + b"1]", headers=json_type)
+        assert declared.status_code == 413
+        assert declared.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+        assert "RUNLEDGER_API_MAX_JSON_BODY_BYTES" in declared.json()["message"]
+
+        async def chunks() -> object:  # no Content-Length: counted while read
+            for _ in range(30):
+                yield b"[1,2,3,4,5]"
+
+        streamed = await client.post("/echo", content=chunks(), headers=json_type)  # type: ignore[arg-type]
+        assert streamed.status_code == 413
+        raw = await client.post(
+            "/echo", content=b"x" * 500, headers={"content-type": "application/octet-stream"}
+        )
+        assert raw.status_code == 200 and raw.json() == {"size": 500}  # uploads are not JSON

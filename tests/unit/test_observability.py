@@ -23,7 +23,7 @@ from runledger.stores.clickhouse import ClickHouse
 from services.api.app import create_app
 from services.api.instrumentation import UNMATCHED, RequestMetrics
 from services.ingest import app as ingest_app
-from services.ingest.batch_writer import PreparedBatch
+from services.ingest.batch_writer import PreparedBatch, PreparedRound
 from services.ingest.checkpoints import PartitionKey
 from services.ingest.dead_letters import DeadLetters
 from services.ingest.partition_buffer import PartitionBuffer
@@ -206,9 +206,9 @@ def test_a_written_batch_feeds_the_projector_metrics() -> None:
     events.append(_archived(t1, EventType.METRICS_LOGGED, 14, occurred_at="2020-01-01T00:00:00Z"))
     projection = build_projection(events, utc_now())
     buffer = PartitionBuffer(
-        key=PartitionKey("g", "inc", topic, 3), tp=TopicPartition(topic, 3), committed=14, pending_until=None
+        key=PartitionKey("g", "inc", topic, 3), tp=TopicPartition(topic, 3), committed=14
     )
-    batch = PreparedBatch(buffer, 14, events, projection)
+    batch = PreparedRound([PreparedBatch(buffer, 14, events)], projection)
     started_before = _sample("runledger_events_projected_total", type="run.started")
     metrics_before = _sample("runledger_events_projected_total", type="run.metrics_logged")
     batches_before = _sample("runledger_projector_batch_seconds_count")

@@ -115,6 +115,26 @@ def infer_direction(key: str) -> Direction:
     return "min"
 
 
+# The SDK's system metrics (runledger_sdk.system_metrics). Cumulative counters only ever
+# grow, so divergence and level shifts on them are the run doing I/O, not a problem; the
+# gauges (CPU, memory, GPU) move with the workload's phases (data loading, evaluation),
+# which the trend and change detectors would report on every run.
+SYSTEM_PREFIX = "system/"
+_SYSTEM_COUNTERS = re.compile(r"system/(disk_(read|write)_bytes|network_(sent|recv)_bytes|wall_time_s)")
+_SYSTEM_KINDS = frozenset({"non_finite", "spike"})
+
+
+def default_config(key: str) -> DetectorConfig:
+    """The defaults for one metric before tenant overrides: every kind for model metrics;
+    for system metrics only non-finite values, and spikes on the gauges (a tenant can
+    enable more through the detector settings)."""
+    if not key.startswith(SYSTEM_PREFIX):
+        return _DEFAULT
+    if _SYSTEM_COUNTERS.fullmatch(key):
+        return _SYSTEM_COUNTER_DEFAULT
+    return _SYSTEM_GAUGE_DEFAULT
+
+
 @dataclass(frozen=True, slots=True)
 class Anomaly:
     """One finding. ``evidence`` is JSON-serialisable and always has a one-sentence ``message``."""
@@ -1599,3 +1619,8 @@ def _nan_to_none(v: float) -> float | None:
 
 def _none_to_nan(v: Any) -> float:
     return math.nan if v is None else float(v)
+
+
+_DEFAULT = DetectorConfig()
+_SYSTEM_GAUGE_DEFAULT = DetectorConfig(enabled_kinds=_SYSTEM_KINDS)
+_SYSTEM_COUNTER_DEFAULT = DetectorConfig(enabled_kinds=frozenset({"non_finite"}))

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import NamedTuple, Protocol, runtime_checkable
 
 DIGEST_PREFIX = "sha256:"
-_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})\Z")
 # Reads and local writes move this much per thread hop: large enough that the hop
 # costs nothing, small enough that memory stays flat.
 CHUNK_SIZE = 1 << 20

@@ -16,8 +16,8 @@ import secrets
 from dataclasses import dataclass
 
 KEY_PREFIX = "rlk"
-_KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
-_SECRET_RE = re.compile(r"^[A-Za-z0-9_\-]{32,128}$")
+_KEY_ID_RE = re.compile(r"^[0-9a-f]{16}\Z")
+_SECRET_RE = re.compile(r"^[A-Za-z0-9_\-]{32,128}\Z")
 _HASH_LABEL = b"runledger/api-key-secret/v1\x00"
 _SIGNING_LABEL = b"runledger/event-signing/v1"
 

@@ -37,7 +37,7 @@ RSS = "system/process_rss_bytes"
 WALL = "system/wall_time_s"
 MODEL_SIZE = "system/model_size_bytes"
 MODEL_PARAMETERS = "system/model_parameters"
-_GPU = re.compile(r"^system/gpu(\d+)/(utilization_percent|memory_used_bytes|power_watts)$")
+_GPU = re.compile(r"^system/gpu(\d+)/(utilization_percent|memory_used_bytes|power_watts)\Z")
 
 FIELDS = (
     "training_time_s",

@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 SCHEMA_VERSION = 1
 
-_KEY_RE = re.compile(r"^[/\w.\- :]*$")
+_KEY_RE = re.compile(r"^[/\w.\- :]*\Z")
 MAX_KEY_LENGTH = 250
 MAX_PARAM_VALUE_LENGTH = 6000
 MAX_TAG_VALUE_LENGTH = 8000

@@ -80,6 +80,11 @@ async def file_response(service: ArtifactService, row: ArtifactRow, request: Req
         "ETag": f'"{hex_of(row.digest)}"',  # content-addressed: the digest is a perfect validator
         "X-Artifact-Digest": row.digest,
         "Content-Length": str(row.size if byte_range is None else byte_range.length),
+        # Artifacts are user content served from the API's (and the UI's) origin: an HTML or
+        # SVG file opened directly must not run script there (stored XSS), nor a text file
+        # be sniffed into HTML. Embedding it as <img> or downloading it is unaffected.
+        "Content-Security-Policy": "sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'",
+        "X-Content-Type-Options": "nosniff",
     }
     if byte_range is not None:
         headers["Content-Range"] = byte_range.content_range

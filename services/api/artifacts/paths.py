@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from services.api.errors import InvalidParameter
 
 MAX_PATH_CHARS = 1024  # run.artifact_logged's limit
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 
 
 def artifact_path(path: str, *, allow_empty: bool = False) -> str:

@@ -39,7 +39,7 @@ from services.api.runs.service import now_ms
 from services.api.serialization import json_float
 from services.api.writes import build_event
 
-_MODEL_ID = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9_\-.]{1,64}\Z")
 # The proto enum by number, for a client that sends numbers.
 _STATUS_NUMBERS = dict(enumerate(model_search.STATUSES))
 DEFAULT_SEARCH_RESULTS = 100  # MLflow's SEARCH_LOGGED_MODEL_MAX_RESULTS_DEFAULT
@@ -177,6 +177,8 @@ class LoggedModelService:
         """POST logged-models/{id}/params (the client sends them 100 at a time)."""
         if body.params:
             await self._update(model_id, {"params": {p.key: p.value for p in body.params}})
+        else:  # nothing to change, but a missing model is still RESOURCE_DOES_NOT_EXIST
+            await self._find(model_id, write=True)
         return {}
 
     async def delete(self, model_id: str) -> dict[str, Any]:

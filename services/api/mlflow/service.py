@@ -39,7 +39,7 @@ from services.api.runs.schemas import MetricPoint, RunInfo
 from services.api.runs.service import RunService, metric_payloads, now_ms
 from services.api.writes import API_PRODUCER, WriteReceipt, build_event, checked_event
 
-_ID = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9_\-.]{1,64}\Z")
 # MLflow's tag of legacy (runs/log-model) model metadata: a JSON list of MLmodel dicts.
 LOG_MODEL_HISTORY_TAG = "mlflow.log-model.history"
 # Namespace of the run ids derived from a runs/create request (retries get the same run).

@@ -33,7 +33,7 @@ SWEEP_LOCK = 0x52554E4C_45444752  # "RUNLEDGR"
 
 # engine_full of a Distributed table: Distributed(cluster, database, local_table[, key...]).
 _DISTRIBUTED = re.compile(r"^Distributed\(\s*'?([\w.-]+)'?\s*,\s*'?(\w+)'?\s*,\s*'?(\w+)'?")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_\-.]+$")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_\-.]+\Z")
 # A point's age is measured from when RunLedger received it, never from its client timestamp
 # (ADR 0012): the plan, the sweeper's DELETE and the table's TTL all read ingested_at.
 _RECEIVED_BEFORE = "ingested_at < fromUnixTimestamp64Milli({c:Int64}, 'UTC')"

@@ -219,9 +219,10 @@ CREATE TABLE IF NOT EXISTS applied_events (
 );
 
 -- One row per (group, broker incarnation, partition). `committed` is the last
--- offset whose batch both stores hold. A batch in flight to ClickHouse is recorded
--- as pending (offsets committed+1 .. pending_until) first, so after a crash the
--- same batch is re-formed and re-inserted with the same dedup token.
+-- offset whose batch both stores hold. A round (batches of several partitions written
+-- together) in flight to ClickHouse is recorded as pending first: each member's offsets
+-- committed+1 .. pending_until and the round's dedup token, so after a crash the same
+-- round is re-formed and re-inserted with the same token (services/ingest/checkpoints.py).
 CREATE TABLE IF NOT EXISTS projector_checkpoints (
     consumer_group text NOT NULL,
     incarnation    text NOT NULL,
@@ -232,6 +233,7 @@ CREATE TABLE IF NOT EXISTS projector_checkpoints (
     updated_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer_group, incarnation, topic, partition)
 );
+ALTER TABLE projector_checkpoints ADD COLUMN IF NOT EXISTS pending_round text;
 
 CREATE TABLE IF NOT EXISTS dead_letters_count (
     tenant_id text NOT NULL,

@@ -1,0 +1,238 @@
+"""Rounds: batches of several partitions projected together, and their crash recovery.
+
+A round is one ClickHouse insert per table and one Postgres transaction for batches of
+several partitions. The test crashes a real round between the ClickHouse insert and the
+Postgres commit (the checkpoint advance fails), then starts the ingest service on the
+same stores: it must find the pending round, read its members back from Kafka, insert
+them again with the same dedup token (a no-op) and commit, so every point is held once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from runledger.embedded.broker import EmbeddedBroker
+from runledger.stores.clickhouse.adapter import ChdbClickHouse
+from services.ingest import checkpoints
+from services.ingest.batch_writer import BatchWriter, assemble, prepare
+from services.ingest.checkpoints import Member, PartitionKey
+from services.ingest.partition_buffer import PartitionBuffer, round_due, take_round
+from services.ingest.range_reader import read_ranges
+from tests.support.auth import provision
+from tests.support.events import metrics_batch, run_started
+from tests.support.services import ServiceProcess
+
+pytestmark = pytest.mark.integration
+
+RUNS = 8
+BATCHES = 3
+STEPS = 50
+KEYS = ["loss", "acc"]
+
+
+class _DeadLetters:
+    def flush(self) -> None:
+        return None
+
+    def reject(self, *args: object) -> None:
+        raise AssertionError(f"unexpected dead letter: {args}")
+
+
+class _Crash(Exception):
+    pass
+
+
+def _cluster_id(bootstrap: str) -> str:
+    """The broker incarnation the projector keys its checkpoints by."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        consumer.topics()
+        return str(consumer._client.cluster.cluster_id or "static")
+    finally:
+        consumer.close()
+
+
+async def _checkpoints(dsn: str, group: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(
+            "SELECT partition, committed, pending_until, pending_round FROM projector_checkpoints"
+            " WHERE consumer_group = $1 ORDER BY partition",
+            group,
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_round_crashed_after_clickhouse_is_finished_once_by_the_next_projector(
+    broker: EmbeddedBroker,
+    topics: dict[str, str],
+    fresh_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant = f"rounds-{uuid.uuid4().hex[:6]}"
+    identity = await provision(fresh_dsn, tenant)
+    group = f"projector-{uuid.uuid4().hex[:6]}"
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
+    last: dict[int, int] = {}
+    expected_sum = 0.0
+    for i in range(RUNS):
+        run_id = f"run-{i}-{uuid.uuid4().hex[:6]}"
+        md = producer.send(
+            topics["events"], key=run_id.encode(), value=run_started(identity, "exp", run_id)
+        ).get(30)
+        last[md.partition] = max(last.get(md.partition, -1), md.offset)
+        for b in range(BATCHES):
+            raw, cols = metrics_batch(identity, "exp", run_id, KEYS, b * STEPS, STEPS, seed=i * 10 + b)
+            md = producer.send(topics["events"], key=run_id.encode(), value=raw).get(30)
+            last[md.partition] = max(last.get(md.partition, -1), md.offset)
+            expected_sum += float(cols["values"].sum())
+    producer.close()
+    assert len(last) >= 2, "the runs must spread over several partitions for a multi-partition round"
+    total_points = RUNS * BATCHES * STEPS * len(KEYS)
+
+    # The crashed round: the first half of every partition's records, written as one round
+    # whose checkpoint advance fails after ClickHouse took the insert. (Half, so that a
+    # projector that did not re-form exactly this round would form other rounds, with other
+    # tokens, and duplicate points.)
+    incarnation = await asyncio.to_thread(_cluster_id, broker.bootstrap)
+    members = [Member(p, 0, off // 2) for p, off in sorted(last.items())]
+    records = await asyncio.to_thread(read_ranges, [broker.bootstrap], topics["events"], members)
+    assert {p: len(rs) for p, rs in records.items()} == {m.partition: m.last + 1 for m in members}
+    batches = [
+        prepare(
+            PartitionBuffer(
+                key=PartitionKey(group, incarnation, topics["events"], m.partition),
+                tp=TopicPartition(topics["events"], m.partition),
+                committed=-1,
+            ),
+            records[m.partition],
+            _DeadLetters(),  # type: ignore[arg-type]
+        )
+        for m in members
+    ]
+    round_ = assemble(batches)
+    assert round_.members == members
+    clickhouse = ChdbClickHouse(tmp_path / "state" / "clickhouse")
+    clickhouse.migrate()
+    pool = await asyncpg.create_pool(fresh_dsn, min_size=1, max_size=2)
+
+    async def crash(*args: object) -> None:
+        raise _Crash
+
+    monkeypatch.setattr(checkpoints, "advance", crash)
+    try:
+        with pytest.raises(_Crash):
+            await BatchWriter(clickhouse, pool, _DeadLetters()).write(round_)  # type: ignore[arg-type]
+        held = clickhouse.query_arrow(
+            "SELECT count() AS n FROM runledger.metric_points WHERE tenant_id = {t:String}", {"t": tenant}
+        ).to_pylist()[0]["n"]
+    finally:
+        monkeypatch.undo()
+        clickhouse.close()
+        await pool.close()
+    assert 0 < held == round_.projection.point_count < total_points  # ClickHouse holds the round
+    pending = await _checkpoints(fresh_dsn, group)
+    assert [(r["partition"], r["committed"], r["pending_until"]) for r in pending] == [
+        (m.partition, -1, m.last) for m in members
+    ]
+    assert {r["pending_round"] for r in pending} == {round_.token}
+
+    projector = ServiceProcess(
+        "ingest",
+        tmp_path / "state",
+        {
+            "RUNLEDGER_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "RUNLEDGER_POSTGRES_DSN": fresh_dsn,
+            "RUNLEDGER_EVENTS_TOPIC": topics["events"],
+            "RUNLEDGER_DLQ_TOPIC": topics["dlq"],
+            "RUNLEDGER_PROJECTOR_GROUP": group,
+        },
+    )
+    projector.start()
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            rows = await _checkpoints(fresh_dsn, group)
+            done = {r["partition"]: r["committed"] for r in rows if r["pending_until"] is None}
+            if all(done.get(p, -1) >= off for p, off in last.items()):
+                break
+            await asyncio.sleep(0.3)
+        else:
+            pytest.fail(f"the pending round was not finished: {rows}\n{projector.log_tail()}")
+        log = projector.log_tail(400)
+    finally:
+        projector.stop()
+    assert "finishing round" in log
+
+    clickhouse = ChdbClickHouse(tmp_path / "state" / "clickhouse")
+    try:
+        row = clickhouse.query_arrow(
+            "SELECT count() AS n, uniqExact(run_id, key, step) AS distinct_points, sum(value) AS total"
+            " FROM runledger.metric_points WHERE tenant_id = {t:String}",
+            {"t": tenant},
+        ).to_pylist()[0]
+        archived = clickhouse.query_arrow(
+            "SELECT count() AS n FROM runledger.events_archive WHERE tenant_id = {t:String}", {"t": tenant}
+        ).to_pylist()[0]["n"]
+    finally:
+        clickhouse.close()
+    assert row["n"] == row["distinct_points"] == total_points
+    assert row["total"] == pytest.approx(expected_sum, rel=1e-12)
+    assert archived == RUNS * (BATCHES + 1)
+    conn = await asyncpg.connect(fresh_dsn)
+    try:
+        runs = await conn.fetchval("SELECT count(*) FROM runs WHERE tenant_id = $1", tenant)
+        steps = await conn.fetch("SELECT step FROM latest_metrics WHERE tenant_id = $1", tenant)
+    finally:
+        await conn.close()
+    assert runs == RUNS
+    assert len(steps) == RUNS * len(KEYS) and {r["step"] for r in steps} == {BATCHES * STEPS - 1}
+
+
+def _buffer(partition: int, n: int) -> PartitionBuffer:
+    state = PartitionBuffer(
+        key=PartitionKey("g", "inc", "t", partition), tp=TopicPartition("t", partition), committed=-1
+    )
+    for offset in range(n):
+        state.add(type("Record", (), {"value": b"x" * 10, "offset": offset})())
+    return state
+
+
+def test_a_round_takes_every_waiting_partition_and_rotates_under_a_backlog() -> None:
+    buffers = [_buffer(0, 3), _buffer(1, 0), _buffer(2, 5)]
+    # Partial rounds wait while the writer is busy, go when it is free and caught up.
+    assert not round_due(buffers, 100, 10.0, caught_up=True, writer_free=False)
+    assert round_due(buffers, 100, 10.0, caught_up=True, writer_free=True)
+    assert round_due(buffers, 8, 10.0, caught_up=False, writer_free=False)  # 8 waiting = full
+    taken = take_round(buffers, 100, start=0)
+    assert [(s.key.partition, [r.offset for r in rs]) for s, rs in taken] == [
+        (0, [0, 1, 2]),
+        (2, [0, 1, 2, 3, 4]),
+    ]
+    assert not round_due(buffers, 100, 10.0, caught_up=True, writer_free=True)
+
+    # Under a backlog a round holds at most the batch size, and the next starts elsewhere.
+    buffers = [_buffer(0, 10), _buffer(1, 10), _buffer(2, 10)]
+    first = take_round(buffers, 12, start=0)
+    assert [(s.key.partition, len(rs)) for s, rs in first] == [(0, 10), (1, 2)]
+    second = take_round(buffers, 12, start=1)
+    assert [(s.key.partition, len(rs)) for s, rs in second] == [(1, 8), (2, 4)]
+    assert [r.offset for r in second[0][1]] == list(range(2, 10))  # partition order kept
+
+
+def test_the_dedup_token_of_a_round_depends_only_on_its_members() -> None:
+    a = [Member(2, 5, 9), Member(0, 0, 3)]
+    b = [Member(0, 0, 3), Member(2, 5, 9)]
+    assert checkpoints.round_token("inc", "t", a) == checkpoints.round_token("inc", "t", b)
+    assert checkpoints.round_token("inc", "t", a) != checkpoints.round_token("inc", "t", [Member(0, 0, 3)])
+    # One partition keeps the per-batch token of earlier versions (pending rows they left).
+    assert checkpoints.round_token("inc", "t", [Member(3, 10, 19)]) == "inc.t.3.10.19"
