@@ -24,12 +24,12 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page
 
 from runledger.auth.model import Role
 from tests.e2e.conftest import Stack
 from tests.support.auth import Identity, provision
-from tests.support.browser import launch
+from tests.support.browser import until
 from tests.support.ui_data import Logged, Plan, log_experiment, wait_projected
 
 pytestmark = pytest.mark.integration
@@ -105,14 +105,6 @@ def provisioned(stack: Stack, role: Role) -> Identity:
     raise AssertionError("the API never loaded the new key")
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
     ctx = browser.new_context(viewport={"width": 1280, "height": 760})
@@ -131,22 +123,6 @@ def sign_in(page: Page, world: World, identity: Identity | None = None) -> None:
         page.fill("#key-secret", identity.key.secret)
     page.click("#sign-in button[type=submit]")
     page.wait_for_selector("#sign-out")
-
-
-def until(page: Page, script: str, arg: Any = None, timeout_s: float = 30.0) -> Any:
-    """Poll `script` (an expression, or a function of `arg`) until it is truthy.
-
-    Not page.wait_for_function: its polling evaluates strings with eval(), which the UI's
-    Content-Security-Policy (script-src 'self') rightly forbids.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = page.evaluate(script, arg)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still false after {timeout_s}s: {script}")
-        page.wait_for_timeout(50)
 
 
 def visible_rows(page: Page) -> list[dict[str, Any]]:

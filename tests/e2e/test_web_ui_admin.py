@@ -23,13 +23,13 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page
 
 from runledger.auth.keys import parse_key
 from runledger.auth.model import Role
 from tests.e2e.conftest import Stack
 from tests.support.auth import Identity, provision
-from tests.support.browser import launch
+from tests.support.browser import until
 
 pytestmark = pytest.mark.integration
 
@@ -131,14 +131,6 @@ def world(stack: Stack, test_root: Path) -> AdminWorld:
     )
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def context(browser: Browser, world: AdminWorld) -> Iterator[BrowserContext]:
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -179,18 +171,6 @@ def open_section(page: Page, world: AdminWorld, section: str) -> None:
     page.goto(f"{world.ui}#/admin/{section}")
     page.wait_for_selector(f'section.admin[data-section="{section}"][data-loaded="true"]')
     assert page.get_attribute(f'.admin-tabs a[data-section="{section}"]', "aria-current") == "page"
-
-
-def until(page: Page, script: str, arg: Any = None, timeout_s: float = 30.0) -> Any:
-    """Poll `script` until truthy (not wait_for_function: its eval() breaks the page's CSP)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = page.evaluate(script, arg)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still false after {timeout_s}s: {script}")
-        page.wait_for_timeout(50)
 
 
 def alert_text(page: Page, selector: str) -> str:

@@ -26,10 +26,10 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page
 
 from tests.e2e.conftest import Stack
-from tests.support.browser import launch
+from tests.support.browser import until
 from tests.support.ui_compare_data import (
     LRS,
     NOISY,
@@ -89,14 +89,6 @@ def world(stack: Stack, test_root: Path) -> CompareWorld:
     return CompareWorld(stack, logged, shots)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
     ctx = browser.new_context(viewport={"width": 1400, "height": 900})
@@ -122,18 +114,6 @@ def sign_in(page: Page, world: CompareWorld) -> None:
     # The experiments page mounted: main.js's router does not drop a slower earlier render, so
     # navigating before it lands could see the experiments page mounted over the next one.
     page.wait_for_selector("#experiments-status")
-
-
-def until(page: Page, script: str, arg: Any = None, timeout_s: float = 30.0) -> Any:
-    """Poll `script` until it is truthy (not wait_for_function: the UI's CSP forbids its eval)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = page.evaluate(script, arg)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still false after {timeout_s}s: {script}")
-        page.wait_for_timeout(50)
 
 
 def open_compare(page: Page, world: CompareWorld) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,10 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Response, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Response
 
 from tests.e2e.conftest import Stack
-from tests.support.browser import launch
+from tests.support.browser import until
 from tests.support.ui_run_context_data import (
     BIG_LOG_LINES,
     CONFIG,
@@ -75,14 +74,6 @@ def world(stack: Stack, test_root: Path) -> World:
     return World(stack, runs, documents, shots)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -101,18 +92,6 @@ def open_run(context: BrowserContext, world: World, run_id: str) -> Page:
     page.goto(world.run_page(run_id))
     page.wait_for_selector(f'section.run[data-run-id="{run_id}"]')
     return page
-
-
-def until(page: Page, script: str, arg: Any = None, timeout_s: float = 30.0) -> Any:
-    """Poll `script` until truthy (not wait_for_function: the CSP forbids its eval())."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = page.evaluate(script, arg)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still false after {timeout_s}s: {script}")
-        page.wait_for_timeout(50)
 
 
 def entry(path: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +43,19 @@ def chromium_path() -> str:
 def launch(playwright: Any) -> Any:
     """A headless chromium Browser (playwright.chromium.launch with the system binary)."""
     return playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+
+
+def until(page: Any, script: str, arg: Any = None, timeout_s: float = 30.0) -> Any:
+    """Poll `script` (an expression, or a function of `arg`) in the page until it is truthy.
+
+    Not page.wait_for_function: its polling evaluates strings with eval(), which the UI's
+    Content-Security-Policy (script-src 'self') rightly forbids.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = page.evaluate(script, arg)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout_s}s: {script}")
+        page.wait_for_timeout(50)
