@@ -427,7 +427,7 @@ def test_the_pure_parts_of_the_modules(context: BrowserContext, world: World) ->
         """async () => {
           const { flattenTree } = await import('/ui/static/js/pages/experiment.js');
           const { groupKeys } = await import('/ui/static/js/pages/run.js');
-          const { smooth, ticks } = await import('/ui/static/js/chart.js');
+          const { smooth, ticks, label } = await import('/ui/static/js/chart.js');
           const runs = [
             { id: 'a', parent: null, metrics: { m: 3 }, params: {} },
             { id: 'b', parent: null, metrics: { m: 1 }, params: {} },
@@ -443,6 +443,9 @@ def test_the_pure_parts_of_the_modules(context: BrowserContext, world: World) ->
             groups: groupKeys(['train/loss', 'val/loss', 'val_loss', 'accuracy', 'system/cpu']),
             smooth: Array.from(smooth(Float64Array.from([1, 1, 1, NaN, 1]), 0.9)),
             ticks: ticks(0, 1, 5),
+            // a memory gauge moving by a few MB around 1.9 GB, and plain values
+            memory: ticks(1.9e9, 1.91e9, 5).map(t => label(t, false, 2e6)),
+            plain: [label(0.25, false, 0.05), label(1234.5, false, 0.5), label(2, true)],
           };
         }"""
     )
@@ -457,6 +460,10 @@ def test_the_pure_parts_of_the_modules(context: BrowserContext, world: World) ->
     assert smoothed[:3] == pytest.approx([1, 1, 1]) and smoothed[4] == pytest.approx(1)  # debiased EMA
     assert smoothed[3] is None or math.isnan(smoothed[3])  # a gap stays a gap
     assert result["ticks"] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1])
+    memory = result["memory"]
+    assert len(set(memory)) == len(memory) == 6, memory  # every tick readable apart
+    assert memory[0] == "1.900e+9" and memory[1] == "1.902e+9"
+    assert result["plain"] == ["0.25", "1234.5", "100"]
 
 
 @pytest.fixture(autouse=True)

@@ -42,11 +42,14 @@ export function ticks(lo, hi, count) {
   return out;
 }
 
-function label(v, log) {
+/** A tick's text, with enough significant digits to tell ticks `step` apart (1.9e+9 five
+ * times is what a fixed precision gave for a memory gauge moving by a few MB). */
+export function label(v, log, step = 0) {
   const x = log ? Math.pow(10, v) : v;
   const a = Math.abs(x);
-  if (a !== 0 && (a < 1e-3 || a >= 1e5)) return x.toExponential(1);
-  return String(Number(x.toPrecision(4)));
+  const needed = a > 0 && step > 0 && !log ? Math.floor(Math.log10(a)) - Math.floor(Math.log10(step)) + 1 : 0;
+  if (a !== 0 && (a < 1e-3 || a >= 1e5)) return x.toExponential(Math.min(14, Math.max(1, needed - 1)));
+  return String(Number(x.toPrecision(Math.min(15, Math.max(4, needed)))));
 }
 
 function timeLabel(seconds) {
@@ -202,24 +205,28 @@ export class LineChart {
     ctx.lineWidth = 1;
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
-    for (const t of ticks(y0, y1, 5)) {
+    const yTicks = ticks(y0, y1, 5);
+    const yStep = yTicks.length > 1 ? yTicks[1] - yTicks[0] : 0;
+    for (const t of yTicks) {
       const y = Math.round(py(t)) + 0.5;
       ctx.beginPath();
       ctx.moveTo(PAD.left, y);
       ctx.lineTo(PAD.left + plotW, y);
       ctx.stroke();
-      ctx.fillText(label(t, log), PAD.left - 6, y);
+      ctx.fillText(label(t, log, yStep), PAD.left - 6, y);
     }
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
     const timeAxis = this.options.axis === "time";
-    for (const t of ticks(x0, x1, Math.max(2, Math.floor(plotW / 90)))) {
+    const xTicks = ticks(x0, x1, Math.max(2, Math.floor(plotW / 90)));
+    const xStep = xTicks.length > 1 ? xTicks[1] - xTicks[0] : 0;
+    for (const t of xTicks) {
       const x = Math.round(px(t)) + 0.5;
       ctx.beginPath();
       ctx.moveTo(x, PAD.top);
       ctx.lineTo(x, PAD.top + plotH);
       ctx.stroke();
-      ctx.fillText(timeAxis ? timeLabel(t) : label(t, false), x, PAD.top + plotH + 6);
+      ctx.fillText(timeAxis ? timeLabel(t) : label(t, false, xStep), x, PAD.top + plotH + 6);
     }
     ctx.strokeStyle = "#9ca3af";
     ctx.strokeRect(PAD.left + 0.5, PAD.top + 0.5, plotW, plotH);
