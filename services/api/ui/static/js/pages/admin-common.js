@@ -88,6 +88,21 @@ export function confirmButton(label, { confirmLabel = `Yes, ${label.toLowerCase(
 }
 
 /** An ISO date (as the admin API writes them) for a table cell. */
+/** A card form (`id`) whose submit runs `action`: the page's `message` is cleared first and
+ * shows the API's error if the action throws. */
+export function adminForm(id, message, action, ...children) {
+  const onsubmit = async (event) => {
+    event.preventDefault();
+    message.clear();
+    try {
+      await action();
+    } catch (err) {
+      message.error(err);
+    }
+  };
+  return h("form", { id, class: "card admin-form", onsubmit }, ...children);
+}
+
 export function fmtIso(value) {
   if (!value) return "";
   const at = Date.parse(value);

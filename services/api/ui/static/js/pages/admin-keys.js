@@ -12,8 +12,7 @@ import {
   messages,
   principalCell,
   principalNames,
-  principalSelect,
-} from "./admin-common.js";
+  principalSelect, adminForm } from "./admin-common.js";
 
 export function keyState(key, now = Date.now()) {
   if (key.revoked_at) return "revoked";
@@ -79,26 +78,17 @@ export async function adminKeysPage() {
   if (wanted && principals.some((p) => p.principal_id === wanted && !p.disabled_at)) owner.value = wanted;
   const keyName = h("input", { id: "new-key-name", name: "name", maxlength: 200, placeholder: "e.g. laptop, CI", size: 20 });
   const days = h("input", { id: "new-key-days", name: "expires_in_days", type: "number", min: 1, max: 3650, placeholder: "never", size: 8 });
-  const form = h(
-    "form",
-    {
-      id: "new-key",
-      class: "card admin-form",
-      onsubmit: async (event) => {
-        event.preventDefault();
-        message.clear();
-        try {
-          const created = await api(`/api/v1/principals/${encodeURIComponent(owner.value)}/keys`, {
-            method: "POST",
-            body: { name: keyName.value.trim(), expires_in_days: days.value ? Number(days.value) : null },
-          });
-          keyName.value = days.value = "";
-          mount(secretSlot, secretPanel(created, () => mount(secretSlot)));
-          await load();
-        } catch (err) {
-          message.error(err);
-        }
-      },
+  const form = adminForm(
+    "new-key",
+    message,
+    async () => {
+      const created = await api(`/api/v1/principals/${encodeURIComponent(owner.value)}/keys`, {
+        method: "POST",
+        body: { name: keyName.value.trim(), expires_in_days: days.value ? Number(days.value) : null },
+      });
+      keyName.value = days.value = "";
+      mount(secretSlot, secretPanel(created, () => mount(secretSlot)));
+      await load();
     },
     h("h2", {}, "New API key"),
     principals.some((p) => !p.disabled_at)

@@ -13,8 +13,7 @@ import {
   messages,
   principalCell,
   principalNames,
-  principalSelect,
-} from "./admin-common.js";
+  principalSelect, adminForm } from "./admin-common.js";
 
 const ROLES = ["viewer", "engineer", "admin"];
 
@@ -87,26 +86,17 @@ export async function adminRolesPage() {
     experiment.disabled = role.value === "admin";
     if (experiment.disabled) experiment.value = "";
   });
-  const form = h(
-    "form",
-    {
-      id: "new-grant",
-      class: "card admin-form",
-      onsubmit: async (event) => {
-        event.preventDefault();
-        message.clear();
-        try {
-          const answer = await api("/api/v1/grants", {
-            method: "POST",
-            body: { principal_id: who.value, role: role.value, experiment_id: experiment.value || null },
-          });
-          const where = experiment.value ? `on experiment ${experimentNames.get(experiment.value) || experiment.value}` : "on the whole tenant";
-          message.ok(answer.changed ? `Granted ${role.value} ${where}.` : `That grant existed already (${role.value} ${where}).`);
-          await load();
-        } catch (err) {
-          message.error(err);
-        }
-      },
+  const form = adminForm(
+    "new-grant",
+    message,
+    async () => {
+      const answer = await api("/api/v1/grants", {
+        method: "POST",
+        body: { principal_id: who.value, role: role.value, experiment_id: experiment.value || null },
+      });
+      const where = experiment.value ? `on experiment ${experimentNames.get(experiment.value) || experiment.value}` : "on the whole tenant";
+      message.ok(answer.changed ? `Granted ${role.value} ${where}.` : `That grant existed already (${role.value} ${where}).`);
+      await load();
     },
     h("h2", {}, "Grant a role"),
     h(

@@ -3,7 +3,7 @@
 
 import { api } from "../api.js";
 import { h, mount } from "../dom.js";
-import { confirmButton, fmtIso, grid, labelled, loadExperiments, messages } from "./admin-common.js";
+import { confirmButton, fmtIso, grid, labelled, loadExperiments, messages, adminForm } from "./admin-common.js";
 
 export async function adminSharesPage() {
   const message = messages("shares-message");
@@ -73,26 +73,17 @@ export async function adminSharesPage() {
     experiments.map((e) => h("option", { value: e.experiment_id }, `${e.name} · ${e.experiment_id}`)),
   );
   const grantee = h("input", { id: "share-tenant", required: true, placeholder: "tenant id", size: 20 });
-  const form = h(
-    "form",
-    {
-      id: "new-share",
-      class: "card admin-form",
-      onsubmit: async (event) => {
-        event.preventDefault();
-        message.clear();
-        try {
-          const answer = await api("/api/v1/shares", {
-            method: "POST",
-            body: { experiment_id: experiment.value, grantee_tenant: grantee.value.trim() },
-          });
-          message.ok(answer.changed ? `Shared with ${grantee.value.trim()} (read-only).` : `Already shared with ${grantee.value.trim()}.`);
-          grantee.value = "";
-          await load();
-        } catch (err) {
-          message.error(err);
-        }
-      },
+  const form = adminForm(
+    "new-share",
+    message,
+    async () => {
+      const answer = await api("/api/v1/shares", {
+        method: "POST",
+        body: { experiment_id: experiment.value, grantee_tenant: grantee.value.trim() },
+      });
+      message.ok(answer.changed ? `Shared with ${grantee.value.trim()} (read-only).` : `Already shared with ${grantee.value.trim()}.`);
+      grantee.value = "";
+      await load();
     },
     h("h2", {}, "Share an experiment"),
     experiments.length

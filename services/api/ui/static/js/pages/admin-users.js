@@ -3,7 +3,7 @@
 
 import { api, me } from "../api.js";
 import { h, mount } from "../dom.js";
-import { confirmButton, fmtIso, grid, labelled, loadPrincipals, messages } from "./admin-common.js";
+import { confirmButton, fmtIso, grid, labelled, loadPrincipals, messages, adminForm } from "./admin-common.js";
 
 export async function adminUsersPage() {
   const message = messages("users-message");
@@ -61,26 +61,17 @@ export async function adminUsersPage() {
     h("option", { value: "service_account" }, "service account"),
   );
   const name = h("input", { id: "new-principal-name", name: "name", required: true, maxlength: 200, placeholder: "name", size: 28 });
-  const form = h(
-    "form",
-    {
-      id: "new-principal",
-      class: "card admin-form",
-      onsubmit: async (event) => {
-        event.preventDefault();
-        message.clear();
-        try {
-          const created = await api("/api/v1/principals", {
-            method: "POST",
-            body: { kind: kind.value, name: name.value.trim() },
-          });
-          name.value = "";
-          message.ok(`Created ${created.name} (${created.principal_id}). It has no role yet: grant one under Roles, and give it a key under API keys.`);
-          await load();
-        } catch (err) {
-          message.error(err);
-        }
-      },
+  const form = adminForm(
+    "new-principal",
+    message,
+    async () => {
+      const created = await api("/api/v1/principals", {
+        method: "POST",
+        body: { kind: kind.value, name: name.value.trim() },
+      });
+      name.value = "";
+      message.ok(`Created ${created.name} (${created.principal_id}). It has no role yet: grant one under Roles, and give it a key under API keys.`);
+      await load();
     },
     h("h2", {}, "New user or service account"),
     h("div", { class: "row wrap" }, labelled("Kind", kind), labelled("Name", name), h("button", { type: "submit", class: "primary" }, "Create")),
