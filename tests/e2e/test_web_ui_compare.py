@@ -238,10 +238,10 @@ def test_importance_stability_fairness_and_performance_match_the_api(
     assert loss["importances"] and "seed" not in {i["param"] for i in loss["importances"]}
     shown_reliable = page.get_attribute('#importance .importance[data-metric="val/loss"]', "data-reliable")
     assert shown_reliable == ("true" if loss["reliable"] else "false")  # flagged as the API says
-    # 8 runs, one configuration noisier than the lr effect: the fit (and so the ranking) is
-    # only meaningful when its held-out R^2 is positive; the planted cause ranks first then.
-    if loss["reliable"]:
-        assert loss["importances"][0]["param"] == "lr"
+    # Which param ranks first over these 8 runs is not asserted: with one configuration noisier
+    # than the lr effect, CI saw `optimizer` first, even with a positive held-out R^2. The
+    # ranking itself is tested on planted data in tests/unit/test_compare.py; here the page
+    # must show what the API answered, in its order.
 
     ids = [r.run_id for r in world.chosen]
     api = world.api(
