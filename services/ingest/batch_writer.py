@@ -217,9 +217,7 @@ class BatchWriter:
             rejected.update(batch.rejected)
         async with self._pool.acquire() as conn:
             events, projection = round_.events, round_.projection
-            drop: set[str] = set()
-            for batch in round_.batches:
-                drop |= await self._denied_by_recorded_run(conn, batch, rejected)
+            drop = await self._denied_by_recorded_run(conn, round_.batches, rejected)
             drop |= await already_applied(conn, [a.event.envelope.event_id for a in events])
             if drop:  # re-sent events (same id, new offset) or refused ones: rare, so rebuild only then
                 events = [a for a in events if a.event.envelope.event_id not in drop]
@@ -271,37 +269,41 @@ class BatchWriter:
             )
 
     async def _denied_by_recorded_run(
-        self, conn: Any, batch: PreparedBatch, rejected: Counter[tuple[str, str]]
+        self, conn: Any, batches: list[PreparedBatch], rejected: Counter[tuple[str, str]]
     ) -> set[str]:
         """Dead-letter the events of narrowed principals whose run is recorded in an experiment
-        they may not write (or is not recorded at all); returns the event ids to drop."""
-        gate = batch.gate
-        if not batch.run_checks or gate is None:
+        they may not write (or is not recorded at all); returns the event ids to drop. One
+        query for the whole round."""
+        checked = [(batch, batch.gate) for batch in batches if batch.run_checks and batch.gate is not None]
+        if not checked:
             return set()
-        recorded = await recorded_experiments(conn, {(c.tenant_id, c.run_id) for c in batch.run_checks})
-        started: dict[tuple[str, str], str] = {}  # runs this batch records (first RunStarted wins)
-        for archived in batch.events:
-            env = archived.event.envelope
-            if env.type is EventType.RUN_STARTED and env.run_id and env.experiment_id:
-                started.setdefault((env.tenant_id, env.run_id), env.experiment_id)
-        key = batch.partition.key
-        source = f"{key.incarnation}.{key.topic}.{key.partition}"
+        runs = {(c.tenant_id, c.run_id) for batch, _ in checked for c in batch.run_checks}
+        recorded = await recorded_experiments(conn, runs)
+        started: dict[tuple[str, str], str] = {}  # runs this round records (first RunStarted wins)
+        for batch in batches:
+            for archived in batch.events:
+                env = archived.event.envelope
+                if env.type is EventType.RUN_STARTED and env.run_id and env.experiment_id:
+                    started.setdefault((env.tenant_id, env.run_id), env.experiment_id)
         denied: set[str] = set()
-        for check in batch.run_checks:
-            run = (check.tenant_id, check.run_id)
-            experiment = recorded.get(run) or started.get(run)
-            if experiment is None:
-                reason = f"permission denied: run {check.run_id} is not recorded"
-            elif not gate.may_write_recorded(check.principal_id, check.tenant_id, experiment):
-                reason = (
-                    f"permission denied: {check.principal_id} may not write experiment {experiment}"
-                    f" (run {check.run_id})"
-                )
-            else:
-                continue
-            self._dead_letters.reject(check.event.raw, reason, source, check.offset, None)
-            rejected[check.tenant_id, reason_class(reason)] += 1
-            denied |= check.event_ids
+        for batch, gate in checked:
+            key = batch.partition.key
+            source = f"{key.incarnation}.{key.topic}.{key.partition}"
+            for check in batch.run_checks:
+                run = (check.tenant_id, check.run_id)
+                experiment = recorded.get(run) or started.get(run)
+                if experiment is None:
+                    reason = f"permission denied: run {check.run_id} is not recorded"
+                elif not gate.may_write_recorded(check.principal_id, check.tenant_id, experiment):
+                    reason = (
+                        f"permission denied: {check.principal_id} may not write experiment {experiment}"
+                        f" (run {check.run_id})"
+                    )
+                else:
+                    continue
+                self._dead_letters.reject(check.event.raw, reason, source, check.offset, None)
+                rejected[check.tenant_id, reason_class(reason)] += 1
+                denied |= check.event_ids
         return denied
 
     async def _write_isolating(

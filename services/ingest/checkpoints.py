@@ -143,17 +143,21 @@ async def advance(conn: PgConnection, key: PartitionKey, members: Sequence[Membe
     moved = await conn.fetch(
         "UPDATE projector_checkpoints AS c"
         " SET committed = m.last, pending_until = NULL, pending_round = NULL, updated_at = now()"
-        " FROM unnest($4::integer[], $5::bigint[], $6::bigint[]) AS m(partition, expected, last)"
+        " FROM unnest($4::integer[], $5::bigint[], $6::bigint[], $7::text[])"
+        " AS m(partition, expected, last, payload)"
         " WHERE c.consumer_group = $1 AND c.incarnation = $2 AND c.topic = $3"
         " AND c.partition = m.partition AND c.committed = m.expected"
-        " RETURNING pg_notify($7, json_build_object('group', $1::text, 'incarnation', $2::text,"
-        " 'topic', $3::text, 'partition', m.partition, 'committed', m.last)::text)",
+        " RETURNING pg_notify($8, m.payload)",
         key.group,
         key.incarnation,
         key.topic,
         [m.partition for m in members],
         [m.first - 1 for m in members],
         [m.last for m in members],
+        [
+            notification(PartitionKey(key.group, key.incarnation, key.topic, m.partition), m.last)
+            for m in members
+        ],
         NOTIFY_CHANNEL,
     )
     if len(moved) != len(members):
