@@ -317,3 +317,59 @@ def test_clean_run_ahead_of_its_siblings_is_not_flagged() -> None:
     assert d.update("r0", *runs["r0"]) == [] and d.finish("r0") == []
     assert _feed(d, {r: v for r, v in runs.items() if r != "r0"}, chunk=3) == []
     assert "k" not in d.members()["r0"]  # rechecked to its end, then the marker cleared
+
+
+def _slow_departure(slope: float = 0.003) -> Runs:
+    """Quiet siblings (1% noise); r3 is noisy (8%: its bars are raised well above the threshold)
+    and drifts up by ``slope`` of its level per point from step 101 (30%, 6 spreads, by ~200)."""
+    runs = {f"r{i}": _loss(seed=i, noise=0.01) for i in range(8)}
+    st, v = _loss(seed=3, noise=0.08)
+    t = np.arange(len(st), dtype=np.float64)
+    runs["r3"] = (st, v * (1 + slope * np.clip(t - 100, 0, None)))
+    return runs
+
+
+def test_slow_departure_of_a_noisy_run_is_reported_near_where_it_crossed() -> None:
+    # the smoothed deviation of r3 crosses the threshold around step 175 and hovers there; its
+    # noise holds certainty back to ~240. The onset reported is where the deviation crossed (was
+    # the first point of the confirming streak: 236 or later)
+    runs = _slow_departure()
+    for chunk in (1, 7, 50):  # scalar and batch paths
+        found = _feed(CohortDetector("val/loss", CFG), runs, chunk)
+        assert [(r, a.evidence["basis"]) for r, a in found] == [("r3", "curve")], chunk
+        a = found[0][1]
+        assert a.evidence["detected_at_step"] >= 230  # certain late ...
+        assert 160 <= a.step <= 205, (chunk, a.step)  # ... the onset near the crossing
+
+
+def test_heavy_tailed_noise_of_clean_siblings_is_not_an_outlier() -> None:
+    # every run has wild points (20-60 spreads, the tail of heavy-tailed noise), some of them
+    # the first point after the reference was missing; a single wild point moved the drift
+    # test's EWMA past its bar for three points and confirmed a clean run
+    runs: Runs = {}
+    for i in range(10):
+        st, v = _loss(seed=20 + i, noise=0.03)
+        rng = np.random.default_rng(100 + i)
+        wild = rng.choice(len(st), 6, replace=False)
+        v = v.copy()
+        v[wild] *= 1 + rng.uniform(1.0, 3.0, 6) * rng.choice([-0.3, 1.0], 6)
+        runs[f"r{i}"] = (st, v)
+    for chunk in (1, 7, 50):
+        assert _feed(CohortDetector("val/loss", CFG), runs, chunk) == [], chunk
+
+
+def test_state_without_the_onset_estimate_loads() -> None:
+    """Member states saved before the onset estimate (no "e") load without one; with it, a
+    restore keeps it (the same findings as without the restore)."""
+    runs = _slow_departure()
+    d = CohortDetector("val/loss", CFG)
+    _feed(d, {r: (s[:200], x[:200]) for r, (s, x) in runs.items()}, chunk=5, finish=False)
+    members = orjson.loads(orjson.dumps(d.members()))
+    assert "e" in members["r3"]  # r3 is past the threshold, not yet certain
+    old = {rid: {k: x for k, x in m.items() if k != "e"} for rid, m in members.items()}
+    assert "e" not in CohortDetector.from_members("val/loss", CFG, old).members()["r3"]
+    rest = {r: (s[200:], x[200:]) for r, (s, x) in runs.items()}
+    want = _feed(d, rest, chunk=5)
+    assert _feed(CohortDetector.from_members("val/loss", CFG, members), rest, chunk=5) == want
+    got_old = _feed(CohortDetector.from_members("val/loss", CFG, old), rest, chunk=5)
+    assert [r for r, _ in got_old] == ["r3"] and got_old[0][1].step > want[0][1].step

@@ -51,6 +51,7 @@ FINAL_STEP_RATIO = 1.25  # finals are compared only between runs whose last step
 LEVEL_MAX_BASELINE = 200  # the level-shift baseline is the latest 200 earlier runs at most
 SMALL_CALL = 12  # calls with at most this many points take the scalar (no numpy) path
 SK_MAX = 16  # points since the EWMA restarted, counted up to this (its noise has settled by then)
+X_SETTLE = 3  # an onset estimate is ended only by an EWMA of at least this many residuals after its first
 # the reference's slack (cohort_interp_unc x the curvature measure) is 1 + _EXTRAP times larger
 # when it is extrapolated. On a smooth curve a line through two nodes is off by ~1/8 of the measure
 # between them (hence cohort_interp_unc = 0.125) and by ~1x one bin beyond; but the measure of
@@ -178,6 +179,8 @@ class _Member:
         "tv",
         "u",
         "up",
+        "xd",
+        "xu",
     )
 
     def __init__(self) -> None:
@@ -200,6 +203,11 @@ class _Member:
         self.sd = 0
         self.sm = math.nan  # EWMA of the run's residuals from the sibling reference, in spreads
         self.sk = SK_MAX  # residuals in it after the first since it restarted (capped at SK_MAX)
+        # step where the EWMA last went beyond +threshold (xu) / -threshold (xd) and has stayed
+        # near or beyond it since (-1: not now): the onset estimate of a departure that confirms
+        # later, when a noisy run's raised bar or a streak broken by noise held it back
+        self.xu = -1
+        self.xd = -1
         self.nsum = 0.0  # running sum / count of |first differences| of the current noise group
         self.ncnt = 0
         self.noise = math.nan  # point noise of the run (nan: not known yet)
@@ -269,6 +277,8 @@ class _Member:
             st["x"] = 1
         if self.rk >= 0:
             st["k"] = [self.rk] if self.ro < 0 and self.rz == 0 else [self.rk, self.ro, self.rz]
+        if self.xu >= 0 or self.xd >= 0:
+            st["e"] = [self.xu, self.xd]
         return st
 
     @classmethod
@@ -307,6 +317,8 @@ class _Member:
         if "k" in st:
             k3 = [int(x) for x in st["k"]]
             m.rk, m.ro, m.rz = (k3[0], -1, 0) if len(k3) == 1 else (k3[0], k3[1], k3[2])
+        if "e" in st:  # absent in states saved before the onset estimate (and while not beyond)
+            m.xu, m.xd = int(st["e"][0]), int(st["e"][1])
         return m
 
 
@@ -341,7 +353,11 @@ class CohortDetector:
     noise divided out), and either confirms with ``cohort_confirm_buckets`` consecutive points
     beyond its bar; the bar is ``cohort_threshold``, raised only for a run whose own noise could
     carry a clean run there (``cohort_noise_allow`` + ``cohort_noise_z`` noise units of that
-    test). The onset is the first point of the confirming streak.
+    test). The EWMA takes a residual beyond the raw test's bar as that bar, so one wild point of
+    heavy-tailed noise cannot carry it past its bar for a streak. The onset is the first point of
+    the confirming streak, or earlier where the EWMA (or a rechecked unit) went beyond the
+    threshold itself and stayed within what its noise explains since (:meth:`_cross`): a noisy
+    run's raised bar, or a streak broken by noise, delays certainty, not the estimated onset.
 
     Runs ahead: a point with too few siblings at its step is not judged; the run is marked to
     be rechecked from that fine bin, and when the siblings' data reaches it (any run completing a
@@ -395,6 +411,12 @@ class CohortDetector:
         st = self._alpha / (2.0 - self._alpha)
         self._nz_s = [self._nz * math.sqrt(c2**k + st * (1.0 - c2**k)) for k in range(SK_MAX + 1)]
         self._nz_s_np = np.asarray(self._nz_s)
+        # the onset estimate (_Member.xu / xd) holds until the EWMA, settled (X_SETTLE residuals
+        # in), is below the threshold by more than 2 of its noise units (a dip noise does not
+        # explain), or below half the threshold
+        self._x_noise = [2.0 * math.sqrt(c2**k + st * (1.0 - c2**k)) for k in range(SK_MAX + 1)]
+        self._x_noise_np = np.asarray(self._x_noise)
+        self._x_min = 0.5 * self._thr
         self._interp = config.cohort_interp_unc
 
     # ------------------------------------------------------------------ public API
@@ -775,19 +797,25 @@ class CohortDetector:
                     zr = (v - ref) / spread
             if zr == zr:
                 thr = self._thr
-                sm = m.sm
-                if sm != sm:
-                    zs, sk = zr, 0
-                else:
-                    zs, sk = sm + self._alpha * (zr - sm), m.sk + 1 if m.sk < SK_MAX else SK_MAX
-                m.sm, m.sk = zs, sk
                 q = noise / spread
                 br = self._allow + self._nz * q
                 if br < thr:
                     br = thr
+                # the drift test takes a residual beyond the raw test's bar as that bar (the raw
+                # test judges such points on its own): one wild point of heavy-tailed noise, the
+                # first after a restart above all, cannot carry the EWMA past its bar for a streak
+                zc = zr if -br <= zr <= br else br if zr > 0 else -br
+                sm = m.sm
+                if sm != sm:
+                    zs, sk = zc, 0
+                else:
+                    zs, sk = sm + self._alpha * (zc - sm), m.sk + 1 if m.sk < SK_MAX else SK_MAX
+                m.sm, m.sk = zs, sk
                 bs = self._allow + self._nz_s[sk] * q
                 if bs < thr:
                     bs = thr
+                if zs >= thr or zs <= -thr or m.xu >= 0 or m.xd >= 0:
+                    self._cross(m, s, zs, q, sk)
                 up = ((m.up & _MASK) << 1) | (zr >= br)
                 dn = ((m.dn & _MASK) << 1) | (zr <= -br)
                 su = ((m.su & _MASK) << 1) | (zs >= bs)
@@ -810,11 +838,15 @@ class CohortDetector:
                     self._unpend(run_id, m)
                     streak = (bits ^ (bits + 1)).bit_length() - 1  # trailing ones: the streak
                     onset = [*m.ts, s][-streak]  # the tail does not hold the current point yet
+                    x = m.xu if z > 0 else m.xd
+                    if 0 <= x < onset:
+                        onset = x  # the EWMA crossed the threshold before the streak began
+                    m.xu = m.xd = -1
                     out.append((run_id, self._curve_anomaly_at(onset, s, v, z, ref, g, m)))
                 else:
                     m.up, m.dn, m.su, m.sd = up, dn, su, sd
             else:
-                m.sm = math.nan
+                m.sm = math.nan  # (an onset estimate stands: an unjudged point is no evidence)
                 m.up = (m.up & _MASK) << 1
                 m.dn = (m.dn & _MASK) << 1
                 m.su = (m.su & _MASK) << 1
@@ -849,6 +881,39 @@ class CohortDetector:
         m.fcnt += 1
         m.csum += v
         m.ccnt += 1
+
+    def _cross(self, m: _Member, s: int, zs: float, q: float, sk: int) -> None:
+        """Track where the EWMA went beyond the threshold (the onset of a departure that confirms
+        later, once the raised bar or an unbroken streak is reached): kept until the settled EWMA
+        falls back by more than its noise explains."""
+        thr = self._thr
+        if zs >= thr and m.xu < 0:
+            m.xu = s
+        elif zs <= -thr and m.xd < 0:
+            m.xd = s
+        if sk >= X_SETTLE:
+            lo = thr - self._x_noise[sk] * q
+            if lo < self._x_min:
+                lo = self._x_min
+            if zs < lo:
+                m.xu = -1
+            if zs > -lo:
+                m.xd = -1
+
+    def _cross_unit(self, m: _Member, start: int, z: float, nu: float) -> None:
+        """:meth:`_cross` for a rechecked unit (older than the run's newest points) starting at
+        step ``start``, ``nu`` its noise in spreads: one beyond the threshold before the estimate
+        moves it back; one below what noise explains after it ends it."""
+        thr = self._thr
+        lo = max(thr - 2.0 * nu, self._x_min)
+        if z < lo and 0 <= m.xu <= start:
+            m.xu = -1
+        if z > -lo and 0 <= m.xd <= start:
+            m.xd = -1
+        if z >= thr and (m.xu < 0 or start < m.xu):
+            m.xu = start
+        elif z <= -thr and (m.xd < 0 or start < m.xd):
+            m.xd = start
 
     def _update_batch(
         self, run_id: str, st: npt.NDArray[np.int64], va: npt.NDArray[np.float64]
@@ -953,12 +1018,17 @@ class CohortDetector:
         sk = np.minimum(idx - np.maximum.accumulate(np.where(ok, start, idx)) - 1, SK_MAX)
         with np.errstate(invalid="ignore"):
             bs = np.maximum(self._allow + self._nz_s_np[np.maximum(sk, 0)] * q, thr)
-        # -- the smoothed test: EWMA restarted after every unjudged point
-        zrl = zr.tolist()
-        bound = float(np.max(np.abs(zr[ok]))) if ok.any() else 0.0
+        # -- the smoothed test: EWMA (of the residuals held within the raw bar, as in _point)
+        # restarted after every unjudged point
+        with np.errstate(invalid="ignore"):
+            zc = np.clip(zr, -br, br)
+        zrl = zc.tolist()
+        bound = float(np.max(np.abs(zc[ok]))) if ok.any() else 0.0
         if sm0 == sm0:
             bound = max(bound, abs(sm0))
-        if bound >= thr:  # the EWMA is a convex combination of sm and the z's: it may cross a bar
+        # the EWMA is a convex combination of sm and the z's: it may cross a bar (or, with an onset
+        # estimate carried in, drop below where that ends)
+        if bound >= thr or m.xu >= 0 or m.xd >= 0:
             a = self._alpha
             zsl = []
             sm = sm0
@@ -1003,12 +1073,17 @@ class CohortDetector:
             z = float(zr[i]) if j < 2 else float(zs[i])  # type: ignore[index]
             streak = min(int(run[i]), PERSIST_N)
             onset = (m.ts + st[max(0, i + 1 - PERSIST_N) : i + 1].tolist())[-streak]
+            if zs is not None:
+                x = self._cross_at(m.xu if z > 0 else m.xd, zs if z > 0 else -zs, q, sk, st, i)
+                if 0 <= x < onset:
+                    onset = x  # the EWMA crossed the threshold before the streak began
+            m.xu = m.xd = -1
             m.flagged = True
             m.up = m.dn = m.su = m.sd = 0
             self._unpend(run_id, m)
             sm_end = float(zs[i]) if zs is not None else math.nan
             if zs is None:  # only the raw test can have fired: the EWMA up to i
-                sm_end = self._ewma_end(zr[: i + 1], sm0)
+                sm_end = self._ewma_end(zc[: i + 1], sm0)
             m.sm, m.sk = sm_end, int(sk[i])
             v = float(va[i])
             out.append(
@@ -1027,13 +1102,41 @@ class CohortDetector:
                     for _ in range(min(n, PERSIST_N)):
                         b = (b & _MASK) << 1
                     bits_out.append(b)
-                m.sm = self._ewma_end(zr, sm0)
+                m.sm = self._ewma_end(zc, sm0)
             else:
                 m.sm = zsl[-1]
+                m.xu = self._cross_at(m.xu, zs, q, sk, st, n - 1)
+                m.xd = self._cross_at(m.xd, -zs, q, sk, st, n - 1)
             m.up, m.dn, m.su, m.sd = bits_out
             m.sk = max(int(sk[-1]), 0)
         if m.sm == m.sm:
             m.sm = _f32(m.sm)
+
+    def _cross_at(
+        self,
+        x0: int,
+        zs: npt.NDArray[np.float64],
+        q: npt.NDArray[np.float64],
+        sk: npt.NDArray[np.int64],
+        st: npt.NDArray[np.int64],
+        i: int,
+    ) -> int:
+        """:meth:`_cross` over points ``[0, i]`` of a call, vectorised, for one direction (``zs``
+        the EWMA signed towards it, nan where unjudged; ``x0`` the estimate carried in)."""
+        thr = self._thr
+        z = zs[: i + 1]
+        k = sk[: i + 1]
+        with np.errstate(invalid="ignore"):
+            lo = np.maximum(thr - self._x_noise_np[np.maximum(k, 0)] * q[: i + 1], self._x_min)
+            ended = np.flatnonzero((z < lo) & (k >= X_SETTLE))  # below what noise explains
+        start = 0
+        if len(ended):
+            start, x0 = int(ended[-1]) + 1, -1
+        if x0 >= 0:
+            return x0
+        with np.errstate(invalid="ignore"):
+            beyond = np.flatnonzero(z[start:] >= thr)
+        return int(st[start + beyond[0]]) if len(beyond) else -1
 
     def _ewma_end(self, zr: npt.NDArray[np.float64], sm: float) -> float:
         """The EWMA after ``zr`` (restarted after its last unjudged point), without the loop."""
@@ -1155,8 +1258,10 @@ class CohortDetector:
                     continue
                 ref, spread = m_sum / w_sum, s_sum / w_sum
                 z = (val - ref) / spread
-                bar = max(thr, self._allow + self._nz * noise / math.sqrt(max(1.0, w_sum / stride)) / spread)
+                nu = noise / math.sqrt(max(1.0, w_sum / stride)) / spread  # the unit's noise
+                bar = max(thr, self._allow + self._nz * nu)
                 side = 1 if z >= bar else -1 if z <= -bar else 0
+                self._cross_unit(m, _EDGES_F[lo], z, nu)
                 if side and m.rz * side > 0:
                     m.rz += side
                 else:
@@ -1168,6 +1273,10 @@ class CohortDetector:
                 b = hi + 1
                 if abs(m.rz) >= conf:
                     onset = _EDGES_F[m.ro]
+                    x = m.xu if m.rz > 0 else m.xd
+                    if 0 <= x < onset:
+                        onset = x  # the departure crossed the threshold before the streak began
+                    m.xu = m.xd = -1
                     if ts and onset > ts[-1]:
                         onset = ts[-1]
                     end = min(_EDGES_F[hi + 1] - 1, m.last_step)
