@@ -11,6 +11,11 @@ Three phases side by side in one run, so the ratios hold on a noisy machine:
              writers wait a 429's Retry-After (as the SDK does), hostile ones retry at once
   unlimited  the same flood with the quota removed
 
+`--tarpit-max-s 0 2` compares settings of RUNLEDGER_API_TARPIT_MAX_S (how long the API
+holds a write retried before its 429's Retry-After; 0 = off): one stack per value,
+all running, each phase run on every stack in turn (the order alternating), so the
+values see the same machine.
+
 Prints a JSON summary (copied into bench/RESULTS.md).
 """
 
@@ -20,14 +25,18 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from bench.stack import embedded_stack
+from runledger.embedded.supervisor import Supervisor
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -138,44 +147,125 @@ async def _phase(
     }
 
 
-async def _main(seconds: float, concurrency: int, quotas: list[int]) -> dict[str, Any]:
-    with embedded_stack() as stack:
-        info = json.loads(stack.settings.connection_file.read_text())
-        limits = httpx.Limits(max_connections=concurrency + 4)
+@dataclass
+class _Setup:
+    """One stack with its two tenants, ready to measure."""
 
-        def client(key: str) -> httpx.AsyncClient:
-            return httpx.AsyncClient(
-                base_url=stack.api_url,
-                headers={"Authorization": f"Bearer {key}"},
-                timeout=60,
-                trust_env=False,
-                limits=limits,
-            )
+    name: str
+    admin: httpx.AsyncClient
+    quiet: httpx.AsyncClient
+    noisy: httpx.AsyncClient
+    quiet_run: str
+    noisy_runs: list[str]
+    results: dict[str, Any]
 
-        async with client(info["api_key"]) as admin:
-            quiet_key = await _create_tenant(admin, "quiet")
-            noisy_key = await _create_tenant(admin, "noisy")
-            async with client(quiet_key) as quiet, client(noisy_key) as noisy:
-                quiet_run = await _new_run(quiet, "latency")
-                noisy_runs = [await _new_run(noisy, "flood") for _ in range(concurrency)]
-                results: dict[str, Any] = {"seconds_per_phase": seconds, "concurrency": concurrency}
-                results["baseline"] = await _phase(quiet, quiet_run, None, [], seconds)
-                for limit in quotas:
-                    body = {"events_per_second": limit, "max_points": None}
-                    (await admin.put("/api/v1/tenants/noisy/quotas", json=body)).raise_for_status()
-                    for polite in (True, False):
-                        name = f"flood_quota_{limit}_{'polite' if polite else 'hostile'}"
-                        results[name] = await _phase(quiet, quiet_run, noisy, noisy_runs, seconds, polite)
-                unlimited = {"events_per_second": None, "max_points": None}
-                (await admin.put("/api/v1/tenants/noisy/quotas", json=unlimited)).raise_for_status()
-                results["flood_unlimited"] = await _phase(quiet, quiet_run, noisy, noisy_runs, seconds)
-                base = results["baseline"]["quiet_p99_ms"]
-                results["quiet_p99_ratio_to_baseline"] = {
-                    phase: round(results[phase]["quiet_p99_ms"] / base, 2)
-                    for phase in list(results)
+    async def set_quota(self, limit: int | None) -> None:
+        body = {"events_per_second": limit, "max_points": None}
+        (await self.admin.put("/api/v1/tenants/noisy/quotas", json=body)).raise_for_status()
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str | None) -> Iterator[None]:
+    """`name` set to `value` (None: left as it is) inside the block, restored after."""
+    before = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+@contextlib.contextmanager
+def _stack(tarpit_max_s: float | None) -> Iterator[Supervisor]:
+    """An embedded stack; with `tarpit_max_s`, its API runs with that tarpit setting
+    (embedded_stack builds its Settings from RUNLEDGER_* and hands them to its services)."""
+    with contextlib.ExitStack() as context:
+        with _env("RUNLEDGER_API_TARPIT_MAX_S", None if tarpit_max_s is None else str(tarpit_max_s)):
+            stack = context.enter_context(embedded_stack())
+        if tarpit_max_s is not None:
+            assert stack.settings.api_tarpit_max_s == tarpit_max_s
+        yield stack
+
+
+async def _setup(
+    name: str, stack: Supervisor, concurrency: int, clients: contextlib.AsyncExitStack
+) -> _Setup:
+    info = json.loads(stack.settings.connection_file.read_text())
+    limits = httpx.Limits(max_connections=concurrency + 4)
+
+    def client(key: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=stack.api_url,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+            trust_env=False,
+            limits=limits,
+        )
+
+    admin = await clients.enter_async_context(client(info["api_key"]))
+    quiet_key = await _create_tenant(admin, "quiet")
+    noisy_key = await _create_tenant(admin, "noisy")
+    quiet = await clients.enter_async_context(client(quiet_key))
+    noisy = await clients.enter_async_context(client(noisy_key))
+    quiet_run = await _new_run(quiet, "latency")
+    noisy_runs = [await _new_run(noisy, "flood") for _ in range(concurrency)]
+    results = {"tarpit_max_s": stack.settings.api_tarpit_max_s}
+    return _Setup(name, admin, quiet, noisy, quiet_run, noisy_runs, results)
+
+
+async def _main(
+    seconds: float, concurrency: int, quotas: list[int], tarpits: list[float] | None
+) -> dict[str, Any]:
+    variants: list[float | None] = list(tarpits) if tarpits else [None]
+    with contextlib.ExitStack() as stacks:
+        running = [stacks.enter_context(_stack(value)) for value in variants]
+        async with contextlib.AsyncExitStack() as clients:
+            setups = [
+                await _setup(
+                    f"tarpit_max_s_{value}" if value is not None else "", stack, concurrency, clients
+                )
+                for value, stack in zip(variants, running, strict=True)
+            ]
+            turn = 0
+
+            async def each(phase: str, limit: int | None, flood: bool, polite: bool = False) -> None:
+                # Every stack in turn, the order alternating, so drift hits all alike.
+                nonlocal turn
+                order = setups if turn % 2 == 0 else setups[::-1]
+                turn += 1
+                for setup in order:
+                    if flood:
+                        await setup.set_quota(limit)
+                    noisy = setup.noisy if flood else None
+                    runs = setup.noisy_runs if flood else []
+                    setup.results[phase] = await _phase(
+                        setup.quiet, setup.quiet_run, noisy, runs, seconds, polite
+                    )
+
+            await each("baseline", None, flood=False)
+            for limit in quotas:
+                for polite in (True, False):
+                    await each(
+                        f"flood_quota_{limit}_{'polite' if polite else 'hostile'}", limit, True, polite
+                    )
+            await each("flood_unlimited", None, flood=True)
+            for setup in setups:
+                base = setup.results["baseline"]["quiet_p99_ms"]
+                setup.results["quiet_p99_ratio_to_baseline"] = {
+                    phase: round(setup.results[phase]["quiet_p99_ms"] / base, 2)
+                    for phase in list(setup.results)
                     if phase.startswith("flood")
                 }
-                return results
+            summary: dict[str, Any] = {"seconds_per_phase": seconds, "concurrency": concurrency}
+            if tarpits is None:
+                summary.update(setups[0].results)
+            else:
+                summary.update({setup.name: setup.results for setup in setups})
+            return summary
 
 
 def main() -> None:
@@ -189,8 +279,17 @@ def main() -> None:
         default=[5, 20],
         help="events/s quotas of the noisy tenant, one phase each",
     )
+    parser.add_argument(
+        "--tarpit-max-s",
+        type=float,
+        nargs="+",
+        default=None,
+        help="RUNLEDGER_API_TARPIT_MAX_S values to compare (one stack each, phases alternating);"
+        " default: one stack with the configured setting",
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(_main(args.seconds, args.concurrency, args.quotas)), indent=2))
+    result = asyncio.run(_main(args.seconds, args.concurrency, args.quotas, args.tarpit_max_s))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

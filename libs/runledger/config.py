@@ -46,6 +46,13 @@ class Settings(BaseSettings):
         description="Largest JSON request body the API reads (413 beyond; artifact uploads are not JSON"
         " and are not limited by it).",
     )
+    api_tarpit_max_s: float = Field(
+        2.0,
+        ge=0,
+        description="Longest time the API holds a write that comes back before the Retry-After of its"
+        " tenant's events/s 429 (then checked as usual, or refused if still early): a client retrying"
+        " at once costs one request per connection per wait. 0 = answer at once.",
+    )
     kafka_port: int = Field(0, description="Port of the embedded broker (0 = a free one).")
     postgres_port: int = Field(0, description="Port of the embedded PostgreSQL (0 = a free one).")
 

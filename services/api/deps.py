@@ -13,6 +13,7 @@ key's, never one named by the request.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from dataclasses import dataclass
@@ -187,7 +188,7 @@ class AuthenticateApi:
             except ApiError as exc:
                 request.state.auth_error = exc
             else:
-                refused = _over_rate_quota(request, principal)
+                refused = await _over_rate_quota(request, principal)
                 if refused is not None:
                     response = JSONResponse(refused.body(), refused.status_code, refused.headers)
                     await response(scope, receive, send)
@@ -195,14 +196,33 @@ class AuthenticateApi:
         await self._app(scope, receive, send)
 
 
-def _over_rate_quota(request: Request, principal: Principal) -> ApiError | None:
-    """A 429 for a write by a tenant already past its events/s quota (else None)."""
+async def _over_rate_quota(request: Request, principal: Principal) -> ApiError | None:
+    """A 429 for a write by a tenant already past its events/s quota (else None).
+
+    A write that comes back before the Retry-After of its tenant's last 429 is first
+    held here (asyncio.sleep: no thread, no CPU) until that is due, at most
+    RUNLEDGER_API_TARPIT_MAX_S: a client retrying at once then costs one request per
+    connection per wait instead of thousands a second.
+    """
     if request.method not in _WRITE_METHODS or not request.url.path.startswith(_EVENT_WRITE_PREFIXES):
         return None
-    quotas = get_runtime(request).writer.quotas
+    runtime = get_runtime(request)
+    quotas = runtime.writer.quotas
     if quotas is None:
         return None
-    return quotas.refuse_early(principal.tenant_id, principal.authorizer.snapshot.quota(principal.tenant_id))
+    tenant_id = principal.tenant_id
+    quota = principal.authorizer.snapshot.quota(tenant_id)
+    if quota.events_per_second is None:  # no rate quota (perhaps just lifted): nothing to hold for
+        return None
+    hold = quotas.hold(tenant_id, runtime.settings.api_tarpit_max_s)
+    if hold.seconds > 0:
+        try:
+            await asyncio.sleep(hold.seconds)
+        finally:
+            quotas.release(tenant_id)
+    if hold.refuse:
+        return quotas.refuse_held(tenant_id, hold)
+    return quotas.refuse_early(tenant_id, quota)
 
 
 def forbid(runtime: Runtime, request: Request, principal: Principal, what: str) -> PermissionDenied:

@@ -3,6 +3,10 @@
 Both are checked before anything is produced. The points in store come from
 tenant_usage (kept by the projector), cached per tenant for at most a second so
 that a write costs no extra database round trip.
+
+A client that retries a rate 429 before its Retry-After is tarpitted (`hold`): the
+edge (services/api/deps.py) sleeps until the Retry-After is due, at most
+RUNLEDGER_API_TARPIT_MAX_S, so each of its connections costs one request per wait.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from runledger.auth.model import Quota
-from runledger.auth.quota import TokenBuckets
+from runledger.auth.quota import Hold, Tarpit, TokenBuckets
 from services.api.errors import RequestLimitExceeded
 
 USAGE_CACHE_S = 1.0
@@ -40,11 +44,13 @@ class QuotaGate:
         read_usage: Callable[[str], Awaitable[int]],
         buckets: TokenBuckets | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tarpit: Tarpit | None = None,
     ) -> None:
         self._read_usage = read_usage
         self._buckets = buckets or TokenBuckets()
         self._clock = clock
         self._usage: dict[str, tuple[int, float]] = {}
+        self.tarpit = tarpit or Tarpit(clock=clock)
 
     async def stored_points(self, tenant_id: str) -> int:
         """The tenant's stored points, at most USAGE_CACHE_S old."""
@@ -64,7 +70,25 @@ class QuotaGate:
         wait = self._buckets.wait_for_one(tenant_id, quota.events_per_second)
         if wait <= 0:
             return None
-        return _rate_exceeded(quota.events_per_second, wait, "")
+        return self._rate_exceeded(tenant_id, quota.events_per_second, wait, "")
+
+    def hold(self, tenant_id: str, max_s: float) -> Hold:
+        """How long to hold a write of the tenant before checking it (see Tarpit.hold)."""
+        return self.tarpit.hold(tenant_id, max_s)
+
+    def release(self, tenant_id: str) -> None:
+        """A write held by `hold` is done sleeping."""
+        self.tarpit.release(tenant_id)
+
+    def refuse_held(self, tenant_id: str, hold: Hold) -> RequestLimitExceeded:
+        """The 429 of a write that came back too early and may not wait out the rest here."""
+        seconds = max(1, math.ceil(hold.retry_after_s))
+        self.tarpit.told_to_wait(tenant_id, seconds)
+        return RequestLimitExceeded(
+            f"retried before the Retry-After of an earlier 429 (the tenant's events-per-second quota);"
+            f" retry after {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
 
     async def admit(self, tenant_id: str, quota: Quota, events: int, points: int) -> None:
         """Raise RequestLimitExceeded (with Retry-After) when the write is over a quota."""
@@ -80,14 +104,16 @@ class QuotaGate:
         if quota.events_per_second is not None and events > 0:
             wait = self._buckets.take(tenant_id, events, quota.events_per_second)
             if wait > 0:
-                raise _rate_exceeded(
-                    quota.events_per_second, wait, f" (this request produces {events} events)"
+                raise self._rate_exceeded(
+                    tenant_id, quota.events_per_second, wait, f" (this request produces {events} events)"
                 )
 
-
-def _rate_exceeded(rate: int, wait: float, what: str) -> RequestLimitExceeded:
-    seconds = max(1, math.ceil(wait)) if math.isfinite(wait) else POINTS_RETRY_AFTER_S
-    return RequestLimitExceeded(
-        f"events-per-second quota of {rate} exceeded{what}; retry after {seconds} s",
-        headers={"Retry-After": str(seconds)},
-    )
+    def _rate_exceeded(self, tenant_id: str, rate: int, wait: float, what: str) -> RequestLimitExceeded:
+        seconds = max(1, math.ceil(wait)) if math.isfinite(wait) else POINTS_RETRY_AFTER_S
+        # Only the rate's 429s: a stored-points 429 must not hold the tenant's writes
+        # without points, which go on.
+        self.tarpit.told_to_wait(tenant_id, seconds)
+        return RequestLimitExceeded(
+            f"events-per-second quota of {rate} exceeded{what}; retry after {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from tests.unit.test_api_errors import NoClickHouse, RecordingPublisher
 pytestmark = pytest.mark.integration
 
 NOISY, QUIET, FULL, STRICT = "q-noisy", "q-quiet", "q-full", "q-strict"
+HOSTILE, NEIGHBOUR = "q-hostile", "q-neighbour"
 RUN = "9" * 32
 API = "/api/v1"
 
@@ -40,21 +42,38 @@ async def dsn(postgres: EmbeddedPostgres) -> str:
         await conn.executemany(
             "INSERT INTO runs (tenant_id, run_id, experiment_id, name, status, start_time)"
             " VALUES ($1, $2, '0', 'r', 'RUNNING', 1)",
-            [(t, RUN) for t in (NOISY, QUIET, FULL)],
+            [(t, RUN) for t in (NOISY, QUIET, FULL, HOSTILE, NEIGHBOUR)],
         )
     finally:
         await conn.close()
     return dsn
 
 
-@pytest.fixture(scope="module")
-async def client(dsn: str) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(postgres_dsn=dsn, bootstrap_api_key=generate_key().token, write_wait_timeout_s=0.05)
+async def _app_client(dsn: str, tarpit_max_s: float) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(
+        postgres_dsn=dsn,
+        bootstrap_api_key=generate_key().token,
+        write_wait_timeout_s=0.05,
+        api_tarpit_max_s=tarpit_max_s,
+    )
     app = create_app(settings, NoClickHouse(), publisher=RecordingPublisher())
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c,
     ):
+        yield c
+
+
+@pytest.fixture(scope="module")
+async def client(dsn: str) -> AsyncIterator[httpx.AsyncClient]:
+    # Without the tarpit: these tests retry at once on purpose, to see every answer of the quota.
+    async for c in _app_client(dsn, tarpit_max_s=0):
+        yield c
+
+
+@pytest.fixture(scope="module")
+async def tarpit_client(dsn: str) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in _app_client(dsn, tarpit_max_s=2.0):
         yield c
 
 
@@ -110,6 +129,45 @@ async def test_events_per_second_quota_is_429_with_retry_after_and_other_tenants
     await asyncio.sleep(int(refused.headers["retry-after"]))
     again = await client.post(f"{API}/runs/{RUN}/tags", json={"tags": {"k": "v"}}, headers=noisy.headers)
     assert again.status_code == 202  # Retry-After was enough
+
+
+async def test_a_retry_before_retry_after_is_held_and_other_tenants_are_not(
+    tarpit_client: httpx.AsyncClient, dsn: str
+) -> None:
+    client = tarpit_client
+    hostile = await _engineer(client, dsn, HOSTILE)
+    neighbour = await _engineer(client, dsn, NEIGHBOUR)
+    await _configure(dsn, lambda conn: directory.set_quota(conn, HOSTILE, Quota(events_per_second=1)))
+
+    async def tag(identity: Identity) -> tuple[httpx.Response, float, float]:
+        started = time.perf_counter()
+        r = await client.post(f"{API}/runs/{RUN}/tags", json={"tags": {"k": "v"}}, headers=identity.headers)
+        return r, started, time.perf_counter()
+
+    for _ in range(4):  # the bucket holds 2 (2 s at 1/s)
+        refused, _, refused_at = await tag(hostile)
+        if refused.status_code == 429:
+            break
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    # Retried at once, while the neighbour writes: the retry is held for the rest of
+    # the Retry-After (then checked as if it had waited: a token is back, so 202); the
+    # neighbour's write does not wait behind it.
+    (retry, _, retried), (other, other_started, other_done) = await asyncio.gather(
+        tag(hostile), tag(neighbour)
+    )
+    assert other.status_code == 202 and other_done - other_started < 0.5
+    assert other_done < retried
+    assert 0.7 < retried - refused_at < 1.6, retried - refused_at
+    assert retry.status_code == 202, retry.text
+    # A client that waits its Retry-After is not held.
+    for _ in range(4):
+        refused, _, refused_at = await tag(hostile)
+        if refused.status_code == 429:
+            break
+    assert refused.status_code == 429
+    await asyncio.sleep(int(refused.headers["retry-after"]))
+    polite, started, done = await tag(hostile)
+    assert polite.status_code == 202 and done - started < 0.5
 
 
 async def test_stored_points_quota_is_429(client: httpx.AsyncClient, dsn: str) -> None:
