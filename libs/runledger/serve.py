@@ -34,6 +34,7 @@ from runledger.embedded._proc import die_with_parent, stop_process
 from runledger.stores.clickhouse import ClickHouse, open_clickhouse
 from runledger.stores.postgres import directory
 from runledger.stores.postgres.migrate import migrate
+from runledger.stores.postgres.pool import open_pool
 
 log = logging.getLogger("runledger.serve")
 
@@ -44,8 +45,7 @@ async def connect_postgres(settings: Settings, max_size: int = 8) -> asyncpg.Poo
     Provisioning here too (the API's lifespan does it as well; it is idempotent) lets an
     ingest-only process accept events signed with the bootstrap key without any API.
     """
-    pool = await asyncpg.create_pool(settings.postgres_dsn, min_size=1, max_size=max_size)
-    assert pool is not None
+    pool = await open_pool(settings.postgres_dsn, min_size=1, max_size=max_size)
     async with pool.acquire() as conn:
         await migrate(conn)
         if settings.bootstrap_api_key:

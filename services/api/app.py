@@ -19,6 +19,7 @@ from runledger.config import Settings
 from runledger.stores.clickhouse import ClickHouse
 from runledger.stores.postgres import directory
 from runledger.stores.postgres.migrate import migrate
+from runledger.stores.postgres.pool import open_pool
 from services.api import health
 from services.api.admin import endpoints as admin
 from services.api.analysis import endpoints as analysis
@@ -84,7 +85,7 @@ def create_app(
         if not settings.postgres_dsn:
             raise RuntimeError("RUNLEDGER_POSTGRES_DSN is not set: the API needs the metadata store")
         async with AsyncExitStack() as stack:
-            pool: asyncpg.Pool = await asyncpg.create_pool(settings.postgres_dsn, min_size=1, max_size=20)
+            pool: asyncpg.Pool = await open_pool(settings.postgres_dsn, min_size=1, max_size=20)
             stack.push_async_callback(pool.close)
             async with pool.acquire() as conn:
                 await migrate(conn)
