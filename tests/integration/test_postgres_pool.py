@@ -3,11 +3,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from runledger.stores.postgres.pool import open_pool
 
 pytestmark = pytest.mark.integration
+
+
+def _round_trips(conn: Any) -> int:
+    """Queries asyncpg has sent on this connection (a private counter of its protocol)."""
+    return int(conn._protocol.queries_count)
 
 
 async def test_a_release_rolls_back_an_open_transaction_and_keeps_the_connection(fresh_dsn: str) -> None:
@@ -16,7 +23,7 @@ async def test_a_release_rolls_back_an_open_transaction_and_keeps_the_connection
         async with pool.acquire() as conn:
             await conn.execute("CREATE TABLE kept (v int)")
             backend = await conn.fetchval("SELECT pg_backend_pid()")
-            before = conn._protocol.queries_count  # the round trips asyncpg counts (private)
+            before = _round_trips(conn)
             await conn.execute("BEGIN")  # unmanaged, as a bug elsewhere could leave it
             await conn.execute("INSERT INTO kept VALUES (1)")
         async with pool.acquire() as conn:
@@ -24,6 +31,6 @@ async def test_a_release_rolls_back_an_open_transaction_and_keeps_the_connection
             assert not conn.is_in_transaction()
             assert await conn.fetchval("SELECT count(*) FROM kept") == 0
             # BEGIN, INSERT, ROLLBACK, then this session's two queries: no reset query in between
-            assert conn._protocol.queries_count - before == 5
+            assert _round_trips(conn) - before == 5
     finally:
         await pool.close()
