@@ -262,6 +262,7 @@ class Visibility:
         ages: list[float] = []
         first_half: list[float] = []
         second_half: list[float] = []
+        by_minute: dict[int, list[float]] = {}
         missing = 0
         for run_id, step, logged in samples:
             if run_id not in watched:
@@ -272,12 +273,14 @@ class Visibility:
                 continue
             ages.append(at - logged)
             (first_half if logged - t0 < half else second_half).append(at - logged)
+            by_minute.setdefault(int((logged - t0) // 60), []).append(at - logged)
         return {
             "steps_timed": len(ages),
             "never_seen": missing,
             **_percentiles(ages, "s", 3),
             "p99_first_half_s": _pct(first_half, 99, 3),
             "p99_second_half_s": _pct(second_half, 99, 3),
+            "p99_by_minute_s": {m: _pct(v, 99, 2) for m, v in sorted(by_minute.items())},
         }
 
 
@@ -443,13 +446,35 @@ class Monitor:
         row["services_rss_mb"] = await asyncio.to_thread(_rss_mb, parts["services"])
         row["broker_rss_mb"] = await asyncio.to_thread(_rss_mb, parts["broker"])
         row["postgres_pss_mb"] = await asyncio.to_thread(_pss_mb, parts["postgres"])
+        # Cumulative CPU seconds per part (the services' main process apart from its children,
+        # the analysis worker among them): which part's cost grows as the data does.
+        for part, procs in parts.items():
+            row[f"{part}_cpu_s"] = round(await asyncio.to_thread(_cpu_s, procs), 2)
+        row["services_main_cpu_s"] = round(await asyncio.to_thread(_cpu_s, parts["services"][:1]), 2)
+        row.update(await self._table_stats())
         scraped = await self.metrics()
+        for name in ("runledger_projector_batch_seconds_sum", "runledger_projector_batch_seconds_count"):
+            row[name.removeprefix("runledger_projector_")] = round(scraped.get(name, 0.0), 3)
         row["ingest_lag_s"] = round(scraped["ingest_lag_s"], 3)
         row["points_projected"] = scraped.get("runledger_points_projected_total", 0.0)
         for partition in range(self.partitions):
             row[f"lag_p{partition}_s"] = round(scraped.get(f"lag_p{partition}_s", 0.0), 3)
             row[f"offset_p{partition}"] = scraped.get(f"offset_p{partition}", -1.0)
         self.rows.append(row)
+
+    async def _table_stats(self) -> dict[str, float]:
+        """Postgres tables that grow or bloat with the load: live and dead rows."""
+        rows = await self.pool.fetch(
+            "SELECT relname, n_live_tup, n_dead_tup, pg_total_relation_size(relid) AS bytes"
+            " FROM pg_stat_user_tables WHERE relname = ANY($1::text[])",
+            ["latest_metrics", "applied_events", "runs"],
+        )
+        out: dict[str, float] = {}
+        for r in rows:
+            out[f"{r['relname']}_live"] = r["n_live_tup"]
+            out[f"{r['relname']}_dead"] = r["n_dead_tup"]
+            out[f"{r['relname']}_mb"] = round(r["bytes"] / 2**20, 1)
+        return out
 
     async def _sample(self) -> None:
         while True:

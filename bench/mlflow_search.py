@@ -213,21 +213,48 @@ async def _time_search(
     }
 
 
-async def _bench(dsn: str, runs: int, repeat: int, explain: bool) -> dict[str, Any]:
+# `--latest-index`: the search index of latest_metrics to time the searches with. The schema's
+# has `value` in its key (range filters and top-k by a metric read it in order), which makes
+# every update of a latest value non-HOT; `keyrun` leaves `value` out, so updates can be HOT.
+LATEST_INDEXES = {
+    "value": "(tenant_id, key, value, run_id)",
+    "keyrun": "(tenant_id, key, run_id)",
+}
+
+
+async def _use_latest_index(conn: asyncpg.Connection[Any], variant: str) -> None:
+    await conn.execute("DROP INDEX IF EXISTS latest_metrics_by_key")
+    await conn.execute(f"CREATE INDEX latest_metrics_by_key ON latest_metrics {LATEST_INDEXES[variant]}")
+    await conn.execute("ANALYZE latest_metrics")
+
+
+async def _time_searches(conn: asyncpg.Connection[Any], repeat: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name, filter_string, order_by, max_results, pages in SEARCHES:
+        n = max(3, repeat // 10) if max_results >= 10_000 else repeat
+        results[name] = {
+            "filter": filter_string,
+            "order_by": order_by,
+            "max_results": max_results,
+            "page": pages,
+        } | await _time_search(conn, filter_string, order_by, max_results, pages, n)
+    return results
+
+
+async def _bench(dsn: str, runs: int, repeat: int, explain: bool, indexes: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     counts = await _load(dsn, runs)
     load_s = round(time.perf_counter() - started, 1)
     conn = await asyncpg.connect(dsn)
     try:
-        results: dict[str, Any] = {}
-        for name, filter_string, order_by, max_results, pages in SEARCHES:
-            n = max(3, repeat // 10) if max_results >= 10_000 else repeat
-            results[name] = {
-                "filter": filter_string,
-                "order_by": order_by,
-                "max_results": max_results,
-                "page": pages,
-            } | await _time_search(conn, filter_string, order_by, max_results, pages, n)
+        if not indexes:
+            results: dict[str, Any] = await _time_searches(conn, repeat)
+        else:  # each variant twice, alternating, so a change of load hits them alike
+            results = {}
+            for round_ in range(2):
+                for variant in indexes if round_ == 0 else indexes[::-1]:
+                    await _use_latest_index(conn, variant)
+                    results[f"{variant}#{round_ + 1}"] = await _time_searches(conn, repeat)
         if explain:
             await _explain(conn)
     finally:
@@ -268,13 +295,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=30, help="timed repetitions per search")
     parser.add_argument("--explain", action="store_true", help="print the headline query's plan to stderr")
+    parser.add_argument(
+        "--latest-index",
+        action="append",
+        choices=sorted(LATEST_INDEXES),
+        default=[],
+        help="time the searches with this latest_metrics search index (repeat to compare side by side)",
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="runledger-bench-search-"))
     root.chmod(0o755)  # PostgreSQL runs as its own user when we are root
     server = EmbeddedPostgres(root / "pg" / "data", 0, fsync=False)
     server.start()
     try:
-        summary = asyncio.run(_bench(server.dsn, args.runs, args.repeat, args.explain))
+        summary = asyncio.run(_bench(server.dsn, args.runs, args.repeat, args.explain, args.latest_index))
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
