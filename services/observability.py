@@ -9,7 +9,10 @@ set), event types, dead-letter reason classes, partitions, and route templates
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+import hmac
+import ipaddress
+
+from fastapi import APIRouter, Request, Response
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 # --- projector (services/ingest) ---------------------------------------------------
@@ -100,10 +103,48 @@ METRICS_PATH = "/metrics"
 # CONTENT_TYPE_LATEST moved to version 1.0.0, which older servers refuse).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-metrics_router = APIRouter()
+
+def scrape_refusal(authorization: str | None, client_host: str | None, token: str) -> tuple[int, str] | None:
+    """Why a scrape of /metrics is refused, as (HTTP status, message); None when it may read.
+
+    The per-tenant labels name every tenant and its activity, so /metrics is not public:
+    with a token, the scrape must present it (`Authorization: Bearer <token>`); without
+    one, only a client on this machine may read it (the embedded mode, where the API
+    listens on loopback).
+    """
+    if token:
+        scheme, _, presented = (authorization or "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode()):
+            return None
+        return 401, "GET /metrics needs the scrape token: Authorization: Bearer <RUNLEDGER_METRICS_TOKEN>"
+    if _is_loopback(client_host):
+        return None
+    return 403, (
+        "GET /metrics is served to other machines only with a scrape token: set RUNLEDGER_METRICS_TOKEN"
+        " on the service and the same bearer token in the Prometheus scrape job"
+    )
 
 
-@metrics_router.get(METRICS_PATH, include_in_schema=False)
-async def metrics() -> Response:
-    """Every metric of this process in the Prometheus text format."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE)
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a unix socket or a test client's name: not an address on this machine
+        return False
+
+
+def metrics_routes(token: str) -> APIRouter:
+    """The GET /metrics route, guarded by `token` (see scrape_refusal)."""
+    router = APIRouter()
+
+    @router.get(METRICS_PATH, include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Every metric of this process in the Prometheus text format."""
+        client = request.client.host if request.client is not None else None
+        refusal = scrape_refusal(request.headers.get("authorization"), client, token)
+        if refusal is not None:
+            status, message = refusal
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return Response(message + "\n", status_code=status, media_type="text/plain", headers=headers)
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE)
+
+    return router

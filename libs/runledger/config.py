@@ -176,6 +176,12 @@ class Settings(BaseSettings):
         " the platform superadmin and admin of the default tenant. `runledger up` generates one on first"
         " start and keeps it in <state dir>/connection.json. A revoked bootstrap key stays revoked.",
     )
+    metrics_token: str = Field(
+        "",
+        description="Bearer token Prometheus presents to scrape GET /metrics (its per-tenant labels"
+        " name tenants and their activity). Empty = /metrics answers only clients on this machine"
+        " (loopback), as in the embedded mode; set it wherever the port is reachable from elsewhere.",
+    )
     auth_poll_interval_s: float = Field(
         0.5,
         description="How often API and projector processes check for changed keys, roles and policies"

@@ -244,7 +244,7 @@ def serve(role: str, settings: Settings) -> None:
             monitored = projector if role == "ingest" else analysis
             if monitored is None:
                 raise SystemExit("the analysis role needs RUNLEDGER_ANALYSIS_API_KEY")
-            app = create_health_app(monitored)
+            app = create_health_app(monitored, settings.metrics_token)
         _stop_with_app(app, threads, clickhouse)
         uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
     except KeyboardInterrupt:

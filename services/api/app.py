@@ -53,7 +53,7 @@ from services.api.ui import me as ui_me
 from services.api.ui import routes as ui
 from services.api.webhooks import endpoints as webhooks
 from services.api.writes import EventWriter
-from services.observability import metrics_router
+from services.observability import metrics_routes
 
 API_PREFIX = "/api/v1"
 
@@ -129,7 +129,7 @@ def create_app(
     app.add_middleware(AuthenticateApi, prefix="/api/")
     app.add_middleware(RequestMetrics)
     app.include_router(health.router)
-    app.include_router(metrics_router)  # GET /metrics (Prometheus), outside the API and its schema
+    app.include_router(metrics_routes(settings.metrics_token))  # GET /metrics (Prometheus), outside the API
     app.include_router(ui.router)  # GET /ui/ (the web UI) and its sign-in, outside the API schema
     # The caller AuthenticateApi resolved, and the answers (401, 403, 503) every API route may give.
     authenticated: dict[str, Any] = {"dependencies": [Depends(get_principal)], "responses": API_RESPONSES}

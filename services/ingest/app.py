@@ -11,7 +11,7 @@ from typing import Protocol
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from services.observability import metrics_router
+from services.observability import metrics_routes
 
 # The projector's consumer loop turns at least every ~0.5 s while it runs (a poll
 # waits at most 100 ms; a full write queue makes it wait for one batch write). Not
@@ -43,8 +43,9 @@ def health(projector: Monitored, stale_after_s: float = HEARTBEAT_STALE_S) -> tu
     return (200 if ok else 503), {"status": "ok" if ok else "stalled", "heartbeat_age_s": round(age, 3)}
 
 
-def create_app(projector: Monitored) -> FastAPI:
-    """The ingest role's app (no OpenAPI documentation: it is not an API)."""
+def create_app(projector: Monitored, metrics_token: str = "") -> FastAPI:
+    """The ingest role's app (no OpenAPI documentation: it is not an API); /metrics guarded by
+    `metrics_token` (services/observability.py)."""
     app = FastAPI(title="RunLedger ingest", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthz")
@@ -53,5 +54,5 @@ def create_app(projector: Monitored) -> FastAPI:
         status, body = health(projector)
         return JSONResponse(body, status_code=status)
 
-    app.include_router(metrics_router)
+    app.include_router(metrics_routes(metrics_token))
     return app

@@ -31,8 +31,9 @@ pytestmark = pytest.mark.integration
 Sample = tuple[str, dict[str, str], float]
 
 
-def _scrape(url: str) -> list[Sample]:
-    response = httpx.get(f"{url}/metrics", timeout=10)
+def _scrape(url: str, token: str | None = None) -> list[Sample]:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    response = httpx.get(f"{url}/metrics", timeout=10, headers=headers)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return [
@@ -47,10 +48,12 @@ def _value(samples: list[Sample], name: str, **labels: str) -> float:
     return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
 
 
-def _wait_for(url: str, ready: Callable[[list[Sample]], bool], timeout: float = 30) -> list[Sample]:
+def _wait_for(
+    url: str, ready: Callable[[list[Sample]], bool], timeout: float = 30, token: str | None = None
+) -> list[Sample]:
     deadline = time.monotonic() + timeout
     while True:
-        samples = _scrape(url)
+        samples = _scrape(url, token)
         if ready(samples) or time.monotonic() > deadline:
             return samples
         time.sleep(0.2)
@@ -102,6 +105,7 @@ def test_serve_ingest_answers_healthz_and_metrics_and_stops_on_sigterm(
     dsn = asyncio.run(create_database(postgres))  # type: ignore[arg-type]
     # No API process here: the ingest role itself provisions the bootstrap key it accepts.
     key = generate_key()
+    scrape_token = "scrape-" + uuid.uuid4().hex  # /metrics names tenants: a token is required
     ingest = ServiceProcess(
         "ingest",
         test_root / f"ingest-{suffix}",
@@ -113,6 +117,7 @@ def test_serve_ingest_answers_healthz_and_metrics_and_stops_on_sigterm(
             "RUNLEDGER_PROJECTOR_GROUP": f"projector-{suffix}",
             "RUNLEDGER_PROJECTOR_MAX_WAIT_MS": "50",
             "RUNLEDGER_BOOTSTRAP_API_KEY": key.token,
+            "RUNLEDGER_METRICS_TOKEN": scrape_token,
         },
     )
     ingest.start()  # returns once /healthz answers 200
@@ -121,6 +126,7 @@ def test_serve_ingest_answers_healthz_and_metrics_and_stops_on_sigterm(
         assert health.status_code == 200, health.text
         assert health.json()["status"] == "ok" and health.json()["heartbeat_age_s"] < 30
         assert httpx.get(f"{ingest.url}/api/v1/runs", timeout=5).status_code == 404  # not the API
+        assert httpx.get(f"{ingest.url}/metrics", timeout=5).status_code == 401  # even from loopback
 
         tenant, run_id = "default", uuid.uuid4().hex
         admin = Identity(tenant, "admin", key)
@@ -133,7 +139,9 @@ def test_serve_ingest_answers_healthz_and_metrics_and_stops_on_sigterm(
         finally:
             producer.close()
         samples = _wait_for(
-            ingest.url, lambda s: _value(s, "runledger_points_projected_total", tenant=tenant) >= 200
+            ingest.url,
+            lambda s: _value(s, "runledger_points_projected_total", tenant=tenant) >= 200,
+            token=scrape_token,
         )
         assert _value(samples, "runledger_points_projected_total", tenant=tenant) == 200
         assert _value(samples, "runledger_events_projected_total", type="run.started") == 1

@@ -303,6 +303,9 @@ def _scrape_jobs() -> dict[str, Doc]:
 def test_prometheus_scrapes_every_replica(compose: Doc, role: str) -> None:
     job = _scrape_jobs()[f"runledger-{role}"]
     assert job["metrics_path"] == observability.METRICS_PATH
+    # /metrics names tenants: the scrape presents the services' token (compose's default value)
+    token = _env(compose["services"][_by_role(compose)[role][0]])["RUNLEDGER_METRICS_TOKEN"]
+    assert job["authorization"] == {"type": "Bearer", "credentials": token.split(":-")[-1].rstrip("}")}
     targets = {t for sc in job["static_configs"] for t in sc["targets"]}
     expected = {
         f"{name}:{_env(compose['services'][name])['RUNLEDGER_API_PORT']}" for name in _by_role(compose)[role]

@@ -29,13 +29,17 @@ from services.ingest.dead_letters import DeadLetters
 from services.ingest.partition_buffer import PartitionBuffer
 from services.ingest.projection import ArchivedEvent, build_projection
 from services.ingest.projector import _observe
-from services.observability import CONTENT_TYPE, metrics_router
+from services.observability import CONTENT_TYPE, metrics_routes, scrape_refusal
 
 REQUESTS = "runledger_api_request_seconds_count"
 
 
 def _sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+SCRAPE_TOKEN = "scrape-" + uuid.uuid4().hex
+SCRAPE_HEADERS = {"Authorization": f"Bearer {SCRAPE_TOKEN}"}
 
 
 def _requests(method: str, route: str, status: int) -> float:
@@ -69,8 +73,8 @@ def toy() -> Iterator[TestClient]:
     app = FastAPI()
     app.add_middleware(RequestMetrics)
     app.include_router(router, prefix="/api/v9")
-    app.include_router(metrics_router)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    app.include_router(metrics_routes(SCRAPE_TOKEN))
+    with TestClient(app, raise_server_exceptions=False, headers=SCRAPE_HEADERS) as client:
         yield client
 
 
@@ -131,8 +135,8 @@ def test_metrics_scrapes_are_not_counted(toy: TestClient) -> None:
 
 @pytest.fixture(scope="module")
 def api() -> TestClient:
-    app = create_app(Settings(), cast(ClickHouse, object()))
-    return TestClient(app, raise_server_exceptions=False)
+    app = create_app(Settings(metrics_token=SCRAPE_TOKEN), cast(ClickHouse, object()))
+    return TestClient(app, raise_server_exceptions=False, headers=SCRAPE_HEADERS)
 
 
 def test_api_metrics_is_prometheus_text_with_the_request_histogram(api: TestClient) -> None:
@@ -276,7 +280,7 @@ def test_ingest_healthz(alive: bool, age: float | None, status: int, state: str)
 
 
 def test_ingest_serves_metrics_and_no_docs() -> None:
-    client = TestClient(ingest_app.create_app(_Projector(True, 0.0)))
+    client = TestClient(ingest_app.create_app(_Projector(True, 0.0), SCRAPE_TOKEN), headers=SCRAPE_HEADERS)
     response = client.get("/metrics")
     assert response.status_code == 200 and "runledger_points_projected_total" in response.text
     assert client.get("/openapi.json").status_code == 404
@@ -296,3 +300,39 @@ def test_heartbeat_age_of_a_service_thread() -> None:
         assert age is not None and 5 <= age < 10
     finally:
         thread._loop.close()
+
+
+# --- who may scrape: /metrics names tenants, so it is not public ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("authorization", "client", "token", "status"),
+    [
+        (None, "127.0.0.1", "", None),  # embedded: loopback reads without a token
+        (None, "::1", "", None),
+        ("Bearer anything", "10.1.2.3", "", 403),  # another machine, and no token configured
+        (None, "testclient", "", 403),  # not an address on this machine
+        (None, None, "", 403),
+        (None, "127.0.0.1", "s3cret", 401),  # a token is configured: loopback needs it too
+        ("Bearer wrong", "10.1.2.3", "s3cret", 401),
+        ("Basic s3cret", "10.1.2.3", "s3cret", 401),
+        ("Bearer s3cret", "10.1.2.3", "s3cret", None),
+        ("bearer s3cret", "10.1.2.3", "s3cret", None),
+    ],
+)
+def test_scrape_refusal(
+    authorization: str | None, client: str | None, token: str, status: int | None
+) -> None:
+    refusal = scrape_refusal(authorization, client, token)
+    assert (refusal[0] if refusal else None) == status
+    if refusal is not None:
+        assert "RUNLEDGER_METRICS_TOKEN" in refusal[1]
+
+
+def test_metrics_without_the_token_is_refused_and_names_no_tenant() -> None:
+    guarded = TestClient(ingest_app.create_app(_Projector(True, 0.0), SCRAPE_TOKEN))
+    response = guarded.get("/metrics")
+    assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+    assert "runledger_" not in response.text
+    unguarded = TestClient(ingest_app.create_app(_Projector(True, 0.0)))  # no token, not loopback
+    assert unguarded.get("/metrics").status_code == 403
