@@ -76,6 +76,15 @@ class Settings(BaseSettings):
         86_400.0,
         gt=0,
         description="An event whose occurred_at is further ahead of the projector's clock than this is"
+    projector_dedup_horizon_days: float = Field(
+        30.0,
+        ge=0,
+        description="How long the projector remembers the ids of applied events (applied_events), so"
+        " that a re-sent event is skipped. Older ids are pruned: an event re-sent later than this is"
+        " projected again. The SDK re-sends within minutes (RUNLEDGER_KAFKA_RESEND_WINDOW_S), and"
+        " `runledger sync` marks what it sent; only `runledger sync --force` of older events would"
+        " duplicate them. 0 = never prune.",
+    )
         " dead-lettered (reason `clock skew`), as is one stamped before 2000-01-01; late events are"
         " otherwise accepted however old (offline sync). `runledger dlq replay --reason 'clock skew'`"
         " re-drives them after the limit is raised.",

@@ -31,6 +31,7 @@ from services.ingest import checkpoints
 from services.ingest.batch_writer import BatchWriter, PreparedBatch, PreparedRound, assemble, prepare
 from services.ingest.checkpoints import Checkpoint, PartitionKey
 from services.ingest.dead_letters import MAX_LETTER_BYTES, DeadLetters
+from services.ingest.dedup_horizon import prune_forever
 from services.ingest.gate import Gate
 from services.ingest.incarnation import metadata_settled
 from services.ingest.partition_buffer import PartitionBuffer, round_due, take_round
@@ -111,6 +112,9 @@ class Projector:
             batch_size=1 << 20,  # a flood of bad input: few large requests, not one per 16 kB
         )
         self._dead_letters = DeadLetters(producer, self._settings.dlq_topic)
+        pruner = asyncio.create_task(
+            prune_forever(self._pool, self._settings.projector_dedup_horizon_days, self.stop)
+        )
         try:
             while not self.stop.is_set():
                 try:
@@ -121,6 +125,9 @@ class Projector:
                     log.exception("projector loop failed; restarting in 1 s")
                     await asyncio.sleep(1)
         finally:
+            pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruner
             if self._auth is not None:
                 await self._auth.close()
             await asyncio.to_thread(producer.close, 5)
