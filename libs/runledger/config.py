@@ -8,11 +8,15 @@ documents every variable.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from runledger.analysis.webhook_policy import parse_networks
 
 EVENTS_TOPIC = "runledger.events.v1"
 DLQ_TOPIC = "runledger.events.dlq"
@@ -72,10 +76,6 @@ class Settings(BaseSettings):
         " (one projector per topic, as in the embedded mode; no group rebalances).",
     )
     projector_max_wait_ms: int = Field(200, description="Flush a partial round after this long.")
-    projector_max_clock_skew_s: float = Field(
-        86_400.0,
-        gt=0,
-        description="An event whose occurred_at is further ahead of the projector's clock than this is"
     projector_dedup_horizon_days: float = Field(
         30.0,
         ge=0,
@@ -85,6 +85,10 @@ class Settings(BaseSettings):
         " `runledger sync` marks what it sent; only `runledger sync --force` of older events would"
         " duplicate them. 0 = never prune.",
     )
+    projector_max_clock_skew_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="An event whose occurred_at is further ahead of the projector's clock than this is"
         " dead-lettered (reason `clock skew`), as is one stamped before 2000-01-01; late events are"
         " otherwise accepted however old (offline sync). `runledger dlq replay --reason 'clock skew'`"
         " re-drives them after the limit is raised.",
@@ -145,6 +149,19 @@ class Settings(BaseSettings):
     webhook_backoff_cap_s: float = Field(600.0, description="Longest delay between webhook delivery retries.")
     webhook_concurrency: int = Field(
         16, ge=1, description="Webhook deliveries in flight per analysis process."
+    )
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Networks (comma-separated CIDRs, e.g. 10.20.0.0/16,fd00:1::/64) webhooks may reach"
+        " although they are not public, e.g. an internal alert receiver. Every other loopback, private,"
+        " link-local (cloud metadata), CGNAT, unique-local, multicast or reserved address is refused, at"
+        " registration (400) and at each delivery (failed, not retried), whatever a hostname resolves to.",
+    )
+    webhook_allow_private_networks: bool = Field(
+        False,
+        description="Let webhooks reach every non-public address (loopback, private networks, cloud"
+        " metadata...): only where every tenant admin may reach the deployment's own network, e.g. a"
+        " single-user machine. Prefer RUNLEDGER_WEBHOOK_ALLOWED_NETWORKS.",
     )
 
     # API.
@@ -208,6 +225,23 @@ class Settings(BaseSettings):
     services_start_timeout_s: float = Field(
         60.0, description="How long `runledger up` waits for the services to answer GET /healthz."
     )
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        # An environment variable holds a comma-separated list (a JSON list is accepted too).
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        # A typo must stop the process at start, not silently refuse (or allow) deliveries.
+        return [str(net) for net in parse_networks(value)]
 
     @model_validator(mode="after")
     def _shard_within_shards(self) -> Settings:

@@ -36,6 +36,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from runledger.analysis.sharding import checkpoint_group, resume_offsets, shard_of
 from runledger.analysis.tuning import Tuning
+from runledger.analysis.webhook_policy import DestinationPolicy
 from runledger.auth.keys import ApiKey
 from runledger.config import Settings
 from runledger.events.codec import InvalidEvent, decode
@@ -370,4 +371,5 @@ def _webhook_dispatcher(pool: asyncpg.Pool, s: Settings) -> WebhookDispatcher:
         backoff_base_s=s.webhook_backoff_base_s,
         backoff_cap_s=s.webhook_backoff_cap_s,
         concurrency=s.webhook_concurrency,
+        policy=DestinationPolicy.of(s.webhook_allowed_networks, s.webhook_allow_private_networks),
     )

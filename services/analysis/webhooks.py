@@ -18,6 +18,15 @@ per webhook however often its event is applied. This dispatcher drains that queu
 2xx: delivered. 408, 429, 5xx, timeouts and connection errors: retried with exponential
 backoff and jitter (Retry-After honoured), failed after `max_attempts`. Any other
 answer (4xx, redirects: never followed) fails at once.
+
+Destinations (server-side request forgery): the URL is checked again before each attempt
+(scheme, no userinfo, a literal IP's range), and the connection is opened by
+GuardedBackend, which resolves the host itself, checks every address against the
+DestinationPolicy (runledger.analysis.webhook_policy) and connects to a checked address,
+never to the name: a DNS answer that changes between the check and the connect
+(rebinding) cannot redirect it. TLS still verifies the URL's hostname (httpcore passes
+it to start_tls as server_hostname, apart from the address it connected to). A refused
+destination fails the delivery at once, like an invalid URL.
 """
 
 from __future__ import annotations
@@ -29,15 +38,22 @@ import hmac
 import logging
 import math
 import random
+import socket
+import ssl
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import anyio
 import asyncpg
+import httpcore
 import httpx
 import orjson
+
+from runledger.analysis.webhook_policy import DestinationPolicy, DestinationRefused, url_problem
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +178,193 @@ def retry_after_s(value: str | None) -> float | None:
     return min(max((when - datetime.now(UTC)).total_seconds(), 0.0), _MAX_RETRY_AFTER_S)
 
 
+# --- destinations: resolve, check, connect to the checked address ------------------------------
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to for TCP, in the system's order of preference, deduplicated."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[str] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        address = str(sockaddr[0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, connecting only to addresses the destination policy allows.
+
+    httpcore asks it for a TCP connection to the URL's host; it resolves the host once,
+    drops every forbidden address and connects to the first allowed one that answers, by
+    its IP. httpcore then starts TLS with the URL's hostname as server_hostname, so the
+    certificate is verified against the name, not against the address."""
+
+    def __init__(
+        self,
+        policy: DestinationPolicy,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+        resolver: Resolver = resolve,
+    ) -> None:
+        """`inner` connects (httpcore's default backend); `resolver` resolves (tests pass fakes)."""
+        self._policy = policy
+        self._inner: httpcore.AsyncNetworkBackend = inner or httpcore.AnyIOBackend()
+        self._resolve = resolver
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend interface
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """Resolve, check every address, connect to an allowed one (DestinationRefused if none is)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            with anyio.fail_after(timeout):
+                addresses = await self._resolve(host, port)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
+        except (
+            OSError
+        ) as exc:  # socket.gaierror: unknown name, no DNS answer (retried like any connect error)
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        allowed = [a for a in addresses if self._policy.allows(a)]
+        if not allowed:
+            if not addresses:
+                raise httpcore.ConnectError(f"{host} resolves to no address")
+            problem = self._policy.problem(addresses[0])
+            named = f"{host} resolves to {', '.join(addresses[:4])}: " if host not in addresses else ""
+            raise DestinationRefused(named + (problem or "refused"))
+        error: Exception | None = None
+        for address in allowed:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                return await self._inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=remaining,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc  # the next address may answer (dual stack, several A records)
+        assert error is not None
+        raise error
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend interface
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        # Never used (no uds= on the pool): a webhook reaches TCP destinations only.
+        raise DestinationRefused("webhooks do not connect to unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+# httpcore's exceptions as httpx's, most specific first (what the delivery code catches).
+_EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.ProxyError, httpx.ProxyError),
+)
+
+
+@contextlib.contextmanager
+def _httpx_errors() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        for source, target in _EXCEPTIONS:
+            if isinstance(exc, source):
+                raise target(str(exc)) from exc
+        raise
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _httpx_errors():
+            async for part in self._stream:
+                yield part
+
+    async def aclose(self) -> None:
+        if hasattr(self._stream, "aclose"):
+            with _httpx_errors():
+                await self._stream.aclose()
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport over an httpcore pool whose connections GuardedBackend opens.
+
+    Written out (httpx.AsyncHTTPTransport takes no network backend, and swapping its
+    private pool would break silently on an upgrade). No proxy, no environment."""
+
+    def __init__(
+        self,
+        policy: DestinationPolicy,
+        *,
+        max_connections: int,
+        keepalive_expiry_s: float = 5.0,
+        resolver: Resolver = resolve,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """`resolver` and `inner` are the backend's, `ssl_context` replaces the system CAs (tests)."""
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=keepalive_expiry_s,
+            network_backend=GuardedBackend(policy, inner=inner, resolver=resolver),
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _httpx_errors():
+            response = await self._pool.handle_async_request(core_request)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_ResponseStream(response.stream),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
 class WebhookDispatcher:
     """Drains the webhook delivery queue of every tenant (run one or more per deployment)."""
 
@@ -177,8 +380,11 @@ class WebhookDispatcher:
         batch_size: int = 100,
         poll_interval_s: float = 0.3,
         transport: httpx.AsyncBaseTransport | None = None,
+        policy: DestinationPolicy | None = None,
     ) -> None:
-        """`transport` is for an in-process receiver (tests); normally httpx's own."""
+        """`policy`: where webhooks may connect (default: RUNLEDGER_WEBHOOK_ALLOWED_NETWORKS and
+        RUNLEDGER_WEBHOOK_ALLOW_PRIVATE_NETWORKS). `transport` is for an in-process receiver
+        (tests): it replaces the guarded transport, so only the URL checks of the policy apply."""
         if max_attempts < 1 or concurrency < 1 or batch_size < 1:
             raise ValueError("max_attempts, concurrency and batch_size must be at least 1")
         self._pool = pool
@@ -190,6 +396,16 @@ class WebhookDispatcher:
         self._batch_size = batch_size
         self._poll_s = poll_interval_s
         self._slots = asyncio.Semaphore(concurrency)
+        if policy is None:
+            from runledger.config import get_settings
+
+            settings = get_settings()
+            policy = DestinationPolicy.of(
+                settings.webhook_allowed_networks, settings.webhook_allow_private_networks
+            )
+        self._policy = policy
+        if transport is None:
+            transport = GuardedTransport(policy, max_connections=concurrency)
         # trust_env=False: no proxy or netrc of the environment applies to tenants' URLs.
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(http_timeout_s),
@@ -303,6 +519,10 @@ class WebhookDispatcher:
             "X-RunLedger-Signature": sign(item.secret, item.body),
             "X-RunLedger-Timestamp": str(int(time.time())),
         }
+        # Rows registered before the policy (or under a laxer one) are judged as they are sent.
+        problem = url_problem(item.url, self._policy)
+        if problem is not None:
+            return Outcome("failed", None, problem[:500])
         try:
             # A bound on the whole attempt (httpx's timeouts are per operation: a receiver dripping
             # bytes could outlast the lease). Streamed: only the first bytes of a failing answer are read.
@@ -319,6 +539,8 @@ class WebhookDispatcher:
             return self._retry(item, None, f"timeout: {type(exc).__name__}", None)
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             return Outcome("failed", None, f"{type(exc).__name__}: {exc}"[:500])
+        except DestinationRefused as exc:  # permanent: the same answer on every attempt
+            return Outcome("failed", None, str(exc)[:500])
         except httpx.TransportError as exc:  # connection refused, reset, DNS, TLS, ...
             return self._retry(item, None, f"{type(exc).__name__}: {exc}"[:500], None)
         error = f"HTTP {code}" + (f": {detail}" if detail else "")

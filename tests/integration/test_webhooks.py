@@ -3,6 +3,10 @@
 The API (admin routes) runs in-process over a real database; findings are projected
 through the projector's own metadata writer (apply_projection), which enqueues the
 deliveries; WebhookDispatcher delivers them over real HTTP to a ThreadingHTTPServer.
+
+The receiver listens on loopback, which the destination policy refuses by default: the
+API and the dispatchers here allow 127.0.0.1/32 (RUNLEDGER_WEBHOOK_ALLOWED_NETWORKS), and
+a second API with the default settings shows what a deployment refuses.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import httpx
 import orjson
 import pytest
 
+from runledger.analysis.webhook_policy import DestinationPolicy
 from runledger.auth.keys import generate_key
 from runledger.auth.model import Role
 from runledger.config import Settings
@@ -43,6 +48,8 @@ from tests.unit.test_api_errors import NoClickHouse, RecordingPublisher
 pytestmark = pytest.mark.integration
 
 A, B = "hooks-a", "hooks-b"
+# Where the receiver listens: allowed explicitly, as an operator would allow an internal receiver.
+RECEIVER_NETWORKS = ["127.0.0.1/32"]
 EXP = experiment_id_for(A, "training")
 RUN = "ab12" * 8
 
@@ -118,6 +125,7 @@ class World:
     engineer: Identity  # engineer of A
     viewer: Identity  # viewer of A
     other_admin: Identity  # admin of B
+    dsn: str
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +137,11 @@ async def world(postgres: EmbeddedPostgres) -> AsyncIterator[World]:
     finally:
         await conn.close()
     settings = Settings(
-        postgres_dsn=dsn, default_tenant=A, bootstrap_api_key=generate_key().token, write_wait_timeout_s=0.2
+        postgres_dsn=dsn,
+        default_tenant=A,
+        bootstrap_api_key=generate_key().token,
+        write_wait_timeout_s=0.2,
+        webhook_allowed_networks=RECEIVER_NETWORKS,
     )
     app = create_app(settings, NoClickHouse(), publisher=RecordingPublisher())
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8)
@@ -143,7 +155,7 @@ async def world(postgres: EmbeddedPostgres) -> AsyncIterator[World]:
         viewer = await provision(dsn, A, Role.VIEWER)
         other_admin = await provision(dsn, B, Role.ADMIN)
         await wait_until_known(client, other_admin)
-        yield World(client, pool, admin, engineer, viewer, other_admin)
+        yield World(client, pool, admin, engineer, viewer, other_admin, dsn)
     await pool.close()
 
 
@@ -155,6 +167,7 @@ def dispatcher(world: World, **overrides: Any) -> WebhookDispatcher:
         "backoff_base_s": 0.01,
         "backoff_cap_s": 0.05,
         "concurrency": 4,
+        "policy": DestinationPolicy.of(RECEIVER_NETWORKS),
     }
     return WebhookDispatcher(world.pool, **(options | overrides))
 
@@ -534,3 +547,102 @@ async def test_a_slow_receiver_times_out_and_is_retried(world: World, receiver: 
     assert row["status"] == "delivered" and row["attempts"] == 2 and row["last_error"] is None
     assert len(receiver.at("/slow")) == 2
     await world.client.delete(f"/api/v1/webhooks/{hook['webhook_id']}", headers=world.admin.headers)
+
+
+# --- destinations (SSRF) ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def strict_client(world: World) -> AsyncIterator[httpx.AsyncClient]:
+    """The API of a deployment with the default destination policy (nothing non-public allowed)."""
+    settings = Settings(postgres_dsn=world.dsn, default_tenant=A, write_wait_timeout_s=0.2)
+    assert settings.webhook_allowed_networks == [] and not settings.webhook_allow_private_networks
+    app = create_app(settings, NoClickHouse(), publisher=RecordingPublisher())
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
+    ):
+        await wait_until_known(client, world.admin)
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1:8123/", "127.0.0.1 is a loopback address"),  # ClickHouse's HTTP port
+        ("http://169.254.169.254/latest", "169.254.169.254 is a link-local address"),  # cloud metadata
+        ("http://[::ffff:10.0.0.5]/hook", "::ffff:a00:5 (10.0.0.5) is a private address"),
+        ("http://127.1:8765/api/v1/keys", "resolves to 127.0.0.1"),  # a numeric form resolved, not parsed
+        ("http://localhost:8123/", "localhost resolves to"),
+        ("http://user:pw@example.com/", "credentials"),
+        ("ftp://example.com/hook", "http:// or https://"),
+    ],
+)
+async def test_registration_refuses_forbidden_destinations(
+    world: World, strict_client: httpx.AsyncClient, url: str, reason: str
+) -> None:
+    r = await strict_client.post("/api/v1/webhooks", json={"url": url}, headers=world.admin.headers)
+    assert r.status_code == 400, r.text
+    assert r.json()["error_code"] == "INVALID_PARAMETER_VALUE" and reason in r.json()["message"]
+    if "address" in reason or "resolves" in reason:
+        assert "RUNLEDGER_WEBHOOK_ALLOWED_NETWORKS" in r.json()["message"]
+
+
+async def test_an_update_to_a_forbidden_destination_is_refused(
+    world: World, strict_client: httpx.AsyncClient
+) -> None:
+    h = world.admin.headers
+    # example.com does not resolve in every test environment: accepted either way (delivery judges it).
+    created = await strict_client.post(
+        "/api/v1/webhooks", json={"url": "https://example.com/hook"}, headers=h
+    )
+    assert created.status_code == 201, created.text
+    hook_id = created.json()["webhook_id"]
+    r = await strict_client.patch(f"/api/v1/webhooks/{hook_id}", json={"url": "http://10.0.0.5/"}, headers=h)
+    assert r.status_code == 400 and "10.0.0.5 is a private address" in r.json()["message"], r.text
+    got = await strict_client.get(f"/api/v1/webhooks/{hook_id}", headers=h)
+    assert got.json()["url"] == "https://example.com/hook"
+    await strict_client.delete(f"/api/v1/webhooks/{hook_id}", headers=h)
+
+
+async def test_delivery_refuses_a_name_resolving_to_loopback_unless_allowed(
+    world: World, receiver: Receiver
+) -> None:
+    port = receiver.base_url.rsplit(":", 1)[1]
+    h = world.admin.headers
+    refused = await create_hook(world, f"http://localhost:{port}/refused")
+    # A row the API would refuse now (registered before the policy, or by SQL): judged at delivery too.
+    legacy = await create_hook(world, f"{receiver.base_url}/legacy")
+    async with world.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE webhooks SET url = 'http://169.254.169.254/latest' WHERE tenant_id = $1 AND webhook_id = $2",
+            A,
+            legacy["webhook_id"],
+        )
+    await project(world, finding_event("spike"))
+    strict = dispatcher(world, policy=DestinationPolicy())
+    try:
+        await drain(strict, world, refused["webhook_id"], {"failed"})
+        await drain(strict, world, legacy["webhook_id"], {"failed"})
+    finally:
+        await strict.aclose()
+    [row] = await deliveries_of(world, refused["webhook_id"])
+    # Failed at the first attempt (not retried: the answer would not change), nothing sent.
+    assert row["attempts"] == 1 and row["last_status_code"] is None
+    assert "localhost resolves to" in row["last_error"] and "is a loopback address" in row["last_error"]
+    [row] = await deliveries_of(world, legacy["webhook_id"])
+    assert row["attempts"] == 1 and "169.254.169.254 is a link-local address" in row["last_error"]
+    assert receiver.at("/refused") == [] and receiver.at("/legacy") == []
+    for hook in (refused, legacy):
+        await world.client.delete(f"/api/v1/webhooks/{hook['webhook_id']}", headers=h)
+
+    # The same name, where the operator allows private networks (e.g. a single-user machine).
+    allowed = await create_hook(world, f"http://localhost:{port}/allowed")
+    await project(world, finding_event("spike"))
+    lax = dispatcher(world, policy=DestinationPolicy(allow_private_networks=True))
+    try:
+        await drain(lax, world, allowed["webhook_id"], {"delivered"})
+    finally:
+        await lax.aclose()
+    assert len(receiver.at("/allowed")) == 1
+    await world.client.delete(f"/api/v1/webhooks/{allowed['webhook_id']}", headers=h)

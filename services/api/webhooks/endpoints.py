@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from runledger.analysis.webhook_policy import DestinationPolicy
+from runledger.config import Settings
 from services.api.deps import RuntimeDep, TenantAdminPrincipal
 from services.api.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from services.api.schemas import READ_RESPONSES, ErrorBody
@@ -21,6 +23,11 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def destination_policy(settings: Settings) -> DestinationPolicy:
+    """Where webhooks may point, by RUNLEDGER_WEBHOOK_ALLOWED_NETWORKS / _ALLOW_PRIVATE_NETWORKS."""
+    return DestinationPolicy.of(settings.webhook_allowed_networks, settings.webhook_allow_private_networks)
+
+
 def get_service(request: Request, runtime: RuntimeDep, principal: TenantAdminPrincipal) -> WebhookService:
     """The webhook service for a tenant admin (403 and an audit entry for anyone else)."""
     return WebhookService(
@@ -28,6 +35,7 @@ def get_service(request: Request, runtime: RuntimeDep, principal: TenantAdminPri
         runtime.audit,
         principal,
         f"{request.method} {request.url.path}",
+        destination_policy(runtime.settings),
     )
 
 
@@ -37,6 +45,11 @@ Service = Annotated[WebhookService, Depends(get_service)]
 @router.post("/webhooks", response_model=schemas.WebhookCreated, status_code=201, responses=_RESPONSES)
 async def create_webhook(body: schemas.WebhookCreate, service: Service) -> schemas.WebhookCreated:
     """Register a webhook: every finding (of `kinds`, if given) is POSTed to it as signed JSON.
+
+    The URL must be http(s) without userinfo and reach a public address: loopback, private,
+    link-local (cloud metadata) and other non-public destinations are a 400 unless the
+    operator allows them (RUNLEDGER_WEBHOOK_ALLOWED_NETWORKS); a hostname is checked again
+    at every delivery.
 
     The answer holds the signing `secret` this once. Each delivery carries
     `X-RunLedger-Signature: sha256=<hex HMAC-SHA256 of the body bytes>`,

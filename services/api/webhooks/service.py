@@ -1,5 +1,11 @@
 """What the webhook routes do: validate, change the tenant's webhooks, audit.
 
+A URL must pass the destination policy (runledger.analysis.webhook_policy): http(s), no
+userinfo, and no literal IP outside the public ranges the operator did not allow. A
+hostname is resolved here with a short deadline and refused when every address it has
+is forbidden; when resolution fails or is slow the URL is accepted and the dispatcher,
+which checks the addresses of every delivery, refuses it then (DNS may change anyway).
+
 Only a tenant admin gets here (the endpoints check). Every change commits with its
 audit entry in one transaction. An unknown id, or another tenant's, is a 404 and a
 denied attempt in the caller's own audit log, like the org-admin routes.
@@ -7,12 +13,15 @@ denied attempt in the caller's own audit log, like the org-admin routes.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
+import socket
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
+from runledger.analysis.webhook_policy import DestinationPolicy, literal_ip, url_problem
 from runledger.stores.postgres import directory
 from runledger.stores.postgres.directory import AuditEntry
 from services.api.audit import AuditSink
@@ -23,6 +32,9 @@ from services.api.webhooks import schemas
 from services.api.webhooks.repository import WebhookRepository
 
 MAX_URL_LENGTH = 2048
+# How long registration waits for a hostname's addresses before accepting it unjudged
+# (the dispatcher judges every delivery's addresses anyway).
+RESOLVE_TIMEOUT_S = 1.0
 # Every finding is enqueued once per matching webhook: a cap keeps that fan-out bounded.
 MAX_WEBHOOKS_PER_TENANT = 100
 # Keyset positions past year 9999 do not fit a datetime.
@@ -47,26 +59,43 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def validate_url(url: str) -> str:
-    """The URL if a webhook may call it (http or https, with a host); InvalidParameter otherwise."""
+def validate_url(url: str, policy: DestinationPolicy) -> str:
+    """The URL if a webhook may call it as far as can be told without DNS; InvalidParameter otherwise.
+
+    http or https, a host, no userinfo, a literal IP only in a range the policy allows."""
     if not url:
         raise InvalidParameter("url must not be empty")
     if len(url) > MAX_URL_LENGTH:
         raise InvalidParameter(f"url is longer than {MAX_URL_LENGTH} characters")
     if _BAD_URL_CHARS.search(url):
         raise InvalidParameter("url must not contain whitespace or control characters")
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError for a port out of range or not a number
-    except ValueError as exc:
-        raise InvalidParameter(f"url is not a valid URL: {exc}") from None
-    if parts.scheme.lower() not in ("http", "https"):
-        raise InvalidParameter("url must be an http:// or https:// URL")
-    if not parts.hostname:
-        raise InvalidParameter("url must name a host")
-    if port == 0:
+    problem = url_problem(url, policy)
+    if problem is not None:
+        raise InvalidParameter(problem)
+    if urlsplit(url).port == 0:
         raise InvalidParameter("url must not name port 0")
     return url
+
+
+async def check_resolved(url: str, policy: DestinationPolicy, timeout_s: float = RESOLVE_TIMEOUT_S) -> None:
+    """InvalidParameter when the URL's hostname resolves, within `timeout_s`, only to forbidden addresses.
+
+    An unknown name, a resolver error or a slow answer passes: delivery resolves again and
+    refuses what is forbidden then."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if not host or literal_ip(host) is not None:
+        return  # a literal IP was judged by validate_url
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    try:
+        async with asyncio.timeout(timeout_s):
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (TimeoutError, OSError, ValueError):  # UnicodeError (IDNA) is a ValueError
+        return
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if addresses and not any(policy.allows(a) for a in addresses):
+        problem = policy.problem(addresses[0])
+        raise InvalidParameter(f"url: {host} resolves to {', '.join(addresses[:4])}: {problem}")
 
 
 def validate_kinds(kinds: list[str]) -> list[str]:
@@ -81,9 +110,15 @@ class WebhookService:
     """Webhook administration acting for one tenant admin."""
 
     def __init__(
-        self, repository: WebhookRepository, audit: AuditSink, principal: Principal, request: str
+        self,
+        repository: WebhookRepository,
+        audit: AuditSink,
+        principal: Principal,
+        request: str,
+        policy: DestinationPolicy,
     ) -> None:
-        """`request` ("METHOD path") names a refused attempt in the audit log."""
+        """`request` ("METHOD path") names a refused attempt in the audit log; `policy` judges URLs."""
+        self._policy = policy
         self._repo = repository
         self._audit = audit
         self._principal = principal
@@ -122,8 +157,9 @@ class WebhookService:
         return webhook_id
 
     async def create(self, body: schemas.WebhookCreate) -> schemas.WebhookCreated:
-        url = validate_url(body.url)
+        url = validate_url(body.url, self._policy)
         kinds = validate_kinds(body.kinds)
+        await check_resolved(url, self._policy)
         secret = new_secret()
         webhook_id = new_webhook_id()
         async with self._repo.transaction() as conn:
@@ -147,8 +183,10 @@ class WebhookService:
 
     async def update(self, webhook_id: str, body: schemas.WebhookUpdate) -> schemas.Webhook:
         self._known_id(webhook_id)
-        url = validate_url(body.url) if body.url is not None else None
+        url = validate_url(body.url, self._policy) if body.url is not None else None
         kinds = validate_kinds(body.kinds) if body.kinds is not None else None
+        if url is not None:
+            await check_resolved(url, self._policy)
         details = {
             k: v for k, v in {"url": url, "kinds": kinds, "enabled": body.enabled}.items() if v is not None
         }
