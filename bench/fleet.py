@@ -320,6 +320,9 @@ def _scrape(text: str) -> dict[str, float]:
                 out[f"offset_p{sample.labels['partition']}"] = sample.value
             elif sample.name in wanted:
                 out[sample.name] = out.get(sample.name, 0.0) + sample.value
+            elif sample.name in ("runledger_gc_pause_seconds_sum", "runledger_gc_pause_seconds_count"):
+                kind = sample.name.rsplit("_", 1)[1]
+                out[f"gc{sample.labels['generation']}_pause_{kind}"] = sample.value
     return out
 
 
@@ -455,6 +458,9 @@ class Monitor:
         scraped = await self.metrics()
         for name in ("runledger_projector_batch_seconds_sum", "runledger_projector_batch_seconds_count"):
             row[name.removeprefix("runledger_projector_")] = round(scraped.get(name, 0.0), 3)
+        for gen in range(3):  # the services process's garbage-collection pauses, cumulative
+            for kind in ("sum", "count"):
+                row[f"gc{gen}_pause_{kind}"] = round(scraped.get(f"gc{gen}_pause_{kind}", 0.0), 4)
         row["ingest_lag_s"] = round(scraped["ingest_lag_s"], 3)
         row["points_projected"] = scraped.get("runledger_points_projected_total", 0.0)
         for partition in range(self.partitions):

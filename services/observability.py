@@ -9,8 +9,10 @@ set), event types, dead-letter reason classes, partitions, and route templates
 
 from __future__ import annotations
 
+import gc
 import hmac
 import ipaddress
+import time
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
@@ -95,6 +97,31 @@ ATTRIBUTION_SECONDS = Histogram(
     ["status"],
     buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
 )
+
+# --- the interpreter ---------------------------------------------------------------------
+
+GC_PAUSE_SECONDS = Histogram(
+    "runledger_gc_pause_seconds",
+    "Time the garbage collector stopped this process (all its threads hold the GIL), by generation."
+    " A process holding millions of objects pays for a full (generation 2) collection.",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+_gc_started: list[float] = []
+
+
+def _on_gc(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started.append(time.perf_counter())
+    elif _gc_started:
+        GC_PAUSE_SECONDS.labels(str(info["generation"])).observe(time.perf_counter() - _gc_started.pop())
+
+
+def watch_gc() -> None:
+    """Time every garbage collection of this process (idempotent)."""
+    if _on_gc not in gc.callbacks:
+        gc.callbacks.append(_on_gc)
+
 
 # --- exposition -----------------------------------------------------------------------
 

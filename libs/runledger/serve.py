@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -210,9 +211,25 @@ def _stop_with_app(
     app.router.lifespan_context = lifespan
 
 
+def freeze_startup_heap() -> None:
+    """Exempt what start-up built (modules, classes, functions, app and schemas: ~200,000
+    objects) from every later garbage collection.
+
+    A full collection walks every tracked object while holding the interpreter lock, so in
+    the services process each one stopped the projector and the API for ~150 ms of CPU
+    (0.3-0.7 s on a loaded machine, every ~30 s under a fleet's load); these objects live as
+    long as the process and are never garbage.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def serve(role: str, settings: Settings) -> None:
     """Run `role` (all, api, ingest, analysis) in the foreground until SIGINT/SIGTERM."""
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from services.observability import watch_gc
+
+    watch_gc()
     clickhouse = open_clickhouse(settings.clickhouse_url, settings.chdb_path) if role != "analysis" else None
     threads: list[ServiceThread | AnalysisProcess] = []
     projector = None
@@ -246,6 +263,7 @@ def serve(role: str, settings: Settings) -> None:
                 raise SystemExit("the analysis role needs RUNLEDGER_ANALYSIS_API_KEY")
             app = create_health_app(monitored, settings.metrics_token)
         _stop_with_app(app, threads, clickhouse)
+        freeze_startup_heap()
         uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
     except KeyboardInterrupt:
         pass

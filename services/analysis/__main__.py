@@ -12,7 +12,7 @@ import logging
 import signal
 
 from runledger.config import get_settings
-from runledger.serve import analysis_key, connect_postgres
+from runledger.serve import analysis_key, connect_postgres, freeze_startup_heap
 from services.analysis.service import AnalysisService
 
 log = logging.getLogger("runledger.analysis")
@@ -28,6 +28,7 @@ async def _main() -> int:
         return 2
     pool = await connect_postgres(settings)
     service = AnalysisService(settings, pool, key)
+    freeze_startup_heap()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop.set)

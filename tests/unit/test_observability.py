@@ -336,3 +336,24 @@ def test_metrics_without_the_token_is_refused_and_names_no_tenant() -> None:
     assert "runledger_" not in response.text
     unguarded = TestClient(ingest_app.create_app(_Projector(True, 0.0)))  # no token, not loopback
     assert unguarded.get("/metrics").status_code == 403
+
+
+def test_garbage_collections_are_timed_by_generation() -> None:
+    import gc
+
+    from services.observability import GC_PAUSE_SECONDS, watch_gc
+
+    def collections() -> float:
+        return next(
+            s.value
+            for metric in GC_PAUSE_SECONDS.collect()
+            for s in metric.samples
+            if s.name.endswith("_count") and s.labels["generation"] == "2"
+        )
+
+    watch_gc()
+    watch_gc()  # idempotent: one callback, one observation per collection
+    GC_PAUSE_SECONDS.labels("2")  # the series exists before the first collection
+    before = collections()
+    gc.collect(2)
+    assert collections() == before + 1
