@@ -373,3 +373,33 @@ def test_state_without_the_onset_estimate_loads() -> None:
     assert _feed(CohortDetector.from_members("val/loss", CFG, members), rest, chunk=5) == want
     got_old = _feed(CohortDetector.from_members("val/loss", CFG, old), rest, chunk=5)
     assert [r for r, _ in got_old] == ["r3"] and got_old[0][1].step > want[0][1].step
+
+
+def test_onset_of_a_jump_is_not_moved_by_one_point_of_noise() -> None:
+    # r3 jumps 60% at step 201, but its point at step 202 happens to sit at the old level: the
+    # raw streak that confirms starts at 203; the departure began at 201 (the point before the
+    # one-point break was beyond the bar too)
+    runs = _with_jump({f"r{i}": _loss(seed=i) for i in range(8)}, "r3", 200, 1.6)
+    st, v = runs["r3"]
+    v = v.copy()
+    v[201] /= 1.6
+    runs["r3"] = (st, v)
+    for chunk in (1, 7, 50):  # scalar and batch paths
+        found = _feed(CohortDetector("val/loss", CFG), runs, chunk)
+        assert [(r, a.step, a.evidence["detected_at_step"]) for r, a in found] == [("r3", 201, 205)], chunk
+
+
+def test_slow_departure_of_a_quiet_run_is_reported_where_it_reached_six_spreads() -> None:
+    # r3 (as quiet as its siblings) drifts up 0.3% of its level per point from step 101; its
+    # noise-free curve is 6 sibling spreads (the 5% floor here) from their median at step 186.
+    # The onset is where its smoothed deviation reached the threshold in the siblings' own spread
+    # (the line's uncertainty widens the spread the tests judge with, by 5-10%: measured with
+    # it, the crossing came ~10 points late), dated back by the EWMA's lag
+    runs = {f"r{i}": _loss(seed=i, noise=0.01) for i in range(8)}
+    st, v = _loss(seed=3, noise=0.01)
+    t = np.arange(len(st), dtype=np.float64)
+    runs["r3"] = (st, v * (1 + 0.003 * np.clip(t - 100, 0, None)))
+    for chunk in (1, 7, 50):
+        found = _feed(CohortDetector("val/loss", CFG), runs, chunk)
+        assert [r for r, _ in found] == ["r3"], chunk
+        assert 181 <= found[0][1].step <= 191, (chunk, found[0][1].step)

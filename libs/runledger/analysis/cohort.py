@@ -138,6 +138,17 @@ def _median(xs: list[float]) -> float:
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
+def _gapped(bits: int, streak: int) -> int:
+    """Points back to the onset of a raw streak of ``streak`` points ending at bit 0 of ``bits``
+    (bit i: the point i back was beyond the bar; PERSIST_N bits): when the point before the streak
+    was not beyond but the one before that was, the streak was broken by one point of noise and the
+    departure began with the run of points before the break (within the bits kept)."""
+    if streak + 1 < PERSIST_N and (bits >> (streak + 1)) & 1:
+        rest = bits >> (streak + 1)
+        streak += 1 + (rest ^ (rest + 1)).bit_length() - 1
+    return min(streak, PERSIST_N)
+
+
 # --------------------------------------------------------------------------- members
 
 
@@ -355,9 +366,13 @@ class CohortDetector:
     carry a clean run there (``cohort_noise_allow`` + ``cohort_noise_z`` noise units of that
     test). The EWMA takes a residual beyond the raw test's bar as that bar, so one wild point of
     heavy-tailed noise cannot carry it past its bar for a streak. The onset is the first point of
-    the confirming streak, or earlier where the EWMA (or a rechecked unit) went beyond the
-    threshold itself and stayed within what its noise explains since (:meth:`_cross`): a noisy
-    run's raised bar, or a streak broken by noise, delays certainty, not the estimated onset.
+    the confirming streak (of a raw streak: of the points beyond the bar before a one-point break,
+    :func:`_gapped`), or earlier where the EWMA (or a rechecked unit) went beyond the threshold
+    itself and stayed within what its noise explains since (:meth:`_cross`): a noisy run's raised
+    bar, or a streak broken by noise, delays certainty, not the estimated onset. That crossing is
+    judged in the siblings' own spread (without the line's uncertainty, which widens the spread the
+    tests use by 5-10% and held the estimate back ~10 points on slow departures) and dated back
+    by half the EWMA's lag behind a steadily growing residual ((1 - alpha) / alpha points).
 
     Runs ahead: a point with too few siblings at its step is not judged; the run is marked to
     be rechecked from that fine bin, and when the siblings' data reaches it (any run completing a
@@ -417,6 +432,13 @@ class CohortDetector:
         self._x_noise = [2.0 * math.sqrt(c2**k + st * (1.0 - c2**k)) for k in range(SK_MAX + 1)]
         self._x_noise_np = np.asarray(self._x_noise)
         self._x_min = 0.5 * self._thr
+        # the EWMA of a steadily growing residual trails it by (1 - alpha) / alpha points (2.3 at
+        # 0.3), but the point where it crosses is also the one whose noise carried it over (early
+        # on a departure that hovers near the threshold): the onset estimate is dated back by half
+        # that lag (1 point at 0.3; and no further than the EWMA's residuals since it restarted).
+        # The full lag brought the median delay of bench.anomaly_quality's sibling outliers from
+        # 2-4 to 1-3 points, but reported more of them over 5 points early (outside the match window)
+        self._x_lag = min(int(0.5 * (1.0 - self._alpha) / self._alpha + 1e-9), PERSIST_N - 1)
         self._interp = config.cohort_interp_unc
 
     # ------------------------------------------------------------------ public API
@@ -649,10 +671,14 @@ class CohortDetector:
         spread = max((q(0.75) - q(0.25)) * _IQR_TO_SIGMA, self.config.cohort_rel_floor * abs(med), 1e-12)
         return med, spread, n
 
-    def _ref(self, m: _Member, g: int, upper: bool) -> tuple[float, float, float, float, float, int] | None:
+    def _ref(
+        self, m: _Member, g: int, upper: bool
+    ) -> tuple[float, float, float, float, float, int, float] | None:
         """Line through two sibling nodes around (or just below) fine bin g's point.
 
-        Returns (p1, m1, p2, m2, spread, n_siblings); None when the siblings do not cover it.
+        Returns (p1, m1, p2, m2, spread, n_siblings, core): core is the share of the spread that
+        is the siblings' own (their IQR or the floor, without the line's uncertainty); None when
+        the siblings do not cover it.
         Memoised per run on the nodes' change counters, so it is recomputed only when a node
         it reads changes.
         """
@@ -669,7 +695,7 @@ class CohortDetector:
 
     def _ref_compute(
         self, m: _Member, lo: int, hi: int
-    ) -> tuple[float, float, float, float, float, int] | None:
+    ) -> tuple[float, float, float, float, float, int, float] | None:
         if lo < 0:
             return None
         own = m.contrib
@@ -705,8 +731,9 @@ class CohortDetector:
             dev = abs(nb[0] - (n1[0] + (_POS_F[below] - p1) / (p2 - p1) * (n2[0] - n1[0])))
         else:
             dev = abs(n2[0] - n1[0])
-        spread = max(n1[1], n2[1]) + self._interp * (1.0 + _EXTRAP * extra) * dev
-        return p1, n1[0], p2, n2[0], spread, min(n1[2], n2[2])
+        core = max(n1[1], n2[1])
+        spread = core + self._interp * (1.0 + _EXTRAP * extra) * dev
+        return p1, n1[0], p2, n2[0], spread, min(n1[2], n2[2]), core / spread
 
     # ------------------------------------------------------------------ update paths
 
@@ -776,6 +803,7 @@ class CohortDetector:
         if self._curve_on and not m.flagged:
             noise = m.noise
             zr = math.nan
+            rx = 1.0
             if noise == noise:
                 k2 = 2 * g + (s >= _POS_F[g])  # the memo of _ref, inlined
                 lo, hi, p1, p2, p3 = _REFN[k2]
@@ -792,7 +820,7 @@ class CohortDetector:
                         m.rk, m.ro, m.rz, m.rn = g, -1, 0, noise  # noise: float32 already
                         self._pend.add(run_id)
                 else:
-                    x1, m1, x2, m2, spread, _n = r
+                    x1, m1, x2, m2, spread, _n, rx = r
                     ref = m1 + (s - x1) / (x2 - x1) * (m2 - m1)
                     zr = (v - ref) / spread
             if zr == zr:
@@ -814,8 +842,12 @@ class CohortDetector:
                 bs = self._allow + self._nz_s[sk] * q
                 if bs < thr:
                     bs = thr
-                if zs >= thr or zs <= -thr or m.xu >= 0 or m.xd >= 0:
-                    self._cross(m, s, zs, q, sk)
+                # the onset estimate: where the deviation reached the threshold in the siblings'
+                # own spread (the line's uncertainty widens the spread the tests judge with, so
+                # they hold false alarms back, but it is no part of how far the run departed)
+                tx = thr * rx
+                if zs >= tx or zs <= -tx or m.xu >= 0 or m.xd >= 0:
+                    self._cross(m, s, zs, q, sk, tx)
                 up = ((m.up & _MASK) << 1) | (zr >= br)
                 dn = ((m.dn & _MASK) << 1) | (zr <= -br)
                 su = ((m.su & _MASK) << 1) | (zs >= bs)
@@ -837,6 +869,8 @@ class CohortDetector:
                     m.flagged = True
                     self._unpend(run_id, m)
                     streak = (bits ^ (bits + 1)).bit_length() - 1  # trailing ones: the streak
+                    if up & conf == conf or dn & conf == conf:  # the raw test fired
+                        streak = _gapped(bits, streak)
                     onset = [*m.ts, s][-streak]  # the tail does not hold the current point yet
                     x = m.xu if z > 0 else m.xd
                     if 0 <= x < onset:
@@ -882,15 +916,14 @@ class CohortDetector:
         m.csum += v
         m.ccnt += 1
 
-    def _cross(self, m: _Member, s: int, zs: float, q: float, sk: int) -> None:
-        """Track where the EWMA went beyond the threshold (the onset of a departure that confirms
-        later, once the raised bar or an unbroken streak is reached): kept until the settled EWMA
-        falls back by more than its noise explains."""
-        thr = self._thr
+    def _cross(self, m: _Member, s: int, zs: float, q: float, sk: int, thr: float) -> None:
+        """Track where the EWMA went beyond the threshold ``thr`` (the onset of a departure that
+        confirms later, once the raised bar or an unbroken streak is reached): kept until the
+        settled EWMA falls back by more than its noise explains."""
         if zs >= thr and m.xu < 0:
-            m.xu = s
+            m.xu = self._lagged(m, s, sk)
         elif zs <= -thr and m.xd < 0:
-            m.xd = s
+            m.xd = self._lagged(m, s, sk)
         if sk >= X_SETTLE:
             lo = thr - self._x_noise[sk] * q
             if lo < self._x_min:
@@ -899,6 +932,12 @@ class CohortDetector:
                 m.xu = -1
             if zs > -lo:
                 m.xd = -1
+
+    def _lagged(self, m: _Member, s: int, sk: int) -> int:
+        """The step ``min(lag, sk)`` points before point ``s`` (whose EWMA crossed; not yet in the tail)."""
+        back = sk if sk < self._x_lag else self._x_lag
+        ts = m.ts
+        return ts[-back] if 0 < back <= len(ts) else s
 
     def _cross_unit(self, m: _Member, start: int, z: float, nu: float) -> None:
         """:meth:`_cross` for a rechecked unit (older than the run's newest points) starting at
@@ -997,12 +1036,12 @@ class CohortDetector:
         upper = st >= _POS_F_NP[gf]
         keyv = gf * 2 + upper
         uk, inv = np.unique(keyv, return_inverse=True)
-        params = np.full((len(uk), 5), np.nan)
+        params = np.full((len(uk), 6), np.nan)
         for i, k in enumerate(uk.tolist()):
             r = self._ref(m, k >> 1, bool(k & 1))
             if r is not None:
-                params[i] = r[:5]
-        p1, m1, p2, m2, spread = (params[inv, j] for j in range(5))
+                params[i] = (*r[:5], r[6])
+        p1, m1, p2, m2, spread, rx = (params[inv, j] for j in range(6))
         ref = m1 + (st - p1) / (p2 - p1) * (m2 - m1)
         with np.errstate(invalid="ignore"):
             zr = (va - ref) / spread
@@ -1028,7 +1067,9 @@ class CohortDetector:
             bound = max(bound, abs(sm0))
         # the EWMA is a convex combination of sm and the z's: it may cross a bar (or, with an onset
         # estimate carried in, drop below where that ends)
-        if bound >= thr or m.xu >= 0 or m.xd >= 0:
+        # (the onset estimate's threshold: in the siblings' own spread, as in _point)
+        tx = thr * rx
+        if bound >= (float(np.min(tx[ok])) if ok.any() else thr) or m.xu >= 0 or m.xd >= 0:
             a = self._alpha
             zsl = []
             sm = sm0
@@ -1072,9 +1113,14 @@ class CohortDetector:
             run = lengths[j]
             z = float(zr[i]) if j < 2 else float(zs[i])  # type: ignore[index]
             streak = min(int(run[i]), PERSIST_N)
+            if j < 2 and streak < PERSIST_N:  # the raw test: the points before a one-point break
+                bits = (m.up, m.dn)[j]
+                for x in tests[j][max(0, i + 1 - PERSIST_N) : i + 1].tolist():
+                    bits = ((bits & _MASK) << 1) | x
+                streak = _gapped(bits, streak)
             onset = (m.ts + st[max(0, i + 1 - PERSIST_N) : i + 1].tolist())[-streak]
             if zs is not None:
-                x = self._cross_at(m.xu if z > 0 else m.xd, zs if z > 0 else -zs, q, sk, st, i)
+                x = self._cross_at(m, m.xu if z > 0 else m.xd, zs if z > 0 else -zs, q, sk, st, i, tx)
                 if 0 <= x < onset:
                     onset = x  # the EWMA crossed the threshold before the streak began
             m.xu = m.xd = -1
@@ -1105,8 +1151,8 @@ class CohortDetector:
                 m.sm = self._ewma_end(zc, sm0)
             else:
                 m.sm = zsl[-1]
-                m.xu = self._cross_at(m.xu, zs, q, sk, st, n - 1)
-                m.xd = self._cross_at(m.xd, -zs, q, sk, st, n - 1)
+                m.xu = self._cross_at(m, m.xu, zs, q, sk, st, n - 1, tx)
+                m.xd = self._cross_at(m, m.xd, -zs, q, sk, st, n - 1, tx)
             m.up, m.dn, m.su, m.sd = bits_out
             m.sk = max(int(sk[-1]), 0)
         if m.sm == m.sm:
@@ -1114,16 +1160,19 @@ class CohortDetector:
 
     def _cross_at(
         self,
+        m: _Member,
         x0: int,
         zs: npt.NDArray[np.float64],
         q: npt.NDArray[np.float64],
         sk: npt.NDArray[np.int64],
         st: npt.NDArray[np.int64],
         i: int,
+        tx: npt.NDArray[np.float64],
     ) -> int:
         """:meth:`_cross` over points ``[0, i]`` of a call, vectorised, for one direction (``zs``
-        the EWMA signed towards it, nan where unjudged; ``x0`` the estimate carried in)."""
-        thr = self._thr
+        the EWMA signed towards it, nan where unjudged; ``x0`` the estimate carried in; ``tx``
+        the threshold at each point)."""
+        thr = tx[: i + 1]
         z = zs[: i + 1]
         k = sk[: i + 1]
         with np.errstate(invalid="ignore"):
@@ -1135,8 +1184,15 @@ class CohortDetector:
         if x0 >= 0:
             return x0
         with np.errstate(invalid="ignore"):
-            beyond = np.flatnonzero(z[start:] >= thr)
-        return int(st[start + beyond[0]]) if len(beyond) else -1
+            beyond = np.flatnonzero(z[start:] >= thr[start:])
+        if not len(beyond):
+            return -1
+        j = start + int(beyond[0])
+        back = min(self._x_lag, max(int(k[j]), 0))  # dated back as in _cross
+        if back <= j:
+            return int(st[j - back])
+        ts = m.ts
+        return ts[j - back] if back - j <= len(ts) else int(st[j])
 
     def _ewma_end(self, zr: npt.NDArray[np.float64], sm: float) -> float:
         """The EWMA after ``zr`` (restarted after its last unjudged point), without the loop."""
