@@ -29,7 +29,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 test: lint chromium
-	$(PY) -m pytest -p no:cacheprovider
+	$(PY) -m pytest -p no:cacheprovider --durations=30  # the slowest tests: the suite must stay under 15 minutes
 
 # The web UI's browser tests and benchmark drive Debian's chromium (Playwright never downloads
 # a browser): installed here when missing, which needs root; RUNLEDGER_CHROMIUM names another binary.
