@@ -76,7 +76,9 @@ async def prune_forever(
         wait = every_s
         try:
             deleted = await prune_once(pool, horizon)
-        except (asyncpg.PostgresError, OSError) as exc:  # Postgres away: try again next time
+        except Exception as exc:  # Postgres away, a closed pool...: the next pass retries
+            # Never let the task die: the projector awaits it when it stops, which would
+            # raise a stale error there.
             log.warning("pruning applied_events failed (%s); retrying in %.0f s", exc, every_s)
             continue
         if deleted:
