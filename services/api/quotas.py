@@ -82,12 +82,10 @@ class QuotaGate:
 
     def refuse_held(self, tenant_id: str, hold: Hold) -> RequestLimitExceeded:
         """The 429 of a write that came back too early and may not wait out the rest here."""
-        seconds = max(1, math.ceil(hold.retry_after_s))
-        self.tarpit.told_to_wait(tenant_id, seconds)
-        return RequestLimitExceeded(
-            f"retried before the Retry-After of an earlier 429 (the tenant's events-per-second quota);"
-            f" retry after {seconds} s",
-            headers={"Retry-After": str(seconds)},
+        return self._rate_refusal(
+            tenant_id,
+            max(1, math.ceil(hold.retry_after_s)),
+            "retried before the Retry-After of an earlier 429 (the tenant's events-per-second quota)",
         )
 
     async def admit(self, tenant_id: str, quota: Quota, events: int, points: int) -> None:
@@ -110,10 +108,12 @@ class QuotaGate:
 
     def _rate_exceeded(self, tenant_id: str, rate: int, wait: float, what: str) -> RequestLimitExceeded:
         seconds = max(1, math.ceil(wait)) if math.isfinite(wait) else POINTS_RETRY_AFTER_S
-        # Only the rate's 429s: a stored-points 429 must not hold the tenant's writes
-        # without points, which go on.
+        return self._rate_refusal(tenant_id, seconds, f"events-per-second quota of {rate} exceeded{what}")
+
+    def _rate_refusal(self, tenant_id: str, seconds: int, reason: str) -> RequestLimitExceeded:
+        """A rate 429 whose Retry-After the tarpit holds the tenant to. Only the rate's 429s:
+        a stored-points 429 must not hold the tenant's writes without points, which go on."""
         self.tarpit.told_to_wait(tenant_id, seconds)
         return RequestLimitExceeded(
-            f"events-per-second quota of {rate} exceeded{what}; retry after {seconds} s",
-            headers={"Retry-After": str(seconds)},
+            f"{reason}; retry after {seconds} s", headers={"Retry-After": str(seconds)}
         )
