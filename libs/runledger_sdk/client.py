@@ -215,7 +215,7 @@ class Client:
             # Imported here: psutil takes ~20 ms to import, not worth paying without a run.
             from runledger_sdk.system_metrics import SystemSampler
 
-            sampler = SystemSampler(run, interval)
+            sampler = SystemSampler(run, interval, closing_sink=run.closing_sink)
         except Exception as exc:  # e.g. psutil missing from a hand-made environment
             self._sampler_broken = True  # said once, not at every run
             log.warning("RunLedger: system metrics disabled: %s", exc)

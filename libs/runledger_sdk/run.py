@@ -32,6 +32,20 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class _ClosingSink:
+    """`Run.closing_sink`: a run's buffer without the ended check."""
+
+    def __init__(self, buffer: RunBuffer) -> None:
+        self._buffer = buffer
+
+    def log_metrics(
+        self, metrics: Mapping[str, SupportsFloat], step: int | None = None, timestamp: int | None = None
+    ) -> None:
+        if metrics:
+            ts = now_ms() if timestamp is None else int(timestamp)
+            self._buffer.add_metrics(metrics, normalize_step(step), ts)
+
+
 class RunEndedError(RuntimeError):
     """Logging to a run that has already ended."""
 
@@ -105,6 +119,12 @@ class Run:
         points = self._buffer.add_metrics(metrics, normalize_step(step), ts)
         if points >= self._wake_at:
             self._client.batcher.buffer_full(self._buffer, points)
+
+    @property
+    def closing_sink(self) -> _ClosingSink:
+        """Logs metrics while the run ends, after `end_run` refused user logging and before its
+        StatusChanged: the system-metrics sampler's closing sample. Not for user code."""
+        return _ClosingSink(self._buffer)
 
     # --- params and tags ------------------------------------------------------------------------
 

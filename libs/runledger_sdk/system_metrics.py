@@ -5,7 +5,8 @@ runs share their parent's; a second top-level run started meanwhile in another t
 gets none), and stops it when that run ends. Every `RUNLEDGER_SYSTEM_METRICS_INTERVAL_S`
 seconds (default 10; 0 disables) a daemon thread logs one sample on the run:
 step = sample index (0, 1, 2, ...), timestamp = sample time. The first sample comes one
-interval after the start (CPU percent needs a period to measure over).
+interval after the start (CPU percent needs a period to measure over), and a closing sample
+when the run ends, so a run shorter than the interval has its system metrics too.
 
 Keys (all floats):
 
@@ -67,6 +68,9 @@ PREFIX = "system/"
 THREAD_NAME = "runledger-system-metrics"
 
 _T = TypeVar("_T")
+
+# The closing sample is skipped when the previous one is more recent than this.
+_MIN_CLOSING_PERIOD_S = 0.1
 
 # NVML's NVML_TEMPERATURE_GPU (the GPU core sensor): a fixed value of the C API, spelled
 # out so a stand-in needs no constants.
@@ -130,15 +134,24 @@ class SystemSampler:
     `nvml` is the NVML binding to use; None loads `pynvml` when installed; `gpu=False`
     leaves NVML alone (no GPU metrics). Everything that may be slow (NVML's init loads the
     driver) happens in the thread, so `start` returns at once. The first sample is taken
-    one interval after `start`: CPU percent needs a period to measure over.
+    one interval after `start`: CPU percent needs a period to measure over. `stop` has the
+    thread take a closing sample, logged to `closing_sink` (default `sink`): a `Run` that is
+    ending refuses `log_metrics`, so the client passes the run's own closing path.
     """
 
     def __init__(
-        self, sink: MetricSink, interval_s: float, *, nvml: NvmlApi | None = None, gpu: bool = True
+        self,
+        sink: MetricSink,
+        interval_s: float,
+        *,
+        nvml: NvmlApi | None = None,
+        gpu: bool = True,
+        closing_sink: MetricSink | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0 (0 disables sampling: create no sampler)")
         self._sink = sink
+        self._closing_sink = sink if closing_sink is None else closing_sink
         self.interval_s = interval_s
         self._nvml_given = nvml
         self._gpu = gpu
@@ -190,6 +203,7 @@ class SystemSampler:
             # Samples are due at fixed times after the start, so they do not drift by the
             # time sampling takes; after a stall (suspended process) the missed ones are skipped.
             due = self._t0
+            last = self._t0
             while True:
                 due += self.interval_s
                 now = time.monotonic()
@@ -197,26 +211,38 @@ class SystemSampler:
                     due = now
                 if self._stop.wait(due - now):
                     break
-                timestamp = _now_ms()
-                started, started_cpu = time.perf_counter(), time.thread_time()
-                metrics = self.sample()
-                self.sample_cpu_seconds += time.thread_time() - started_cpu
-                elapsed = time.perf_counter() - started
-                self.sample_wall_seconds += elapsed
-                self.max_sample_wall_seconds = max(self.max_sample_wall_seconds, elapsed)
-                if not metrics:
-                    continue
-                try:
-                    self._sink.log_metrics(metrics, step=self.samples, timestamp=timestamp)
-                except Exception as exc:
-                    # The run ended (RunEndedError) or the client is closing: nothing to log to.
-                    log.debug("system metrics: stopping, logging failed: %s", exc)
-                    break
-                self.samples += 1
+                last = time.monotonic()
+                if not self._log_sample(self._sink):
+                    return
+            # A closing sample when the run ends: a run shorter than the interval still gets its
+            # system metrics, and every run its final wall time and counters. Not when the last
+            # sample was just taken (its CPU percent would be measured over next to no time).
+            if self.samples == 0 or time.monotonic() - last >= _MIN_CLOSING_PERIOD_S:
+                self._log_sample(self._closing_sink)
         except Exception:  # pragma: no cover - a bug: say so once, never take training down
             log.warning("RunLedger: system metrics sampler failed; no more samples", exc_info=True)
         finally:
             self._close_nvml()
+
+    def _log_sample(self, sink: MetricSink) -> bool:
+        """Take one sample and log it to `sink`; False when it refuses (the run ended)."""
+        timestamp = _now_ms()
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        metrics = self.sample()
+        self.sample_cpu_seconds += time.thread_time() - started_cpu
+        elapsed = time.perf_counter() - started
+        self.sample_wall_seconds += elapsed
+        self.max_sample_wall_seconds = max(self.max_sample_wall_seconds, elapsed)
+        if not metrics:
+            return True
+        try:
+            sink.log_metrics(metrics, step=self.samples, timestamp=timestamp)
+        except Exception as exc:
+            # The run ended (RunEndedError) or the client is closing: nothing to log to.
+            log.debug("system metrics: stopping, logging failed: %s", exc)
+            return False
+        self.samples += 1
+        return True
 
     def _open(self) -> None:
         """Baselines for the since-start counters, the CPU reference point, NVML."""

@@ -1,4 +1,5 @@
-"""A script that only logs a loss ends up with code state, environment and lint findings in the API."""
+"""A script that only logs a loss ends up with code state, environment, system metrics and lint
+findings in the API."""
 
 from __future__ import annotations
 
@@ -53,11 +54,13 @@ def test_run_context_is_captured_and_served(stack: Stack, tmp_path: Path) -> Non
     experiment = f"e2e-context-{uuid.uuid4().hex[:6]}"
     head_before = git("rev-parse", "HEAD")
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("RUNLEDGER_")},  # SDK defaults
         "RUNLEDGER_TRANSPORT": "kafka",
         "RUNLEDGER_KAFKA_BOOTSTRAP": stack.bootstrap,
         "RUNLEDGER_EVENTS_TOPIC": stack.events_topic,
         "RUNLEDGER_SPOOL_DIR": str(tmp_path / "spool"),
+        "RUNLEDGER_STATE_DIR": str(tmp_path / "no-state"),
+        **stack.sdk_env(),
     }
     # Run from the repository (a git work tree); the script itself lives outside it.
     done = subprocess.run(
@@ -75,6 +78,12 @@ def test_run_context_is_captured_and_served(stack: Stack, tmp_path: Path) -> Non
 
     with httpx.Client(base_url=stack.url, timeout=30, headers=stack.headers) as client:
         run = poll(client, f"/api/v1/runs/{run_id}", lambda r: r["info"]["status"] == "FINISHED")
+        # System metrics on by default; the run lasted less than the 10 s interval, so what it
+        # has is the sampler's closing sample.
+        system = {k: m for k, m in run["metrics"].items() if k.startswith("system/")}
+        assert set(system) >= {"system/cpu_percent", "system/process_rss_bytes", "system/wall_time_s"}
+        assert system["system/process_rss_bytes"]["value"] > 0
+        assert 0 < system["system/wall_time_s"]["value"] < 120
         docs = poll(
             client,
             f"/api/v1/runs/{run_id}/documents",

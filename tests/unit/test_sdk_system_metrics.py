@@ -128,6 +128,23 @@ def test_run_records_plausible_system_metrics(sdk: Callable[[float], rl.InMemory
         assert counter == sorted(counter), "cumulative since the run started"
 
 
+def test_run_shorter_than_the_interval_gets_a_closing_sample(
+    sdk: Callable[[float], rl.InMemoryTransport],
+) -> None:
+    transport = sdk(60.0)  # far longer than the run: only the closing sample can come
+    with rl.start_run() as run:
+        rl.log_metric("loss", 0.5)
+        time.sleep(0.3)
+    series = system_points(transport)[run.run_id]
+    assert set(series) >= CPU_KEYS
+    assert all([s for s, _, _ in points] == [0] for points in series.values())
+    (wall,) = (v for _, v, _ in series["system/wall_time_s"])
+    assert 0.3 <= wall < 5.0, "the closing sample is taken when the run ends"
+    decoded = [decode(r.value) for r in transport.records]
+    of_run = [d.envelope.type for d in decoded if d.envelope.run_id == run.run_id]
+    assert of_run[-1] is EventType.STATUS_CHANGED, "the closing sample goes out before the run's end"
+
+
 def test_interval_zero_disables(sdk: Callable[[float], rl.InMemoryTransport]) -> None:
     transport = sdk(0)
     with rl.start_run():
