@@ -59,6 +59,10 @@ EXPERIMENT = "bench-fleet"
 TENANT = "default"
 
 
+# Tables whose autovacuum runs the samples count (see _table_stats).
+_VACUUMED_TABLES = ["latest_metrics", "applied_events", "runs", "analysis_state", "analysis_checkpoints"]
+
+
 @dataclass(frozen=True)
 class Fleet:
     """The simulated fleet and how it is observed."""
@@ -480,6 +484,13 @@ class Monitor:
             out[f"{r['relname']}_live"] = r["n_live_tup"]
             out[f"{r['relname']}_dead"] = r["n_dead_tup"]
             out[f"{r['relname']}_mb"] = round(r["bytes"] / 2**20, 1)
+        # Cumulative autovacuum runs of the tables the load rewrites: which vacuum lines up with
+        # a slow minute (a vacuum of a bloated table takes most of a core for seconds).
+        vacuums = await self.pool.fetch(
+            "SELECT relname, autovacuum_count FROM pg_stat_user_tables WHERE relname = ANY($1::text[])",
+            _VACUUMED_TABLES,
+        )
+        out |= {f"vacuums_{r['relname']}": r["autovacuum_count"] for r in vacuums}
         return out
 
     async def _sample(self) -> None:
