@@ -7,17 +7,21 @@ import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import httpx
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from runledger.auth.keys import ApiKey, generate_key
 from runledger.auth.model import Role
 from runledger.embedded.postgres import EmbeddedPostgres
 from services.api.business.repository import business_rollup
+from services.api.exports.formats import EXTENSIONS
+from tests.integration.test_exports import assert_same_frames, read_pandas
 from tests.support.auth import Identity, provision
 from tests.support.inprocess import api_client, migrated_database
 from tests.unit.test_api_errors import NoClickHouse
@@ -33,6 +37,7 @@ LIFT = {"r1": 0.01, "r2": 0.04, "r3": 0.03, "r4": 0.02}
 SAVINGS = {"r2": 1200.0, "r3": float("nan")}
 REVENUE = {"metric": "biz/revenue_lift", "category": "revenue_lift", "unit": "%", "owner": "growth-team"}
 SAVED = {"metric": "biz/cost_savings", "category": "cost_savings", "currency": "USD", "owner": "finops"}
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def declaration(spec: dict[str, str]) -> dict[str, str]:
@@ -91,6 +96,26 @@ async def known(client: httpx.AsyncClient, identity: Identity) -> Identity:
     raise AssertionError("key never became usable")
 
 
+async def export_rows(
+    client: httpx.AsyncClient, params: dict[str, Any], headers: dict[str, str] | None = None
+) -> pa.Table:
+    """GET /exports/business-metrics as Arrow (IPC stream)."""
+    r = await client.get(
+        "/api/v1/exports/business-metrics", params={"format": "arrow", **params}, headers=headers
+    )
+    assert r.status_code == 200, r.text
+    return pa.ipc.open_stream(r.content).read_all()
+
+
+def as_report_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """Export rows in the JSON report's shape (its `timestamp` is ms since the epoch)."""
+    rows = table.to_pylist()
+    for row in rows:
+        if isinstance(row.get("timestamp"), datetime):
+            row["timestamp"] = (row["timestamp"] - EPOCH) // timedelta(milliseconds=1)
+    return rows
+
+
 async def test_declare_list_replace_delete_audited(client: httpx.AsyncClient, dsn: str) -> None:
     r = await client.post("/api/v1/business-metrics", json=declaration(REVENUE))
     assert r.status_code == 201, r.text
@@ -145,10 +170,13 @@ async def test_roles_and_tenants(client: httpx.AsyncClient, dsn: str) -> None:
     ).status_code == 404
     report = (await client.get("/api/v1/reports/business", headers=intruder.headers)).json()
     assert report["rows"] == []  # OTHER declared nothing; T's declarations do not apply there
+    exported = await export_rows(client, {}, intruder.headers)
+    assert exported.num_rows == 0 and exported.column_names == report["columns"]
     # The narrow engineer reads only the versions whose runs are in its experiment.
     await client.post("/api/v1/business-metrics", json=declaration(REVENUE))
     rows = (await client.get("/api/v1/reports/business", headers=narrow.headers)).json()["rows"]
     assert {r["model_name"] for r in rows} == {"churn"}
+    assert as_report_rows(await export_rows(client, {}, narrow.headers)) == rows  # the export alike
 
 
 async def test_report_by_version_stage_and_model(client: httpx.AsyncClient, dsn: str) -> None:
@@ -201,3 +229,37 @@ async def test_report_by_version_stage_and_model(client: httpx.AsyncClient, dsn:
         await conn.close()
     assert [dict(r) for r in direct] == report["rows"]
     assert {r["model_name"] for r in narrowed} == {"ranker"}
+
+
+async def test_report_as_an_export_table(client: httpx.AsyncClient) -> None:
+    """GET /exports/business-metrics: the report's rows, columns and filters, in every export format."""
+    await client.post("/api/v1/business-metrics", json=declaration(REVENUE))
+    await client.post("/api/v1/business-metrics", json=declaration(SAVED))
+    for params in (
+        {},
+        {"level": "stage"},
+        {"level": "model", "model": "churn", "metric": "biz/cost_savings"},
+    ):
+        report = (await client.get("/api/v1/reports/business", params=params)).json()
+        table = await export_rows(client, params)
+        assert table.column_names == report["columns"], params
+        assert as_report_rows(table) == report["rows"], params
+    table = await export_rows(client, {})
+    assert len(table) == 6  # 4 versions' revenue lift, 2 versions' cost savings
+    types = {f.name: f.type for f in table.schema}
+    assert (types["version"], types["step"], types["value"]) == (pa.int64(), pa.int64(), pa.float64())
+    assert types["timestamp"] == pa.timestamp("ms", tz="UTC") and types["model_name"] == pa.string()
+    # pandas reads the same frame from every format; NaN cost savings of churn v3: null.
+    frames = {}
+    for fmt in ("parquet", "arrow", "csv", "ndjson"):
+        r = await client.get("/api/v1/exports/business-metrics", params={"format": fmt})
+        assert r.status_code == 200
+        assert (
+            r.headers["content-disposition"] == f'attachment; filename="business_metrics.{EXTENSIONS[fmt]}"'
+        )
+        frames[fmt] = read_pandas(fmt, r.content, table.schema)
+    assert_same_frames(frames, "business-metrics")
+    assert frames["parquet"]["value"].isna().sum() == 1
+    assert (frames["ndjson"]["currency"] == "").sum() == 4  # text kept as text, "" not null
+    bad = await client.get("/api/v1/exports/business-metrics", params={"level": "quarter"})
+    assert bad.status_code == 400

@@ -27,6 +27,7 @@ from runledger.auth.model import Role
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.events.codec import experiment_id_for
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
+from services.api.exports.service import FINDING_SCHEMA, POINT_SCHEMA
 from tests.support.auth import Identity, provision
 from tests.support.inprocess import api_client, migrated_database
 
@@ -179,6 +180,39 @@ def read(fmt: str, content: bytes) -> pa.Table:
     return pa.ipc.open_stream(content).read_all()
 
 
+def read_pandas(fmt: str, content: bytes, schema: pa.Schema) -> pd.DataFrame:
+    """An export as pandas opens it, each format with its own pandas reader.
+
+    CSV and NDJSON carry no types: as an analyst would, text columns are named as text (else
+    pandas makes an experiment id of digits a number) and time columns are parsed after reading.
+    """
+    text = {f.name: "str" for f in schema if pa.types.is_string(f.type)}
+    if fmt == "parquet":
+        frame = pd.read_parquet(io.BytesIO(content))
+    elif fmt == "arrow":
+        frame = pa.ipc.open_stream(content).read_all().to_pandas()
+    elif fmt == "csv":
+        frame = pd.read_csv(io.BytesIO(content), dtype=text)
+    else:  # precise_float: pandas' default JSON float parser is off by an ulp at times
+        frame = pd.read_json(io.BytesIO(content), lines=True, dtype=text, precise_float=True)
+    for f in schema:
+        if pa.types.is_timestamp(f.type):
+            frame[f.name] = pd.to_datetime(frame[f.name], utc=True).astype(f"datetime64[{f.type.unit}, UTC]")
+    return frame
+
+
+def assert_same_frames(frames: dict[str, pd.DataFrame], name: str) -> None:
+    """Every format's frame equals the Parquet one.
+
+    CSV keeps an empty string ("", quoted) apart from null (an empty field), but pandas' CSV
+    reader makes both NaN: against CSV, empty strings count as NaN.
+    """
+    reference = frames["parquet"]
+    for fmt, frame in frames.items():
+        expected = reference.replace({"": np.nan}) if fmt == "csv" else reference
+        pd.testing.assert_frame_equal(frame, expected, obj=f"{name} as {fmt}")
+
+
 @pytest.mark.parametrize("fmt", ["csv", "ndjson", "parquet", "arrow"])
 async def test_runs_wide_table_in_every_format(client: httpx.AsyncClient, fmt: str) -> None:
     r = await export(client, "runs", fmt)
@@ -245,6 +279,25 @@ async def test_metric_points_long_table(client: httpx.AsyncClient, fmt: str) -> 
     assert one.value.tolist() == pytest.approx([loss_at(ALPHA_RUNS[0], s) for s in range(STEPS)])
     filtered = read("parquet", (await export(client, "metric-points", "parquet", experiment_id=BETA)).content)
     assert set(filtered.column("run_id").to_pylist()) == {BETA_RUNS[0]}
+
+
+@pytest.mark.parametrize(
+    ("table", "schema"),
+    [("metric-points", POINT_SCHEMA), ("findings", FINDING_SCHEMA)],  # findings: nulls, JSON text
+    ids=["metric-points", "findings"],
+)
+async def test_pandas_reads_the_same_frame_from_every_format(
+    client: httpx.AsyncClient, table: str, schema: pa.Schema
+) -> None:
+    frames = {
+        fmt: read_pandas(fmt, (await export(client, table, fmt)).content, schema)
+        for fmt in ("parquet", "arrow", "csv", "ndjson")
+    }
+    reference = frames["parquet"]
+    assert list(reference.columns) == schema.names and len(reference) > 0
+    if table == "findings":  # the lint finding has neither metric key nor severity
+        assert reference["metric_key"].isna().sum() == reference["severity"].isna().sum() == 1
+    assert_same_frames(frames, table)
 
 
 async def test_metric_points_stream_in_chunks(

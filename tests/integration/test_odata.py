@@ -8,6 +8,7 @@ BusinessMetrics, the stakeholder roll-up, must give exactly the REST report's ro
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 import threading
 import time
@@ -19,6 +20,8 @@ from urllib.parse import unquote
 
 import asyncpg
 import httpx
+import orjson
+import pyarrow.parquet as pq
 import pytest
 import requests
 import uvicorn
@@ -31,6 +34,7 @@ from runledger.config import Settings
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
 from services.api.app import create_app
+from tests.integration.test_business_metrics import as_report_rows
 from tests.integration.test_exports import (
     ALPHA,
     ALPHA_RUNS,
@@ -42,6 +46,7 @@ from tests.integration.test_exports import (
     SECRET,
     STEPS,
     T,
+    loss_at,
     seed_clickhouse,
     seed_postgres,
 )
@@ -209,6 +214,43 @@ def test_client_pages_through_every_entity_set(root: str, basic: tuple[str, str]
     production = paged.query(biz).filter(biz.MetricKey == REVENUE).filter(biz.Stage == "Production")
     got = [(b.ModelName, b.Version, b.Value) for b in production.order_by(biz.Value.desc()).all()]
     assert got == [("churn", v, v / 100) for v in (8, 6, 4, 2)] + [("vision", 1, 0.01)]
+    # The other entity sets through the client's filters too, each answer recomputed from the seed.
+    experiment = paged.entities["Experiments"]
+    early = paged.query(experiment).filter(
+        experiment.CreationTime < datetime(1970, 1, 1, 0, 0, 1, 500_000, UTC)
+    )
+    assert [e.ExperimentId for e in early.all()] == [ALPHA]  # created at 1,000 ms; beta at 2,000 ms
+    named = experiment.Name.startswith("beta") & (experiment.LifecycleStage == "active")
+    assert [(e.ExperimentId, e.Name) for e in paged.query(experiment).filter(named).all()] == [
+        (BETA, "beta-vision")
+    ]
+    param = paged.entities["RunParams"]
+    lr = paged.query(param).filter((param.Key == "lr") & (param.Value == "2")).all()  # lr = i % 3
+    assert sorted(p.RunId for p in lr) == [r for i, r in enumerate(ALPHA_RUNS + BETA_RUNS) if i % 3 == 2]
+    quoted = paged.query(param).filter(param.Value == 'adam, "beta"').all()  # quotes and a comma
+    assert sorted(p.RunId for p in quoted) == BETA_RUNS
+    tag = paged.entities["RunTags"]
+    fast = paged.query(tag).filter((tag.Key == "mode") & tag.Value.endswith("ast")).all()
+    assert sorted(t.RunId for t in fast) == [r for i, r in enumerate(ALPHA_RUNS) if i % 2]
+    metric = paged.entities["RunMetrics"]
+    # python-odata 0.8.1 reflects Edm.Double as a string property (its type table lacks Edm.Double):
+    # numeric comparisons on Double go in as $filter text, as a user of that client writes them.
+    low = paged.query(metric).filter(metric.Key == "loss").filter("Value lt 0.055")
+    expected_low = sorted(
+        (r for r in POINT_RUNS if loss_at(r, STEPS - 1) < 0.055), key=lambda r: loss_at(r, STEPS - 1)
+    )
+    assert 0 < len(expected_low) < len(POINT_RUNS)  # the filter keeps some runs, not all
+    assert [m.RunId for m in low.order_by(metric.Value.asc()).all()] == expected_low
+    # Findings (seed): spikes on alpha00..02 with severity 0.5 + i / 10 at 1,700,000,000 + i s;
+    # a lint finding on beta00 at + 5 s, without severity.
+    finding = paged.entities["Findings"]
+    severe = paged.query(finding).filter(finding.Kind == "spike").filter("Severity gt 0.55")
+    newest_first = severe.order_by(finding.OccurredAt.desc()).all()
+    assert [f.RunId for f in newest_first] == [ALPHA_RUNS[2], ALPHA_RUNS[1]]
+    unrated = paged.query(finding).filter(finding.Severity.is_null()).all()
+    assert [(f.RunId, f.Kind) for f in unrated] == [(BETA_RUNS[0], "lint.metric_myopia")]
+    since = paged.query(finding).filter(finding.OccurredAt >= datetime.fromtimestamp(1_700_000_001, UTC))
+    assert sorted(f.RunId for f in since.all()) == [ALPHA_RUNS[1], ALPHA_RUNS[2], BETA_RUNS[0]]
 
 
 def _all(root: str, path: str, auth: Any, **params: Any) -> tuple[list[dict[str, Any]], int]:
@@ -309,6 +351,14 @@ def test_business_metrics_are_the_report_rows(
     assert [_report_row(r) for r in rows] == report["rows"]
     inf = next(r for r in rows if r["Version"] == 8 and r["MetricKey"] == SAVINGS)
     assert inf["Value"] is None  # not finite: null, as in the report
+    # And the report's export table (Parquet) holds the same rows.
+    exported = requests.get(
+        server + "/api/v1/exports/business-metrics",
+        params={"format": "parquet"},
+        headers={"Authorization": f"Bearer {admin_key.token}"},
+        timeout=30,
+    )
+    assert as_report_rows(pq.read_table(io.BytesIO(exported.content))) == report["rows"]
     # The options reach Postgres: numbers, nulls, strings, functions, $orderby, $count.
     rows, _ = _all(
         root,
@@ -439,7 +489,7 @@ def test_every_odata_route_needs_a_key(root: str) -> None:
         assert wrong.status_code == 401, (path, wrong.status_code)
 
 
-def test_another_tenant_sees_nothing(root: str, identities: dict[str, Identity]) -> None:
+def test_another_tenant_sees_nothing(server: str, root: str, identities: dict[str, Identity]) -> None:
     intruder = identities["intruder"]
     auth = (intruder.key.key_id, intruder.key.secret)
     for name in SETS:
@@ -449,6 +499,15 @@ def test_another_tenant_sees_nothing(root: str, identities: dict[str, Identity])
         everything, _ = _all(root, name, auth)
         assert not any(ALPHA in str(row) or BETA in str(row) for row in everything)
         assert {row["ExperimentId"] for row in everything if "ExperimentId" in row} <= {SECRET}
+    # The business-metrics export too: the other tenant's own planted version, nothing of T's.
+    exported = requests.get(
+        server + "/api/v1/exports/business-metrics",
+        params={"format": "ndjson"},
+        headers=intruder.headers,
+        timeout=30,
+    )
+    rows = [orjson.loads(line) for line in exported.text.splitlines()]
+    assert [(r["model_name"], r["run_id"], r["owner"]) for r in rows] == [("churn", "theirs", LEAK)]
 
 
 def test_narrowed_grant_and_no_role(root: str, identities: dict[str, Identity]) -> None:
@@ -471,15 +530,7 @@ def test_odata_routes_are_in_the_openapi_schema_with_their_media_types(
     OData's system query options, CSDL XML, plain-text counts."""
     paths = requests.get(server + "/openapi.json", timeout=30).json()["paths"]
     assert list(paths["/odata/$metadata"]["get"]["responses"]["200"]["content"]) == ["application/xml"]
-    for entity_set in (
-        "Experiments",
-        "Runs",
-        "RunParams",
-        "RunTags",
-        "RunMetrics",
-        "MetricPoints",
-        "Findings",
-    ):
+    for entity_set in SETS:
         collection = paths[f"/odata/{entity_set}"]["get"]
         assert list(collection["responses"]["200"]["content"]) == ["application/json"]
         options = {p["name"] for p in collection["parameters"]}

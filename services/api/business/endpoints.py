@@ -43,6 +43,10 @@ async def _tenant_writer(request: Request, runtime: RuntimeDep, principal: Auth)
 
 Service = Annotated[BusinessService, Depends(get_service)]
 TenantWriter = Depends(_tenant_writer)
+# The report's filters, shared with its export table (GET /exports/business-metrics).
+ModelFilter = Annotated[str | None, Query(max_length=250, description="Only this registered model.")]
+StageFilter = Annotated[str | None, Query(max_length=64, description="Only versions in this stage.")]
+MetricFilter = Annotated[list[str], Query(description="Repeatable: only these business metrics.")]
 
 
 @router.get("/business-metrics", response_model=BusinessMetricList, responses=READ_RESPONSES)
@@ -86,9 +90,9 @@ async def delete_business_metric(key: str, service: Service) -> Response:
 async def business_report(
     service: Service,
     level: Level = "version",
-    model: Annotated[str | None, Query(max_length=250, description="Only this registered model.")] = None,
-    stage: Annotated[str | None, Query(max_length=64, description="Only versions in this stage.")] = None,
-    metric: Annotated[list[str], Query(description="Repeatable: only these business metrics.")] = [],  # noqa: B006
+    model: ModelFilter = None,
+    stage: StageFilter = None,
+    metric: MetricFilter = [],  # noqa: B006
     format: Literal["json", "csv"] = "json",
 ) -> BusinessReport | Response:
     """The stakeholder report: business metrics of registered model versions, by model, version

@@ -31,6 +31,12 @@ async def compare(body: CompareRequest, service: Service) -> CompareResponse:
     """Compare runs or groups of runs: performance, resources, seed stability, fairness.
 
     A read (POST only for its body): any caller who may read the runs. See docs/compare.md.
+
+    **Fairness reads only metric keys named `[prefix/]fairness/{attribute}/{group}/{metric}`**,
+    e.g. `val/fairness/sex/female/tpr` (and the logged gaps
+    `[prefix/]fairness/{attribute}/demographic_parity_difference` and `.../equalized_odds_difference`);
+    a run whose subgroup metrics have other names gets no fairness entry. The SDK's
+    `rl.log_fairness_metrics(y_true, y_pred, df["sex"])` (runledger_sdk) logs exactly these keys.
     """
     return await service.compare(body)
 

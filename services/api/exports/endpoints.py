@@ -1,4 +1,4 @@
-"""HTTP routes of the exports: GET /exports/{experiments,runs,metric-points,findings}?format=...
+"""HTTP routes of the exports: GET /exports/{experiments,runs,metric-points,findings,business-metrics}?format=...
 
 The first batch is read before the response starts, so a bad filter or a missing grant is
 a proper 4xx; after that, batches are written to the response as they are read.
@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
+from fastapi.types import DecoratedCallable
 
 from services.api.access import Access
+from services.api.business.endpoints import MetricFilter, ModelFilter, StageFilter
+from services.api.business.endpoints import Service as BusinessServiceDep
+from services.api.business.schemas import Level
 from services.api.deps import Auth, ConsistentRead, RuntimeDep
 from services.api.exports.formats import EXTENSIONS, MEDIA_TYPES, BatchWriter
-from services.api.exports.service import Export, ExportRequest, ExportService
+from services.api.exports.service import Export, ExportRequest, ExportService, business_metrics
 from services.api.schemas import READ_RESPONSES
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,13 @@ _EXPORT_RESPONSES: dict[int | str, dict[str, object]] = {
         },
     },
 }
+
+
+def _export_route(path: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """The GET route of an export table: a file in `format`, after an optional consistency token."""
+    return router.get(
+        path, response_class=StreamingResponse, responses=_EXPORT_RESPONSES, dependencies=[ConsistentRead]
+    )
 
 
 def get_service(runtime: RuntimeDep, principal: Auth) -> ExportService:
@@ -92,12 +103,7 @@ async def _stream(export: Export, fmt: str) -> StreamingResponse:
     )
 
 
-@router.get(
-    "/exports/experiments",
-    response_class=StreamingResponse,
-    responses=_EXPORT_RESPONSES,
-    dependencies=[ConsistentRead],
-)
+@_export_route("/exports/experiments")
 async def export_experiments(
     service: Service,
     format: FormatParam = "csv",
@@ -112,12 +118,7 @@ async def export_experiments(
     return await _stream(await service.experiments(request), format)
 
 
-@router.get(
-    "/exports/runs",
-    response_class=StreamingResponse,
-    responses=_EXPORT_RESPONSES,
-    dependencies=[ConsistentRead],
-)
+@_export_route("/exports/runs")
 async def export_runs(
     service: Service,
     format: FormatParam = "csv",
@@ -130,12 +131,7 @@ async def export_runs(
     return await _stream(await service.runs(request), format)
 
 
-@router.get(
-    "/exports/metric-points",
-    response_class=StreamingResponse,
-    responses=_EXPORT_RESPONSES,
-    dependencies=[ConsistentRead],
-)
+@_export_route("/exports/metric-points")
 async def export_metric_points(
     service: Service,
     format: FormatParam = "csv",
@@ -149,12 +145,7 @@ async def export_metric_points(
     return await _stream(await service.metric_points(request), format)
 
 
-@router.get(
-    "/exports/findings",
-    response_class=StreamingResponse,
-    responses=_EXPORT_RESPONSES,
-    dependencies=[ConsistentRead],
-)
+@_export_route("/exports/findings")
 async def export_findings(
     service: Service,
     format: FormatParam = "csv",
@@ -171,3 +162,19 @@ async def export_findings(
         experiment_ids=experiment_id, filter=filter, view_type=view_type, kinds=kind, since=since
     )
     return await _stream(await service.findings(request), format)
+
+
+@_export_route("/exports/business-metrics")
+async def export_business_metrics(
+    service: BusinessServiceDep,
+    format: FormatParam = "csv",
+    level: Level = "version",
+    model: ModelFilter = None,
+    stage: StageFilter = None,
+    metric: MetricFilter = [],  # noqa: B006
+) -> StreamingResponse:
+    """The stakeholder report of GET /reports/business (same rows, columns, filters and narrowing)
+    as a file: one row per (model version, business metric), or rolled up per stage or model."""
+    # The report itself (tenant, grants, roll-up query): the export only changes the format.
+    report = await service.report(level, model, stage, metric)
+    return await _stream(business_metrics(report), format)

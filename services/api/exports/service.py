@@ -25,6 +25,7 @@ import pyarrow.json as pajson
 
 from runledger.stores.clickhouse import ClickHouse
 from services.api.access import Access
+from services.api.business.schemas import BusinessReport
 from services.api.errors import InvalidParameter
 from services.api.exports import repository as repo
 from services.api.findings.repository import FindingFilters, FindingRepository
@@ -88,6 +89,23 @@ FINDING_SCHEMA = pa.schema(
         ("body", pa.string()),
     ]
 )
+
+# Arrow types of the stakeholder report's columns (services/api/business/repository.py names
+# them, every level); a column not listed is text. `timestamp` is ms since the epoch there.
+BUSINESS_TYPES: dict[str, pa.DataType] = {
+    "version": pa.int64(),
+    "step": pa.int64(),
+    "timestamp": _TS,
+    "value": pa.float64(),
+    "versions": pa.int64(),
+    "latest_version": pa.int64(),
+    "latest_value": pa.float64(),
+    "mean": pa.float64(),
+    "min": pa.float64(),
+    "max": pa.float64(),
+    "best_version": pa.int64(),
+    "best_value": pa.float64(),
+}
 
 
 @dataclass(frozen=True)
@@ -332,6 +350,21 @@ class ExportService:
                         yield batch
 
         return Export("findings", FINDING_SCHEMA, batches())
+
+
+def business_metrics(report: BusinessReport) -> Export:
+    """The stakeholder report (GET /reports/business: its rows, columns and order) as a table.
+
+    The rows come from the report's own roll-up, already read (one row per model version and
+    business metric at most: small), so there is one batch and nothing to page.
+    """
+    schema = pa.schema([(name, BUSINESS_TYPES.get(name, pa.string())) for name in report.columns])
+
+    async def batches() -> AsyncIterator[pa.RecordBatch]:
+        if report.rows:
+            yield pa.RecordBatch.from_pylist(report.rows, schema=schema)
+
+    return Export("business_metrics", schema, batches())
 
 
 _T = TypeVar("_T")
