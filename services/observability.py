@@ -2,8 +2,10 @@
 
 Metrics live in prometheus_client's default registry (with its process_* and python_*
 collectors), so one scrape of a process shows whatever runs in it: the API, the
-projector, or both in the embedded mode. Labels stay bounded: tenants (a bounded
-set), event types, dead-letter reason classes, partitions, and route templates
+projector, or both in the embedded mode. The embedded mode runs the analysis service as
+child processes; their metrics reach the parent's scrape through prometheus_client's
+multiprocess files (ChildMetrics). Labels stay bounded: tenants (a bounded set), event
+types, dead-letter reason classes, partitions, analysis shards, and route templates
 (never raw paths).
 """
 
@@ -12,10 +14,19 @@ from __future__ import annotations
 import gc
 import hmac
 import ipaddress
+import os
+import threading
 import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 # --- projector (services/ingest) ---------------------------------------------------
 
@@ -75,27 +86,47 @@ WRITE_WAIT_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 
+# --- analysis (services/analysis) ---------------------------------------------------
+# Labelled by shard (RUNLEDGER_ANALYSIS_SHARD, at most RUNLEDGER_ANALYSIS_SHARDS values): the
+# embedded mode's children share one scrape, where a lagging or idle shard must stay visible.
+
 ANALYSIS_POINTS = Counter(
-    "runledger_analysis_points_total", "Metric points the analysis service's detectors analysed."
+    "runledger_analysis_points_total",
+    "Metric points the analysis service's detectors analysed, by shard.",
+    ["shard"],
 )
 ANALYSIS_FINDINGS = Counter(
-    "runledger_analysis_findings_total", "Findings the analysis service published, by kind.", ["kind"]
+    "runledger_analysis_findings_total",
+    "Findings the analysis service published, by shard and kind.",
+    ["shard", "kind"],
 )
 ANALYSIS_BATCH_SECONDS = Histogram(
     "runledger_analysis_batch_seconds",
     "Time to analyse one polled batch: verify, detect, publish the findings, store states and offsets.",
+    ["shard"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 ANALYSIS_LAG_SECONDS = Gauge(
     "runledger_analysis_lag_seconds",
     "Wall-clock time between the newest record of the last analysed batch reaching Kafka (its record"
-    " timestamp) and its findings being published.",
+    " timestamp) and its findings being published, by shard.",
+    ["shard"],
+    # Across child processes: the live one of each shard (a dead child's last lag is stale).
+    multiprocess_mode="livemax",
 )
 ATTRIBUTION_SECONDS = Histogram(
     "runledger_attribution_seconds",
     "Time of one attribution job (reading its runs, computing, publishing), by outcome.",
     ["status"],
     buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+# What only the analysis service updates: in the embedded mode its child processes.
+ANALYSIS_METRICS: tuple[MetricWrapperBase, ...] = (
+    ANALYSIS_POINTS,
+    ANALYSIS_FINDINGS,
+    ANALYSIS_BATCH_SECONDS,
+    ANALYSIS_LAG_SECONDS,
+    ATTRIBUTION_SECONDS,
 )
 
 # --- the interpreter ---------------------------------------------------------------------
@@ -121,6 +152,75 @@ def watch_gc() -> None:
     """Time every garbage collection of this process (idempotent)."""
     if _on_gc not in gc.callbacks:
         gc.callbacks.append(_on_gc)
+
+
+# --- the embedded mode's analysis children ---------------------------------------------
+
+# Set in a child's environment, it makes prometheus_client (from its import on) keep every
+# value in per-process files there: the variable must be there before the child starts.
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class ChildMetrics:
+    """A collector: `metrics` as the child processes writing under `path` left them, merged
+    by prometheus_client's MultiProcessCollector (counters and histograms summed over the
+    processes, gauges by their multiprocess_mode).
+
+    Only the families of `metrics` are shown: a child also writes zeros for the other
+    metrics declared here, which this process shows itself.
+    """
+
+    def __init__(self, path: Path, metrics: Sequence[MetricWrapperBase]) -> None:
+        self.path = path
+        self._described = [family for metric in metrics for family in metric.describe()]
+        self._names = {family.name for family in self._described}
+        # A scrape must not see a dead child's values both in its own and in the folded files.
+        self._lock = threading.Lock()
+
+    def describe(self) -> list[Metric]:
+        """The families this collector shows (the registry checks their names are unique)."""
+        return self._described
+
+    def collect(self) -> Iterable[Metric]:
+        """The children's merged values of the families in `describe`."""
+        with self._lock:
+            files = [str(p) for p in self.path.glob("*.db")]
+            families: Iterable[Metric] = MultiProcessCollector.merge(files)  # type: ignore[no-untyped-call]
+        return [family for family in families if family.name in self._names]
+
+    def process_exited(self, pid: int) -> None:
+        """Forget child `pid`'s gauges and fold its counters and histograms into the
+        `*_exited.db` files, so totals never go back and files do not pile up with restarts."""
+        with self._lock:
+            mark_process_dead(pid, str(self.path))  # type: ignore[no-untyped-call]  # its live* gauges
+            for file in self.path.glob(f"*_{pid}.db"):
+                kind = file.name.split("_", 1)[0]
+                if kind in ("counter", "histogram"):  # additive per (metric, labels, bucket) key
+                    _add_values(file, self.path / f"{kind}_exited.db")
+                os.remove(file)  # what remains are gauges this collector does not show
+
+
+def _add_values(source: Path, target: Path) -> None:
+    """Add every value of multiprocess file `source` to the same key's value in `target`."""
+    # prometheus_client's own file format (the one MultiProcessCollector reads); not typed.
+    values = MmapedDict.read_all_values_from_file(str(source))  # type: ignore[no-untyped-call]
+    into: Any = MmapedDict(str(target))  # type: ignore[no-untyped-call]
+    try:
+        for key, value, timestamp, _ in values:
+            total, _ = into.read_value(key)
+            into.write_value(key, total + value, timestamp)
+    finally:
+        into.close()
+
+
+def expose_children(path: Path) -> ChildMetrics:
+    """Show, in this process's /metrics, the ANALYSIS_METRICS its child processes write
+    under `path`, in place of this process's own (never updated) copies."""
+    for metric in ANALYSIS_METRICS:
+        REGISTRY.unregister(metric)
+    children = ChildMetrics(path, ANALYSIS_METRICS)
+    REGISTRY.register(children)
+    return children
 
 
 # --- exposition -----------------------------------------------------------------------

@@ -2,10 +2,11 @@
 
 In the embedded mode one process runs the API and the projector together, because the
 in-process ClickHouse engine (chdb) allows one process per data directory; it starts the
-analysis service (which needs no ClickHouse) as its child process. In the distributed mode each service runs alone and reaches ClickHouse over
-HTTP. Every role serves HTTP on RUNLEDGER_API_HOST:RUNLEDGER_API_PORT: the API (with
-/healthz and /metrics), or for ingest and analysis only their loop's /healthz and
-/metrics. uvicorn handles SIGINT/SIGTERM in every role; the app's shutdown stops the
+analysis service (which needs no ClickHouse) as child processes, whose metrics its
+/metrics shows (AnalysisChildren). In the distributed mode each service runs alone and
+reaches ClickHouse over HTTP. Every role serves HTTP on RUNLEDGER_API_HOST:RUNLEDGER_API_PORT:
+the API (with /healthz and /metrics), or for ingest and analysis only their loop's
+/healthz and /metrics. uvicorn handles SIGINT/SIGTERM in every role; the app's shutdown stops the
 service threads after their batch.
 """
 
@@ -16,13 +17,16 @@ import asyncio
 import gc
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -140,8 +144,12 @@ class AnalysisProcess:
 
     _RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
-    def __init__(self, shard: int = 0) -> None:
-        self._env = {**os.environ, "RUNLEDGER_ANALYSIS_SHARD": str(shard)}
+    def __init__(
+        self, shard: int = 0, env: dict[str, str] | None = None, on_exit: Callable[[int], None] | None = None
+    ) -> None:
+        """`env`: added to the child's environment; `on_exit(pid)`: called when a child ended."""
+        self._env = {**os.environ, **(env or {}), "RUNLEDGER_ANALYSIS_SHARD": str(shard)}
+        self._on_exit = on_exit
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name=f"analysis-watchdog-{shard}", daemon=True)
@@ -167,6 +175,8 @@ class AnalysisProcess:
                 preexec_fn=die_with_parent(signal.SIGTERM),
             )
             code = self._proc.wait()
+            if self._on_exit is not None:
+                self._on_exit(self._proc.pid)  # before a restart, which may reuse the pid
             if self._stopping.is_set():
                 return
             failures = 0 if time.monotonic() - started > 60 else failures + 1
@@ -183,6 +193,37 @@ class AnalysisProcess:
         self._watchdog.join(timeout)
 
 
+class AnalysisChildren:
+    """The `all` role's analysis processes (one per shard), whose metrics the role's /metrics shows.
+
+    Each child keeps its metrics in prometheus_client's multiprocess files, in a directory
+    of this process's own (created here, removed at stop: two stacks on one machine never
+    share one); services/observability.py ChildMetrics merges them into this process's
+    scrape and folds the files of a child that exited.
+    """
+
+    def __init__(self, shards: int) -> None:
+        from services.observability import MULTIPROC_DIR_ENV, expose_children
+
+        self.metrics_dir = Path(tempfile.mkdtemp(prefix="runledger-analysis-metrics-"))
+        self.metrics = expose_children(self.metrics_dir)
+        env = {MULTIPROC_DIR_ENV: str(self.metrics_dir)}
+        self._processes = [
+            AnalysisProcess(shard, env, self.metrics.process_exited) for shard in range(shards)
+        ]
+
+    def start(self) -> None:
+        """Start every child and its watchdog."""
+        for process in self._processes:
+            process.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every child, then remove the metrics files (idempotent)."""
+        for process in self._processes:
+            process.stop(timeout)
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+
 def analysis_key(settings: Settings) -> ApiKey | None:
     """The key the analysis service signs with (its own, else the bootstrap key)."""
     token = settings.analysis_api_key or settings.bootstrap_api_key
@@ -190,7 +231,7 @@ def analysis_key(settings: Settings) -> ApiKey | None:
 
 
 def _stop_with_app(
-    app: FastAPI, threads: list[ServiceThread | AnalysisProcess], clickhouse: ClickHouse | None
+    app: FastAPI, threads: list[ServiceThread | AnalysisChildren], clickhouse: ClickHouse | None
 ) -> None:
     """Stop the service threads and close ClickHouse when the app shuts down.
 
@@ -231,7 +272,7 @@ def serve(role: str, settings: Settings) -> None:
 
     watch_gc()
     clickhouse = open_clickhouse(settings.clickhouse_url, settings.chdb_path) if role != "analysis" else None
-    threads: list[ServiceThread | AnalysisProcess] = []
+    threads: list[ServiceThread | AnalysisChildren] = []
     projector = None
     if role in ("all", "ingest"):
         assert clickhouse is not None
@@ -243,7 +284,7 @@ def serve(role: str, settings: Settings) -> None:
         analysis = AnalysisThread(settings, key)
         threads.append(analysis)
     elif role == "all" and key is not None:
-        threads.extend(AnalysisProcess(shard) for shard in range(settings.analysis_shards))
+        threads.append(AnalysisChildren(settings.analysis_shards))
     elif role in ("all", "analysis"):
         log.warning("no RUNLEDGER_ANALYSIS_API_KEY or RUNLEDGER_BOOTSTRAP_API_KEY: analysis not started")
     for thread in threads:

@@ -2,7 +2,12 @@
 
 The `all` role runs it as a child process rather than a thread: detection is CPU work in
 Python, and sharing the API's and the projector's interpreter lock would slow them.
-SIGTERM and SIGINT stop it after its current batch and a last checkpoint.
+SIGTERM and SIGINT stop it after its current batch and a last checkpoint. Its metrics
+reach the parent's /metrics through the PROMETHEUS_MULTIPROC_DIR the parent sets in its
+environment (prometheus_client's multiprocess mode; runledger.serve.AnalysisChildren).
+Garbage-collection pauses are not timed here (services/observability.py watch_gc): in that
+mode every metric write holds one process-wide lock, which a collection triggered inside a
+write would wait for forever.
 """
 
 from __future__ import annotations

@@ -92,6 +92,11 @@ class AnalysisService:
         self._group = checkpoint_group(
             settings.analysis_group, settings.analysis_shard, settings.analysis_shards
         )
+        # This shard's series exist (at 0) from the start, so rates and alerts see an idle shard.
+        shard = str(settings.analysis_shard)
+        self._points = metrics.ANALYSIS_POINTS.labels(shard=shard)
+        self._batch_seconds = metrics.ANALYSIS_BATCH_SECONDS.labels(shard=shard)
+        self._lag_seconds = metrics.ANALYSIS_LAG_SECONDS.labels(shard=shard)
 
     async def run(self) -> None:
         """Consume, detect and publish until stopped; attribution jobs and webhooks beside."""
@@ -208,15 +213,15 @@ class AnalysisService:
             self._remember(outgoing)
             self.published_findings += len(findings)
             for f in findings:
-                metrics.ANALYSIS_FINDINGS.labels(f.anomaly.kind).inc()
+                metrics.ANALYSIS_FINDINGS.labels(shard=str(s.analysis_shard), kind=f.anomaly.kind).inc()
         self._unsaved.update(offsets)
         due = time.monotonic() - self._checkpointed >= s.analysis_checkpoint_interval_s
         if due or self._bank.dirty_count >= _MAX_DIRTY:
             await self._checkpoint(incarnation)
-        metrics.ANALYSIS_POINTS.inc(self.analysed_points - points_before)
-        metrics.ANALYSIS_BATCH_SECONDS.observe(time.perf_counter() - started)
+        self._points.inc(self.analysed_points - points_before)
+        self._batch_seconds.observe(time.perf_counter() - started)
         if newest_ms:
-            metrics.ANALYSIS_LAG_SECONDS.set(max(0.0, time.time() - newest_ms / 1000))
+            self._lag_seconds.set(max(0.0, time.time() - newest_ms / 1000))
 
     def _remember(self, events: list[Outgoing]) -> None:
         """Keep published events for the republish window."""
