@@ -68,6 +68,20 @@ def _wait_for(
         time.sleep(0.2)
 
 
+def send_signed_run(bootstrap: str, topic: str, admin: Identity) -> str:
+    """Put a signed RunStarted and 200 points (loss and acc, steps 0-99) straight on the topic."""
+    run_id = uuid.uuid4().hex
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        producer.send(topic, key=run_id.encode(), value=run_started(admin, "exp", run_id))
+        raw, _ = metrics_batch(admin, "exp", run_id, ["loss", "acc"], 0, 100, seed=3)
+        producer.send(topic, key=run_id.encode(), value=raw)
+        producer.flush()
+    finally:
+        producer.close()
+    return run_id
+
+
 def test_one_scrape_shows_the_api_and_the_projector(stack: Stack, tmp_path: Path) -> None:
     rl.init(transport="http", url=stack.url, spool_dir=tmp_path / "spool")
     try:
@@ -137,16 +151,8 @@ def test_serve_ingest_answers_healthz_and_metrics_and_stops_on_sigterm(
         assert httpx.get(f"{ingest.url}/api/v1/runs", timeout=5).status_code == 404  # not the API
         assert httpx.get(f"{ingest.url}/metrics", timeout=5).status_code == 401  # even from loopback
 
-        tenant, run_id = "default", uuid.uuid4().hex
-        admin = Identity(tenant, "admin", key)
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
-        try:
-            producer.send(events, key=run_id.encode(), value=run_started(admin, "exp", run_id))
-            raw, _ = metrics_batch(admin, "exp", run_id, ["loss", "acc"], 0, 100, seed=3)
-            producer.send(events, key=run_id.encode(), value=raw)
-            producer.flush()
-        finally:
-            producer.close()
+        tenant = "default"
+        send_signed_run(broker.bootstrap, events, Identity(tenant, "admin", key))
         samples = _wait_for(
             ingest.url,
             lambda s: _value(s, "runledger_points_projected_total", tenant=tenant) >= 200,
@@ -288,16 +294,7 @@ def test_serve_analysis_answers_healthz_and_metrics(
         assert health.status_code == 200 and health.json()["status"] == "ok", health.text
         assert httpx.get(f"{analysis.url}/metrics", timeout=5).status_code == 401  # even from loopback
 
-        run_id = uuid.uuid4().hex
-        admin = Identity("default", "admin", key)
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
-        try:
-            producer.send(events, key=run_id.encode(), value=run_started(admin, "exp", run_id))
-            raw, _ = metrics_batch(admin, "exp", run_id, ["loss", "acc"], 0, 100, seed=3)
-            producer.send(events, key=run_id.encode(), value=raw)
-            producer.flush()
-        finally:
-            producer.close()
+        send_signed_run(broker.bootstrap, events, Identity("default", "admin", key))
         samples = _wait_for(analysis.url, lambda s: _analysed(s).get("0", 0) >= 200, token=scrape_token)
         assert _analysed(samples) == {"0": 200}
         assert _value(samples, "runledger_analysis_batch_seconds_count", shard="0") >= 1
