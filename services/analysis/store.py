@@ -59,7 +59,7 @@ async def load_states(
     if not wanted:
         return {}
     rows = await conn.fetch(
-        "SELECT s.tenant_id, s.scope, s.scope_id, s.key, s.member, s.state::text AS state FROM analysis_state s"
+        "SELECT s.tenant_id, s.scope, s.scope_id, s.key, s.member, s.state FROM analysis_state s"
         " JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS w(t, sc, id, k)"
         " ON s.tenant_id = w.t AND s.scope = w.sc AND s.scope_id = w.id AND s.key = w.k",
         [k.tenant_id for k in wanted],
@@ -82,8 +82,8 @@ async def save_states(conn: PgConnection, rows: Iterable[StateRow]) -> None:
     if upserts:
         await conn.execute(
             "INSERT INTO analysis_state (tenant_id, scope, scope_id, key, member, state, updated_at)"
-            " SELECT t, sc, id, k, m, s::jsonb, now()"
-            " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])"
+            " SELECT t, sc, id, k, m, s, now()"
+            " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])"
             " AS w(t, sc, id, k, m, s)"
             " ON CONFLICT (tenant_id, scope, scope_id, key, member)"
             " DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
@@ -92,7 +92,7 @@ async def save_states(conn: PgConnection, rows: Iterable[StateRow]) -> None:
             [r.key.scope_id for r in upserts],
             [r.key.key for r in upserts],
             [r.member for r in upserts],
-            [orjson.dumps(r.state, option=orjson.OPT_SERIALIZE_NUMPY).decode() for r in upserts],
+            [orjson.dumps(r.state, option=orjson.OPT_SERIALIZE_NUMPY) for r in upserts],
         )
     if deletes:
         await conn.execute(

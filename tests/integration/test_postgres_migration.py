@@ -6,6 +6,7 @@ import asyncpg
 import pytest
 
 from runledger.stores.postgres.migrate import migrate
+from services.analysis.store import StateKey, load_states
 
 pytestmark = pytest.mark.integration
 
@@ -26,3 +27,30 @@ async def test_migrate_adds_columns_to_tables_of_an_earlier_version(fresh_dsn: s
     finally:
         await conn.close()
     assert row is not None and (row["step"], row["first_step"]) == (9, 0)
+
+
+async def test_migrate_turns_jsonb_detector_states_into_bytes_that_load_as_before(fresh_dsn: str) -> None:
+    conn = await asyncpg.connect(fresh_dsn)
+    try:
+        # analysis_state as the first version created it: states as jsonb.
+        await conn.execute(
+            "CREATE TABLE analysis_state (tenant_id text NOT NULL, scope text NOT NULL, scope_id text NOT NULL,"
+            " key text NOT NULL, member text NOT NULL, state jsonb NOT NULL,"
+            " updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (tenant_id, scope, scope_id, key, member))"
+        )
+        state = {"n": 3, "best": -0.25, "bh": [1.5, None, 2.0], "name": "é"}
+        await conn.execute(
+            "INSERT INTO analysis_state (tenant_id, scope, scope_id, key, member, state)"
+            " VALUES ('t', 'series', 'r', 'loss', '', $1::jsonb)",
+            '{"n": 3, "best": -0.25, "bh": [1.5, null, 2.0], "name": "\\u00e9"}',
+        )
+        await migrate(conn)
+        await migrate(conn)  # and again: idempotent, the bytes untouched
+        kind = await conn.fetchval("SELECT pg_typeof(state)::text FROM analysis_state")
+        options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'analysis_state'")
+        key = StateKey("t", "series", "r", "loss")
+        loaded = await load_states(conn, [key])
+    finally:
+        await conn.close()
+    assert kind == "bytea" and "fillfactor=50" in options
+    assert loaded == {key: {"": state}}

@@ -398,10 +398,23 @@ CREATE TABLE IF NOT EXISTS analysis_state (
     scope_id   text NOT NULL,
     key        text NOT NULL,     -- the metric
     member     text NOT NULL,     -- '' for a series; the member run of a cohort
-    state      jsonb NOT NULL,
+    state      bytea NOT NULL,    -- the detector's state as JSON (UTF-8), opaque to Postgres
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, scope, scope_id, key, member)
-);
+) WITH (fillfactor = 50);
+-- A checkpoint rewrites every state that changed (at fleet scale all of them, ~100,000 rows of
+-- ~0.8 kB every 30 s). As jsonb, Postgres parsed each one and every update was non-HOT; as
+-- bytea in half-full pages the updates stay HOT (no indexed column changes): 65% less backend
+-- CPU per checkpoint and a table 2.5x smaller (bench/RESULTS.md, "Analysis checkpoints").
+DO $$
+BEGIN
+    IF (SELECT atttypid FROM pg_attribute WHERE attrelid = 'analysis_state'::regclass
+        AND attname = 'state' AND NOT attisdropped) = 'jsonb'::regtype THEN
+        -- Once, on a table of the first layout (a rewrite of the states, bounded by the cache).
+        ALTER TABLE analysis_state ALTER COLUMN state TYPE bytea USING convert_to(state::text, 'UTF8');
+        ALTER TABLE analysis_state SET (fillfactor = 50);
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS analysis_checkpoints (
     consumer_group text NOT NULL,
     incarnation    text NOT NULL,
