@@ -1,6 +1,12 @@
 """Points per second the analysis service's detectors sustain, for two shapes of traffic.
 
 `python -m bench.analysis_throughput [--runs 1000] [--keys 100] [--steps 30]`
+`python -m bench.analysis_throughput --runs 500 --gc-compare 2`
+
+--gc-compare N runs the fleet traffic N times under each garbage-collector setting, alternating:
+CPython's default thresholds and the analysis service's (runledger.serve
+relax_gc_for_detector_state), after the start-up heap is frozen as the service does, and
+reports the collections per generation and their CPU time (a gc.callbacks probe).
 
 - fleet: R runs x K metrics, each run logging one step of every metric per event, as the
   fleet benchmark does (`rl.log_metrics(row, step=)`): every polled batch touches R x K
@@ -16,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import statistics
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -23,8 +31,33 @@ from typing import Any
 import numpy as np
 import orjson
 
+from runledger.serve import ANALYSIS_GC_THRESHOLDS
 from services.analysis.detectors import BatchInput, DetectorBank
 from services.analysis.store import StateKey
+
+_DEFAULT_GC_THRESHOLDS = (700, 10, 10)  # CPython's
+
+
+class GcPauses:
+    """CPU seconds of every collection, per generation, while installed (thread CPU time)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            self.seconds[info["generation"]].append(time.thread_time() - self._started)
+
+    def summary(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for generation, pauses in self.seconds.items():
+            out[f"gen{generation}_collections"] = len(pauses)
+            out[f"gen{generation}_cpu_s"] = round(sum(pauses), 2)
+            out[f"gen{generation}_max_ms"] = round(1000 * max(pauses, default=0.0), 1)
+        return out
 
 
 async def _nothing_stored(keys: Iterable[StateKey]) -> dict[StateKey, dict[str, Any]]:
@@ -104,6 +137,39 @@ async def bulk(series: int, points_per_event: int, events: int) -> dict[str, flo
     return {"points": points, "seconds": elapsed, "points_per_s": points / elapsed}
 
 
+def gc_compare(runs: int, keys: int, steps: int, runs_per_batch: int, repeats: int) -> None:
+    """The fleet traffic under both collector settings, alternating, in this process."""
+    gc.collect()
+    gc.freeze()  # as the service does after start-up
+    settings = {"default": _DEFAULT_GC_THRESHOLDS, "analysis service": ANALYSIS_GC_THRESHOLDS}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
+    for n in range(repeats):
+        for name in list(settings) if n % 2 == 0 else list(reversed(settings)):
+            gc.collect()
+            gc.set_threshold(*settings[name])
+            probe = GcPauses()
+            gc.callbacks.append(probe)
+            cpu = time.process_time()
+            try:
+                r = asyncio.run(fleet(runs, keys, steps, runs_per_batch))
+            finally:
+                gc.callbacks.remove(probe)
+                gc.set_threshold(*_DEFAULT_GC_THRESHOLDS)
+            results[name].append({"cpu_s": round(time.process_time() - cpu, 1), **probe.summary()})
+            print(name, {"points": r["points"], **results[name][-1]}, flush=True)
+    print(
+        "| collector | gen0 / gen1 / gen2 collections | CPU in collections (s) | longest collection (ms) | process CPU (s) |"
+    )
+    print("|---|---|---|---|---|")
+    for name, rows in results.items():
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        counts = " / ".join(f"{med[f'gen{g}_collections']:.0f}" for g in range(3))
+        collected = sum(med[f"gen{g}_cpu_s"] for g in range(3))
+        print(
+            f"| {name} {settings[name]} | {counts} | {collected:.2f} | {max(med[f'gen{g}_max_ms'] for g in range(3)):.0f} | {med['cpu_s']:.1f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -112,7 +178,11 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=100)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--runs-per-batch", type=int, default=50)
+    parser.add_argument("--gc-compare", type=int, default=0, metavar="N")
     args = parser.parse_args()
+    if args.gc_compare:
+        gc_compare(args.runs, args.keys, args.steps, args.runs_per_batch, args.gc_compare)
+        return
     f = asyncio.run(fleet(args.runs, args.keys, args.steps, args.runs_per_batch))
     b = asyncio.run(bulk(10, 1000, 100))
     print("| traffic | points | seconds | points/s | µs/point |")

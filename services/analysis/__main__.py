@@ -17,7 +17,7 @@ import logging
 import signal
 
 from runledger.config import get_settings
-from runledger.serve import analysis_key, connect_postgres, freeze_startup_heap
+from runledger.serve import analysis_key, connect_postgres, freeze_startup_heap, relax_gc_for_detector_state
 from services.analysis.service import AnalysisService
 
 log = logging.getLogger("runledger.analysis")
@@ -34,6 +34,7 @@ async def _main() -> int:
     pool = await connect_postgres(settings)
     service = AnalysisService(settings, pool, key)
     freeze_startup_heap()
+    relax_gc_for_detector_state()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop.set)
