@@ -75,6 +75,16 @@ STATE_VERSION = 2  # 2: packed arrays, best-level history rebuilt from the raw p
 SHORT_BATCH = 48  # batches up to this many points take the scalar path (numpy's fixed costs dominate)
 _SLACK = 8  # array buffers grow this far past their logical length before being trimmed
 _INT64_MIN = -(2**63)
+_NEVER = -(2**62)  # a global point index long before any series (no int64 overflow in differences)
+# Plateau after an abrupt stop: the best level (a running minimum of the lagging level) creeps
+# down for about LEVEL_LAG more points, so the last window turns flat only a few points after the
+# window before it stopped passing the shape test. That shape counts for this many points more
+# (at most patience // 2) ...
+PLATEAU_MEMORY = 5
+# ... if the last window past its first LEVEL_LAG points (the creep) moved less than this fraction
+# of plateau_min_delta: the slow residual progress after a 10x LR decay does not. (5 and 0.35: no
+# new false plateau on 10,800 clean curves, 6 and 0.5 each add some; see bench/RESULTS.md.)
+PLATEAU_SETTLED = 0.35
 _FLOAT_MAX = sys.float_info.max
 
 _MAXIMISE = re.compile(
@@ -601,6 +611,8 @@ class SeriesDetector:
         "_bh",
         "_bh_len",
         "_lv",
+        "_plat_lag",
+        "_plat_mem",
         "_sig",
         "_sig_blk",
         "_sign",
@@ -626,6 +638,7 @@ class SeriesDetector:
         "n",
         "plateau_open",
         "plateau_ref",
+        "plateau_shape_at",
         "quiet_until",
         "reset_at",
         "reset_gi",
@@ -661,6 +674,8 @@ class SeriesDetector:
         # best level so far (running min of the level) and its last 3 * patience values
         self.best = math.nan
         self._bh_len = 3 * config.plateau_patience
+        self._plat_mem = min(PLATEAU_MEMORY, config.plateau_patience // 2)
+        self._plat_lag = min(LEVEL_LAG, config.plateau_patience // 2)
         self._bh: array[float] = array("d", [math.nan]) * self._bh_len
         self.reset_gi = 0
         self.reset_at = -1  # global index of the point at which the best level was last reset
@@ -670,6 +685,8 @@ class SeriesDetector:
         self.div_rearm = math.nan
         self.plateau_open = False  # a plateau was reported and the series has not improved since
         self.plateau_ref = math.nan
+        # the last point at which the progress before it looked like a plateau's (_plateau_cond)
+        self.plateau_shape_at = _NEVER
         # scalar-path caches, rebuilt from the raw history when missing (None)
         self._win: array[float] | None = None  # the last 12 values, sorted
         self._lv: array[float] = array("d")  # levels of the last 13 points, slot = index % 13
@@ -779,6 +796,8 @@ class SeriesDetector:
             state["exc"] = self.exc
         if self.exact_from > n - L:
             state["exact_from"] = self.exact_from
+        if self.plateau_shape_at >= n - self._plat_mem:  # only while it can still count
+            state["plateau_shape_at"] = self.plateau_shape_at
         return state
 
     @classmethod
@@ -825,6 +844,8 @@ class SeriesDetector:
         d.div_rearm = _none_to_nan(state["div_rearm"])
         d.plateau_open = bool(state["plateau_open"])
         d.plateau_ref = _none_to_nan(state["plateau_ref"])
+        # optional: states saved before it existed still load (at worst one plateau is missed)
+        d.plateau_shape_at = int(state.get("plateau_shape_at", _NEVER))
         saved_len, head_code = state["bh"]
         saved_len = int(saved_len)
         exact_from = int(state.get("exact_from", 0))
@@ -1034,28 +1055,37 @@ class SeriesDetector:
         if self._want_plat:
             if self.plateau_open:
                 return best <= self.plateau_ref - c.plateau_prior_progress * s
-            return self._plateau_hit(s, lv, best)
+            return self._plateau_hit(gi, s, lv, best)
         return False
 
-    def _plateau_hit(self, s: float, lv: float, b3: float) -> bool:
-        """:meth:`_plateau_cond` for one new point (best level b3) on floats, same arithmetic."""
+    def _plateau_hit(self, gi: int, s: float, lv: float, b3: float) -> bool:
+        """:meth:`_plateau_cond` for one new point gi (best level b3) on floats, same arithmetic;
+        like :meth:`_scan` it records gi in plateau_shape_at when the shape test holds."""
         c = self.config
         P = c.plateau_patience
         bh = self._bh  # the entries before this point; bh[-3P] is the oldest
-        b2 = bh[-P]
+        b1, b2 = bh[-2 * P], bh[-P]
+        p2 = b1 - b2
+        rho = c.plateau_prior_progress * s
+        if p2 >= rho:  # (the cheap test first: False on NaN, as before the windows fill)
+            p1 = bh[-3 * P] - b1
+            if (
+                p1 >= rho
+                and p2 * p2 >= 3.0 * c.plateau_min_delta * s * p1
+                and p1 <= 4.0 * p2
+                and p2 <= 3.0 * p1
+                and bh[-P - P // 3] - b2 >= 0.2 * p2
+            ):
+                self.plateau_shape_at = gi
+        if gi - self.plateau_shape_at > self._plat_mem:
+            return False
         md_s = c.plateau_min_delta * s
         if not (b2 - b3 < md_s and lv - b3 < md_s):
             return False
-        b0, b1 = bh[-3 * P], bh[-2 * P]
-        p1, p2 = b0 - b1, b1 - b2
-        rho = c.plateau_prior_progress * s
-        if not (p1 >= rho and p2 >= rho):
-            return False
-        if not (p2 * p2 >= 3.0 * c.plateau_min_delta * s * p1):
-            return False
-        if not (p1 <= 4.0 * p2 and p2 <= 3.0 * p1):
-            return False
-        return bh[-P - P // 3] - b2 >= 0.2 * p2
+        return (
+            self.plateau_shape_at == gi
+            or bh[-P + self._plat_lag] - b3 < PLATEAU_SETTLED * c.plateau_min_delta * s
+        )
 
     def _event_batch(
         self, step: int, y: float, gi: int, z: float, pred: float, slope: float, s: float, level: float
@@ -1204,17 +1234,21 @@ class SeriesDetector:
                 else:
                     # re-arm once the level (whose window lags) holds only post-finding points
                     ev |= active & (lv <= self.div_rearm) & (b.gi[cur:end] >= self.best_from)
+            shape_at: IntArray | None = None  # plateau_shape_at as of each point
             if "plateau" in en:
                 if self.plateau_open:
                     ev |= active & (best <= self.plateau_ref - c.plateau_prior_progress * s)
                 else:
                     bh = np.concatenate([self.best_hist, best])
-                    ev |= active & self._plateau_cond(bh, self._bh_len, s, lv)
+                    plat, shape_at = self._plateau_cond(bh, self._bh_len, s, lv, int(b.gi[cur]))
+                    ev |= active & plat
             hits = np.flatnonzero(ev)
             stop = int(hits[0]) if len(hits) else end - cur
             # commit the quiet points before the event
             if stop > 0:
                 self._commit_best(best[:stop])
+                if shape_at is not None:
+                    self.plateau_shape_at = int(shape_at[stop - 1])
                 self.z_hist = (self.z_hist + [float(v) for v in zz[max(0, stop - 3) : stop]])[-3:]
             cur += stop
             if cur < end and len(hits):
@@ -1223,17 +1257,21 @@ class SeriesDetector:
         return out
 
     def _plateau_cond(
-        self, bh: FloatArray, first: int, s: FloatArray, lv: FloatArray
-    ) -> npt.NDArray[np.bool_]:
-        """Plateau test for the points bh[first:] (bh: best-level history, lower is better).
+        self, bh: FloatArray, first: int, s: FloatArray, lv: FloatArray, gi0: int
+    ) -> tuple[npt.NDArray[np.bool_], IntArray]:
+        """Plateau test for the points bh[first:] (bh: best-level history, lower is better), the
+        first of them global point gi0; also the last point at which the shape test held, as of
+        each point (plateau_shape_at, to commit).
 
         Over three consecutive patience windows W1, W2, W3 (W3 the most recent) the best level
-        improved by p1, p2, p3: a plateau is p3 < min_delta while p1 and p2 >= prior_progress
-        and the trend did not already fade (p2^2 / p1, i.e. the progress
-        expected over W3 by a geometric fit of p1, p2, is >= 3 min_delta), progress was steady
-        (p1 and p2 within a factor 4 / 3 of each other), and the current level is within
-        min_delta of the best (flat, not getting worse: that is divergence). Smooth convergence
-        and an LR-step drop that settles (large p2 after a small p1) fail the last tests.
+        improved by p1, p2, p3. The shape test: p1 and p2 >= prior_progress, the trend did not
+        already fade (p2^2 / p1, i.e. the progress expected over W3 by a geometric fit of p1, p2,
+        is >= 3 min_delta), progress was steady (p1 and p2 within a factor 4 / 3 of each other)
+        and still going at the end of W2. A plateau is a flat W3 (p3 < min_delta and the current
+        level within min_delta of the best: not getting worse, that is divergence) while the
+        shape test holds, or held within the last :data:`PLATEAU_MEMORY` points and W3 after its
+        first LEVEL_LAG points is flatter still (:data:`PLATEAU_SETTLED`). Smooth convergence and
+        an LR-step drop that settles (large p2 after a small p1) fail the shape test.
         """
         c = self.config
         P = c.plateau_patience
@@ -1251,8 +1289,17 @@ class SeriesDetector:
         # stop, not a transition that settled exponentially within W2
         late = bh[j - P - P // 3] - b2
         steady &= late >= 0.2 * p2
-        hit: npt.NDArray[np.bool_] = flat & (p1 >= rho) & (p2 >= rho) & fade & steady
-        return hit
+        shape = (p1 >= rho) & (p2 >= rho) & fade & steady
+        # After an abrupt stop the best level (a running minimum of the lagging 12-point median)
+        # creeps down for a few more points, so p3 falls below min_delta only some points after
+        # onset + P, when W2's last third already lies on the plateau and fails "still going"
+        # (8% of the plateaus were missed so on seed 4): a shape seen in the last few points counts
+        gi = np.arange(gi0, gi0 + len(j), dtype=np.int64)
+        shape_at = np.maximum.accumulate(np.where(shape, gi, self.plateau_shape_at))
+        settled = bh[j - P + self._plat_lag] - b3 < PLATEAU_SETTLED * c.plateau_min_delta * s
+        recent = (gi - shape_at <= self._plat_mem) & settled
+        hit: npt.NDArray[np.bool_] = flat & ((shape_at == gi) | recent)
+        return hit, shape_at
 
     def _reset_best(self, onset_gi: int, at_gi: int) -> None:
         """Forget the best level after a change (found at point at_gi); plateau waits 2 * patience
@@ -1335,10 +1382,13 @@ class SeriesDetector:
             if self.plateau_open:
                 if best <= self.plateau_ref - c.plateau_prior_progress * s:
                     self.plateau_open = False
-            elif self._plateau_cond(
-                np.concatenate([old_hist, [best]]), len(old_hist), np.array([s]), np.array([lv])
-            )[0]:
-                self._plateau(b, i, best, out)
+            else:
+                hit, shape_at = self._plateau_cond(
+                    np.concatenate([old_hist, [best]]), len(old_hist), np.array([s]), np.array([lv]), gi
+                )
+                self.plateau_shape_at = int(shape_at[0])
+                if hit[0]:
+                    self._plateau(b, i, best, out)
 
     # ------------------------------------------------------------------ incidents
 
@@ -1582,12 +1632,16 @@ class SeriesDetector:
         c = self.config
         P = c.plateau_patience
         s = float(b.s[i])
+        # the progress before: W2 as of the last point the shape test held (this one, or one of
+        # the last PLATEAU_MEMORY, see _plateau_cond), so it is the progress the test judged
+        d = int(b.gi[i]) - self.plateau_shape_at
         self.plateau_open = True
         self.plateau_ref = best
+        self.plateau_shape_at = _NEVER  # re-armed only by new progress
         if "plateau" not in c.enabled_kinds:
             return
         bh = self._bh
-        p2 = (float(bh[-2 * P - 1]) - float(bh[-P - 1])) / s
+        p2 = (float(bh[-2 * P - 1 - d]) - float(bh[-P - 1 - d])) / s
         p3 = (float(bh[-P - 1]) - best) / s
         # onset: the break of a continuous line-then-flat fit over the last 2 patience windows
         p = b.ext0 + i
