@@ -24,7 +24,6 @@ from pathlib import Path
 
 import asyncpg
 import numpy as np
-import orjson
 import psutil
 
 from bench.analysis_throughput import _curves, _no_keys, _nothing_stored
@@ -51,11 +50,7 @@ async def _states(runs: int, keys: int, steps: int) -> list[tuple[str, str, byte
             batch.add_metrics("t", f"exp{r % 10}", f"run{r}", names, key_index, steps_of, values[r, :, step])
         await bank.analyse(batch)
     return [
-        (
-            row.key.scope_id + "/" + row.member,
-            row.key.key,
-            orjson.dumps(row.state, option=orjson.OPT_SERIALIZE_NUMPY),
-        )
+        (row.key.scope_id + "/" + row.member, row.key.key, row.state)
         for row in bank.take_dirty()
         if row.state is not None
     ]

@@ -144,9 +144,11 @@ class DetectorBank:
                 continue
             detector = entry.detector
             if isinstance(detector, SeriesDetector):
-                rows.append(StateRow(key, "", detector.to_state()))
+                rows.append(StateRow.of(key, "", detector.to_state()))
             else:
-                rows.extend(StateRow(key, run, state) for run, state in detector.take_dirty_members().items())
+                rows.extend(
+                    StateRow.of(key, run, state) for run, state in detector.take_dirty_members().items()
+                )
         self._dirty.clear()
         return rows
 
@@ -260,7 +262,7 @@ class DetectorBank:
             return self._build(state_key, config, {"": detector.to_state()})
         # Changes not stored yet would be lost with the old object: keep them for take_dirty.
         self._stashed.extend(
-            StateRow(state_key, run, st) for run, st in detector.take_dirty_members().items()
+            StateRow.of(state_key, run, st) for run, st in detector.take_dirty_members().items()
         )
         return self._build(state_key, config, detector.members())
 
