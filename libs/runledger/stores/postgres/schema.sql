@@ -405,7 +405,7 @@ CREATE TABLE IF NOT EXISTS analysis_state (
 -- A checkpoint rewrites every state that changed (at fleet scale all of them, ~100,000 rows of
 -- ~0.8 kB every 30 s). As jsonb, Postgres parsed each one and every update was non-HOT; as
 -- bytea in half-full pages the updates stay HOT (no indexed column changes): 65% less backend
--- CPU per checkpoint and a table 2.5x smaller (bench/RESULTS.md, "Analysis checkpoints").
+-- CPU per checkpoint and a table 3x smaller (bench/RESULTS.md, "Analysis checkpoints").
 DO $$
 BEGIN
     IF (SELECT atttypid FROM pg_attribute WHERE attrelid = 'analysis_state'::regclass
