@@ -104,6 +104,7 @@ def test_nested_run_tree_round_trips_exactly_and_survives_replay(stack: Stack, t
         kafka_bootstrap=stack.bootstrap,
         events_topic=stack.events_topic,
         spool_dir=tmp_path / "spool",
+        system_metrics_interval_s=0,  # the tree is compared exactly, metric by metric
     )
     experiment = f"e2e-tree-{uuid.uuid4().hex[:6]}"
     try:

@@ -160,6 +160,7 @@ def test_sdk_over_http_end_to_end_with_outage(api: EventsApi, tmp_path: Path) ->
         batch_interval_ms=20,
         resend_backoff_initial_s=0.05,
         resend_backoff_max_s=0.1,
+        system_metrics_interval_s=0,  # the run's points are checked one by one
     )
     try:
         with rl.start_run(experiment="http") as run:
@@ -181,7 +182,8 @@ EXIT_SCRIPT = """
 import os, signal, sys, time
 import runledger_sdk as rl
 
-rl.init(transport="http", url=sys.argv[1], spool_dir=sys.argv[2], batch_interval_ms=20, tenant="default")
+rl.init(transport="http", url=sys.argv[1], spool_dir=sys.argv[2], batch_interval_ms=20, tenant="default",
+        system_metrics_interval_s=0)
 how = sys.argv[3]
 if how == "finish":
     for i in range(500):
