@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,19 @@ def test_anchored_identifiers_refuse_a_trailing_newline(pattern: str, value: str
     module, name = pattern.split(":")
     regex = getattr(importlib.import_module(module), name)
     assert regex.match(value) is None and regex.match(value.rstrip("\n")) is not None
+
+
+def test_encoded_events_hold_about_their_length_in_memory() -> None:
+    small = {"type": "run.status_changed", "payload": {"status": "FINISHED"}}
+    large = {"type": "run.metrics_logged", "payload": {"values": "A" * 40_000}}
+    for event in (small, large):
+        encode(event)  # warm any caches outside the measurement
+        tracemalloc.start()
+        try:
+            kept = [encode(event) for _ in range(50)]
+            held = tracemalloc.get_traced_memory()[0] / len(kept)
+        finally:
+            tracemalloc.stop()
+        assert orjson.loads(kept[0]) == event
+        # orjson's own result holds 4 KiB for the small event and ~520 kB for the large one
+        assert held < len(kept[0]) + 200, (len(kept[0]), held)

