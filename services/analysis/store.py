@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from runledger.analysis.sharding import StoredOffset
+from runledger.events.codec import json_bytes
 from runledger.stores.postgres import PgConnection
 
 SERIES = "series"  # scope_id = run_id
@@ -55,11 +56,7 @@ class StateRow:
     @classmethod
     def of(cls, key: StateKey, member: str, state: dict[str, Any] | None) -> StateRow:
         """The row of a detector's state (`to_state()`), or of a forgotten one (None)."""
-        if state is None:
-            return cls(key, member, None)
-        # A copy: orjson's result keeps its ~8 KB output buffer whatever the length (a state is
-        # 0.3-0.8 kB), which made a 200,000-state checkpoint hold 1.2 GB the allocator then kept.
-        return cls(key, member, memoryview(orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY)).tobytes())
+        return cls(key, member, None if state is None else json_bytes(state))
 
 
 async def load_states(
