@@ -397,8 +397,11 @@ class Monitor:
         }
 
     async def metrics(self) -> dict[str, float]:
-        """The services process's /metrics, reduced."""
-        response = await self.http.get("/metrics")
+        """The services process's /metrics, reduced (retried once: a sample must not end the run)."""
+        try:
+            response = await self.http.get("/metrics")
+        except httpx.TransportError:
+            response = await self.http.get("/metrics")
         response.raise_for_status()
         return _scrape(response.text)
 

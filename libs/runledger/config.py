@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         " tenant's events/s 429 (then checked as usual, or refused if still early): a client retrying"
         " at once costs one request per connection per wait. 0 = answer at once.",
     )
+    api_keepalive_s: int = Field(
+        65,
+        gt=0,
+        description="Seconds the API keeps an idle HTTP connection open. Longer than clients' own idle"
+        " expiry (httpx: 5 s), so a client never reuses a connection the server is closing that instant"
+        " (uvicorn's default is 5 s).",
+    )
     kafka_port: int = Field(0, description="Port of the embedded broker (0 = a free one).")
     postgres_port: int = Field(0, description="Port of the embedded PostgreSQL (0 = a free one).")
 

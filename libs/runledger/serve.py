@@ -322,7 +322,13 @@ def serve(role: str, settings: Settings) -> None:
             app = create_health_app(monitored, settings.metrics_token)
         _stop_with_app(app, threads, clickhouse)
         freeze_startup_heap()
-        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+        uvicorn.run(
+            app,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="warning",
+            timeout_keep_alive=settings.api_keepalive_s,
+        )
     except KeyboardInterrupt:
         pass
     finally:
