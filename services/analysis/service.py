@@ -57,6 +57,11 @@ from services.ingest.projector import BrokerRestarted, consumer_config
 log = logging.getLogger(__name__)
 
 _POLL_RECORDS = 5000
+# The embedded broker (tansu 0.6.0, memory://) lists every batch a partition ever stored on each
+# fetch that finds data, and holds each fetch for this long: at the projector's 50 ms its CPU grew
+# with the log (bench/broker_fetch.py). Findings are due within seconds, not milliseconds, so the
+# analysis consumer fetches 4 times a second; a Kafka broker answers as soon as data is there.
+_FETCH_WAIT_MS = 250
 # A checkpoint is also taken once this many detectors changed (bounds the memory that
 # cannot be evicted and the work a crash repeats).
 _MAX_DIRTY = 500_000
@@ -131,7 +136,11 @@ class AnalysisService:
 
     async def _consume(self, producer: KafkaProducer, gate: Gate) -> None:
         s = self._settings
-        config = consumer_config(s) | {"group_id": self._group, "max_poll_records": _POLL_RECORDS}
+        config = consumer_config(s) | {
+            "group_id": self._group,
+            "max_poll_records": _POLL_RECORDS,
+            "fetch_max_wait_ms": _FETCH_WAIT_MS,
+        }
         consumer = await asyncio.to_thread(KafkaConsumer, **config)
         try:
             while s.events_topic not in await asyncio.to_thread(consumer.topics):
