@@ -16,15 +16,27 @@ UVICORN_DEFAULT_KEEPALIVE_S = 5.0
 
 
 def _get_healthz(conn: socket.socket, host: str) -> bytes:
+    """One request on `conn` and its whole response (head and body; b"" if the server closed)."""
     conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     conn.settimeout(10)
     reply = b""
     while b"\r\n\r\n" not in reply:
         chunk = conn.recv(4096)
         if not chunk:  # closed by the server
-            break
+            return reply
         reply += chunk
-    return reply
+    head, _, body = reply.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def test_an_idle_connection_is_still_open_after_the_clients_expiry(stack: Stack) -> None:
