@@ -58,9 +58,10 @@ log = logging.getLogger(__name__)
 
 _POLL_RECORDS = 5000
 # The embedded broker (tansu 0.6.0, memory://) lists every batch a partition ever stored on each
-# fetch that finds data, and holds each fetch for this long: at the projector's 50 ms its CPU grew
-# with the log (bench/broker_fetch.py). Findings are due within seconds, not milliseconds, so the
-# analysis consumer fetches 4 times a second; a Kafka broker answers as soon as data is there.
+# fetch that finds data, and holds each fetch for this long, so each fetch costs it CPU that grows
+# with the log (bench/broker_fetch.py). Findings are due within seconds, not milliseconds: a quiet
+# stack's analysis consumer fetches 4 times a second, not 20 (under load it fetches as often as it
+# finishes a batch either way); a Kafka broker answers as soon as data is there.
 _FETCH_WAIT_MS = 250
 # A checkpoint is also taken once this many detectors changed (bounds the memory that
 # cannot be evicted and the work a crash repeats).
