@@ -63,13 +63,14 @@ def _tail(
         for tp in assigned:
             consumer.position(tp)
     stop = threading.Event()
+    sent = [0]
 
     def produce() -> None:
-        i = 0
+        payload = b"y" * size
         while not stop.is_set():
-            producer.send(TOPIC, partition=i % partitions, value=b"y" * size)
+            producer.send(TOPIC, partition=sent[0] % partitions, value=payload)
             producer.flush()
-            i += 1
+            sent[0] += 1
             time.sleep(1 / trickle)
 
     thread = threading.Thread(target=produce, daemon=True)
@@ -87,7 +88,12 @@ def _tail(
     if consumer is not None:
         consumer.close()
     producer.close()
-    return {"fetch_wait_ms": wait_ms, "broker_cores": round(cores, 3), "records_received": received}
+    return {
+        "fetch_wait_ms": wait_ms,
+        "broker_cores": round(cores, 3),
+        "records_received": received,
+        "records_sent": sent[0],
+    }
 
 
 def main() -> None:
@@ -112,7 +118,7 @@ def main() -> None:
             assert broker.pid is not None
             process = psutil.Process(broker.pid)
             filler = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
-            stored, rows = 0, []
+            stored = 0
             for target in sorted(args.stored):
                 _fill(filler, args.partitions, max(0, target - stored), args.record_bytes)
                 stored = max(stored, target)
@@ -126,10 +132,8 @@ def main() -> None:
                         args.trickle,
                         args.record_bytes,
                     )
-                    rows.append(row)
                     print(json.dumps(row), flush=True)
-                    # What the trickle added is stored too: the next rows count it.
-                    stored += round(args.trickle * args.seconds) if wait == 0 else row["records_received"]
+                    stored += row["records_sent"]  # the trickle is stored too: the next rows count it
             filler.close()
         finally:
             broker.stop()
