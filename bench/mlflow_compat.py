@@ -7,6 +7,11 @@ machine in the same run. Both Postgres servers run with fsync on. Phases, per ta
 
   log_batch   points/s of MlflowClient.log_batch, 1,000 metrics per call, 1 and 4 client processes
   seed        10,000+ runs (create_run with tags, one log_batch of params and metrics), 4 processes
+
+Both write phases end with a read of what each process wrote (get_run, search_runs), inside the
+timed wall, so their rates count writes that are visible, not only acknowledged. RunLedger runs
+once per `--write-ack` mode (RUNLEDGER_MLFLOW_WRITE_ACK: `broker` answers run writes on the
+broker's ack, `projection` once projected), side by side in the same run.
   search      search_runs latency over those runs: filters, order_by, and every run into pandas
   history     a 1M-point series (log_batch from 4 processes), then get_metric_history, timed
               in a child process killed after --history-timeout (reported as "> N s")
@@ -91,6 +96,7 @@ def _task_log_batch(target: Target, args: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         client.log_batch(args["run_id"], metrics=batch, synchronous=True)
         latencies.append(time.perf_counter() - started)
+    client.get_run(args["run_id"])  # visible: the wall counts until the writes can be read
     return {"latencies": latencies, "points": args["calls"] * 1000}
 
 
@@ -107,6 +113,7 @@ def _task_seed(target: Target, args: dict[str, Any]) -> dict[str, Any]:
         metrics = [Metric("acc", (i * 7919 % 10_000) / 10_000, now, 0), Metric("loss", 1 / (i + 1), now, 0)]
         metrics.append(Metric("epoch", float(i % 50), now, 0))
         client.log_batch(run.info.run_id, metrics=metrics, params=params)
+    client.search_runs([args["experiment_id"]], max_results=1)  # visible, as in _task_log_batch
     return {"count": args["count"]}
 
 
@@ -296,10 +303,20 @@ def bench_target(target: Target, opts: argparse.Namespace, out: dict[str, Any]) 
 
 
 @contextmanager
-def runledger_target() -> Iterator[Target]:
-    with embedded_stack() as stack:
-        info = json.loads(stack.settings.connection_file.read_text())
-        yield Target("runledger", stack.api_url, {"MLFLOW_TRACKING_TOKEN": info["api_key"]})
+def runledger_target(write_ack: str) -> Iterator[Target]:
+    """The embedded stack with RUNLEDGER_MLFLOW_WRITE_ACK=`write_ack` (its processes inherit it)."""
+    before = os.environ.get("RUNLEDGER_MLFLOW_WRITE_ACK")
+    os.environ["RUNLEDGER_MLFLOW_WRITE_ACK"] = write_ack
+    try:
+        with embedded_stack() as stack:
+            info = json.loads(stack.settings.connection_file.read_text())
+            name = "runledger" if write_ack == "broker" else f"runledger-{write_ack}"
+            yield Target(name, stack.api_url, {"MLFLOW_TRACKING_TOKEN": info["api_key"]})
+    finally:
+        if before is None:
+            os.environ.pop("RUNLEDGER_MLFLOW_WRITE_ACK", None)
+        else:
+            os.environ["RUNLEDGER_MLFLOW_WRITE_ACK"] = before
 
 
 @contextmanager
@@ -390,6 +407,13 @@ def main() -> None:
         "--mlflow", type=Path, default=DEFAULT_MLFLOW, help="`mlflow` of the bench-mlflow extra"
     )
     parser.add_argument("--only", choices=["runledger", "mlflow"], help="benchmark one side")
+    parser.add_argument(
+        "--write-ack",
+        nargs="+",
+        choices=["broker", "projection"],
+        default=["broker"],
+        help="RunLedger's RUNLEDGER_MLFLOW_WRITE_ACK modes, each benchmarked in turn",
+    )
     opts = parser.parse_args()
 
     report: dict[str, Any] = {
@@ -401,8 +425,9 @@ def main() -> None:
         }
     }
     if opts.only != "mlflow":
-        with runledger_target() as target:
-            report["runledger"] = _guarded(target, opts)
+        for write_ack in opts.write_ack:
+            with runledger_target(write_ack) as target:
+                report[target.name] = _guarded(target, opts)
     if opts.only != "runledger":
         if not opts.mlflow.exists():
             report["mlflow"] = {

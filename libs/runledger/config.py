@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -174,6 +174,12 @@ class Settings(BaseSettings):
     # API.
     write_wait_timeout_s: float = Field(
         10.0, description="How long a write waits for its event to be projected (read-your-writes)."
+    )
+    mlflow_write_ack: Literal["broker", "projection"] = Field(
+        "broker",
+        description="When MLflow run writes (runs/create, log-batch, log-metric, log-parameter, set-tag,"
+        " runs/update, log-inputs) answer: `broker` once the broker acknowledged the event (the same"
+        " key's other requests then wait until it is projected), `projection` once it is projected.",
     )
 
     # Artifacts (content-addressed blobs; their metadata is in Postgres through events).

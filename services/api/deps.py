@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -35,6 +35,7 @@ from services.api import sessions
 from services.api.audit import AuditSink
 from services.api.consistency import ConsistencyToken
 from services.api.errors import ApiError, PermissionDenied, TemporarilyUnavailable, Unauthenticated
+from services.api.pending import PendingWrites
 from services.api.principal import Principal
 from services.api.writes import EventWriter
 
@@ -55,6 +56,11 @@ class Runtime:
     writer: EventWriter
     auth: AuthWatcher
     audit: AuditSink
+    # MLflow writes answered on the broker's ack, until projected (services/api/pending.py).
+    pending: PendingWrites = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pending", PendingWrites(self.writer))
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -289,3 +295,12 @@ async def wait_for_consistency(
 
 
 ConsistentRead = Depends(wait_for_consistency)
+
+
+async def settle_caller(runtime: RuntimeDep, principal: Auth) -> None:
+    """Read-your-writes for clients that carry no token (MLflow's): wait until the writes this
+    process acknowledged for the caller are projected (503 after the write wait)."""
+    await runtime.pending.settle(principal)
+
+
+SettledCaller = Depends(settle_caller)

@@ -87,16 +87,23 @@ class EventWriter:
         self.timeout_s = timeout_s
         self.quotas = quotas
 
-    async def write(
+    async def publish(
         self, principal: Principal, events: Sequence[OutgoingEvent], *, points: int = 0
-    ) -> WriteReceipt:
-        """Produce `events` for `principal` in order and wait until all are projected (or the timeout
-        passes); 429 when the tenant's quotas refuse `len(events)` events carrying `points` points."""
+    ) -> ConsistencyToken:
+        """Produce `events` for `principal` in order and return once the broker acknowledged them
+        (not projected yet); 429 when the tenant's quotas refuse `len(events)` events carrying
+        `points` points."""
         if self.quotas is not None:
             quota = principal.authorizer.snapshot.quota(principal.tenant_id)
             await self.quotas.admit(principal.tenant_id, quota, len(events), points)
         result = await self.publisher.publish(events)
-        token = ConsistencyToken.from_positions(result.incarnation, result.topic, result.positions)
+        return ConsistencyToken.from_positions(result.incarnation, result.topic, result.positions)
+
+    async def write(
+        self, principal: Principal, events: Sequence[OutgoingEvent], *, points: int = 0
+    ) -> WriteReceipt:
+        """`publish`, then wait until all of `events` are projected (or the timeout passes)."""
+        token = await self.publish(principal, events, points=points)
         start = time.perf_counter()
         projected = await self.waiter.wait(token, self.timeout_s)
         WRITE_WAIT_SECONDS.observe(time.perf_counter() - start)

@@ -3,6 +3,10 @@
 GET routes read the query string, POST routes a JSON body, as the client's
 `call_endpoint` does. Every write route refuses a caller that may write nothing
 before reading its body (403), like the native routes.
+
+Read-your-writes without a token: the run writes answered on the broker's ack take
+`AckService`; every other route takes `Service`, which first waits until the caller's
+acknowledged writes are projected (services/api/pending.py).
 """
 
 from __future__ import annotations
@@ -29,17 +33,25 @@ Writer = require(Action.WRITE)
 _JSON = "application/json"
 
 
-def get_service(runtime: RuntimeDep, principal: Auth) -> MlflowService:
-    """The MLflow service acting for the caller."""
+async def get_service(runtime: RuntimeDep, principal: Auth) -> MlflowService:
+    """The MLflow service acting for the caller, once the caller's earlier writes are projected."""
+    await runtime.pending.settle(principal)
     return MlflowService(runtime, principal)
 
 
-def get_models(runtime: RuntimeDep, principal: Auth) -> LoggedModelService:
-    """The logged-model service acting for the caller."""
+def get_ack_service(runtime: RuntimeDep, principal: Auth) -> MlflowService:
+    """The MLflow service acting for the caller, for the writes answered on the broker's ack."""
+    return MlflowService(runtime, principal)
+
+
+async def get_models(runtime: RuntimeDep, principal: Auth) -> LoggedModelService:
+    """The logged-model service acting for the caller, once the caller's earlier writes are projected."""
+    await runtime.pending.settle(principal)
     return LoggedModelService(runtime, principal)
 
 
 Service = Annotated[MlflowService, Depends(get_service)]
+AckService = Annotated[MlflowService, Depends(get_ack_service)]
 Models = Annotated[LoggedModelService, Depends(get_models)]
 Body = dict[str, Any]
 
@@ -111,7 +123,7 @@ async def delete_experiment_tag(body: schemas.ExperimentTagDelete, service: Serv
 
 
 @_write("/runs/create")
-async def create_run(body: schemas.RunCreate, service: Service) -> Body:
+async def create_run(body: schemas.RunCreate, service: AckService) -> Body:
     """Start a run: {run}."""
     return await service.create_run(body)
 
@@ -123,7 +135,7 @@ async def get_run(service: Service, run_id: str | None = None, run_uuid: str | N
 
 
 @_write("/runs/update")
-async def update_run(body: schemas.RunUpdate, service: Service) -> Body:
+async def update_run(body: schemas.RunUpdate, service: AckService) -> Body:
     """Change status, end_time or run_name: {run_info}."""
     return await service.update_run(body)
 
@@ -147,19 +159,19 @@ async def search_runs(body: schemas.RunSearch, service: Service) -> Body:
 
 
 @_write("/runs/log-metric")
-async def log_metric(body: schemas.LogMetric, service: Service) -> Body:
+async def log_metric(body: schemas.LogMetric, service: AckService) -> Body:
     """Log one metric point."""
     return await service.log_metric(body)
 
 
 @_write("/runs/log-parameter")
-async def log_parameter(body: schemas.LogParam, service: Service) -> Body:
+async def log_parameter(body: schemas.LogParam, service: AckService) -> Body:
     """Log one param (immutable)."""
     return await service.log_param(body)
 
 
 @_write("/runs/set-tag")
-async def set_tag(body: schemas.SetTag, service: Service) -> Body:
+async def set_tag(body: schemas.SetTag, service: AckService) -> Body:
     """Set one tag of a run."""
     return await service.set_tag(body)
 
@@ -171,13 +183,13 @@ async def delete_tag(body: schemas.DeleteTag, service: Service) -> Body:
 
 
 @_write("/runs/log-batch")
-async def log_batch(body: schemas.LogBatch, service: Service) -> Body:
+async def log_batch(body: schemas.LogBatch, service: AckService) -> Body:
     """Log up to 1000 metrics, 100 params and 100 tags (1000 in all) at once."""
     return await service.log_batch(body)
 
 
 @_write("/runs/log-inputs")
-async def log_inputs(body: schemas.LogInputs, service: Service) -> Body:
+async def log_inputs(body: schemas.LogInputs, service: AckService) -> Body:
     """Log dataset inputs of a run."""
     return await service.log_inputs(body)
 

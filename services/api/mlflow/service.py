@@ -1,8 +1,12 @@
 """What the MLflow routes do: MLflow's semantics over RunLedger's experiments, runs and events.
 
-Writes are events through the shared EventWriter (signed for the caller, projected
-before the answer). The mlflow client treats any status but 200 as an error, so a
-write whose projection outlasts the wait still answers 200 (the event is in the log).
+Writes are events through the shared EventWriter, signed for the caller. Run writes whose
+checks need nothing unprojected (runs/create, log-batch and its one-item forms, runs/update,
+log-inputs) answer once the broker acknowledged them, and are remembered in PendingWrites
+until projected: the caller's other requests wait for them first (endpoints.py), and its
+next writes to a run it just created are checked against the run as written. The other
+writes answer once projected; the mlflow client treats any status but 200 as an error, so
+one whose projection outlasts the wait still answers 200 (the event is in the log).
 """
 
 from __future__ import annotations
@@ -90,6 +94,8 @@ class MlflowService:
         self._pool = runtime.pool
         self._clickhouse = runtime.clickhouse
         self._writer = runtime.writer
+        self._pending = runtime.pending
+        self._answer_on_ack = runtime.settings.mlflow_write_ack == "broker"
         self._principal = principal
         self._access = Access(principal)
         self._experiment_repo = ExperimentRepository(runtime.pool, principal)
@@ -286,6 +292,8 @@ class MlflowService:
         tags = {t.key: t.value for t in body.tags}
         run_id = self._request_run_id(experiment_id, body, tags)
         if run_id is not None:
+            if self._pending.created_run(self._principal.tenant_id, run_id) is not None:
+                await self._pending.settle(self._principal)  # a retry of a create not projected yet
             existing = await self._run_repo.get_info(run_id)
             if existing is not None:  # a retry of a create that was written
                 self._access.require_write(
@@ -327,10 +335,7 @@ class MlflowService:
                 event_id=str(uuid.uuid5(_RUN_REQUEST_NAMESPACE, run_id)),
             )
             event = checked_event(signed_bytes(envelope, self._principal.key_id, self._principal.signing_key))
-        receipt = await self._write([event])
-        if receipt.projected:
-            return {"run": shapes.run(await self._load_run(self._principal.tenant_id, run_id))}
-        info = RunInfo(  # not projected within the wait: answer what was written
+        info = RunInfo(
             run_id=run_id,
             experiment_id=experiment_id,
             parent_run_id=parent,
@@ -340,7 +345,9 @@ class MlflowService:
             start_time=start_time,
             lifecycle_stage="active",
         )
-        return {"run": shapes.run(RunRecord(info=info, tags=tags))}
+        if await self._write_run([event], created=info):
+            return {"run": shapes.run(await self._load_run(self._principal.tenant_id, run_id))}
+        return {"run": shapes.run(RunRecord(info=info, tags=tags))}  # not projected yet: as written
 
     def _request_run_id(
         self, experiment_id: str, body: schemas.RunCreate, tags: dict[str, str]
@@ -390,7 +397,7 @@ class MlflowService:
 
     async def update_run(self, body: schemas.RunUpdate) -> dict[str, Any]:
         """runs/update: status, end_time and run_name (kept in the mlflow.runName tag)."""
-        info = await self._active_run(body.id())
+        info = await self._run_to_write(body.id())
         events: list[OutgoingEvent] = []
         status = info.status
         end_time = info.end_time
@@ -404,12 +411,19 @@ class MlflowService:
             )
         if body.run_name:
             events.append(self._run_event(info, EventType.TAGS_SET, {"tags": {RUN_NAME_TAG: body.run_name}}))
-        receipt = await self._write(events) if events else None
-        if receipt is None or receipt.projected:
+        if events and await self._write_run(events):
             record = await self._load_run(self._principal.tenant_id, info.run_id)
             return {"run_info": shapes.run_info(record.info, record.name)}
-        updated = info.model_copy(update={"status": status, "end_time": end_time or info.end_time})
-        return {"run_info": shapes.run_info(updated, body.run_name or info.name)}
+        # Not projected yet: the run as written.
+        updated = info.model_copy(
+            update={
+                "status": status,
+                "end_time": end_time or info.end_time,
+                "name": body.run_name or info.name,
+            }
+        )
+        self._pending.remember_run(self._principal.tenant_id, updated)
+        return {"run_info": shapes.run_info(updated, updated.name)}
 
     async def delete_run(self, run_id: str) -> dict[str, Any]:
         """runs/delete (soft)."""
@@ -452,9 +466,12 @@ class MlflowService:
                 f"A batch logging request can contain at most {schemas.MAX_BATCH_ENTITIES} metrics, params"
                 f" and tags in total; got {total}"
             )
-        info = await self._active_run(body.id())
+        info = await self._run_to_write(body.id())
         events: list[OutgoingEvent] = []
+        params: dict[str, str] = {}
         if body.params:
+            # Immutability is checked against every earlier value, the unprojected ones too.
+            await self._pending.settle_params(self._principal.tenant_id, info.run_id)
             params = await self._new_params(info.run_id, body.params)
             if params:
                 events.append(self._run_event(info, EventType.PARAMS_LOGGED, {"params": params}))
@@ -465,18 +482,21 @@ class MlflowService:
             ]
             for payload in metric_payloads(points, now_ms()):
                 events.append(self._run_event(info, EventType.METRICS_LOGGED, payload))
-            # MLflow 3: points naming a model_id are linked to that logged model too.
-            events += await self._models.metric_events(info.run_id, body.metrics)
+            # MLflow 3: points naming a model_id are linked to that logged model too (checked
+            # against the model as projected, with the caller's earlier writes).
+            if any(m.model_id for m in body.metrics):
+                await self._pending.settle(self._principal)
+                events += await self._models.metric_events(info.run_id, body.metrics)
         if body.tags:
             tags = {t.key: t.value for t in body.tags}  # the last value of a key wins, as in MLflow
             events.append(self._run_event(info, EventType.TAGS_SET, {"tags": tags}))
         if events:
-            await self._write(events, points=len(body.metrics))
+            await self._write_run(events, points=len(body.metrics), params_of=info.run_id if params else None)
         return {}
 
     async def log_inputs(self, body: schemas.LogInputs) -> dict[str, Any]:
         """runs/log-inputs: datasets with their context tags (model inputs are not kept)."""
-        info = await self._active_run(body.id())
+        info = await self._run_to_write(body.id())
         datasets = [
             {
                 "name": d.dataset.name,
@@ -490,7 +510,7 @@ class MlflowService:
             for d in body.datasets
         ]
         if datasets:
-            await self._write([self._run_event(info, EventType.INPUTS_LOGGED, {"datasets": datasets})])
+            await self._write_run([self._run_event(info, EventType.INPUTS_LOGGED, {"datasets": datasets})])
         return {}
 
     async def log_outputs(self, body: schemas.LogOutputs) -> dict[str, Any]:
@@ -626,6 +646,22 @@ class MlflowService:
     async def _write(self, events: list[OutgoingEvent], *, points: int = 0) -> WriteReceipt:
         return await self._writer.write(self._principal, events, points=points)
 
+    async def _write_run(
+        self,
+        events: list[OutgoingEvent],
+        *,
+        points: int = 0,
+        created: RunInfo | None = None,
+        params_of: str | None = None,
+    ) -> bool:
+        """A run write answered on the broker's ack (remembered as pending; False) or, with
+        mlflow_write_ack=projection, once projected (whether it was within the wait)."""
+        if not self._answer_on_ack:
+            return (await self._write(events, points=points)).projected
+        token = await self._writer.publish(self._principal, events, points=points)
+        self._pending.record(self._principal, token, created=created, params_of=params_of)
+        return False
+
     def _run_event(self, info: RunInfo, type: EventType, payload: dict[str, Any]) -> OutgoingEvent:
         return build_event(
             self._principal, type, payload, run_id=info.run_id, experiment_id=info.experiment_id
@@ -647,6 +683,16 @@ class MlflowService:
         located, info = await self._readable_run(run_id)
         self._access.require_write(located, f"run {run_id}")
         return info
+
+    async def _run_to_write(self, run_id: str) -> RunInfo:
+        """`_active_run`, or the run as this process created it while that is not projected yet
+        (the caller's next writes need not wait for it)."""
+        created = self._pending.created_run(self._principal.tenant_id, run_id)
+        if created is None:
+            return await self._active_run(run_id)
+        located = Located(self._principal.tenant_id, created.experiment_id, shared=False)
+        self._access.require_write(located, f"run {run_id}")
+        return created
 
     async def _active_run(self, run_id: str) -> RunInfo:
         info = await self._writable_run(run_id)

@@ -17,11 +17,12 @@ from fastapi import APIRouter, Query, Request, Response
 from runledger.auth.model import Action
 from services.api.artifacts.http import FILE_RESPONSES, RAW_BODY, Service, declared_size, file_response
 from services.api.artifacts.paths import artifact_path
-from services.api.deps import require
+from services.api.deps import SettledCaller, require
 from services.api.errors import ApiError
 from services.api.schemas import READ_RESPONSES, WRITE_RESPONSES, ErrorBody
 
-router = APIRouter(prefix="/mlflow-artifacts", tags=["mlflow"])
+# The client uploads right after runs/create, which answers before the run is projected.
+router = APIRouter(prefix="/mlflow-artifacts", tags=["mlflow"], dependencies=[SettledCaller])
 PREFIX = "/api/2.0"  # where app.py mounts this router
 
 Writer = require(Action.WRITE)
