@@ -63,12 +63,19 @@ class Runtime:
         object.__setattr__(self, "pending", PendingWrites(self.writer))
 
 
-def get_runtime(request: Request) -> Runtime:
+def runtime_of(request: Request) -> Runtime:
     """The running app's connections; 503 while it is starting or stopping."""
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     if runtime is None:
         raise TemporarilyUnavailable("the API is starting up")
     return runtime
+
+
+async def get_runtime(request: Request) -> Runtime:
+    """`runtime_of` as a dependency. Dependencies here are `async def` even when they do not
+    await: FastAPI runs a plain `def` one in a worker thread, a hop per request that the GIL
+    makes slow while the projector shares the process (embedded mode)."""
+    return runtime_of(request)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
@@ -190,7 +197,7 @@ class AuthenticateApi:
         if scope["type"] == "http" and scope["path"].startswith(self._prefix):
             request = Request(scope)
             try:
-                principal = await get_principal(request, get_runtime(request))
+                principal = await get_principal(request, runtime_of(request))
             except ApiError as exc:
                 request.state.auth_error = exc
             else:
@@ -212,7 +219,7 @@ async def _over_rate_quota(request: Request, principal: Principal) -> ApiError |
     """
     if request.method not in _WRITE_METHODS or not request.url.path.startswith(_EVENT_WRITE_PREFIXES):
         return None
-    runtime = get_runtime(request)
+    runtime = runtime_of(request)
     quotas = runtime.writer.quotas
     if quotas is None:
         return None

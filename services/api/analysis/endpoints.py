@@ -29,7 +29,7 @@ router = APIRouter(tags=["analysis"])
 _MAX_MS = 9_999_999_999_999
 
 
-def get_service(runtime: RuntimeDep, principal: Auth) -> AnalysisService:
+async def get_service(runtime: RuntimeDep, principal: Auth) -> AnalysisService:
     """The analysis service acting for the caller."""
     access = Access(principal)
     findings = FindingService(

@@ -40,7 +40,7 @@ async def artifact_store(request: Request, runtime: RuntimeDep) -> ArtifactStore
     return store
 
 
-def get_service(
+async def get_service(
     runtime: RuntimeDep, principal: Auth, store: Annotated[ArtifactStore, Depends(artifact_store)]
 ) -> ArtifactService:
     """The artifact service acting for the caller."""

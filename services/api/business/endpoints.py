@@ -24,7 +24,7 @@ from services.api.schemas import READ_RESPONSES, WRITE_RESPONSES
 router = APIRouter(tags=["business"])
 
 
-def get_service(runtime: RuntimeDep, principal: Auth) -> BusinessService:
+async def get_service(runtime: RuntimeDep, principal: Auth) -> BusinessService:
     """The business-metrics service acting for the caller."""
     return BusinessService(
         BusinessRepository(runtime.pool, principal.tenant_id), Access(principal), principal

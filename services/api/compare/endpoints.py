@@ -16,7 +16,7 @@ from services.api.schemas import READ_RESPONSES
 router = APIRouter(tags=["compare"])
 
 
-def get_service(runtime: RuntimeDep, principal: Auth) -> CompareService:
+async def get_service(runtime: RuntimeDep, principal: Auth) -> CompareService:
     """The comparison service acting for the caller."""
     return CompareService(CompareRepository(runtime.pool, runtime.clickhouse), Access(principal))
 

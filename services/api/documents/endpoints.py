@@ -17,7 +17,7 @@ from services.api.schemas import READ_RESPONSES
 router = APIRouter(tags=["runs"])
 
 
-def get_service(runtime: RuntimeDep, principal: Auth) -> DocumentService:
+async def get_service(runtime: RuntimeDep, principal: Auth) -> DocumentService:
     """The document service acting for the caller."""
     return DocumentService(
         DocumentRepository(runtime.pool, principal), RunRepository(runtime.pool, principal), Access(principal)

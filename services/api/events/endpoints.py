@@ -15,7 +15,7 @@ from services.api.schemas import WRITE_RESPONSES, write_status
 router = APIRouter(prefix="/events", tags=["events"])
 
 
-def get_service(runtime: RuntimeDep, principal: Auth) -> EventService:
+async def get_service(runtime: RuntimeDep, principal: Auth) -> EventService:
     """The event service acting for the caller."""
     return EventService(runtime.writer, principal, runtime.pool)
 

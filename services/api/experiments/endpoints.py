@@ -28,7 +28,7 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
 Writer = require(Action.WRITE)
 
 
-def get_service(runtime: RuntimeDep, principal: Auth) -> ExperimentService:
+async def get_service(runtime: RuntimeDep, principal: Auth) -> ExperimentService:
     """The experiment service acting for the caller."""
     return ExperimentService(ExperimentRepository(runtime.pool, principal), runtime.writer, principal)
 

@@ -65,7 +65,7 @@ def _export_route(path: str) -> Callable[[DecoratedCallable], DecoratedCallable]
     )
 
 
-def get_service(runtime: RuntimeDep, principal: Auth) -> ExportService:
+async def get_service(runtime: RuntimeDep, principal: Auth) -> ExportService:
     return ExportService(runtime.pool, runtime.clickhouse, Access(principal))
 
 

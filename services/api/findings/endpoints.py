@@ -21,7 +21,7 @@ router = APIRouter(tags=["findings"])
 _MAX_MS = 9_999_999_999_999
 
 
-def get_service(runtime: RuntimeDep, principal: Auth) -> FindingService:
+async def get_service(runtime: RuntimeDep, principal: Auth) -> FindingService:
     """The finding service acting for the caller."""
     return FindingService(
         FindingRepository(runtime.pool, principal), RunRepository(runtime.pool, principal), Access(principal)

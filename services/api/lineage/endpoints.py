@@ -23,7 +23,7 @@ from services.api.schemas import READ_RESPONSES
 router = APIRouter(prefix="/lineage", tags=["lineage"])
 
 
-def get_service(runtime: RuntimeDep, principal: Auth) -> LineageService:
+async def get_service(runtime: RuntimeDep, principal: Auth) -> LineageService:
     """The lineage service acting for the caller."""
     Access(principal).require_listing()
     return LineageService(LineageRepository(runtime.pool, principal), principal.readable_experiments())

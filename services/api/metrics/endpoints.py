@@ -27,7 +27,7 @@ router = APIRouter(prefix="/runs", tags=["metrics"])
 Int64Query = Annotated[int | None, Query(ge=-(2**63), le=2**63 - 1)]
 
 
-def get_service(runtime: RuntimeDep, principal: Auth) -> MetricService:
+async def get_service(runtime: RuntimeDep, principal: Auth) -> MetricService:
     """The metric service acting for the caller."""
     return MetricService(
         RunRepository(runtime.pool, principal),

@@ -39,7 +39,7 @@ async def get_service(runtime: RuntimeDep, principal: Auth) -> MlflowService:
     return MlflowService(runtime, principal)
 
 
-def get_ack_service(runtime: RuntimeDep, principal: Auth) -> MlflowService:
+async def get_ack_service(runtime: RuntimeDep, principal: Auth) -> MlflowService:
     """The MLflow service acting for the caller, for the writes answered on the broker's ack."""
     return MlflowService(runtime, principal)
 

@@ -32,14 +32,14 @@ def _service(request: Request, runtime: RuntimeDep, principal: Principal) -> Org
     return OrgService(OrgRepository(runtime.pool), runtime, principal, f"{request.method} {request.url.path}")
 
 
-def tenant_admin_service(
+async def tenant_admin_service(
     request: Request, runtime: RuntimeDep, principal: TenantAdminPrincipal
 ) -> OrgService:
     """The service for a tenant admin (403 and an audit entry for anyone else)."""
     return _service(request, runtime, principal)
 
 
-def superadmin_service(
+async def superadmin_service(
     request: Request, runtime: RuntimeDep, principal: Annotated[Principal, require_superadmin()]
 ) -> OrgService:
     """The service for the platform superadmin."""

@@ -72,7 +72,7 @@ _SWEEP_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def _store(runtime: RuntimeDep) -> RetentionStore:
+async def _store(runtime: RuntimeDep) -> RetentionStore:
     return RetentionStore(runtime.pool, runtime.clickhouse)
 
 

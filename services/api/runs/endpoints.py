@@ -37,7 +37,7 @@ MAX_TABLE_RUNS = 100_000  # runs of one GET /runs:table answer
 Writer = require(Action.WRITE)
 
 
-def get_service(runtime: RuntimeDep, principal: Auth) -> RunService:
+async def get_service(runtime: RuntimeDep, principal: Auth) -> RunService:
     """The run service acting for the caller."""
     return RunService(
         RunRepository(runtime.pool, principal),

@@ -28,7 +28,9 @@ def destination_policy(settings: Settings) -> DestinationPolicy:
     return DestinationPolicy.of(settings.webhook_allowed_networks, settings.webhook_allow_private_networks)
 
 
-def get_service(request: Request, runtime: RuntimeDep, principal: TenantAdminPrincipal) -> WebhookService:
+async def get_service(
+    request: Request, runtime: RuntimeDep, principal: TenantAdminPrincipal
+) -> WebhookService:
     """The webhook service for a tenant admin (403 and an audit entry for anyone else)."""
     return WebhookService(
         WebhookRepository(runtime.pool, principal.tenant_id),
