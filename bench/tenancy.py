@@ -11,6 +11,10 @@ Three phases side by side in one run, so the ratios hold on a noisy machine:
              writers wait a 429's Retry-After (as the SDK does), hostile ones retry at once
   unlimited  the same flood with the quota removed
 
+`--quiet-ack` makes the quiet tenant write with `?wait=false` (answered at the broker's ack)
+at `--quiet-rate` writes/s, and time each write's visibility too: from its start until a read
+given its consistency_token returns.
+
 `--tarpit-max-s 0 2` compares settings of RUNLEDGER_API_TARPIT_MAX_S (how long the API
 holds a write retried before its 429's Retry-After; 0 = off): one stack per value,
 all running, each phase run on every stack in turn (the order alternating), so the
@@ -62,18 +66,43 @@ def _points(step: int, count: int) -> dict[str, Any]:
     return {"metrics": [{"key": f"m{i}", "value": float(step + i), "step": step} for i in range(count)]}
 
 
-async def _quiet_writes(client: httpx.AsyncClient, run_id: str, seconds: float) -> list[float]:
-    """Latencies (s) of sequential 10-point writes for `seconds`."""
+@dataclass(frozen=True)
+class QuietMode:
+    """How the quiet tenant writes: one after the other, each waiting for its projection (the
+    default), or with `ack` at `rate` writes/s, answered at the broker's ack."""
+
+    ack: bool = False
+    rate: float = 10.0
+
+
+async def _quiet_writes(
+    client: httpx.AsyncClient, run_id: str, seconds: float, mode: QuietMode
+) -> tuple[list[float], list[float]]:
+    """Latencies (s) of 10-point writes for `seconds`, and (ack mode) of their visibility."""
     latencies: list[float] = []
+    visible: list[float] = []
+    readers: list[asyncio.Task[None]] = []
+
+    async def read_back(started: float, token: str) -> None:
+        response = await client.get(f"/api/v1/runs/{run_id}/metrics", params={"consistency_token": token})
+        response.raise_for_status()
+        visible.append(time.perf_counter() - started)
+
     step = 0
-    deadline = time.perf_counter() + seconds
+    begin = time.perf_counter()
+    deadline = begin + seconds
     while time.perf_counter() < deadline:
         started = time.perf_counter()
-        response = await client.post(f"/api/v1/runs/{run_id}/metrics", json=_points(step, 10))
+        params = {"wait": "false"} if mode.ack else {}
+        response = await client.post(f"/api/v1/runs/{run_id}/metrics", params=params, json=_points(step, 10))
         response.raise_for_status()
         latencies.append(time.perf_counter() - started)
         step += 1
-    return latencies
+        if mode.ack:
+            readers.append(asyncio.create_task(read_back(started, response.json()["consistency_token"])))
+            await asyncio.sleep(max(0.0, begin + step / mode.rate - time.perf_counter()))
+    await asyncio.gather(*readers)
+    return latencies, visible
 
 
 async def _flood(
@@ -113,6 +142,7 @@ async def _phase(
     noisy_runs: list[str],
     seconds: float,
     polite: bool = False,
+    mode: QuietMode = QuietMode(),
 ) -> dict[str, Any]:
     stop = asyncio.Event()
     outcomes: Counter[int] = Counter()
@@ -124,7 +154,7 @@ async def _phase(
     await asyncio.sleep(0.5 if flooders else 0)  # let the flood build up first
     before = _scrape((await quiet.get("/metrics")).text)
     started = time.perf_counter()
-    latencies = await _quiet_writes(quiet, quiet_run, seconds)
+    latencies, visible = await _quiet_writes(quiet, quiet_run, seconds, mode)
     elapsed = time.perf_counter() - started
     after = _scrape((await quiet.get("/metrics")).text)
     stop.set()
@@ -141,6 +171,11 @@ async def _phase(
         "quiet_p50_ms": _pct(latencies, 0.5),
         "quiet_p99_ms": _pct(latencies, 0.99),
         "quiet_mean_ms": round(statistics.fmean(latencies) * 1000, 1),
+        **(
+            {"quiet_visible_p50_ms": _pct(visible, 0.5), "quiet_visible_p99_ms": _pct(visible, 0.99)}
+            if visible
+            else {}
+        ),
         "noisy_accepted_per_s": round(outcomes[200] / elapsed, 1),
         "noisy_rejected_429_per_s": round(outcomes[429] / elapsed, 1),
         "noisy_other_statuses": {str(k): v for k, v in outcomes.items() if k not in (200, 429)},
@@ -218,7 +253,7 @@ async def _setup(
 
 
 async def _main(
-    seconds: float, concurrency: int, quotas: list[int], tarpits: list[float] | None
+    seconds: float, concurrency: int, quotas: list[int], tarpits: list[float] | None, mode: QuietMode
 ) -> dict[str, Any]:
     variants: list[float | None] = list(tarpits) if tarpits else [None]
     with contextlib.ExitStack() as stacks:
@@ -243,7 +278,7 @@ async def _main(
                     noisy = setup.noisy if flood else None
                     runs = setup.noisy_runs if flood else []
                     setup.results[phase] = await _phase(
-                        setup.quiet, setup.quiet_run, noisy, runs, seconds, polite
+                        setup.quiet, setup.quiet_run, noisy, runs, seconds, polite, mode
                     )
 
             await each("baseline", None, flood=False)
@@ -255,12 +290,23 @@ async def _main(
             await each("flood_unlimited", None, flood=True)
             for setup in setups:
                 base = setup.results["baseline"]["quiet_p99_ms"]
+                floods = [phase for phase in list(setup.results) if phase.startswith("flood")]
                 setup.results["quiet_p99_ratio_to_baseline"] = {
-                    phase: round(setup.results[phase]["quiet_p99_ms"] / base, 2)
-                    for phase in list(setup.results)
-                    if phase.startswith("flood")
+                    phase: round(setup.results[phase]["quiet_p99_ms"] / base, 2) for phase in floods
                 }
-            summary: dict[str, Any] = {"seconds_per_phase": seconds, "concurrency": concurrency}
+                if mode.ack:
+                    seen = setup.results["baseline"]["quiet_visible_p99_ms"]
+                    setup.results["quiet_visible_p99_ratio_to_baseline"] = {
+                        phase: round(setup.results[phase]["quiet_visible_p99_ms"] / seen, 2)
+                        for phase in floods
+                    }
+            summary: dict[str, Any] = {
+                "seconds_per_phase": seconds,
+                "concurrency": concurrency,
+                "quiet": f"wait=false at {mode.rate} writes/s"
+                if mode.ack
+                else "each write waits for projection",
+            }
             if tarpits is None:
                 summary.update(setups[0].results)
             else:
@@ -287,8 +333,15 @@ def main() -> None:
         help="RUNLEDGER_API_TARPIT_MAX_S values to compare (one stack each, phases alternating);"
         " default: one stack with the configured setting",
     )
+    parser.add_argument(
+        "--quiet-ack",
+        action="store_true",
+        help="the quiet tenant writes with ?wait=false (and its writes' visibility is timed too)",
+    )
+    parser.add_argument("--quiet-rate", type=float, default=10.0, help="--quiet-ack: writes per second")
     args = parser.parse_args()
-    result = asyncio.run(_main(args.seconds, args.concurrency, args.quotas, args.tarpit_max_s))
+    mode = QuietMode(args.quiet_ack, args.quiet_rate)
+    result = asyncio.run(_main(args.seconds, args.concurrency, args.quotas, args.tarpit_max_s, mode))
     print(json.dumps(result, indent=2))
 
 

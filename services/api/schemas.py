@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from fastapi import Query
 from pydantic import BaseModel, Field
 
 from services.api.writes import WriteReceipt
+
+# `?wait=false` on the bulk write routes: for writers that do not read back at once (the SDK's
+# HTTP transport, loggers), whose throughput a projector round per request would bound.
+WaitForProjection = Annotated[
+    bool,
+    Query(
+        description="false: answer 202 once the event log acknowledged the write (it is durable),"
+        " with the consistency_token that reads wait on, instead of waiting for its projection."
+    ),
+]
 
 
 class ErrorBody(BaseModel):

@@ -100,10 +100,13 @@ class EventWriter:
         return ConsistencyToken.from_positions(result.incarnation, result.topic, result.positions)
 
     async def write(
-        self, principal: Principal, events: Sequence[OutgoingEvent], *, points: int = 0
+        self, principal: Principal, events: Sequence[OutgoingEvent], *, points: int = 0, wait: bool = True
     ) -> WriteReceipt:
-        """`publish`, then wait until all of `events` are projected (or the timeout passes)."""
+        """`publish`, then wait until all of `events` are projected (or the timeout passes);
+        `wait=False` answers at the broker's ack (projected=False, the token to read it with)."""
         token = await self.publish(principal, events, points=points)
+        if not wait:
+            return WriteReceipt(projected=False, token=token)
         start = time.perf_counter()
         projected = await self.waiter.wait(token, self.timeout_s)
         WRITE_WAIT_SECONDS.observe(time.perf_counter() - start)

@@ -214,3 +214,36 @@ async def test_raw_events_from_the_sdk_transport(client: httpx.AsyncClient) -> N
     await _ok(await client.post("/api/v1/events", content=body, headers={"content-type": "application/json"}))
     again = await _ok(await client.get(f"/api/v1/runs/{run_id}/metrics/m/history"))
     assert len(again["steps"]) == 1000
+
+
+async def test_bulk_writes_may_answer_at_the_brokers_ack(client: httpx.AsyncClient) -> None:
+    run_id = (await _ok(await client.post("/api/v1/runs", json={"experiment_name": "ack"}), 201))["run_id"]
+    tokens: list[str] = []
+    for step in range(3):  # each answers 202 at the broker's ack, with the token to read it by
+        points = [{"key": "loss", "value": 1.0 / (step + 1), "step": step}]
+        r = await client.post(
+            f"/api/v1/runs/{run_id}/metrics", params={"wait": "false"}, json={"metrics": points}
+        )
+        assert r.status_code == 202, r.text
+        assert r.json()["projected"] is False
+        tokens.append(r.json()["consistency_token"])
+    sdk = producer("python-sdk", "0.1.0")
+    tagged = envelope_dict(
+        tenant_id=T,
+        type=EventType.TAGS_SET,
+        run_id=run_id,
+        experiment_id=experiment_id_for(T, "ack"),
+        producer=sdk,
+        payload={"tags": {"via": "events"}},
+    )
+    r = await client.post(
+        "/api/v1/events",
+        params={"wait": "false"},
+        content=b"[" + encode(tagged) + b"]",
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+    tokens.append(r.json()["consistency_token"])
+    # A read given the last token sees every write before it (the run's partition is ordered).
+    run = await _ok(await client.get(f"/api/v1/runs/{run_id}", params={"consistency_token": tokens[-1]}))
+    assert run["metrics"]["loss"]["step"] == 2 and run["tags"]["via"] == "events"

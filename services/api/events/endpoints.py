@@ -10,7 +10,7 @@ from runledger.auth.model import Action
 from services.api.deps import Auth, RuntimeDep, require
 from services.api.events.schemas import EventsAccepted
 from services.api.events.service import EventService
-from services.api.schemas import WRITE_RESPONSES, write_status
+from services.api.schemas import WRITE_RESPONSES, WaitForProjection, write_status
 
 router = APIRouter(prefix="/events", tags=["events"])
 
@@ -44,11 +44,13 @@ _BODY_SCHEMA: dict[str, Any] = {
     openapi_extra=_BODY_SCHEMA,
     dependencies=[require(Action.WRITE)],
 )
-async def ingest_events(request: Request, service: Service, response: Response) -> EventsAccepted:
+async def ingest_events(
+    request: Request, service: Service, response: Response, wait: WaitForProjection = True
+) -> EventsAccepted:
     """Produce a JSON array of envelopes: all valid, of the caller's tenant and on experiments it
     may write, or none (400/403 with per-index reasons). Each event is re-signed with the caller's
     key. Events keep their event_id, so a retried batch is deduplicated."""
-    accepted, receipt = await service.ingest(await request.body())
+    accepted, receipt = await service.ingest(await request.body(), wait=wait)
     if receipt is None:
         return EventsAccepted(accepted=0, projected=True, consistency_token="")
     response.status_code = write_status(receipt)

@@ -121,8 +121,9 @@ class EventService:
         self._pool = pool
         self._access = Access(principal)
 
-    async def ingest(self, body: bytes) -> tuple[int, WriteReceipt | None]:
-        """Validate and produce a batch; (accepted count, receipt or None for an empty batch)."""
+    async def ingest(self, body: bytes, *, wait: bool = True) -> tuple[int, WriteReceipt | None]:
+        """Validate and produce a batch; (accepted count, receipt or None for an empty batch);
+        `wait=False` answers at the broker's ack."""
         # Validation is CPU work (pydantic per event): off the event loop.
         parsed = await asyncio.to_thread(parse_batch, body, self._principal)
         if not parsed:
@@ -131,7 +132,7 @@ class EventService:
         self._check_tagging(parsed)
         events = await asyncio.to_thread(signed_events, parsed, self._principal)
         points = sum(p.points for p in parsed)
-        return len(events), await self._writer.write(self._principal, events, points=points)
+        return len(events), await self._writer.write(self._principal, events, points=points, wait=wait)
 
     async def _authorize(self, parsed: list[ParsedEvent]) -> None:
         """403 with per-index reasons unless the caller may write every event's experiment."""

@@ -26,7 +26,7 @@ from services.api.runs.schemas import (
     TagsSet,
 )
 from services.api.runs.service import RunService
-from services.api.schemas import READ_RESPONSES, WRITE_RESPONSES, write_status
+from services.api.schemas import READ_RESPONSES, WRITE_RESPONSES, WaitForProjection, write_status
 from services.api.writes import WriteReceipt
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -146,9 +146,11 @@ async def log_params(run_id: str, body: ParamsLog, service: Service, response: R
 @router.post(
     "/{run_id}/metrics", response_model=RunWriteResult, responses=WRITE_RESPONSES, dependencies=[Writer]
 )
-async def log_metrics(run_id: str, body: MetricsLog, service: Service, response: Response) -> RunWriteResult:
+async def log_metrics(
+    run_id: str, body: MetricsLog, service: Service, response: Response, wait: WaitForProjection = True
+) -> RunWriteResult:
     """Log metric points as columnar events (up to 100,000 points per request)."""
-    receipt = await service.log_metrics(run_id, body.metrics)
+    receipt = await service.log_metrics(run_id, body.metrics, wait=wait)
     response.status_code = write_status(receipt)
     return _result(run_id, receipt, None)
 

@@ -235,8 +235,11 @@ class RunService:
                 )
         return await self._write_run_event(info, EventType.PARAMS_LOGGED, {"params": params})
 
-    async def log_metrics(self, run_id: str, points: Sequence[MetricPoint]) -> WriteReceipt:
-        """Emit the points as columnar MetricsLogged events (in order, on the run's partition)."""
+    async def log_metrics(
+        self, run_id: str, points: Sequence[MetricPoint], *, wait: bool = True
+    ) -> WriteReceipt:
+        """Emit the points as columnar MetricsLogged events (in order, on the run's partition);
+        `wait=False` answers at the broker's ack."""
         info = await self._active_run(run_id)
         principal = self._principal
 
@@ -249,7 +252,8 @@ class RunService:
             ]
 
         # Up to 100k points: encoding and validating them is CPU work, kept off the event loop.
-        return await self._writer.write(principal, await asyncio.to_thread(build), points=len(points))
+        events = await asyncio.to_thread(build)
+        return await self._writer.write(principal, events, points=len(points), wait=wait)
 
     async def set_tags(self, run_id: str, tags: dict[str, str]) -> WriteReceipt:
         """Emit TagsSet."""
