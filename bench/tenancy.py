@@ -166,7 +166,9 @@ async def _phase(
         "projector_batches_per_s": round(batches / elapsed, 1),
         "projector_mean_batch_ms": round(delta["runledger_projector_batch_seconds_sum"] / batches * 1000, 1),
         "projector_busy_fraction": round(delta["runledger_projector_batch_seconds_sum"] / elapsed, 2),
-        "api_mean_write_wait_ms": round(delta["runledger_write_wait_seconds_sum"] / waits * 1000, 1),
+        "api_mean_write_wait_ms": (  # none with --quiet-ack and no flood
+            round(delta["runledger_write_wait_seconds_sum"] / waits * 1000, 1) if waits else None
+        ),
         "quiet_writes": len(latencies),
         "quiet_p50_ms": _pct(latencies, 0.5),
         "quiet_p99_ms": _pct(latencies, 0.99),
