@@ -28,7 +28,8 @@ from services.api.writes import EventWriter
 
 _Caller = tuple[str, str]  # tenant, API key id
 _Run = tuple[str, str]  # tenant, run id (the same shape: _settle serves both)
-# Entries are swept of projected ones when their count doubles (and at least this often).
+# Projected entries are swept once the count passes twice what the last sweep left, and
+# never below this count (so a small table is not swept on every write).
 _MIN_SWEEP = 1024
 
 
