@@ -304,19 +304,11 @@ def bench_target(target: Target, opts: argparse.Namespace, out: dict[str, Any]) 
 
 @contextmanager
 def runledger_target(write_ack: str) -> Iterator[Target]:
-    """The embedded stack with RUNLEDGER_MLFLOW_WRITE_ACK=`write_ack` (its processes inherit it)."""
-    before = os.environ.get("RUNLEDGER_MLFLOW_WRITE_ACK")
-    os.environ["RUNLEDGER_MLFLOW_WRITE_ACK"] = write_ack
-    try:
-        with embedded_stack() as stack:
-            info = json.loads(stack.settings.connection_file.read_text())
-            name = "runledger" if write_ack == "broker" else f"runledger-{write_ack}"
-            yield Target(name, stack.api_url, {"MLFLOW_TRACKING_TOKEN": info["api_key"]})
-    finally:
-        if before is None:
-            os.environ.pop("RUNLEDGER_MLFLOW_WRITE_ACK", None)
-        else:
-            os.environ["RUNLEDGER_MLFLOW_WRITE_ACK"] = before
+    """The embedded stack with RUNLEDGER_MLFLOW_WRITE_ACK=`write_ack`."""
+    with embedded_stack(mlflow_write_ack=write_ack) as stack:
+        info = json.loads(stack.settings.connection_file.read_text())
+        name = "runledger" if write_ack == "broker" else f"runledger-{write_ack}"
+        yield Target(name, stack.api_url, {"MLFLOW_TRACKING_TOKEN": info["api_key"]})
 
 
 @contextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from typing import Any
@@ -35,41 +34,37 @@ def _ok(response: httpx.Response) -> Any:
 
 def measure(write_ack: str, runs: int, warmup: int) -> dict[str, Any]:
     """One stack with RUNLEDGER_MLFLOW_WRITE_ACK=`write_ack`; the calls' latencies in ms."""
-    os.environ["RUNLEDGER_MLFLOW_WRITE_ACK"] = write_ack  # the stack's Settings and processes read it
-    try:
-        with embedded_stack() as stack:
-            key = json.loads(stack.settings.connection_file.read_text())["api_key"]
-            headers = {"Authorization": f"Bearer {key}"}
-            with httpx.Client(base_url=stack.api_url, headers=headers, timeout=60) as client:
-                experiment = _ok(client.post(f"{API}/experiments/create", json={"name": "writes"}))
-                timings: dict[str, list[float]] = {"create_run": [], "log_batch": [], "get_run": []}
-                for i in range(warmup + runs):
-                    now = int(time.time() * 1000)
+    with embedded_stack(mlflow_write_ack=write_ack) as stack:
+        key = json.loads(stack.settings.connection_file.read_text())["api_key"]
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=stack.api_url, headers=headers, timeout=60) as client:
+            experiment = _ok(client.post(f"{API}/experiments/create", json={"name": "writes"}))
+            timings: dict[str, list[float]] = {"create_run": [], "log_batch": [], "get_run": []}
+            for i in range(warmup + runs):
+                now = int(time.time() * 1000)
+                started = time.perf_counter()
+                body = {
+                    "experiment_id": experiment["experiment_id"],
+                    "start_time": now,
+                    "run_name": f"r{i}",
+                }
+                run_id = _ok(client.post(f"{API}/runs/create", json=body))["run"]["info"]["run_id"]
+                created = time.perf_counter()
+                batch = {
+                    "run_id": run_id,
+                    "params": [{"key": "lr", "value": "0.1"}],
+                    "metrics": [{"key": "acc", "value": 0.5, "timestamp": now, "step": 0}],
+                }
+                _ok(client.post(f"{API}/runs/log-batch", json=batch))
+                logged = time.perf_counter()
+                if i >= warmup:
+                    timings["create_run"].append(created - started)
+                    timings["log_batch"].append(logged - created)
+                if i % 10 == 9:
                     started = time.perf_counter()
-                    body = {
-                        "experiment_id": experiment["experiment_id"],
-                        "start_time": now,
-                        "run_name": f"r{i}",
-                    }
-                    run_id = _ok(client.post(f"{API}/runs/create", json=body))["run"]["info"]["run_id"]
-                    created = time.perf_counter()
-                    batch = {
-                        "run_id": run_id,
-                        "params": [{"key": "lr", "value": "0.1"}],
-                        "metrics": [{"key": "acc", "value": 0.5, "timestamp": now, "step": 0}],
-                    }
-                    _ok(client.post(f"{API}/runs/log-batch", json=batch))
-                    logged = time.perf_counter()
+                    _ok(client.get(f"{API}/runs/get", params={"run_id": run_id}))
                     if i >= warmup:
-                        timings["create_run"].append(created - started)
-                        timings["log_batch"].append(logged - created)
-                    if i % 10 == 9:
-                        started = time.perf_counter()
-                        _ok(client.get(f"{API}/runs/get", params={"run_id": run_id}))
-                        if i >= warmup:
-                            timings["get_run"].append(time.perf_counter() - started)
-    finally:
-        os.environ.pop("RUNLEDGER_MLFLOW_WRITE_ACK", None)
+                        timings["get_run"].append(time.perf_counter() - started)
     return {
         call: {
             "p50_ms": _ms(values, 0.5),

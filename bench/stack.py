@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from runledger.config import Settings
 from runledger.embedded.ports import free_port
@@ -14,11 +15,12 @@ from runledger.embedded.supervisor import Supervisor
 
 
 @contextmanager
-def embedded_stack() -> Iterator[Supervisor]:
-    """A running stack in a fresh state directory under /tmp (removed afterwards)."""
+def embedded_stack(**overrides: Any) -> Iterator[Supervisor]:
+    """A running stack in a fresh state directory under /tmp (removed afterwards); `overrides`
+    are Settings fields (its processes get the Supervisor's settings, these included)."""
     state = Path(tempfile.mkdtemp(prefix="runledger-bench-"))
     state.chmod(0o755)  # PostgreSQL runs as its own user when we are root
-    settings = Settings(state_dir=state, api_port=free_port())
+    settings = Settings(state_dir=state, api_port=free_port(), **overrides)
     supervisor = Supervisor(settings)
     supervisor.start()
     try:

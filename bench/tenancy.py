@@ -29,11 +29,9 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,31 +199,9 @@ class _Setup:
         (await self.admin.put("/api/v1/tenants/noisy/quotas", json=body)).raise_for_status()
 
 
-@contextlib.contextmanager
-def _env(name: str, value: str | None) -> Iterator[None]:
-    """`name` set to `value` (None: left as it is) inside the block, restored after."""
-    before = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
-@contextlib.contextmanager
-def _stack(tarpit_max_s: float | None) -> Iterator[Supervisor]:
-    """An embedded stack; with `tarpit_max_s`, its API runs with that tarpit setting
-    (embedded_stack builds its Settings from RUNLEDGER_* and hands them to its services)."""
-    with contextlib.ExitStack() as context:
-        with _env("RUNLEDGER_API_TARPIT_MAX_S", None if tarpit_max_s is None else str(tarpit_max_s)):
-            stack = context.enter_context(embedded_stack())
-        if tarpit_max_s is not None:
-            assert stack.settings.api_tarpit_max_s == tarpit_max_s
-        yield stack
+def _stack(tarpit_max_s: float | None) -> contextlib.AbstractContextManager[Supervisor]:
+    """An embedded stack; with `tarpit_max_s`, its API runs with that tarpit setting."""
+    return embedded_stack() if tarpit_max_s is None else embedded_stack(api_tarpit_max_s=tarpit_max_s)
 
 
 async def _setup(
