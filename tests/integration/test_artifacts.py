@@ -12,13 +12,20 @@ import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
 import pytest
 
-from runledger.artifacts import BlobNotFound, BlobTooLarge, LocalArtifactStore, SizeLimitExceeded, open_store
+from runledger.artifacts import (
+    ArtifactStore,
+    BlobNotFound,
+    BlobTooLarge,
+    LocalArtifactStore,
+    SizeLimitExceeded,
+    open_store,
+)
 from runledger.artifacts.s3 import MIB, S3ArtifactStore, s3_client
 from runledger.auth.keys import generate_key
 from runledger.auth.model import Role
@@ -29,6 +36,8 @@ from runledger.serve import ProjectorThread
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
 from runledger.stores.postgres.migrate import migrate
 from services.api.app import create_app
+from services.api.artifacts.repository import ArtifactRepository
+from services.api.retention.store import RetentionStore
 from tests.integration.conftest import create_database
 from tests.support.auth import Identity, provision
 from tests.support.moto import MotoServer, serving_s3
@@ -489,3 +498,93 @@ async def _usage(dsn: str, tenant: str) -> int:
     finally:
         await conn.close()
     return int(value or 0)
+
+
+# ------------------------------------------------------------- uploads against the sweeper
+
+
+class HeldDeletes:
+    """The API's real store, but each delete waits until the test lets it go: a sweep then
+    stays inside its delete transaction (holding the blobs' locks) as long as the test needs."""
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self.store = store
+        self.deleting = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def delete(self, digest: str) -> bool:
+        self.deleting.set()
+        await self.go.wait()
+        return await self.store.delete(digest)
+
+
+async def _lock_waiters(pool: asyncpg.Pool[Any]) -> int:
+    return int(
+        await pool.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    )
+
+
+@pytest.mark.parametrize("size", [1000, 9 * MIB], ids=["one-put", "multipart"])
+async def test_an_upload_during_the_sweeps_delete_of_its_blob_stores_it_again(api: Api, size: int) -> None:
+    """The bytes are stored and nothing references them, so a sweep deletes the blob. An upload
+    of the same bytes arriving meanwhile waits for the delete, then stores the blob again: its
+    logged artifact can be read. Without the blob's lock the upload found the blob still there,
+    recorded it, and the delete then removed it under the new artifact."""
+    data = os.urandom(size)
+    store = open_store(api.settings)
+    digest, _ = await store.put_stream(pieces(data))
+    exp, run = await new_run(api, api.stack.admin, "sweep-race")
+    held = HeldDeletes(store)
+    conn = await asyncpg.connect(api.stack.dsn)
+    pool = await asyncpg.create_pool(api.stack.dsn, min_size=1, max_size=2)
+    try:
+        sweep = asyncio.create_task(
+            RetentionStore(pool, api.stack.clickhouse).delete_blobs(conn, cast(ArtifactStore, held), [digest])
+        )
+        await asyncio.wait_for(held.deleting.wait(), 10)  # checked: unreferenced; the delete is next
+        upload = asyncio.create_task(
+            api.client.put(
+                f"{PROXY}/{exp}/{run}/artifacts/data.bin", content=data, auth=basic(api.stack.admin)
+            )
+        )
+        for _ in range(200):
+            if upload.done() or await _lock_waiters(pool) == 1:
+                break
+            await asyncio.sleep(0.02)
+        answered_before_the_delete = upload.done()
+        held.go.set()
+        assert await sweep == ([digest], [])
+        assert (await upload).status_code == 200
+        got = await api.client.get(f"{PROXY}/{exp}/{run}/artifacts/data.bin", auth=basic(api.stack.admin))
+        assert got.status_code == 200 and got.content == data
+        assert not answered_before_the_delete  # it waited on the blob's lock
+    finally:
+        await pool.close()
+        await conn.close()
+
+
+async def test_a_sweep_waits_for_an_upload_recording_the_blob_and_keeps_it(api: Api) -> None:
+    """An upload holding the blob's lock (its store found the blob, its charge not committed
+    yet) makes the sweep wait; the sweep then sees the new record and keeps the blob."""
+    data = os.urandom(2000)
+    store = open_store(api.settings)
+    digest, size = await store.put_stream(pieces(data))
+    conn = await asyncpg.connect(api.stack.dsn)
+    pool = await asyncpg.create_pool(api.stack.dsn, min_size=1, max_size=3)
+    try:
+        async with ArtifactRepository(pool).blob_charge() as blob:
+            await blob.hold(digest)
+            sweep = asyncio.create_task(
+                RetentionStore(pool, api.stack.clickhouse).delete_blobs(conn, store, [digest])
+            )
+            for _ in range(200):
+                if await _lock_waiters(pool) == 1:
+                    break
+                await asyncio.sleep(0.02)
+            assert await _lock_waiters(pool) == 1 and not sweep.done()
+            assert await blob.charge(U, digest, size)
+        assert await sweep == ([], [digest])
+        assert await store.exists(digest)
+    finally:
+        await pool.close()
+        await conn.close()

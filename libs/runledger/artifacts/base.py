@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import NamedTuple, Protocol, runtime_checkable
 
 DIGEST_PREFIX = "sha256:"
@@ -21,6 +21,9 @@ _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})\Z")
 CHUNK_SIZE = 1 << 20
 
 ChunkSource = AsyncIterator[bytes] | Iterator[bytes]
+# Awaited with the digest once the bytes are hashed, before the store looks for the blob and
+# commits it: the caller's point to exclude a concurrent delete of the same blob.
+BeforeCommit = Callable[[str], Awaitable[None]]
 
 
 class ArtifactStoreError(Exception):
@@ -62,10 +65,14 @@ class StoredBlob(NamedTuple):
 class ArtifactStore(Protocol):
     """Where artifact bytes live. Implementations: LocalArtifactStore, S3ArtifactStore."""
 
-    async def put_stream(self, chunks: ChunkSource, *, max_size: int | None = None) -> StoredBlob:
+    async def put_stream(
+        self, chunks: ChunkSource, *, max_size: int | None = None, before_commit: BeforeCommit | None = None
+    ) -> StoredBlob:
         """Store the streamed bytes under their sha256 (once, however often they are put).
 
-        Raises SizeLimitExceeded (storing nothing) past `max_size` bytes.
+        Raises SizeLimitExceeded (storing nothing) past `max_size` bytes. `before_commit(digest)`
+        is awaited after the last byte is hashed and before the store checks whether the blob is
+        stored already; when it raises, nothing is stored.
         """
         ...
 

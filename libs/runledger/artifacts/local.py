@@ -14,6 +14,7 @@ from typing import IO
 from runledger.artifacts.base import (
     CHUNK_SIZE,
     DIGEST_PREFIX,
+    BeforeCommit,
     BlobNotFound,
     ChunkSource,
     StoredBlob,
@@ -43,7 +44,9 @@ class LocalArtifactStore:
         """Where the blob of `digest` lives (whether or not it is stored)."""
         return self.root / blob_path(digest)
 
-    async def put_stream(self, chunks: ChunkSource, *, max_size: int | None = None) -> StoredBlob:
+    async def put_stream(
+        self, chunks: ChunkSource, *, max_size: int | None = None, before_commit: BeforeCommit | None = None
+    ) -> StoredBlob:
         await asyncio.to_thread(self._tmp.mkdir, parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="upload-")
         tmp = Path(tmp_name)
@@ -56,6 +59,8 @@ class LocalArtifactStore:
                 await asyncio.to_thread(_write, file, hasher, chunk)
                 size += len(chunk)
             digest = DIGEST_PREFIX + hasher.hexdigest()
+            if before_commit is not None:
+                await before_commit(digest)
             await asyncio.to_thread(self._commit, file, tmp, self.path_of(digest))
         except BaseException:
             _discard(file, tmp)  # synchronous: must also run when the task is being cancelled

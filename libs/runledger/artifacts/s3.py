@@ -35,6 +35,7 @@ from botocore.exceptions import ClientError
 from runledger.artifacts.base import (
     CHUNK_SIZE,
     DIGEST_PREFIX,
+    BeforeCommit,
     BlobNotFound,
     BlobTooLarge,
     ChunkSource,
@@ -96,25 +97,33 @@ class S3ArtifactStore:
 
     # ------------------------------------------------------------------ writes
 
-    async def put_stream(self, chunks: ChunkSource, *, max_size: int | None = None) -> StoredBlob:
+    async def put_stream(
+        self, chunks: ChunkSource, *, max_size: int | None = None, before_commit: BeforeCommit | None = None
+    ) -> StoredBlob:
         parts = rechunk(chunks, self.part_size, max_size=max_size)
         # A list, popped as parts are sent: no local keeps a sent part alive.
         head = [await anext(parts, b"")]
         following = await anext(parts, None)
         if following is None:
-            return await asyncio.to_thread(self._put_small, head.pop())
+            return await self._put_small(head.pop(), before_commit)
         head.append(following)
         del following
-        return await self._put_multipart(head, parts)
+        return await self._put_multipart(head, parts, before_commit)
 
-    def _put_small(self, data: bytes) -> StoredBlob:
-        digest = DIGEST_PREFIX + hashlib.sha256(data).hexdigest()
-        key = self.key_of(digest)
-        if not self._head(key):
-            self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentLength=len(data))
+    async def _put_small(self, data: bytes, before_commit: BeforeCommit | None) -> StoredBlob:
+        digest = DIGEST_PREFIX + await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+        if before_commit is not None:
+            await before_commit(digest)
+        await asyncio.to_thread(self._put_once, self.key_of(digest), data)
         return StoredBlob(digest, len(data))
 
-    async def _put_multipart(self, head: list[bytes], rest: AsyncIterator[bytes]) -> StoredBlob:
+    def _put_once(self, key: str, data: bytes) -> None:
+        if not self._head(key):
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentLength=len(data))
+
+    async def _put_multipart(
+        self, head: list[bytes], rest: AsyncIterator[bytes], before_commit: BeforeCommit | None
+    ) -> StoredBlob:
         tmp_key = f"{self.prefix}tmp/{uuid.uuid4().hex}"
         created = await asyncio.to_thread(
             self._client.create_multipart_upload, Bucket=self.bucket, Key=tmp_key
@@ -149,6 +158,8 @@ class S3ArtifactStore:
                 done.append(await in_flight)
                 in_flight = None
             digest = DIGEST_PREFIX + hasher.hexdigest()
+            if before_commit is not None:
+                await before_commit(digest)
             await asyncio.to_thread(self._commit_multipart, tmp_key, upload_id, done, self.key_of(digest))
         except BaseException:
             if in_flight is not None:

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+from asyncpg.transaction import Transaction
+
+from services.api.artifacts.blob_locks import lock_for_upload
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +48,7 @@ def _like_prefix(directory: str) -> str:
 
 
 class ArtifactRepository:
-    """Reads artifact rows of one tenant's runs; charges stored blobs to tenants."""
+    """Reads artifact rows of one tenant's runs; charges stored blobs to tenants (BlobCharge)."""
 
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self._pool = pool
@@ -78,36 +82,81 @@ class ArtifactRepository:
         assert row is not None
         return StorageQuota(row["limit_"], int(row["used"]))
 
+    def blob_charge(self) -> BlobCharge:
+        """A charge for one upload, to enter before its blob is stored (see BlobCharge)."""
+        return BlobCharge(self._pool)
+
+
+class BlobCharge:
+    """One upload's charge, made under its blob's lock.
+
+    `hold(digest)` is the store's before_commit: it opens a transaction and takes the blob's
+    lock shared (services/api/artifacts/blob_locks.py), so a retention sweep cannot delete the
+    blob between the store finding it stored and `charge` recording it. Leaving the context
+    commits the charge (rolls it back on an exception) and releases the lock.
+    """
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self._pool = pool
+        self._conn: PoolConnectionProxy[Any] | None = None
+        self._transaction: Transaction | None = None
+
+    async def __aenter__(self) -> BlobCharge:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if self._conn is None:
+            return
+        try:
+            assert self._transaction is not None
+            if kind is None:
+                await self._transaction.commit()
+            else:
+                await self._transaction.rollback()
+        finally:
+            await self._pool.release(self._conn)
+            self._conn = None
+
+    async def hold(self, digest: str) -> None:
+        if self._conn is not None:
+            raise RuntimeError("a BlobCharge holds one blob")
+        self._conn = await self._pool.acquire()
+        self._transaction = self._conn.transaction()
+        await self._transaction.start()
+        await lock_for_upload(self._conn, digest)
+
     async def charge(self, tenant_id: str, digest: str, size: int) -> bool:
         """Record that the tenant stores this blob and add its size to the tenant's usage, once
         per (tenant, digest): True when newly charged, False when the tenant had it already.
-        QuotaReached (nothing recorded) when it does not fit; exact under concurrency, since
-        the tenant's usage row is locked while deciding."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchval(
-                "INSERT INTO artifact_blobs (tenant_id, digest, size) VALUES ($1, $2, $3)"
-                " ON CONFLICT DO NOTHING RETURNING true",
-                tenant_id,
-                digest,
-                size,
-            )
-            if not inserted:
-                return False
-            await conn.execute(
-                "INSERT INTO tenant_usage (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING", tenant_id
-            )
-            used = await conn.fetchval(
-                "SELECT artifact_bytes FROM tenant_usage WHERE tenant_id = $1 FOR UPDATE", tenant_id
-            )
-            limit = await conn.fetchval(
-                "SELECT max_artifact_bytes FROM tenant_quotas WHERE tenant_id = $1", tenant_id
-            )
-            quota = StorageQuota(limit, int(used))
-            if not quota.room_for(size):
-                raise QuotaReached(quota, size)  # rolls the blob record back
-            await conn.execute(
-                "UPDATE tenant_usage SET artifact_bytes = artifact_bytes + $2 WHERE tenant_id = $1",
-                tenant_id,
-                size,
-            )
-            return True
+        QuotaReached when it does not fit (nothing is recorded: the context rolls back); exact
+        under concurrency, since the tenant's usage row is locked while deciding."""
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("charge before hold: the blob's lock is not held")
+        inserted = await conn.fetchval(
+            "INSERT INTO artifact_blobs (tenant_id, digest, size) VALUES ($1, $2, $3)"
+            " ON CONFLICT DO NOTHING RETURNING true",
+            tenant_id,
+            digest,
+            size,
+        )
+        if not inserted:
+            return False
+        await conn.execute(
+            "INSERT INTO tenant_usage (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING", tenant_id
+        )
+        used = await conn.fetchval(
+            "SELECT artifact_bytes FROM tenant_usage WHERE tenant_id = $1 FOR UPDATE", tenant_id
+        )
+        limit = await conn.fetchval(
+            "SELECT max_artifact_bytes FROM tenant_quotas WHERE tenant_id = $1", tenant_id
+        )
+        quota = StorageQuota(limit, int(used))
+        if not quota.room_for(size):
+            raise QuotaReached(quota, size)
+        await conn.execute(
+            "UPDATE tenant_usage SET artifact_bytes = artifact_bytes + $2 WHERE tenant_id = $1",
+            tenant_id,
+            size,
+        )
+        return True

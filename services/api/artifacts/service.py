@@ -125,13 +125,14 @@ class ArtifactService:
             raise _quota_error(quota, declared_size)
         room = None if quota.limit is None else max(0, quota.limit - quota.used)
         try:
-            digest, size = await self._store.put_stream(body, max_size=room)
+            # The blob's lock is held from the store's commit to the charge's (blob_locks.py).
+            async with self._artifacts.blob_charge() as blob:
+                digest, size = await self._store.put_stream(body, max_size=room, before_commit=blob.hold)
+                await blob.charge(tenant_id, digest, size)
         except SizeLimitExceeded:
             raise _quota_error(quota, None) from None
         except BlobTooLarge as exc:
             raise InvalidParameter(f"the artifact is too large: {exc}") from None
-        try:
-            await self._artifacts.charge(tenant_id, digest, size)
         except QuotaReached as exc:
             # The blob may be another upload's too: a sweeper removes it if nothing references it.
             raise _quota_error(exc.quota, exc.size) from None

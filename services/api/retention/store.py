@@ -27,9 +27,12 @@ from runledger.retention import (
 from runledger.stores.clickhouse import ClickHouse
 from runledger.stores.clickhouse.tables import METRIC_POINTS
 from runledger.stores.postgres import PgConnection
+from services.api.artifacts.blob_locks import lock_for_delete
 
 # One sweep at a time, over every API replica and CLI (session-level advisory lock).
 SWEEP_LOCK = 0x52554E4C_45444752  # "RUNLEDGR"
+# Blobs deleted per transaction: uploads of those blobs wait for the group's deletes.
+BLOB_DELETE_GROUP = 100
 
 # engine_full of a Distributed table: Distributed(cluster, database, local_table[, key...]).
 _DISTRIBUTED = re.compile(r"^Distributed\(\s*'?([\w.-]+)'?\s*,\s*'?(\w+)'?\s*,\s*'?(\w+)'?")
@@ -207,11 +210,21 @@ class RetentionStore:
     async def delete_blobs(
         self, conn: PgConnection, store: ArtifactStore, digests: Sequence[str]
     ) -> tuple[list[str], list[str]]:
-        """Delete the queued blobs nothing references any more: (deleted, kept)."""
-        gone = await self.unreferenced(conn, digests)
-        for digest in gone:
-            await store.delete(digest)
-        await self.unqueue_blobs(conn, digests)
+        """Delete the queued blobs nothing references any more: (deleted, kept).
+
+        In groups, each under its blobs' exclusive locks (blob_locks.py): an upload of the same
+        bytes either recorded its blob before the check (kept) or stores it again after the
+        delete."""
+        gone: list[str] = []
+        for start in range(0, len(digests), BLOB_DELETE_GROUP):
+            group = digests[start : start + BLOB_DELETE_GROUP]
+            async with conn.transaction():
+                await lock_for_delete(conn, group)
+                unreferenced = await self.unreferenced(conn, group)
+                for digest in unreferenced:
+                    await store.delete(digest)
+                await self.unqueue_blobs(conn, group)
+            gone += unreferenced
         return gone, sorted(set(digests) - set(gone))
 
     async def _points_target(self) -> tuple[str, str]:
