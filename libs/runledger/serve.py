@@ -199,13 +199,15 @@ class AnalysisChildren:
     Each child keeps its metrics in prometheus_client's multiprocess files, in a directory
     of this process's own (created here, removed at stop: two stacks on one machine never
     share one); services/observability.py ChildMetrics merges them into this process's
-    scrape and folds the files of a child that exited.
+    scrape and folds the files of a child that exited. The directory's name carries this
+    process's pid, so the next start removes one a killed process left behind.
     """
 
     def __init__(self, shards: int) -> None:
         from services.observability import MULTIPROC_DIR_ENV, expose_children
 
-        self.metrics_dir = Path(tempfile.mkdtemp(prefix="runledger-analysis-metrics-"))
+        remove_orphaned_metrics_dirs(Path(tempfile.gettempdir()))
+        self.metrics_dir = Path(tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-"))
         self.metrics = expose_children(self.metrics_dir)
         env = {MULTIPROC_DIR_ENV: str(self.metrics_dir)}
         self._processes = [
@@ -222,6 +224,31 @@ class AnalysisChildren:
         for process in self._processes:
             process.stop(timeout)
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+
+METRICS_DIR_PREFIX = "runledger-analysis-metrics-"
+
+
+def remove_orphaned_metrics_dirs(parent: Path) -> list[Path]:
+    """Remove the children's metrics directories under `parent` whose owner (the pid in the
+    name) is gone: a SIGKILLed services process cannot remove its own. Returns those removed."""
+    removed = []
+    for path in parent.glob(f"{METRICS_DIR_PREFIX}*-*"):
+        owner = path.name.removeprefix(METRICS_DIR_PREFIX).split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def analysis_key(settings: Settings) -> ApiKey | None:
