@@ -308,6 +308,10 @@ def relax_gc_for_detector_state() -> None:
     gc.set_threshold(*ANALYSIS_GC_THRESHOLDS)
 
 
+# What the API reads of a request line and headers (uvicorn's h11 default is 16 KiB).
+MAX_REQUEST_HEAD_BYTES = 1 << 20
+
+
 def serve(role: str, settings: Settings) -> None:
     """Run `role` (all, api, ingest, analysis) in the foreground until SIGINT/SIGTERM."""
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -355,6 +359,10 @@ def serve(role: str, settings: Settings) -> None:
             port=settings.api_port,
             log_level="warning",
             timeout_keep_alive=settings.api_keepalive_s,
+            # A request line and headers past h11's default 16 KiB got uvicorn's plain-text 400,
+            # outside the API's JSON errors (a long search filter or MLflow query); the routes
+            # validate their own parameters.
+            h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
         )
     except KeyboardInterrupt:
         pass

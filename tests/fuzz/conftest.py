@@ -49,6 +49,7 @@ class Target:
     """A running API, who calls it, and real ids the fuzzer substitutes for generated ones."""
 
     url: str
+    dsn: str
     services: ServiceProcess
     callers: tuple[Caller, ...]
     # parameter or body field name -> real values of the tenant (experiment_id, run_id, ...)
@@ -109,9 +110,9 @@ def target(
         )
         with httpx.Client(base_url=services.url, timeout=30) as client:
             for caller in callers[1:]:
-                _wait_until_known(client, caller)
+                wait_until_known(client, caller)
             known = _seed(client, identities["engineer"])
-        yield Target(services.url, services, callers, known)
+        yield Target(services.url, dsn, services, callers, known)
     finally:
         services.stop()
 
@@ -126,7 +127,7 @@ async def _identities(dsn: str) -> dict[str, Identity]:
     }
 
 
-def _wait_until_known(client: httpx.Client, caller: Caller, timeout: float = 30.0) -> None:
+def wait_until_known(client: httpx.Client, caller: Caller, timeout: float = 30.0) -> None:
     """The API's auth snapshot picks new keys up within its poll interval."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
