@@ -215,6 +215,15 @@ class Settings(BaseSettings):
         " the platform superadmin and admin of the default tenant. `runledger up` generates one on first"
         " start and keeps it in <state dir>/connection.json. A revoked bootstrap key stays revoked.",
     )
+    secrets_key: str = Field(
+        "",
+        description="Fernet keys (comma-separated; the first seals, all open) that seal the secrets"
+        " RunLedger stores to use again: webhook signing secrets. Empty = the key in"
+        " <state dir>/secrets.key, created on first start (the embedded mode); a distributed deployment"
+        " must give every API and analysis process the same value. Rotate: put a new key first and"
+        " restart (stored secrets are sealed again at start), then drop the old one. Generate one with"
+        " python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'.",
+    )
     metrics_token: str = Field(
         "",
         description="Bearer token Prometheus presents to scrape GET /metrics (its per-tenant labels"

@@ -38,6 +38,7 @@ from runledger.analysis.sharding import checkpoint_group, resume_offsets, shard_
 from runledger.analysis.tuning import Tuning
 from runledger.analysis.webhook_policy import DestinationPolicy
 from runledger.auth.keys import ApiKey
+from runledger.auth.sealing import load_box
 from runledger.config import Settings
 from runledger.events.codec import InvalidEvent, decode
 from runledger.events.metric_columns import MetricColumns
@@ -387,4 +388,5 @@ def _webhook_dispatcher(pool: asyncpg.Pool, s: Settings) -> WebhookDispatcher:
         backoff_cap_s=s.webhook_backoff_cap_s,
         concurrency=s.webhook_concurrency,
         policy=DestinationPolicy.of(s.webhook_allowed_networks, s.webhook_allow_private_networks),
+        secrets=load_box(s.secrets_key, s.state_dir),
     )

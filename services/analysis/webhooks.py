@@ -54,6 +54,7 @@ import httpx
 import orjson
 
 from runledger.analysis.webhook_policy import DestinationPolicy, DestinationRefused, url_problem
+from runledger.auth.sealing import SecretBox, SecretUnreadable, load_box
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class Claimed:
     event_id: str
     attempt: int
     url: str
-    secret: str
+    secret: str  # as stored: sealed (runledger.auth.sealing)
     body: bytes
 
 
@@ -381,10 +382,12 @@ class WebhookDispatcher:
         poll_interval_s: float = 0.3,
         transport: httpx.AsyncBaseTransport | None = None,
         policy: DestinationPolicy | None = None,
+        secrets: SecretBox | None = None,
     ) -> None:
         """`policy`: where webhooks may connect (default: RUNLEDGER_WEBHOOK_ALLOWED_NETWORKS and
         RUNLEDGER_WEBHOOK_ALLOW_PRIVATE_NETWORKS). `transport` is for an in-process receiver
-        (tests): it replaces the guarded transport, so only the URL checks of the policy apply."""
+        (tests): it replaces the guarded transport, so only the URL checks of the policy apply.
+        `secrets`: opens the stored signing secrets (default: RUNLEDGER_SECRETS_KEY's box)."""
         if max_attempts < 1 or concurrency < 1 or batch_size < 1:
             raise ValueError("max_attempts, concurrency and batch_size must be at least 1")
         self._pool = pool
@@ -404,6 +407,12 @@ class WebhookDispatcher:
                 settings.webhook_allowed_networks, settings.webhook_allow_private_networks
             )
         self._policy = policy
+        if secrets is None:
+            from runledger.config import get_settings
+
+            settings = get_settings()
+            secrets = load_box(settings.secrets_key, settings.state_dir)
+        self._secrets = secrets
         if transport is None:
             transport = GuardedTransport(policy, max_connections=concurrency)
         # trust_env=False: no proxy or netrc of the environment applies to tenants' URLs.
@@ -513,10 +522,14 @@ class WebhookDispatcher:
             )
 
     async def _attempt(self, item: Claimed) -> Outcome:
+        try:
+            secret = self._secrets.open(item.secret)
+        except SecretUnreadable as exc:  # no retry helps until the operator restores the key
+            return Outcome("failed", None, f"the webhook's signing secret cannot be opened: {exc}")
         headers = {
             "Content-Type": "application/json",
             "X-RunLedger-Event-Id": item.event_id,
-            "X-RunLedger-Signature": sign(item.secret, item.body),
+            "X-RunLedger-Signature": sign(secret, item.body),
             "X-RunLedger-Timestamp": str(int(time.time())),
         }
         # Rows registered before the policy (or under a laxer one) are judged as they are sent.

@@ -6,6 +6,7 @@ this module wires them, the error handlers and the connections the lifespan open
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -15,6 +16,7 @@ from fastapi import Depends, FastAPI
 
 from runledger.auth.keys import parse_key
 from runledger.auth.quota import TokenBuckets
+from runledger.auth.sealing import load_box
 from runledger.config import Settings
 from runledger.stores.clickhouse import ClickHouse
 from runledger.stores.postgres import directory
@@ -52,8 +54,11 @@ from services.api.schemas import API_RESPONSES
 from services.api.ui import me as ui_me
 from services.api.ui import routes as ui
 from services.api.webhooks import endpoints as webhooks
+from services.api.webhooks.repository import reseal_secrets
 from services.api.writes import EventWriter
 from services.observability import metrics_routes
+
+log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
 
@@ -93,6 +98,10 @@ def create_app(
                     await directory.bootstrap(
                         conn, settings.default_tenant, parse_key(settings.bootstrap_api_key)
                     )
+            secrets = load_box(settings.secrets_key, settings.state_dir)
+            resealed = await reseal_secrets(pool, secrets)
+            if resealed:
+                log.info("sealed %d webhook secrets under the first RUNLEDGER_SECRETS_KEY key", resealed)
             auth = await directory.watch(pool, settings.auth_poll_interval_s)
             stack.push_async_callback(auth.close)
             audit = AuditSink(pool)
@@ -106,7 +115,13 @@ def create_app(
             quotas = QuotaGate(usage_reader(pool), TokenBuckets())
             writer = EventWriter(events_publisher, waiter, settings.write_wait_timeout_s, quotas)
             app.state.runtime = Runtime(
-                settings=settings, clickhouse=clickhouse, pool=pool, writer=writer, auth=auth, audit=audit
+                settings=settings,
+                clickhouse=clickhouse,
+                pool=pool,
+                writer=writer,
+                auth=auth,
+                audit=audit,
+                secrets=secrets,
             )
             try:
                 yield

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runledger.auth.keys import ApiKey, InvalidKey, from_parts, parse_key, secret_matches
 from runledger.auth.model import Action
+from runledger.auth.sealing import SecretBox
 from runledger.auth.watcher import AuthWatcher
 from runledger.config import Settings
 from runledger.stores.clickhouse import ClickHouse
@@ -56,6 +57,7 @@ class Runtime:
     writer: EventWriter
     auth: AuthWatcher
     audit: AuditSink
+    secrets: SecretBox  # seals the webhook secrets (runledger.auth.sealing)
     # MLflow writes answered on the broker's ack, until projected (services/api/pending.py).
     pending: PendingWrites = field(init=False)
 

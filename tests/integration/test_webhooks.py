@@ -27,10 +27,12 @@ import asyncpg
 import httpx
 import orjson
 import pytest
+from cryptography.fernet import Fernet
 
 from runledger.analysis.webhook_policy import DestinationPolicy
 from runledger.auth.keys import generate_key
 from runledger.auth.model import Role
+from runledger.auth.sealing import SecretBox
 from runledger.config import Settings
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.events.codec import decode, encode, envelope_dict, experiment_id_for, producer
@@ -38,6 +40,7 @@ from runledger.events.models import EventType
 from runledger.stores.postgres.migrate import migrate
 from services.analysis.webhooks import WebhookDispatcher
 from services.api.app import create_app
+from services.api.webhooks.repository import reseal_secrets
 from services.ingest.metadata_writer import apply_projection
 from services.ingest.projection import ArchivedEvent, build_projection
 from tests.integration.conftest import create_database
@@ -50,6 +53,8 @@ pytestmark = pytest.mark.integration
 A, B = "hooks-a", "hooks-b"
 # Where the receiver listens: allowed explicitly, as an operator would allow an internal receiver.
 RECEIVER_NETWORKS = ["127.0.0.1/32"]
+# The deployment's sealing key (RUNLEDGER_SECRETS_KEY): the API seals with it, dispatchers open.
+SECRETS_KEY = Fernet.generate_key().decode()
 EXP = experiment_id_for(A, "training")
 RUN = "ab12" * 8
 
@@ -142,6 +147,7 @@ async def world(postgres: EmbeddedPostgres) -> AsyncIterator[World]:
         bootstrap_api_key=generate_key().token,
         write_wait_timeout_s=0.2,
         webhook_allowed_networks=RECEIVER_NETWORKS,
+        secrets_key=SECRETS_KEY,
     )
     app = create_app(settings, NoClickHouse(), publisher=RecordingPublisher())
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8)
@@ -168,6 +174,7 @@ def dispatcher(world: World, **overrides: Any) -> WebhookDispatcher:
         "backoff_cap_s": 0.05,
         "concurrency": 4,
         "policy": DestinationPolicy.of(RECEIVER_NETWORKS),
+        "secrets": SecretBox.from_text(SECRETS_KEY),
     }
     return WebhookDispatcher(world.pool, **(options | overrides))
 
@@ -257,6 +264,113 @@ async def test_admin_creates_lists_updates_and_deletes(world: World, receiver: R
         )
     assert [a["action"] for a in actions] == ["webhook.create", "webhook.update", "webhook.delete"]
     assert created["secret"] not in str([a["details"] for a in actions])
+
+
+async def stored_secret(world: World, webhook_id: str) -> str:
+    async with world.pool.acquire() as conn:
+        value: str = await conn.fetchval("SELECT secret FROM webhooks WHERE webhook_id = $1", webhook_id)
+    return value
+
+
+async def test_the_secret_is_stored_sealed(world: World, receiver: Receiver) -> None:
+    created = await create_hook(world, f"{receiver.base_url}/sealed")
+    stored = await stored_secret(world, created["webhook_id"])
+    assert stored.startswith("fernet:") and created["secret"] not in stored
+    assert SecretBox.from_text(SECRETS_KEY).open(stored) == created["secret"]
+    await world.client.delete(f"/api/v1/webhooks/{created['webhook_id']}", headers=world.admin.headers)
+
+
+async def test_a_new_secret_signs_the_next_delivery(world: World, receiver: Receiver) -> None:
+    hook = await create_hook(world, f"{receiver.base_url}/renewed")
+    hook_id, old_secret = hook["webhook_id"], hook["secret"]
+    for who in (world.engineer, world.other_admin):  # not an admin of A: 403; another tenant: 404
+        refused = await world.client.post(f"/api/v1/webhooks/{hook_id}/secret", headers=who.headers)
+        assert refused.status_code in (403, 404), refused.text
+    missing = await world.client.post(
+        "/api/v1/webhooks/wh_0000000000000000/secret", headers=world.admin.headers
+    )
+    assert missing.status_code == 404
+    renewed = await world.client.post(f"/api/v1/webhooks/{hook_id}/secret", headers=world.admin.headers)
+    assert renewed.status_code == 200, renewed.text
+    new_secret = renewed.json()["secret"]
+    assert new_secret != old_secret and renewed.json()["webhook_id"] == hook_id
+    assert (
+        "secret"
+        not in (await world.client.get(f"/api/v1/webhooks/{hook_id}", headers=world.admin.headers)).json()
+    )
+
+    event_id = await project(world, finding_event("renewed"))
+    d = dispatcher(world)
+    try:
+        await drain(d, world, hook_id, {"delivered"})
+    finally:
+        await d.aclose()
+    [request] = receiver.at("/renewed")
+    assert request.headers["x-runledger-event-id"] == event_id
+    signed = request.headers["x-runledger-signature"]
+    assert signed == "sha256=" + hmac.new(new_secret.encode(), request.body, hashlib.sha256).hexdigest()
+    async with world.pool.acquire() as conn:
+        actions = await conn.fetch(
+            "SELECT action, details::text FROM audit_log WHERE target = $1 ORDER BY seq", hook_id
+        )
+    assert [a["action"] for a in actions] == ["webhook.create", "webhook.new_secret"]
+    assert new_secret not in str([a["details"] for a in actions])
+    await world.client.delete(f"/api/v1/webhooks/{hook_id}", headers=world.admin.headers)
+
+
+async def test_plaintext_and_old_key_secrets_are_sealed_again_and_still_sign(
+    world: World, receiver: Receiver
+) -> None:
+    """Rows from before sealing (plaintext) and rows sealed under a key being rotated out are
+    sealed under the first key at start (reseal_secrets); their deliveries sign as before."""
+    plain = await create_hook(world, f"{receiver.base_url}/was-plain")
+    rotated = await create_hook(world, f"{receiver.base_url}/was-old-key")
+    old_key = Fernet.generate_key().decode()
+    async with world.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE webhooks SET secret = $2 WHERE webhook_id = $1", plain["webhook_id"], "legacy-plain"
+        )
+        await conn.execute(
+            "UPDATE webhooks SET secret = $2 WHERE webhook_id = $1",
+            rotated["webhook_id"],
+            SecretBox.from_text(old_key).seal("sealed-under-old-key"),
+        )
+    box = SecretBox.from_text(f"{SECRETS_KEY},{old_key}")  # the new key first, the old one still listed
+    assert await reseal_secrets(world.pool, box) == 2
+    assert await reseal_secrets(world.pool, box) == 0  # idempotent
+    only_new = SecretBox.from_text(SECRETS_KEY)
+    assert only_new.open(await stored_secret(world, plain["webhook_id"])) == "legacy-plain"
+    assert only_new.open(await stored_secret(world, rotated["webhook_id"])) == "sealed-under-old-key"
+
+    await project(world, finding_event("resealed"))
+    d = dispatcher(world)  # holds only the new key
+    try:
+        for hook in (plain, rotated):
+            await drain(d, world, hook["webhook_id"], {"delivered"})
+    finally:
+        await d.aclose()
+    for path, secret in (("/was-plain", "legacy-plain"), ("/was-old-key", "sealed-under-old-key")):
+        [request] = receiver.at(path)
+        expected = "sha256=" + hmac.new(secret.encode(), request.body, hashlib.sha256).hexdigest()
+        assert request.headers["x-runledger-signature"] == expected
+    for hook in (plain, rotated):
+        await world.client.delete(f"/api/v1/webhooks/{hook['webhook_id']}", headers=world.admin.headers)
+
+
+async def test_a_secret_no_key_opens_fails_its_delivery_with_the_reason(
+    world: World, receiver: Receiver
+) -> None:
+    hook = await create_hook(world, f"{receiver.base_url}/unreadable")
+    await project(world, finding_event("unreadable"))
+    d = dispatcher(world, secrets=SecretBox.from_text(Fernet.generate_key().decode()))  # the key was lost
+    try:
+        await drain(d, world, hook["webhook_id"], {"failed"})
+    finally:
+        await d.aclose()
+    [row] = await deliveries_of(world, hook["webhook_id"])
+    assert row["attempts"] == 1 and "signing secret cannot be opened" in row["last_error"]
+    assert receiver.at("/unreadable") == []
+    await world.client.delete(f"/api/v1/webhooks/{hook['webhook_id']}", headers=world.admin.headers)
 
 
 async def test_only_the_tenants_admins_reach_its_webhooks(world: World, receiver: Receiver) -> None:

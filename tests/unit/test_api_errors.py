@@ -12,12 +12,14 @@ from typing import Any, cast
 import orjson
 import pyarrow as pa
 import pytest
+from cryptography.fernet import Fernet
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from runledger.auth import signing
 from runledger.auth.keys import ApiKey, generate_key
 from runledger.auth.model import AuthSnapshot, Grant, KeyRecord, Role, TenantStatus
+from runledger.auth.sealing import SecretBox
 from runledger.auth.watcher import AuthWatcher
 from runledger.config import Settings
 from runledger.events.codec import envelope_dict, producer
@@ -123,6 +125,7 @@ def _app(publisher: RecordingPublisher, timeout_s: float = 0.05) -> FastAPI:
         writer=writer,
         auth=static_auth(snapshot((KEY, Role.ENGINEER), (VIEWER_KEY, Role.VIEWER))),
         audit=AuditSink(cast(Any, None)),  # never started: denials queue in memory
+        secrets=SecretBox([Fernet.generate_key()]),
     )
     return app
 
@@ -357,6 +360,7 @@ def test_events_the_caller_may_not_write_are_403(publisher: RecordingPublisher) 
         writer=app.state.runtime.writer,
         auth=static_auth(snap),
         audit=AuditSink(cast(Any, None)),
+        secrets=app.state.runtime.secrets,
     )
     client = TestClient(app, raise_server_exceptions=False, headers=_headers(narrowed))
     ok = client.post("/api/v1/events", json=[_event()])  # experiment e1

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpcore
 import pytest
+from cryptography.fernet import Fernet
 
 from runledger.analysis.webhook_policy import (
     DestinationPolicy,
@@ -332,6 +333,7 @@ async def test_dispatcher_policy_defaults_to_the_settings(monkeypatch: pytest.Mo
     from runledger.config import get_settings
 
     monkeypatch.setenv("RUNLEDGER_WEBHOOK_ALLOWED_NETWORKS", "10.9.0.0/16")
+    monkeypatch.setenv("RUNLEDGER_SECRETS_KEY", Fernet.generate_key().decode())  # no key file written
     get_settings.cache_clear()
     try:
         d = WebhookDispatcher(object())  # type: ignore[arg-type]

@@ -38,6 +38,7 @@ async def get_service(
         principal,
         f"{request.method} {request.url.path}",
         destination_policy(runtime.settings),
+        runtime.secrets,
     )
 
 
@@ -76,6 +77,17 @@ async def get_webhook(webhook_id: str, service: Service) -> schemas.Webhook:
 async def update_webhook(webhook_id: str, body: schemas.WebhookUpdate, service: Service) -> schemas.Webhook:
     """Change a webhook's url, kinds or enabled flag (fields left out stay as they are)."""
     return await service.update(webhook_id, body)
+
+
+@router.post("/webhooks/{webhook_id}/secret", response_model=schemas.WebhookCreated, responses=_RESPONSES)
+async def new_webhook_secret(webhook_id: str, service: Service) -> schemas.WebhookCreated:
+    """Replace the webhook's signing secret; the answer holds the new one this once.
+
+    Deliveries attempted from now on are signed with it, retries of earlier ones included: a
+    receiver that rejects them while it still checks the old secret gets them again on retry
+    once it has the new one.
+    """
+    return await service.new_secret(webhook_id)
 
 
 @router.delete("/webhooks/{webhook_id}", response_model=schemas.Deleted, responses=_RESPONSES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -9,10 +10,13 @@ from typing import Any
 
 import asyncpg
 
+from runledger.auth.sealing import SecretBox, SecretUnreadable
 from runledger.stores.postgres import PgConnection
 from services.api.findings.repository import from_micros, to_micros
 from services.api.sql import Conditions
 from services.api.webhooks import schemas
+
+log = logging.getLogger(__name__)
 
 _COLUMNS = "webhook_id, url, kinds, enabled, created_at, created_by, updated_at"
 _DELIVERY_COLUMNS = (
@@ -109,6 +113,19 @@ class WebhookRepository:
         )
         return schemas.Webhook(**dict(row)) if row else None
 
+    async def replace_secret(
+        self, conn: PgConnection, webhook_id: str, sealed: str
+    ) -> schemas.Webhook | None:
+        """Store a new (sealed) signing secret; None when the webhook does not exist."""
+        row = await conn.fetchrow(
+            "UPDATE webhooks SET secret = $3, updated_at = now()"
+            f" WHERE tenant_id = $1 AND webhook_id = $2 RETURNING {_COLUMNS}",
+            self._tenant,
+            webhook_id,
+            sealed,
+        )
+        return schemas.Webhook(**dict(row)) if row else None
+
     async def delete(self, conn: PgConnection, webhook_id: str) -> bool:
         """Delete the webhook and its deliveries (history included: nothing could read it any more)."""
         status = await conn.execute(
@@ -142,3 +159,32 @@ class WebhookRepository:
             *where.args,
         )
         return [DeliveryRow(schemas.Delivery(**dict(r)), to_micros(r["created_at"])) for r in rows]
+
+
+async def reseal_secrets(pool: asyncpg.Pool[Any], box: SecretBox) -> int:
+    """Seal every webhook secret under the box's first key: those stored in plaintext (before
+    sealing existed) and those sealed under an older key. Compare-and-set per row, so API
+    processes starting together do not undo each other. Returns how many changed."""
+    changed = 0
+    async with pool.acquire() as conn:
+        for row in await conn.fetch("SELECT tenant_id, webhook_id, secret FROM webhooks"):
+            try:
+                sealed = box.resealed(row["secret"])
+            except SecretUnreadable:
+                log.warning(
+                    "webhook %s of %s: its secret opens with no configured key",
+                    row["webhook_id"],
+                    row["tenant_id"],
+                )
+                continue
+            if sealed is None:
+                continue
+            done = await conn.execute(
+                "UPDATE webhooks SET secret = $4 WHERE tenant_id = $1 AND webhook_id = $2 AND secret = $3",
+                row["tenant_id"],
+                row["webhook_id"],
+                row["secret"],
+                sealed,
+            )
+            changed += not done.endswith(" 0")
+    return changed

@@ -48,7 +48,8 @@ class Webhook(BaseModel):
 
 
 class WebhookCreated(Webhook):
-    """A webhook just created, with its signing secret: shown this once and never again."""
+    """A webhook with its new signing secret (at creation, or replaced): shown this once and never
+    again; it is stored sealed (RUNLEDGER_SECRETS_KEY)."""
 
     secret: str = Field(
         description="Key of X-RunLedger-Signature: sha256=<hex HMAC-SHA256 of the request body bytes>."

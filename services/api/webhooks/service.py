@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from runledger.analysis.webhook_policy import DestinationPolicy, literal_ip, url_problem
+from runledger.auth.sealing import SecretBox
 from runledger.stores.postgres import directory
 from runledger.stores.postgres.directory import AuditEntry
 from services.api.audit import AuditSink
@@ -116,9 +117,12 @@ class WebhookService:
         principal: Principal,
         request: str,
         policy: DestinationPolicy,
+        secrets: SecretBox,
     ) -> None:
-        """`request` ("METHOD path") names a refused attempt in the audit log; `policy` judges URLs."""
+        """`request` ("METHOD path") names a refused attempt in the audit log; `policy` judges URLs;
+        `secrets` seals the signing secrets before they are stored."""
         self._policy = policy
+        self._secrets = secrets
         self._repo = repository
         self._audit = audit
         self._principal = principal
@@ -166,10 +170,27 @@ class WebhookService:
             if await self._repo.count(conn) >= MAX_WEBHOOKS_PER_TENANT:
                 raise InvalidParameter(f"a tenant may have at most {MAX_WEBHOOKS_PER_TENANT} webhooks")
             hook = await self._repo.create(
-                conn, webhook_id, url, secret, kinds, body.enabled, self._principal.principal_id
+                conn,
+                webhook_id,
+                url,
+                self._secrets.seal(secret),
+                kinds,
+                body.enabled,
+                self._principal.principal_id,
             )
             details = {"url": url, "kinds": kinds, "enabled": body.enabled}  # never the secret
             await directory.append_audit(conn, [self._entry("webhook.create", webhook_id, details)])
+        return schemas.WebhookCreated(**hook.model_dump(), secret=secret)
+
+    async def new_secret(self, webhook_id: str) -> schemas.WebhookCreated:
+        """Replace the signing secret at once (shown this once); deliveries from now on carry it."""
+        webhook_id = self._known_id(webhook_id)
+        secret = new_secret()
+        async with self._repo.transaction() as conn:
+            hook = await self._repo.replace_secret(conn, webhook_id, self._secrets.seal(secret))
+            if hook is None:
+                raise self._not_found(webhook_id)
+            await directory.append_audit(conn, [self._entry("webhook.new_secret", webhook_id, {})])
         return schemas.WebhookCreated(**hook.model_dump(), secret=secret)
 
     async def list_webhooks(self) -> schemas.WebhookList:
