@@ -190,6 +190,11 @@ async def test_audit_reads_page_filter_and_stay_in_their_tenant(client: httpx.As
             break
     assert paged == entries
     assert [e["seq"] for e in paged] == sorted((e["seq"] for e in paged), reverse=True)
+    # A cursor past bigint (found by the fuzzer: a 500) is a 400.
+    huge = await client.get(
+        "/api/v1/audit", params={"cursor": 52919225737655025893203216821125120}, headers=admin
+    )
+    assert huge.status_code == 400 and huge.json()["error_code"] == "INVALID_PARAMETER_VALUE", huge.text
 
     by_action = ok(await client.get("/api/v1/audit", params={"action": "principal."}, headers=admin))[
         "entries"

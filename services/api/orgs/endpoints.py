@@ -213,7 +213,9 @@ async def read_audit(
     runtime: RuntimeDep,
     principal: TenantAdminPrincipal,
     limit: PageLimit = 100,
-    cursor: Annotated[int | None, Query(ge=1, description="next_cursor of the previous page.")] = None,
+    cursor: Annotated[
+        int | None, Query(ge=1, le=2**63 - 1, description="next_cursor of the previous page.")
+    ] = None,
     outcome: Literal["ok", "denied"] | None = None,
     action: Annotated[str | None, Query(max_length=200, description="Prefix, e.g. `key.`.")] = None,
     actor: Annotated[str | None, Query(max_length=200)] = None,
