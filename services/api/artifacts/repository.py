@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,8 +112,9 @@ class BlobCharge:
             assert self._transaction is not None
             if kind is None:
                 await self._transaction.commit()
-            else:
-                await self._transaction.rollback()
+            else:  # a rollback that fails too (a broken connection) must not hide the first error
+                with contextlib.suppress(Exception):
+                    await self._transaction.rollback()
         finally:
             await self._pool.release(self._conn)
             self._conn = None
