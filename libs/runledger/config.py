@@ -220,8 +220,9 @@ class Settings(BaseSettings):
         description="Fernet keys (comma-separated; the first seals, all open) that seal the secrets"
         " RunLedger stores to use again: webhook signing secrets. Empty = the key in"
         " <state dir>/secrets.key, created on first start (the embedded mode); a distributed deployment"
-        " must give every API and analysis process the same value. Rotate: put a new key first and"
-        " restart (stored secrets are sealed again at start), then drop the old one. Generate one with"
+        " must give every API and analysis process the same value. Rotate: add the new key last"
+        " everywhere; then move it first (API processes re-seal the stored secrets at start); drop the"
+        " old one once every process has the new one first. Generate one with"
         " python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'.",
     )
     metrics_token: str = Field(

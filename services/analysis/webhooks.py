@@ -524,8 +524,8 @@ class WebhookDispatcher:
     async def _attempt(self, item: Claimed) -> Outcome:
         try:
             secret = self._secrets.open(item.secret)
-        except SecretUnreadable as exc:  # no retry helps until the operator restores the key
-            return Outcome("failed", None, f"the webhook's signing secret cannot be opened: {exc}")
+        except SecretUnreadable as exc:  # retried: a key missing from this process's settings can come back
+            return self._retry(item, None, f"the webhook's signing secret cannot be opened: {exc}", None)
         headers = {
             "Content-Type": "application/json",
             "X-RunLedger-Event-Id": item.event_id,

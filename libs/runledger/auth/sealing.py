@@ -6,8 +6,9 @@ under the deployment's sealing keys: a copy of the database alone does not let a
 deliveries that tenants' receivers would accept.
 
 Keys: RUNLEDGER_SECRETS_KEY, one or more Fernet keys separated by commas. The first seals;
-every one opens, so a key is rotated by putting a new one first, restarting, and removing the
-old one once every stored secret was sealed again (services re-seal at start). Unset, the key
+every one opens. Rotation: add the new key last on every process (all can open what it will
+seal); then move it first (API processes re-seal every stored secret at start); drop the old
+one once no process lists it first. Unset, the key
 lives in `<state dir>/secrets.key`, created on first use: the embedded mode's processes share
 that directory; a distributed deployment must set the variable on every API and analysis
 process.
