@@ -16,8 +16,9 @@ Measured from outside the code path under test:
   step = return time of the first poll that saw it - its log time (an upper bound: it
   includes up to one poll interval).
 - keeping up: points logged vs `runledger_points_projected_total`, every key of every
-  run at its last step in `latest_metrics`, every run FINISHED, history through the API
-  for a few runs; drain = last log call -> all of that true.
+  run at its last step in `latest_metrics`, every run FINISHED, dead letters; after the
+  load, one key's history of every run through the API (ClickHouse: a lost event leaves a
+  step missing); drain = last log call -> all of that true.
 - resources: RSS of the services process and the broker, PSS of all PostgreSQL
   processes (shared buffers counted once) every `sample` seconds,
   `runledger_ingest_lag_seconds` and committed offsets per partition, CPU seconds of
@@ -310,17 +311,21 @@ def _percentiles(values: Sequence[float], unit: str, digits: int) -> dict[str, f
 
 def _scrape(text: str) -> dict[str, float]:
     """The Prometheus samples this benchmark reads: ingest lag (max, and per partition, as the
-    projector committed offsets), points projected, projector batch totals."""
+    projector committed offsets), the analysis service's lag, points projected, dead letters,
+    projector batch totals."""
     wanted = {
         "runledger_points_projected_total",
+        "runledger_dead_letters_total",
         "runledger_projector_batch_seconds_sum",
         "runledger_projector_batch_seconds_count",
         "runledger_projector_batch_points_sum",
     }
-    out: dict[str, float] = {"ingest_lag_s": 0.0}
+    out: dict[str, float] = {"ingest_lag_s": 0.0, "analysis_lag_s": 0.0}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "runledger_ingest_lag_seconds":
+            if sample.name == "runledger_analysis_lag_seconds":
+                out["analysis_lag_s"] = max(out["analysis_lag_s"], sample.value)
+            elif sample.name == "runledger_ingest_lag_seconds":
                 out["ingest_lag_s"] = max(out["ingest_lag_s"], sample.value)
                 out[f"lag_p{sample.labels['partition']}_s"] = sample.value
             elif sample.name == "runledger_projector_committed_offset":
@@ -472,6 +477,7 @@ class Monitor:
             for kind in ("sum", "count"):
                 row[f"gc{gen}_pause_{kind}"] = round(scraped.get(f"gc{gen}_pause_{kind}", 0.0), 4)
         row["ingest_lag_s"] = round(scraped["ingest_lag_s"], 3)
+        row["analysis_lag_s"] = round(scraped["analysis_lag_s"], 3)
         row["points_projected"] = scraped.get("runledger_points_projected_total", 0.0)
         for partition in range(self.partitions):
             row[f"lag_p{partition}_s"] = round(scraped.get(f"lag_p{partition}_s", 0.0), 3)
@@ -652,7 +658,8 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
             counted = time.time()
             after = scraped["after"]
             await monitor.stop()
-            history = await _history_counts(stack.api_url, stack.api_key, probed, fleet.probe_key)
+            # Every run's probe key from ClickHouse: an event lost anywhere leaves a step missing.
+            history = await _history_counts(stack.api_url, stack.api_key, run_ids, fleet.probe_key)
     finally:
         for p in procs:
             p.join(timeout=30)
@@ -682,6 +689,7 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
     )
     during_load = [r for r in monitor.rows if 0 <= r["t_s"] <= fleet.duration_s]
     lags = [r["ingest_lag_s"] for r in during_load]
+    analysis_lags = [r["analysis_lag_s"] for r in during_load]
     files = _write_memory(monitor.rows, name)
     return {
         "fleet": {
@@ -721,9 +729,17 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
             "max_s": round(max(lags), 3) if lags else None,
             "p50_s": _pct(lags, 50, 3),
         },
+        "analysis_lag_seconds_gauge": {
+            "max_s": round(max(analysis_lags), 3) if analysis_lags else None,
+            "p50_s": _pct(analysis_lags, 50, 3),
+            "at_end_of_load_s": analysis_lags[-1] if analysis_lags else None,
+        },
         "keeps_up": {
             "points_logged": fleet.points,
             "points_projected": int(after.get("runledger_points_projected_total", 0)),
+            "dead_letters": int(
+                after.get("runledger_dead_letters_total", 0) - before.get("runledger_dead_letters_total", 0)
+            ),
             "all_keys_at_last_step_and_runs_finished": True,  # else _wait_for raised
             "drain_after_last_log_s": round(drained - last_log, 3),
             "counter_complete_after_last_log_s": round(counted - last_log, 3),
@@ -732,7 +748,8 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
             "api_history_probe_key_points": {
                 "runs": len(history),
                 "expected_each": fleet.steps,
-                "complete": sum(n == fleet.steps for n in history),
+                "complete": sum(n == fleet.steps for _, n in history),
+                "incomplete": [(run, n) for run, n in history if n != fleet.steps][:20],
             },
         },
         "producers": {
@@ -762,14 +779,14 @@ def _auth(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"}
 
 
-async def _history_counts(api: str, api_key: str, run_ids: list[str], key: str) -> list[int]:
-    """Points of `key` per run through the API's history route (ClickHouse)."""
+async def _history_counts(api: str, api_key: str, run_ids: list[str], key: str) -> list[tuple[str, int]]:
+    """(run, points of `key`) per run through the API's history route (ClickHouse)."""
     async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False, headers=_auth(api_key)) as http:
         counts = []
         for run_id in run_ids:
             response = await http.get(f"/api/v1/runs/{run_id}/metrics/{key}/history")
             response.raise_for_status()
-            counts.append(len(response.json()["steps"]))
+            counts.append((run_id, len(response.json()["steps"])))
         return counts
 
 

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 _POLL_RECORDS = 2000
 _CONFIRM_TIMEOUT_S = 5.0  # wait this long for the metadata refresh a dropped connection asked for
+# Polls after the writer took a queued round before the next round may form: the first returns
+# what an earlier fetch brought, the second what arrived since.
+_FRESH_POLLS = 2
+_TAKEN_WAIT_S = 0.5  # the longest the loop waits for the writer without turning
 
 
 class BrokerRestarted(Exception):
@@ -147,7 +151,8 @@ class Projector:
         # Decoding the next round overlaps with writing the previous one (the ClickHouse
         # insert releases the GIL); one writer keeps each partition's batches in order.
         queue: asyncio.Queue[PreparedRound] = asyncio.Queue(maxsize=2)
-        write_loop = asyncio.create_task(self._write_loop(consumer, writer, queue))
+        round_taken = asyncio.Event()  # set each time the writer takes a round off the queue
+        write_loop = asyncio.create_task(self._write_loop(consumer, writer, queue, round_taken))
         try:
             rebalance = _Rebalance()
             # Subscribe only once the topic exists (a restarted broker gets it back from the
@@ -165,9 +170,21 @@ class Projector:
             incarnation = consumer._client.cluster.cluster_id or "static"
             partitions: dict[TopicPartition, PartitionBuffer] = {}
             rounds = 0
+            polls_since_taken = _FRESH_POLLS
+            caught_up = False
             while not self.stop.is_set():
                 self.heartbeat = time.monotonic()
+                if caught_up and not queue.empty():
+                    # At the log's head with a round already waiting for the writer: what is
+                    # fetched now only waits too, and each fetch costs the embedded broker a
+                    # listing of every batch it holds (tansu 0.6.0; bench/RESULTS.md, "Fetches
+                    # while a round waits"). Fetch again once the writer takes that round.
+                    # (Behind, the loop keeps fetching: each poll then brings a full batch.)
+                    round_taken.clear()
+                    await self._writer_took(round_taken, write_loop, _TAKEN_WAIT_S)
+                    polls_since_taken = 0
                 polled = await asyncio.to_thread(consumer.poll, 100, _POLL_RECORDS)
+                polls_since_taken += 1
                 # After a dropped connection, records can come from a restarted broker before
                 # the metadata refresh that changes cluster_id (services/ingest/incarnation.py).
                 if (
@@ -205,7 +222,9 @@ class Projector:
                     s.projector_max_batch_events,
                     s.projector_max_wait_ms / 1000,
                     caught_up,
-                    queue.empty(),
+                    # The first poll after a wait returns what was fetched before it; the next
+                    # one brings what arrived meanwhile, so the round takes that too.
+                    queue.empty() and polls_since_taken >= _FRESH_POLLS,
                 ):
                     taken = take_round(buffers, s.projector_max_batch_events, rounds % len(buffers))
                     rounds += 1
@@ -225,11 +244,16 @@ class Projector:
         return {r["key_id"] for r in rows}
 
     async def _write_loop(
-        self, consumer: KafkaConsumer, writer: BatchWriter, queue: asyncio.Queue[PreparedRound]
+        self,
+        consumer: KafkaConsumer,
+        writer: BatchWriter,
+        queue: asyncio.Queue[PreparedRound],
+        taken: asyncio.Event,
     ) -> None:
         """The write stage: rounds in queue order."""
         while True:
             round_ = await queue.get()
+            taken.set()
             try:
                 await self._write_round(writer, round_)
                 offsets = {
@@ -265,6 +289,17 @@ class Projector:
         if write_loop.done():
             put.cancel()
             write_loop.result()  # raises the writer's error
+            raise RuntimeError("the batch writer stopped")
+
+    @staticmethod
+    async def _writer_took(taken: asyncio.Event, write_loop: asyncio.Task[None], timeout_s: float) -> None:
+        """Wait until the writer takes the next queued round (at most `timeout_s`: the loop still
+        turns, for its heartbeat and a stop); a failed writer surfaces here."""
+        took = asyncio.ensure_future(taken.wait())
+        await asyncio.wait({took, write_loop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        took.cancel()
+        if write_loop.done():
+            write_loop.result()
             raise RuntimeError("the batch writer stopped")
 
     @staticmethod
