@@ -259,9 +259,10 @@ def test_schemathesis_cli(target: Target, role: str, tmp_path: Path) -> None:
     """`st run` as reviewers run it, every phase (examples, coverage, fuzzing, stateful), as `role`.
 
     Last in the module, with a key of its own in a tenant of its own: the stateful phase follows
-    links from one answer to the next request (`whoami`'s key id to `DELETE /keys/{key_id}`, a
-    listed tenant to its suspension), so a pass may revoke its own key or suspend a tenant, and
-    the passes above would then have fuzzed nothing but 401s."""
+    links from one answer to the next request (as the tenant's admin, from the principal and key
+    listings to disabling those principals and revoking their keys: seen in the audit log), so a
+    pass may lock out every key of its tenant, and the passes above would then have fuzzed
+    nothing but 401s."""
     caller = cli_caller(target, role)
     command = [
         str(Path(sys.executable).with_name("st")),
