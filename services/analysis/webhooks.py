@@ -399,19 +399,17 @@ class WebhookDispatcher:
         self._batch_size = batch_size
         self._poll_s = poll_interval_s
         self._slots = asyncio.Semaphore(concurrency)
-        if policy is None:
+        if policy is None or secrets is None:
             from runledger.config import get_settings
 
             settings = get_settings()
-            policy = DestinationPolicy.of(
-                settings.webhook_allowed_networks, settings.webhook_allow_private_networks
-            )
+            if policy is None:
+                policy = DestinationPolicy.of(
+                    settings.webhook_allowed_networks, settings.webhook_allow_private_networks
+                )
+            if secrets is None:
+                secrets = load_box(settings.secrets_key, settings.state_dir)
         self._policy = policy
-        if secrets is None:
-            from runledger.config import get_settings
-
-            settings = get_settings()
-            secrets = load_box(settings.secrets_key, settings.state_dir)
         self._secrets = secrets
         if transport is None:
             transport = GuardedTransport(policy, max_connections=concurrency)

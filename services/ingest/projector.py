@@ -13,6 +13,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import asyncpg
@@ -181,7 +182,7 @@ class Projector:
                     # while a round waits"). Fetch again once the writer takes that round.
                     # (Behind, the loop keeps fetching: each poll then brings a full batch.)
                     round_taken.clear()
-                    await self._writer_took(round_taken, write_loop, _TAKEN_WAIT_S)
+                    await self._unless_writer_failed(round_taken.wait(), write_loop, _TAKEN_WAIT_S)
                     polls_since_taken = 0
                 polled = await asyncio.to_thread(consumer.poll, 100, _POLL_RECORDS)
                 polls_since_taken += 1
@@ -201,7 +202,9 @@ class Projector:
                     )
                 if rebalance.changed:
                     rebalance.changed = False
-                    await self._drain(queue, write_loop)  # positions move only with nothing in flight
+                    await self._unless_writer_failed(
+                        queue.join(), write_loop
+                    )  # positions move only with nothing in flight
                     fresh = await self._reassign(consumer, partitions, incarnation, gate, writer)
                     polled = {tp: recs for tp, recs in polled.items() if tp not in fresh}
                 total = 0
@@ -230,8 +233,8 @@ class Projector:
                     rounds += 1
                     await gate.refresh_for(r.value for _, records in taken for r in records)
                     batches = [prepare(state, records, self._dead_letters, gate) for state, records in taken]
-                    await self._enqueue(queue, write_loop, assemble(batches))
-            await self._drain(queue, write_loop)
+                    await self._unless_writer_failed(queue.put(assemble(batches)), write_loop)
+            await self._unless_writer_failed(queue.join(), write_loop)
         finally:
             write_loop.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -280,36 +283,17 @@ class Projector:
         self.projected_events += len(projection.metadata_events) + (0 if projection.points is None else 1)
 
     @staticmethod
-    async def _enqueue(
-        queue: asyncio.Queue[PreparedRound], write_loop: asyncio.Task[None], round_: PreparedRound
+    async def _unless_writer_failed(
+        step: Awaitable[Any], write_loop: asyncio.Task[None], timeout_s: float | None = None
     ) -> None:
-        """Hand a round to the writer; a failed writer surfaces here instead of blocking."""
-        put = asyncio.ensure_future(queue.put(round_))
-        await asyncio.wait({put, write_loop}, return_when=asyncio.FIRST_COMPLETED)
+        """Await `step` (handing a round over, waiting for the queue to drain or for the writer
+        to take a round), at most `timeout_s`; a writer that fails meanwhile raises here
+        instead of leaving the wait without end."""
+        waiting = asyncio.ensure_future(step)
+        await asyncio.wait({waiting, write_loop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()  # done already, timed out, or the writer is gone
         if write_loop.done():
-            put.cancel()
             write_loop.result()  # raises the writer's error
-            raise RuntimeError("the batch writer stopped")
-
-    @staticmethod
-    async def _writer_took(taken: asyncio.Event, write_loop: asyncio.Task[None], timeout_s: float) -> None:
-        """Wait until the writer takes the next queued round (at most `timeout_s`: the loop still
-        turns, for its heartbeat and a stop); a failed writer surfaces here."""
-        took = asyncio.ensure_future(taken.wait())
-        await asyncio.wait({took, write_loop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        took.cancel()
-        if write_loop.done():
-            write_loop.result()
-            raise RuntimeError("the batch writer stopped")
-
-    @staticmethod
-    async def _drain(queue: asyncio.Queue[PreparedRound], write_loop: asyncio.Task[None]) -> None:
-        """Wait until every queued round is written (or the writer failed)."""
-        joined = asyncio.ensure_future(queue.join())
-        await asyncio.wait({joined, write_loop}, return_when=asyncio.FIRST_COMPLETED)
-        if write_loop.done():
-            joined.cancel()
-            write_loop.result()
             raise RuntimeError("the batch writer stopped")
 
     async def _reassign(

@@ -8,7 +8,6 @@ from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
-from asyncpg.transaction import Transaction
 
 from services.api.artifacts.blob_locks import lock_for_upload
 
@@ -99,33 +98,23 @@ class BlobCharge:
 
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self._pool = pool
+        self._held = contextlib.AsyncExitStack()  # the connection and its transaction, once held
         self._conn: PoolConnectionProxy[Any] | None = None
-        self._transaction: Transaction | None = None
 
     async def __aenter__(self) -> BlobCharge:
         return self
 
-    async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if self._conn is None:
-            return
-        try:
-            assert self._transaction is not None
-            if kind is None:
-                await self._transaction.commit()
-            else:  # a rollback that fails too (a broken connection) must not hide the first error
-                with contextlib.suppress(Exception):
-                    await self._transaction.rollback()
-        finally:
-            await self._pool.release(self._conn)
-            self._conn = None
+    async def __aexit__(self, *exc: Any) -> None:
+        self._conn = None
+        await self._held.__aexit__(*exc)  # commits, or rolls back on an exception; releases
 
     async def hold(self, digest: str) -> None:
         if self._conn is not None:
             raise RuntimeError("a BlobCharge holds one blob")
-        self._conn = await self._pool.acquire()
-        self._transaction = self._conn.transaction()
-        await self._transaction.start()
-        await lock_for_upload(self._conn, digest)
+        conn = await self._held.enter_async_context(self._pool.acquire())
+        await self._held.enter_async_context(conn.transaction())
+        self._conn = conn
+        await lock_for_upload(conn, digest)
 
     async def charge(self, tenant_id: str, digest: str, size: int) -> bool:
         """Record that the tenant stores this blob and add its size to the tenant's usage, once
