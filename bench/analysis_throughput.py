@@ -4,7 +4,7 @@
 `python -m bench.analysis_throughput --runs 500 --gc-compare 2`
 
 --gc-compare N runs the fleet traffic N times under each garbage-collector setting, alternating:
-CPython's default thresholds and the analysis service's (runledger.serve
+CPython's default thresholds and the analysis service's (runledger.heap
 relax_gc_for_detector_state), after the start-up heap is frozen as the service does, and
 reports the collections per generation and their CPU time (a gc.callbacks probe).
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from runledger.serve import ANALYSIS_GC_THRESHOLDS
+from runledger.heap import ANALYSIS_GC_THRESHOLDS
 from services.analysis.detectors import BatchInput, DetectorBank
 from services.analysis.store import StateKey
 

@@ -114,6 +114,19 @@ ANALYSIS_LAG_SECONDS = Gauge(
     # Across child processes: the live one of each shard (a dead child's last lag is stale).
     multiprocess_mode="livemax",
 )
+ANALYSIS_SERIES_IN_MEMORY = Gauge(
+    "runledger_analysis_series_in_memory",
+    "Detector states (series and cohorts) the analysis service holds in memory after its last"
+    " checkpoint, by shard; RUNLEDGER_ANALYSIS_MAX_SERIES_CACHED caps it, and with it the memory.",
+    ["shard"],
+    multiprocess_mode="livemax",
+)
+ANALYSIS_HEAP_RELEASED = Counter(
+    "runledger_analysis_heap_released_bytes_total",
+    "Resident memory the analysis service gave back to the system after its checkpoints (free C"
+    " heap pages, glibc's malloc_trim), by shard.",
+    ["shard"],
+)
 ATTRIBUTION_SECONDS = Histogram(
     "runledger_attribution_seconds",
     "Time of one attribution job (reading its runs, computing, publishing), by outcome.",
@@ -126,6 +139,8 @@ ANALYSIS_METRICS: tuple[MetricWrapperBase, ...] = (
     ANALYSIS_FINDINGS,
     ANALYSIS_BATCH_SECONDS,
     ANALYSIS_LAG_SECONDS,
+    ANALYSIS_SERIES_IN_MEMORY,
+    ANALYSIS_HEAP_RELEASED,
     ATTRIBUTION_SECONDS,
 )
 

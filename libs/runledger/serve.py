@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import shutil
@@ -36,6 +35,7 @@ from fastapi import FastAPI
 from runledger.auth.keys import ApiKey, parse_key
 from runledger.config import Settings, get_settings
 from runledger.embedded._proc import die_with_parent, stop_process
+from runledger.heap import freeze_startup_heap, relax_gc_for_detector_state
 from runledger.stores.clickhouse import ClickHouse, open_clickhouse
 from runledger.stores.postgres import directory
 from runledger.stores.postgres.migrate import migrate
@@ -277,35 +277,6 @@ def _stop_with_app(
             clickhouse.close()
 
     app.router.lifespan_context = lifespan
-
-
-def freeze_startup_heap() -> None:
-    """Exempt what start-up built (modules, classes, functions, app and schemas: ~200,000
-    objects) from every later garbage collection.
-
-    A full collection walks every tracked object while holding the interpreter lock, so in
-    the services process each one stopped the projector and the API for ~150 ms of CPU
-    (0.3-0.7 s on a loaded machine, every ~30 s under a fleet's load); these objects live as
-    long as the process and are never garbage.
-    """
-    gc.collect()
-    gc.freeze()
-
-
-# Young-generation thresholds of the analysis processes (CPython's default: 700, 10, 10).
-ANALYSIS_GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def relax_gc_for_detector_state() -> None:
-    """Collect the analysis process's young objects 70x less often and the old ones rarely.
-
-    Its detector state (100,000 series at fleet scale: ~800,000 tracked objects that live as
-    long as their series) is reshaped at every step, so under CPython's default thresholds
-    survivors kept reaching the old generation and a full collection came every few seconds,
-    walking all of it (bench/RESULTS.md, "Garbage collection in the analysis process").
-    Short-lived cycles still die in the young generation, now every 50,000 net allocations.
-    """
-    gc.set_threshold(*ANALYSIS_GC_THRESHOLDS)
 
 
 # What the API reads of a request line and headers (uvicorn's h11 default is 16 KiB).

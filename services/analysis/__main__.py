@@ -17,7 +17,8 @@ import logging
 import signal
 
 from runledger.config import get_settings
-from runledger.serve import analysis_key, connect_postgres, freeze_startup_heap, relax_gc_for_detector_state
+from runledger.heap import freeze_startup_heap, relax_gc_for_detector_state
+from runledger.serve import analysis_key, connect_postgres
 from services.analysis.service import AnalysisService
 
 log = logging.getLogger("runledger.analysis")

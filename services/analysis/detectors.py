@@ -129,6 +129,11 @@ class DetectorBank:
         self._run_keys.clear()
 
     @property
+    def cached_count(self) -> int:
+        """Detector states held in memory."""
+        return len(self._cache)
+
+    @property
     def dirty_count(self) -> int:
         """Detectors changed since the last checkpoint."""
         return len(self._dirty)

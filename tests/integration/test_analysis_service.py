@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
+from prometheus_client import REGISTRY
 
 from runledger.analysis.sharding import shard_of
 from runledger.auth.model import Role
@@ -220,6 +221,34 @@ async def test_state_survives_a_restart_without_realerting_or_gaps(world: World)
     everything = reported(world)
     assert len(everything) == len({f["event_id"] for f in everything})  # nothing re-alerted
     assert kinds_of(everything, interrupted) == kinds_of(everything, straight)  # nor missed
+
+
+async def test_detectors_evicted_past_the_cap_resume_from_their_stored_state(world: World) -> None:
+    """With room for one detector state in memory, three runs logged in turns: each turn's
+    detector is reloaded from Postgres, and the findings are those of runs analysed without
+    a cap, each once."""
+    values = planted(4)
+    capped = [f"run-{uuid.uuid4().hex[:12]}" for _ in range(3)]
+    straight = f"run-{uuid.uuid4().hex[:12]}"
+    settings = world.settings.model_copy(update={"analysis_max_series_cached": 1})
+    in_memory = []
+    async with running(world, settings) as service:
+        for first in range(0, 400, 50):
+            for run in capped:
+                send(world, [metrics(world.engineer, run, first, values[first : first + 50])], run)
+            await analysed_through(world, service, 3 * (first + 50))
+            await asyncio.sleep(0.6)  # past the next checkpoint, which evicts
+            in_memory.append(REGISTRY.get_sample_value("runledger_analysis_series_in_memory", {"shard": "0"}))
+    async with running(world) as service:
+        send(world, [metrics(world.engineer, straight, 0, values)], straight)
+        await until(lambda: len(kinds_of(reported(world), straight)) >= 3)
+    assert in_memory and all(n is not None and n <= 1 for n in in_memory), in_memory
+    everything = reported(world)
+    assert len(everything) == len({f["event_id"] for f in everything})  # nothing re-alerted
+    expected = kinds_of(everything, straight)
+    assert [k for k, _ in expected] == ["divergence", "non_finite", "spike"], expected
+    for run in capped:
+        assert kinds_of(everything, run) == expected
 
 
 async def test_a_crash_between_publishing_and_checkpointing_repeats_the_same_events(
