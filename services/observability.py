@@ -46,6 +46,18 @@ DEAD_LETTERS = Counter(
     "Exact per-tenant counts are in Postgres (GET /api/v1/admin/dead-letters).",
     ["reason"],
 )
+PROJECTOR_OFFSET_ANOMALIES = Counter(
+    "runledger_projector_offset_anomalies_total",
+    "Polled records whose offset did not follow the previous one of their partition, by kind: repeat"
+    " (a re-fetch after a seek, dropped) or gap (records between never arrived; should stay 0).",
+    ["kind"],
+)
+REPEATED_EVENTS = Counter(
+    "runledger_projector_repeated_events_total",
+    "Events the projector dropped because their event id was already seen: in the same batch or"
+    " round, or projected before (re-sends after a broker restart, a retried produce, a sync).",
+    ["where"],
+)
 PROJECTOR_BATCH_SECONDS = Histogram(
     "runledger_projector_batch_seconds",
     "Time to write one batch to ClickHouse and Postgres (the write stage, lock wait excluded).",

@@ -22,6 +22,7 @@ from runledger.events.codec import DecodedEvent, InvalidEvent, decode
 from runledger.events.models import EventType, utc_now
 from runledger.stores.clickhouse import ClickHouse
 from runledger.stores.postgres.usage import add_usage
+from services import observability as metrics
 from services.ingest import checkpoints
 from services.ingest.checkpoints import Member, PartitionKey, round_token
 from services.ingest.dead_letters import DeadLetters, reason_class
@@ -117,6 +118,8 @@ def assemble(batches: list[PreparedBatch], token: str | None = None) -> Prepared
         seen: set[str] = set()
         for batch in batches:
             kept = [a for a in batch.events if a.event.envelope.event_id not in seen]
+            if len(kept) < len(batch.events):
+                metrics.REPEATED_EVENTS.labels(where="round").inc(len(batch.events) - len(kept))
             seen.update(a.event.envelope.event_id for a in kept)
             batch.events = kept
     events = [a for b in batches for a in b.events]
@@ -144,6 +147,7 @@ def prepare(
             continue
         env = decoded.envelope
         if env.event_id in seen:
+            metrics.REPEATED_EVENTS.labels(where="batch").inc()
             continue
         finding = None
         if admission is not None:
@@ -218,7 +222,10 @@ class BatchWriter:
         async with self._pool.acquire() as conn:
             events, projection = round_.events, round_.projection
             drop = await self._denied_by_recorded_run(conn, round_.batches, rejected)
-            drop |= await already_applied(conn, [a.event.envelope.event_id for a in events])
+            applied = await already_applied(conn, [a.event.envelope.event_id for a in events])
+            if applied:
+                metrics.REPEATED_EVENTS.labels(where="applied").inc(len(applied))
+            drop |= applied
             if drop:  # re-sent events (same id, new offset) or refused ones: rare, so rebuild only then
                 events = [a for a in events if a.event.envelope.event_id not in drop]
                 projection = build_projection(events, utc_now())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,6 +13,17 @@ from kafka import TopicPartition
 from services.ingest.checkpoints import PartitionKey
 
 MAX_BATCH_BYTES = 32 * 1024 * 1024
+
+
+class OffsetAnomaly(enum.Enum):
+    """A polled record that does not follow the one before it."""
+
+    # At or before an offset already fetched: a re-fetch after a seek (dropped, as expected).
+    REPEAT = "repeat"
+    # Past the next offset: the records between never arrived. A plain topic's offsets have
+    # no holes (no transactions, no compaction here), so a gap is a broker or client fault,
+    # or records the broker's retention deleted before the projector read them.
+    GAP = "gap"
 
 
 @dataclass
@@ -30,19 +42,26 @@ class PartitionBuffer:
     buffer: list[Any] = field(default_factory=list)
     buffered_bytes: int = 0
     oldest: float = 0.0
+    gap_after: int = -1  # the offset before the last gap (OffsetAnomaly.GAP)
 
     def __post_init__(self) -> None:
         self.fetched_until = self.committed
 
-    def add(self, record: Any) -> None:
-        """Buffer a polled record unless it is older than what was already taken."""
+    def add(self, record: Any) -> OffsetAnomaly | None:
+        """Buffer a polled record unless it is older than what was already taken; say how its
+        offset departs from the next one expected, if it does."""
         if record.offset <= self.fetched_until:
-            return
+            return OffsetAnomaly.REPEAT
+        anomaly = None
+        if record.offset > self.fetched_until + 1:
+            anomaly = OffsetAnomaly.GAP
+            self.gap_after = self.fetched_until
         if not self.buffer:
             self.oldest = time.monotonic()
         self.buffer.append(record)
         self.buffered_bytes += len(record.value or b"")
         self.fetched_until = record.offset
+        return anomaly
 
     def take(self, max_events: int, max_bytes: int = MAX_BATCH_BYTES) -> list[Any]:
         """The oldest buffered records, up to `max_events` and about `max_bytes` (at least one)."""

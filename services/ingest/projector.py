@@ -35,7 +35,7 @@ from services.ingest.dead_letters import MAX_LETTER_BYTES, DeadLetters
 from services.ingest.dedup_horizon import prune_forever
 from services.ingest.gate import Gate
 from services.ingest.incarnation import metadata_settled
-from services.ingest.partition_buffer import PartitionBuffer, round_due, take_round
+from services.ingest.partition_buffer import OffsetAnomaly, PartitionBuffer, round_due, take_round
 from services.ingest.projection import Projection
 from services.ingest.range_reader import read_ranges
 
@@ -103,6 +103,13 @@ class Projector:
         # within auth_poll_interval_s plus one reload).
         self._auth: AuthWatcher | None = None
         self.gate: Gate | None = None
+        # Offsets written rounds reached, for the next Kafka commit (it only feeds lag tools:
+        # the checkpoints in Postgres are the truth).
+        self._to_commit: dict[TopicPartition, OffsetAndMetadata] = {}
+
+    def _take_commits(self) -> dict[TopicPartition, OffsetAndMetadata]:
+        offsets, self._to_commit = self._to_commit, {}
+        return offsets
 
     async def run(self) -> None:
         """Consume and project until stopped."""
@@ -148,6 +155,7 @@ class Projector:
             gate.load_usage(await load_usage(conn))
         self.gate = gate
         writer = BatchWriter(self._clickhouse, self._pool, self._dead_letters)
+        self._to_commit = {}  # a previous broker's offsets mean nothing to this one
         consumer = await asyncio.to_thread(KafkaConsumer, **consumer_config(s))
         # Decoding the next round overlaps with writing the previous one (the ClickHouse
         # insert releases the GIL); one writer keeps each partition's batches in order.
@@ -184,7 +192,7 @@ class Projector:
                     round_taken.clear()
                     await self._unless_writer_failed(round_taken.wait(), write_loop, _TAKEN_WAIT_S)
                     polls_since_taken = 0
-                polled = await asyncio.to_thread(consumer.poll, 100, _POLL_RECORDS)
+                polled = await asyncio.to_thread(_commit_and_poll, consumer, self._take_commits())
                 polls_since_taken += 1
                 # After a dropped connection, records can come from a restarted broker before
                 # the metadata refresh that changes cluster_id (services/ingest/incarnation.py).
@@ -212,7 +220,7 @@ class Projector:
                     state = partitions.get(tp)
                     if state is not None:
                         for record in records:
-                            state.add(record)
+                            _count_anomaly(state, state.add(record), record.offset)
                     total += len(records)
                 caught_up = total < _POLL_RECORDS
                 # One round takes every partition's waiting records (up to the batch size),
@@ -239,7 +247,7 @@ class Projector:
             write_loop.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await write_loop
-            await asyncio.to_thread(consumer.close, False)
+            await asyncio.to_thread(_commit_and_close, consumer, self._take_commits())
 
     async def _existing_keys(self, key_ids: list[str]) -> set[str]:
         """Which of these key ids the directory holds (the gate reloads only for those)."""
@@ -259,14 +267,12 @@ class Projector:
             taken.set()
             try:
                 await self._write_round(writer, round_)
-                offsets = {
-                    b.partition.tp: OffsetAndMetadata(b.partition.committed + 1, "", -1)
+                # Committed to Kafka by the polling side: a KafkaConsumer is not thread-safe,
+                # and a commit from here would run while a poll runs in its worker thread.
+                self._to_commit.update(
+                    (b.partition.tp, OffsetAndMetadata(b.partition.committed + 1, "", -1))
                     for b in round_.batches
-                }
-                try:
-                    consumer.commit(offsets)
-                except Exception as exc:  # the Postgres checkpoint is the truth; this feeds lag tools
-                    log.debug("kafka offset commit failed: %s", exc)
+                )
             finally:
                 queue.task_done()
 
@@ -350,6 +356,39 @@ class Projector:
             batches, cp.pending_round or checkpoints.round_token(key.incarnation, key.topic, members)
         )
         await self._write_round(writer, round_)
+
+
+def _commit(consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+    if offsets:
+        try:
+            consumer.commit(offsets)
+        except Exception as exc:  # the Postgres checkpoint is the truth; this feeds lag tools
+            log.debug("kafka offset commit failed: %s", exc)
+
+
+def _commit_and_poll(
+    consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
+) -> dict[TopicPartition, list[Any]]:
+    """Commit what the writer finished, then poll: the consumer used by one thread at a time."""
+    _commit(consumer, offsets)
+    polled: dict[TopicPartition, list[Any]] = consumer.poll(100, _POLL_RECORDS)
+    return polled
+
+
+def _commit_and_close(consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+    _commit(consumer, offsets)
+    consumer.close(False)
+
+
+def _count_anomaly(state: PartitionBuffer, anomaly: OffsetAnomaly | None, offset: int) -> None:
+    """Count (and for a gap, log) a polled record that does not follow the one before it."""
+    if anomaly is None:
+        return
+    metrics.PROJECTOR_OFFSET_ANOMALIES.labels(kind=anomaly.value).inc()
+    if anomaly is OffsetAnomaly.GAP:
+        log.warning(
+            "partition %s: offset %d follows %d (records missing between)", state.tp, offset, state.gap_after
+        )
 
 
 def _observe(round_: PreparedRound, projection: Projection, seconds: float) -> None:

@@ -23,7 +23,7 @@ from runledger.stores.clickhouse.adapter import ChdbClickHouse
 from services.ingest import checkpoints
 from services.ingest.batch_writer import BatchWriter, assemble, prepare
 from services.ingest.checkpoints import Member, PartitionKey
-from services.ingest.partition_buffer import PartitionBuffer, round_due, take_round
+from services.ingest.partition_buffer import OffsetAnomaly, PartitionBuffer, round_due, take_round
 from services.ingest.range_reader import read_ranges
 from tests.support.auth import provision
 from tests.support.events import metrics_batch, run_started
@@ -236,3 +236,14 @@ def test_the_dedup_token_of_a_round_depends_only_on_its_members() -> None:
     assert checkpoints.round_token("inc", "t", a) != checkpoints.round_token("inc", "t", [Member(0, 0, 3)])
     # One partition keeps the per-batch token of earlier versions (pending rows they left).
     assert checkpoints.round_token("inc", "t", [Member(3, 10, 19)]) == "inc.t.3.10.19"
+
+
+def test_a_record_off_the_next_offset_is_reported_and_a_repeat_is_dropped() -> None:
+    state = _buffer(0, 3)  # offsets 0, 1, 2
+    record = type("Record", (), {"value": b"x"})
+    repeat, gap, following = record(), record(), record()
+    repeat.offset, gap.offset, following.offset = 1, 7, 8
+    assert state.add(repeat) is OffsetAnomaly.REPEAT  # a re-fetch after a seek
+    assert state.add(gap) is OffsetAnomaly.GAP and state.gap_after == 2  # 3..6 never came
+    assert state.add(following) is None
+    assert [r.offset for r in state.buffer] == [0, 1, 2, 7, 8]
