@@ -19,8 +19,9 @@ Measured from outside the code path under test:
   run at its last step in `latest_metrics`, every run FINISHED, dead letters; after the
   load, one key's history of every run through the API (ClickHouse: a lost event leaves a
   step missing); drain = last log call -> all of that true.
-- resources: RSS of the services process and the broker, PSS of all PostgreSQL
-  processes (shared buffers counted once) every `sample` seconds,
+- resources: RSS of the services process (all, the main one, its analysis children) and
+  the broker, PSS of all PostgreSQL processes (shared buffers counted once) every
+  `sample` seconds, detector states in the analysis service's memory,
   `runledger_ingest_lag_seconds` and committed offsets per partition, CPU seconds of
   each part over the load.
 
@@ -319,6 +320,8 @@ def _scrape(text: str) -> dict[str, float]:
         "runledger_projector_batch_seconds_sum",
         "runledger_projector_batch_seconds_count",
         "runledger_projector_batch_points_sum",
+        "runledger_analysis_series_in_memory",
+        "runledger_analysis_heap_released_bytes_total",
     }
     out: dict[str, float] = {"ingest_lag_s": 0.0, "analysis_lag_s": 0.0}
     for family in text_string_to_metric_families(text):
@@ -328,6 +331,10 @@ def _scrape(text: str) -> dict[str, float]:
             elif sample.name == "runledger_ingest_lag_seconds":
                 out["ingest_lag_s"] = max(out["ingest_lag_s"], sample.value)
                 out[f"lag_p{sample.labels['partition']}_s"] = sample.value
+            elif sample.name == "runledger_projector_offset_anomalies_total":
+                out[f"offset_{sample.labels['kind']}"] = sample.value
+            elif sample.name == "runledger_projector_repeated_events_total":
+                out[f"repeated_{sample.labels['where']}"] = sample.value
             elif sample.name == "runledger_projector_committed_offset":
                 out[f"offset_p{sample.labels['partition']}"] = sample.value
             elif sample.name in wanted:
@@ -462,6 +469,9 @@ class Monitor:
         parts = await asyncio.to_thread(self.parts)
         row: dict[str, float] = {"t_s": round(time.time() - self.t0, 2) if self.t0 else 0.0}
         row["services_rss_mb"] = await asyncio.to_thread(_rss_mb, parts["services"])
+        # The services' main process (API, projector, chdb) apart from its children (analysis).
+        row["services_main_rss_mb"] = await asyncio.to_thread(_rss_mb, parts["services"][:1])
+        row["services_children_rss_mb"] = await asyncio.to_thread(_rss_mb, parts["services"][1:])
         row["broker_rss_mb"] = await asyncio.to_thread(_rss_mb, parts["broker"])
         row["postgres_pss_mb"] = await asyncio.to_thread(_pss_mb, parts["postgres"])
         # Cumulative CPU seconds per part (the services' main process apart from its children,
@@ -479,6 +489,9 @@ class Monitor:
         row["ingest_lag_s"] = round(scraped["ingest_lag_s"], 3)
         row["analysis_lag_s"] = round(scraped["analysis_lag_s"], 3)
         row["points_projected"] = scraped.get("runledger_points_projected_total", 0.0)
+        row["analysis_series_in_memory"] = scraped.get("runledger_analysis_series_in_memory", 0.0)
+        released = scraped.get("runledger_analysis_heap_released_bytes_total", 0.0)
+        row["analysis_heap_released_mb"] = round(released / 2**20, 1)
         for partition in range(self.partitions):
             row[f"lag_p{partition}_s"] = round(scraped.get(f"lag_p{partition}_s", 0.0), 3)
             row[f"offset_p{partition}"] = scraped.get(f"offset_p{partition}", -1.0)
@@ -522,6 +535,15 @@ async def _wait_for(check: Callable[[], Awaitable[bool]], limit_s: float, what: 
     raise TimeoutError(f"{what} not reached within {limit_s} s")
 
 
+_MEMORY_COLUMNS = (
+    "services_rss_mb",
+    "services_main_rss_mb",
+    "services_children_rss_mb",
+    "broker_rss_mb",
+    "postgres_pss_mb",
+)
+
+
 def _memory_summary(rows: list[dict[str, float]], column: str, fleet: Fleet) -> dict[str, float | None]:
     """Start (before the load), end (after the drain), max, and the slope over the load's second half."""
     values = [r[column] for r in rows]
@@ -555,7 +577,7 @@ def _write_memory(rows: list[dict[str, float]], name: str) -> list[str]:
         return [str(p) for p in written]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ts = [r["t_s"] for r in rows]
-    for column in ("services_rss_mb", "broker_rss_mb", "postgres_pss_mb"):
+    for column in _MEMORY_COLUMNS:
         ax.plot(ts, [r[column] for r in rows], label=column.removesuffix("_mb"))
     ax.set_xlabel("seconds since the load started")
     ax.set_ylabel("MiB")
@@ -740,6 +762,10 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
             "dead_letters": int(
                 after.get("runledger_dead_letters_total", 0) - before.get("runledger_dead_letters_total", 0)
             ),
+            # The projector's view of its input: offsets that skipped ahead (gap) or back
+            # (repeat), and events dropped for an event id seen before, by where.
+            "offset_anomalies": {k: int(after.get(k, 0)) for k in ("offset_gap", "offset_repeat")},
+            "repeated_events": {k: int(v) for k, v in after.items() if k.startswith("repeated_")},
             "all_keys_at_last_step_and_runs_finished": True,  # else _wait_for raised
             "drain_after_last_log_s": round(drained - last_log, 3),
             "counter_complete_after_last_log_s": round(counted - last_log, 3),
@@ -764,6 +790,9 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
         },
         "memory": {
             "services": _memory_summary(monitor.rows, "services_rss_mb", fleet),
+            "services_main_process": _memory_summary(monitor.rows, "services_main_rss_mb", fleet),
+            "services_children": _memory_summary(monitor.rows, "services_children_rss_mb", fleet),
+            "analysis_heap_released_mb": monitor.rows[-1].get("analysis_heap_released_mb"),
             "broker": _memory_summary(monitor.rows, "broker_rss_mb", fleet),
             "postgres_all_processes_pss": _memory_summary(monitor.rows, "postgres_pss_mb", fleet),
             "files": files,
