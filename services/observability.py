@@ -49,7 +49,8 @@ DEAD_LETTERS = Counter(
 PROJECTOR_OFFSET_ANOMALIES = Counter(
     "runledger_projector_offset_anomalies_total",
     "Polled records whose offset did not follow the previous one of their partition, by kind: repeat"
-    " (a re-fetch after a seek, dropped) or gap (records between never arrived; should stay 0).",
+    " (a re-fetch after a seek, dropped), gap_refetch (records before it missing: fetched again),"
+    " gap_filled (they came on a later fetch), gap_accepted (they never came: alert on any).",
     ["kind"],
 )
 REPEATED_EVENTS = Counter(

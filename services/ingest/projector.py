@@ -35,7 +35,14 @@ from services.ingest.dead_letters import MAX_LETTER_BYTES, DeadLetters
 from services.ingest.dedup_horizon import prune_forever
 from services.ingest.gate import Gate
 from services.ingest.incarnation import metadata_settled
-from services.ingest.partition_buffer import OffsetAnomaly, PartitionBuffer, round_due, take_round
+from services.ingest.partition_buffer import (
+    GAP_REFETCHES,
+    GAP_WAIT_S,
+    OffsetAnomaly,
+    PartitionBuffer,
+    round_due,
+    take_round,
+)
 from services.ingest.projection import Projection
 from services.ingest.range_reader import read_ranges
 
@@ -220,7 +227,16 @@ class Projector:
                     state = partitions.get(tp)
                     if state is not None:
                         for record in records:
-                            _count_anomaly(state, state.add(record), record.offset)
+                            hole_at = state.hole_at
+                            anomaly = state.add(record)
+                            if anomaly is None:
+                                continue
+                            _count_anomaly(tp, anomaly, hole_at, state.fetched_until + 1, record)
+                            if anomaly is OffsetAnomaly.GAP_REFETCH:
+                                # No poll runs now (the consumer is not thread-safe);
+                                # kafka-python drops what it fetched past the new position.
+                                consumer.seek(tp, state.fetched_until + 1)
+                                break
                     total += len(records)
                 caught_up = total < _POLL_RECORDS
                 # One round takes every partition's waiting records (up to the batch size),
@@ -380,14 +396,30 @@ def _commit_and_close(consumer: KafkaConsumer, offsets: dict[TopicPartition, Off
     consumer.close(False)
 
 
-def _count_anomaly(state: PartitionBuffer, anomaly: OffsetAnomaly | None, offset: int) -> None:
-    """Count (and for a gap, log) a polled record that does not follow the one before it."""
-    if anomaly is None:
-        return
+def _count_anomaly(
+    tp: TopicPartition, anomaly: OffsetAnomaly, open_hole: int, expected: int, record: Any
+) -> None:
+    """Count a polled record that does not follow the one before it; log each hole once when
+    it opens and once when it closes (`open_hole`: the hole fetched again before, or -1)."""
     metrics.PROJECTOR_OFFSET_ANOMALIES.labels(kind=anomaly.value).inc()
-    if anomaly is OffsetAnomaly.GAP:
+    if anomaly is OffsetAnomaly.GAP_REFETCH and open_hole < 0:
         log.warning(
-            "partition %s: offset %d follows %d (records missing between)", state.tp, offset, state.gap_after
+            "partition %s: offset %d came after %d; fetching again from %d",
+            tp,
+            record.offset,
+            expected - 1,
+            expected,
+        )
+    elif anomaly is OffsetAnomaly.GAP_FILLED:
+        log.warning("partition %s: the records from offset %d arrived on a later fetch", tp, open_hole)
+    elif anomaly is OffsetAnomaly.GAP_ACCEPTED:
+        log.error(
+            "partition %s: offsets %d..%d did not arrive in %d fetches over %.0f s; going on without them",
+            tp,
+            open_hole,
+            record.offset - 1,
+            GAP_REFETCHES,
+            GAP_WAIT_S,
         )
 
 

@@ -13,6 +13,8 @@ import asyncio
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import asyncpg
 import pytest
@@ -20,7 +22,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from runledger.embedded.broker import EmbeddedBroker
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
-from services.ingest import checkpoints
+from services.ingest import checkpoints, partition_buffer
 from services.ingest.batch_writer import BatchWriter, assemble, prepare
 from services.ingest.checkpoints import Member, PartitionKey
 from services.ingest.partition_buffer import OffsetAnomaly, PartitionBuffer, round_due, take_round
@@ -238,12 +240,31 @@ def test_the_dedup_token_of_a_round_depends_only_on_its_members() -> None:
     assert checkpoints.round_token("inc", "t", [Member(3, 10, 19)]) == "inc.t.3.10.19"
 
 
-def test_a_record_off_the_next_offset_is_reported_and_a_repeat_is_dropped() -> None:
+def _record(offset: int) -> Any:
+    return type("Record", (), {"value": b"x", "offset": offset})()
+
+
+def test_a_repeat_is_dropped_and_a_hole_is_fetched_again_until_it_fills() -> None:
     state = _buffer(0, 3)  # offsets 0, 1, 2
-    record = type("Record", (), {"value": b"x"})
-    repeat, gap, following = record(), record(), record()
-    repeat.offset, gap.offset, following.offset = 1, 7, 8
-    assert state.add(repeat) is OffsetAnomaly.REPEAT  # a re-fetch after a seek
-    assert state.add(gap) is OffsetAnomaly.GAP and state.gap_after == 2  # 3..6 never came
-    assert state.add(following) is None
+    assert state.add(_record(1)) is OffsetAnomaly.REPEAT  # a re-fetch after a seek
+    # 3..6 missing: 7 is not taken, the caller fetches again from 3.
+    assert state.add(_record(7)) is OffsetAnomaly.GAP_REFETCH and state.hole_at == 3
+    assert state.fetched_until == 2
+    assert state.add(_record(3)) is OffsetAnomaly.GAP_FILLED and state.hole_at == -1
+    for offset in (4, 5, 6, 7):
+        assert state.add(_record(offset)) is None
+    assert [r.offset for r in state.buffer] == list(range(8))
+
+
+def test_a_hole_that_never_fills_is_accepted_after_enough_fetches_and_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(partition_buffer, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    state = _buffer(0, 3)
+    for _ in range(partition_buffer.GAP_REFETCHES + 3):  # many fetches, but too soon
+        assert state.add(_record(7)) is OffsetAnomaly.GAP_REFETCH
+    clock[0] += partition_buffer.GAP_WAIT_S
+    assert state.add(_record(7)) is OffsetAnomaly.GAP_ACCEPTED and state.hole_at == -1
+    assert state.add(_record(8)) is None
     assert [r.offset for r in state.buffer] == [0, 1, 2, 7, 8]
