@@ -764,7 +764,9 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
             ),
             # The projector's view of its input: offsets that skipped ahead (gap) or back
             # (repeat), and events dropped for an event id seen before, by where.
-            "offset_anomalies": {k: int(after.get(k, 0)) for k in ("offset_gap", "offset_repeat")},
+            "offset_anomalies": {
+                k: int(v) for k, v in after.items() if k.startswith(("offset_gap", "offset_repeat"))
+            },
             "repeated_events": {k: int(v) for k, v in after.items() if k.startswith("repeated_")},
             "all_keys_at_last_step_and_runs_finished": True,  # else _wait_for raised
             "drain_after_last_log_s": round(drained - last_log, 3),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,8 +18,9 @@ from runledger.embedded.supervisor import Supervisor
 
 @contextmanager
 def embedded_stack(**overrides: Any) -> Iterator[Supervisor]:
-    """A running stack in a fresh state directory under /tmp (removed afterwards); `overrides`
-    are Settings fields (its processes get the Supervisor's settings, these included)."""
+    """A running stack in a fresh state directory under /tmp (removed afterwards, unless
+    RUNLEDGER_BENCH_KEEP_STATE=1: then its logs and data stay for a look); `overrides` are
+    Settings fields (its processes get the Supervisor's settings, these included)."""
     state = Path(tempfile.mkdtemp(prefix="runledger-bench-"))
     state.chmod(0o755)  # PostgreSQL runs as its own user when we are root
     settings = Settings(state_dir=state, api_port=free_port(), **overrides)
@@ -27,4 +30,7 @@ def embedded_stack(**overrides: Any) -> Iterator[Supervisor]:
         yield supervisor
     finally:
         supervisor.stop()
-        shutil.rmtree(state, ignore_errors=True)
+        if os.environ.get("RUNLEDGER_BENCH_KEEP_STATE") == "1":
+            print(f"state kept in {state}", file=sys.stderr)
+        else:
+            shutil.rmtree(state, ignore_errors=True)
