@@ -321,7 +321,6 @@ def _scrape(text: str) -> dict[str, float]:
         "runledger_projector_batch_seconds_count",
         "runledger_projector_batch_points_sum",
         "runledger_analysis_series_in_memory",
-        "runledger_analysis_heap_released_bytes_total",
     }
     out: dict[str, float] = {"ingest_lag_s": 0.0, "analysis_lag_s": 0.0}
     for family in text_string_to_metric_families(text):
@@ -490,8 +489,6 @@ class Monitor:
         row["analysis_lag_s"] = round(scraped["analysis_lag_s"], 3)
         row["points_projected"] = scraped.get("runledger_points_projected_total", 0.0)
         row["analysis_series_in_memory"] = scraped.get("runledger_analysis_series_in_memory", 0.0)
-        released = scraped.get("runledger_analysis_heap_released_bytes_total", 0.0)
-        row["analysis_heap_released_mb"] = round(released / 2**20, 1)
         for partition in range(self.partitions):
             row[f"lag_p{partition}_s"] = round(scraped.get(f"lag_p{partition}_s", 0.0), 3)
             row[f"offset_p{partition}"] = scraped.get(f"offset_p{partition}", -1.0)
@@ -794,7 +791,6 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
             "services": _memory_summary(monitor.rows, "services_rss_mb", fleet),
             "services_main_process": _memory_summary(monitor.rows, "services_main_rss_mb", fleet),
             "services_children": _memory_summary(monitor.rows, "services_children_rss_mb", fleet),
-            "analysis_heap_released_mb": monitor.rows[-1].get("analysis_heap_released_mb"),
             "broker": _memory_summary(monitor.rows, "broker_rss_mb", fleet),
             "postgres_all_processes_pss": _memory_summary(monitor.rows, "postgres_pss_mb", fleet),
             "files": files,

@@ -134,12 +134,6 @@ ANALYSIS_SERIES_IN_MEMORY = Gauge(
     ["shard"],
     multiprocess_mode="livemax",
 )
-ANALYSIS_HEAP_RELEASED = Counter(
-    "runledger_analysis_heap_released_bytes_total",
-    "Resident memory the analysis service gave back to the system after its checkpoints (free C"
-    " heap pages, glibc's malloc_trim), by shard.",
-    ["shard"],
-)
 ATTRIBUTION_SECONDS = Histogram(
     "runledger_attribution_seconds",
     "Time of one attribution job (reading its runs, computing, publishing), by outcome.",
@@ -153,7 +147,6 @@ ANALYSIS_METRICS: tuple[MetricWrapperBase, ...] = (
     ANALYSIS_BATCH_SECONDS,
     ANALYSIS_LAG_SECONDS,
     ANALYSIS_SERIES_IN_MEMORY,
-    ANALYSIS_HEAP_RELEASED,
     ATTRIBUTION_SECONDS,
 )
 

@@ -43,7 +43,6 @@ from runledger.config import Settings
 from runledger.events.codec import InvalidEvent, decode
 from runledger.events.metric_columns import MetricColumns
 from runledger.events.models import PLATFORM_REPORTED, EventType, RunStatus, StatusChangedPayload
-from runledger.heap import release_free_heap
 from runledger.stores.postgres import directory
 from services import observability as metrics
 from services.analysis import store
@@ -106,7 +105,6 @@ class AnalysisService:
         self._batch_seconds = metrics.ANALYSIS_BATCH_SECONDS.labels(shard=shard)
         self._lag_seconds = metrics.ANALYSIS_LAG_SECONDS.labels(shard=shard)
         self._series_in_memory = metrics.ANALYSIS_SERIES_IN_MEMORY.labels(shard=shard)
-        self._heap_released = metrics.ANALYSIS_HEAP_RELEASED.labels(shard=shard)
 
     async def run(self) -> None:
         """Consume, detect and publish until stopped; attribution jobs and webhooks beside."""
@@ -266,9 +264,6 @@ class AnalysisService:
             self._unsaved = {}
             self._bank.evict()
             self._series_in_memory.set(self._bank.cached_count)
-            # After the eviction: what the evicted states and this interval's reshaped arrays
-            # freed goes back to the system, or the process's memory creeps up under load.
-            self._heap_released.inc(release_free_heap())
         self._checkpointed = time.monotonic()
 
     def _take(self, raw: bytes | None, checks: Any, batch: BatchInput) -> None:
