@@ -131,8 +131,9 @@ class Settings(BaseSettings):
     )
     analysis_max_series_cached: int = Field(
         200_000,
-        description="Detector states kept in memory (least recently updated ones are reloaded from"
-        " Postgres when their series logs again).",
+        description="Detector states kept in memory, ~11.5 kB each once a series' history is full: what"
+        " bounds the analysis service's memory (least recently updated ones are reloaded from Postgres"
+        " when their series logs again).",
     )
     attribution_timeout_s: float = Field(
         300.0, description="An attribution running longer than this is abandoned and reported failed."
