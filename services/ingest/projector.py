@@ -113,6 +113,8 @@ class Projector:
         # Offsets written rounds reached, for the next Kafka commit (it only feeds lag tools:
         # the checkpoints in Postgres are the truth).
         self._to_commit: dict[TopicPartition, OffsetAndMetadata] = {}
+        for kind in OffsetAnomaly:  # every kind exists (at 0) from the start, for alerts and rates
+            metrics.PROJECTOR_OFFSET_ANOMALIES.labels(kind=kind.value)
 
     def _take_commits(self) -> dict[TopicPartition, OffsetAndMetadata]:
         offsets, self._to_commit = self._to_commit, {}
