@@ -467,10 +467,10 @@ class Monitor:
     async def _sample_once(self) -> None:
         parts = await asyncio.to_thread(self.parts)
         row: dict[str, float] = {"t_s": round(time.time() - self.t0, 2) if self.t0 else 0.0}
-        row["services_rss_mb"] = await asyncio.to_thread(_rss_mb, parts["services"])
         # The services' main process (API, projector, chdb) apart from its children (analysis).
         row["services_main_rss_mb"] = await asyncio.to_thread(_rss_mb, parts["services"][:1])
         row["services_children_rss_mb"] = await asyncio.to_thread(_rss_mb, parts["services"][1:])
+        row["services_rss_mb"] = round(row["services_main_rss_mb"] + row["services_children_rss_mb"], 1)
         row["broker_rss_mb"] = await asyncio.to_thread(_rss_mb, parts["broker"])
         row["postgres_pss_mb"] = await asyncio.to_thread(_pss_mb, parts["postgres"])
         # Cumulative CPU seconds per part (the services' main process apart from its children,

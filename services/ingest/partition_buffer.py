@@ -53,7 +53,9 @@ class PartitionBuffer:
     buffered_bytes: int = 0
     oldest: float = 0.0
     hole_at: int = -1  # the first offset of a hole being fetched again (-1: none)
-    _hole_fetches: int = field(default=0, init=False, repr=False)
+    # The first offset of the hole the last GAP_* anomaly was about, and its fetches so far.
+    last_hole: int = field(default=-1, init=False)
+    hole_fetches: int = field(default=0, init=False)
     _hole_since: float = field(default=0.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -70,13 +72,14 @@ class PartitionBuffer:
         if record.offset > expected:
             now = time.monotonic()
             if self.hole_at != expected:
-                self.hole_at, self._hole_fetches, self._hole_since = expected, 0, now
-            self._hole_fetches += 1
-            if self._hole_fetches < GAP_REFETCHES or now - self._hole_since < GAP_WAIT_S:
+                self.hole_at, self.hole_fetches, self._hole_since = expected, 0, now
+            self.last_hole = expected
+            self.hole_fetches += 1
+            if self.hole_fetches < GAP_REFETCHES or now - self._hole_since < GAP_WAIT_S:
                 return OffsetAnomaly.GAP_REFETCH
             anomaly, self.hole_at = OffsetAnomaly.GAP_ACCEPTED, -1
         elif self.hole_at == expected:
-            anomaly, self.hole_at = OffsetAnomaly.GAP_FILLED, -1
+            anomaly, self.last_hole, self.hole_at = OffsetAnomaly.GAP_FILLED, expected, -1
         if not self.buffer:
             self.oldest = time.monotonic()
         self.buffer.append(record)

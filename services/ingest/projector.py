@@ -36,7 +36,6 @@ from services.ingest.dedup_horizon import prune_forever
 from services.ingest.gate import Gate
 from services.ingest.incarnation import metadata_settled
 from services.ingest.partition_buffer import (
-    GAP_REFETCHES,
     GAP_WAIT_S,
     OffsetAnomaly,
     PartitionBuffer,
@@ -170,7 +169,7 @@ class Projector:
         # insert releases the GIL); one writer keeps each partition's batches in order.
         queue: asyncio.Queue[PreparedRound] = asyncio.Queue(maxsize=2)
         round_taken = asyncio.Event()  # set each time the writer takes a round off the queue
-        write_loop = asyncio.create_task(self._write_loop(consumer, writer, queue, round_taken))
+        write_loop = asyncio.create_task(self._write_loop(writer, queue, round_taken))
         try:
             rebalance = _Rebalance()
             # Subscribe only once the topic exists (a restarted broker gets it back from the
@@ -229,11 +228,10 @@ class Projector:
                     state = partitions.get(tp)
                     if state is not None:
                         for record in records:
-                            hole_at = state.hole_at
                             anomaly = state.add(record)
                             if anomaly is None:
                                 continue
-                            _count_anomaly(tp, anomaly, hole_at, state.fetched_until + 1, record)
+                            _count_anomaly(state, anomaly, record.offset)
                             if anomaly is OffsetAnomaly.GAP_REFETCH:
                                 # No poll runs now (the consumer is not thread-safe);
                                 # kafka-python drops what it fetched past the new position.
@@ -274,7 +272,6 @@ class Projector:
 
     async def _write_loop(
         self,
-        consumer: KafkaConsumer,
         writer: BatchWriter,
         queue: asyncio.Queue[PreparedRound],
         taken: asyncio.Event,
@@ -398,29 +395,24 @@ def _commit_and_close(consumer: KafkaConsumer, offsets: dict[TopicPartition, Off
     consumer.close(False)
 
 
-def _count_anomaly(
-    tp: TopicPartition, anomaly: OffsetAnomaly, open_hole: int, expected: int, record: Any
-) -> None:
+def _count_anomaly(state: PartitionBuffer, anomaly: OffsetAnomaly, offset: int) -> None:
     """Count a polled record that does not follow the one before it; log each hole once when
-    it opens and once when it closes (`open_hole`: the hole fetched again before, or -1)."""
+    it opens and once when it closes."""
     metrics.PROJECTOR_OFFSET_ANOMALIES.labels(kind=anomaly.value).inc()
-    if anomaly is OffsetAnomaly.GAP_REFETCH and open_hole < 0:
+    hole = state.last_hole
+    if anomaly is OffsetAnomaly.GAP_REFETCH and state.hole_fetches == 1:
         log.warning(
-            "partition %s: offset %d came after %d; fetching again from %d",
-            tp,
-            record.offset,
-            expected - 1,
-            expected,
+            "partition %s: offset %d came after %d; fetching again from %d", state.tp, offset, hole - 1, hole
         )
     elif anomaly is OffsetAnomaly.GAP_FILLED:
-        log.warning("partition %s: the records from offset %d arrived on a later fetch", tp, open_hole)
+        log.warning("partition %s: the records from offset %d arrived on a later fetch", state.tp, hole)
     elif anomaly is OffsetAnomaly.GAP_ACCEPTED:
         log.error(
             "partition %s: offsets %d..%d did not arrive in %d fetches over %.0f s; going on without them",
-            tp,
-            open_hole,
-            record.offset - 1,
-            GAP_REFETCHES,
+            state.tp,
+            hole,
+            offset - 1,
+            state.hole_fetches,
             GAP_WAIT_S,
         )
 
