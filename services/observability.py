@@ -134,6 +134,12 @@ ANALYSIS_SERIES_IN_MEMORY = Gauge(
     ["shard"],
     multiprocess_mode="livemax",
 )
+ANALYSIS_OFFSET_ANOMALIES = Counter(
+    "runledger_analysis_offset_anomalies_total",
+    "Polled records whose offset did not follow the previous one of their partition, by shard and"
+    " kind (as runledger_projector_offset_anomalies_total); gap_accepted: points never analysed.",
+    ["shard", "kind"],
+)
 ATTRIBUTION_SECONDS = Histogram(
     "runledger_attribution_seconds",
     "Time of one attribution job (reading its runs, computing, publishing), by outcome.",
@@ -147,6 +153,7 @@ ANALYSIS_METRICS: tuple[MetricWrapperBase, ...] = (
     ANALYSIS_BATCH_SECONDS,
     ANALYSIS_LAG_SECONDS,
     ANALYSIS_SERIES_IN_MEMORY,
+    ANALYSIS_OFFSET_ANOMALIES,
     ATTRIBUTION_SECONDS,
 )
 

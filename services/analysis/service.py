@@ -53,6 +53,7 @@ from services.analysis.store import StateKey
 from services.analysis.webhooks import WebhookDispatcher
 from services.ingest.gate import Gate, Rejected
 from services.ingest.incarnation import metadata_settled
+from services.ingest.offset_continuity import OffsetAnomaly, OffsetContinuity, screen_polled
 from services.ingest.projector import BrokerRestarted, consumer_config
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,10 @@ class AnalysisService:
         self._batch_seconds = metrics.ANALYSIS_BATCH_SECONDS.labels(shard=shard)
         self._lag_seconds = metrics.ANALYSIS_LAG_SECONDS.labels(shard=shard)
         self._series_in_memory = metrics.ANALYSIS_SERIES_IN_MEMORY.labels(shard=shard)
+        self._offset_anomalies = {
+            kind: metrics.ANALYSIS_OFFSET_ANOMALIES.labels(shard=shard, kind=kind.value)
+            for kind in OffsetAnomaly
+        }
 
     async def run(self) -> None:
         """Consume, detect and publish until stopped; attribution jobs and webhooks beside."""
@@ -167,8 +172,14 @@ class AnalysisService:
                     resume.adopted_from_layout,
                     s.analysis_shards,
                 )
+            continuity: dict[TopicPartition, OffsetContinuity] = {}
             for tp in partitions:
                 consumer.seek(tp, offsets.get(tp.partition, -1) + 1)
+                continuity[tp] = OffsetContinuity(
+                    offsets.get(tp.partition, -1),
+                    f"analysis shard {s.analysis_shard}, partition {tp.topic}-{tp.partition}",
+                    self._count_anomaly,
+                )
             log.info(
                 "shard %d of %d analysing %d partitions from offsets %s",
                 s.analysis_shard,
@@ -194,12 +205,17 @@ class AnalysisService:
                         f"cluster id {incarnation} -> {consumer._client.cluster.cluster_id}"
                     )
                 if polled:
+                    polled = screen_polled(consumer, polled, continuity)
+                if polled:
                     await self._analyse(polled, producer, gate, incarnation)
                 elif time.monotonic() - self._checkpointed >= s.analysis_checkpoint_interval_s:
                     await self._checkpoint(incarnation)
             await self._checkpoint(incarnation)  # a clean stop leaves nothing to analyse again
         finally:
             await asyncio.to_thread(consumer.close, False)
+
+    def _count_anomaly(self, anomaly: OffsetAnomaly) -> None:
+        self._offset_anomalies[anomaly].inc()
 
     async def _analyse(
         self, polled: dict[TopicPartition, list[Any]], producer: KafkaProducer, gate: Gate, incarnation: str

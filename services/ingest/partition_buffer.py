@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -10,37 +9,18 @@ from typing import Any
 
 from kafka import TopicPartition
 
+from services import observability as metrics
 from services.ingest.checkpoints import PartitionKey
+from services.ingest.offset_continuity import OffsetAnomaly, OffsetContinuity
 
 MAX_BATCH_BYTES = 32 * 1024 * 1024
-
-
-class OffsetAnomaly(enum.Enum):
-    """A polled record that does not follow the one before it."""
-
-    # At or before an offset already fetched: a re-fetch after a seek (dropped, as expected).
-    REPEAT = "repeat"
-    # Past the next offset: the records between did not come. A plain topic's offsets have no
-    # holes (no transactions, no compaction here), so the record is not taken and the caller
-    # fetches again from the next offset. Seen under a fleet on the embedded broker: one hole
-    # in a few 10-minute runs, an acknowledged event each time that was never projected.
-    GAP_REFETCH = "gap_refetch"
-    # The records of a hole arrived on a later fetch.
-    GAP_FILLED = "gap_filled"
-    # The same hole after GAP_REFETCHES fetches over at least GAP_WAIT_S: taken as it is. The
-    # records are gone (the broker lost them, or its retention deleted them unread).
-    GAP_ACCEPTED = "gap_accepted"
-
-
-GAP_REFETCHES = 5
-GAP_WAIT_S = 2.0
 
 
 @dataclass
 class PartitionBuffer:
     """Records of one partition between the poll and the round that projects them.
 
-    `committed` is the checkpoint (moved by the writer); `fetched_until` is the last
+    `committed` is the checkpoint (moved by the writer); `offsets.fetched_until` is the last
     offset handed to a round or the buffer, so a re-fetch after a seek is ignored even
     while earlier rounds are still being written.
     """
@@ -48,44 +28,26 @@ class PartitionBuffer:
     key: PartitionKey
     tp: TopicPartition
     committed: int
-    fetched_until: int = -1
     buffer: list[Any] = field(default_factory=list)
     buffered_bytes: int = 0
     oldest: float = 0.0
-    hole_at: int = -1  # the first offset of a hole being fetched again (-1: none)
-    # The first offset of the hole the last GAP_* anomaly was about, and its fetches so far.
-    last_hole: int = field(default=-1, init=False)
-    hole_fetches: int = field(default=0, init=False)
-    _hole_since: float = field(default=0.0, init=False, repr=False)
+    offsets: OffsetContinuity = field(init=False)
 
     def __post_init__(self) -> None:
-        self.fetched_until = self.committed
+        self.offsets = OffsetContinuity(
+            self.committed, f"projector, partition {self.tp.topic}-{self.tp.partition}", _count_anomaly
+        )
 
-    def add(self, record: Any) -> OffsetAnomaly | None:
-        """Buffer a polled record unless it was taken already or a hole before it may still
-        fill (then GAP_REFETCH: fetch again from `fetched_until + 1`); say how its offset
-        departs from the next one expected, if it does."""
-        if record.offset <= self.fetched_until:
-            return OffsetAnomaly.REPEAT
-        expected = self.fetched_until + 1
-        anomaly = None
-        if record.offset > expected:
-            now = time.monotonic()
-            if self.hole_at != expected:
-                self.hole_at, self.hole_fetches, self._hole_since = expected, 0, now
-            self.last_hole = expected
-            self.hole_fetches += 1
-            if self.hole_fetches < GAP_REFETCHES or now - self._hole_since < GAP_WAIT_S:
-                return OffsetAnomaly.GAP_REFETCH
-            anomaly, self.hole_at = OffsetAnomaly.GAP_ACCEPTED, -1
-        elif self.hole_at == expected:
-            anomaly, self.last_hole, self.hole_at = OffsetAnomaly.GAP_FILLED, expected, -1
-        if not self.buffer:
-            self.oldest = time.monotonic()
-        self.buffer.append(record)
-        self.buffered_bytes += len(record.value or b"")
-        self.fetched_until = record.offset
-        return anomaly
+    def extend(self, records: Sequence[Any]) -> bool:
+        """Buffer the polled records that follow the ones taken; True when a hole came before
+        some of them: fetch again from `offsets.fetched_until + 1`."""
+        taken, refetch = self.offsets.screen(records)
+        if taken:
+            if not self.buffer:
+                self.oldest = time.monotonic()
+            self.buffer.extend(taken)
+            self.buffered_bytes += sum(len(r.value or b"") for r in taken)
+        return refetch
 
     def take(self, max_events: int, max_bytes: int = MAX_BATCH_BYTES) -> list[Any]:
         """The oldest buffered records, up to `max_events` and about `max_bytes` (at least one)."""
@@ -144,3 +106,7 @@ def take_round(
             bytes_budget -= sum(len(r.value or b"") for r in records)
             taken.append((state, records))
     return taken
+
+
+def _count_anomaly(anomaly: OffsetAnomaly) -> None:
+    metrics.PROJECTOR_OFFSET_ANOMALIES.labels(kind=anomaly.value).inc()

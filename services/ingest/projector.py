@@ -35,13 +35,8 @@ from services.ingest.dead_letters import MAX_LETTER_BYTES, DeadLetters
 from services.ingest.dedup_horizon import prune_forever
 from services.ingest.gate import Gate
 from services.ingest.incarnation import metadata_settled
-from services.ingest.partition_buffer import (
-    GAP_WAIT_S,
-    OffsetAnomaly,
-    PartitionBuffer,
-    round_due,
-    take_round,
-)
+from services.ingest.offset_continuity import OffsetAnomaly
+from services.ingest.partition_buffer import PartitionBuffer, round_due, take_round
 from services.ingest.projection import Projection
 from services.ingest.range_reader import read_ranges
 
@@ -226,17 +221,10 @@ class Projector:
                 total = 0
                 for tp, records in polled.items():
                     state = partitions.get(tp)
-                    if state is not None:
-                        for record in records:
-                            anomaly = state.add(record)
-                            if anomaly is None:
-                                continue
-                            _count_anomaly(state, anomaly, record.offset)
-                            if anomaly is OffsetAnomaly.GAP_REFETCH:
-                                # No poll runs now (the consumer is not thread-safe);
-                                # kafka-python drops what it fetched past the new position.
-                                consumer.seek(tp, state.fetched_until + 1)
-                                break
+                    if state is not None and state.extend(records):
+                        # A hole: fetch again from it. No poll runs now (the consumer is not
+                        # thread-safe); kafka-python drops what it fetched past the new position.
+                        consumer.seek(tp, state.offsets.fetched_until + 1)
                     total += len(records)
                 caught_up = total < _POLL_RECORDS
                 # One round takes every partition's waiting records (up to the batch size),
@@ -393,28 +381,6 @@ def _commit_and_poll(
 def _commit_and_close(consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
     _commit(consumer, offsets)
     consumer.close(False)
-
-
-def _count_anomaly(state: PartitionBuffer, anomaly: OffsetAnomaly, offset: int) -> None:
-    """Count a polled record that does not follow the one before it; log each hole once when
-    it opens and once when it closes."""
-    metrics.PROJECTOR_OFFSET_ANOMALIES.labels(kind=anomaly.value).inc()
-    hole = state.last_hole
-    if anomaly is OffsetAnomaly.GAP_REFETCH and state.hole_fetches == 1:
-        log.warning(
-            "partition %s: offset %d came after %d; fetching again from %d", state.tp, offset, hole - 1, hole
-        )
-    elif anomaly is OffsetAnomaly.GAP_FILLED:
-        log.warning("partition %s: the records from offset %d arrived on a later fetch", state.tp, hole)
-    elif anomaly is OffsetAnomaly.GAP_ACCEPTED:
-        log.error(
-            "partition %s: offsets %d..%d did not arrive in %d fetches over %.0f s; going on without them",
-            state.tp,
-            hole,
-            offset - 1,
-            state.hole_fetches,
-            GAP_WAIT_S,
-        )
 
 
 def _observe(round_: PreparedRound, projection: Projection, seconds: float) -> None:

@@ -14,7 +14,6 @@ import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import asyncpg
 import pytest
@@ -22,10 +21,10 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from runledger.embedded.broker import EmbeddedBroker
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
-from services.ingest import checkpoints, partition_buffer
+from services.ingest import checkpoints
 from services.ingest.batch_writer import BatchWriter, assemble, prepare
 from services.ingest.checkpoints import Member, PartitionKey
-from services.ingest.partition_buffer import OffsetAnomaly, PartitionBuffer, round_due, take_round
+from services.ingest.partition_buffer import PartitionBuffer, round_due, take_round
 from services.ingest.range_reader import read_ranges
 from tests.support.auth import provision
 from tests.support.events import metrics_batch, run_started
@@ -204,8 +203,7 @@ def _buffer(partition: int, n: int) -> PartitionBuffer:
     state = PartitionBuffer(
         key=PartitionKey("g", "inc", "t", partition), tp=TopicPartition("t", partition), committed=-1
     )
-    for offset in range(n):
-        state.add(type("Record", (), {"value": b"x" * 10, "offset": offset})())
+    state.extend([SimpleNamespace(value=b"x" * 10, offset=offset) for offset in range(n)])
     return state
 
 
@@ -238,33 +236,3 @@ def test_the_dedup_token_of_a_round_depends_only_on_its_members() -> None:
     assert checkpoints.round_token("inc", "t", a) != checkpoints.round_token("inc", "t", [Member(0, 0, 3)])
     # One partition keeps the per-batch token of earlier versions (pending rows they left).
     assert checkpoints.round_token("inc", "t", [Member(3, 10, 19)]) == "inc.t.3.10.19"
-
-
-def _record(offset: int) -> Any:
-    return type("Record", (), {"value": b"x", "offset": offset})()
-
-
-def test_a_repeat_is_dropped_and_a_hole_is_fetched_again_until_it_fills() -> None:
-    state = _buffer(0, 3)  # offsets 0, 1, 2
-    assert state.add(_record(1)) is OffsetAnomaly.REPEAT  # a re-fetch after a seek
-    # 3..6 missing: 7 is not taken, the caller fetches again from 3.
-    assert state.add(_record(7)) is OffsetAnomaly.GAP_REFETCH and state.hole_at == 3
-    assert state.fetched_until == 2
-    assert state.add(_record(3)) is OffsetAnomaly.GAP_FILLED and state.hole_at == -1
-    for offset in (4, 5, 6, 7):
-        assert state.add(_record(offset)) is None
-    assert [r.offset for r in state.buffer] == list(range(8))
-
-
-def test_a_hole_that_never_fills_is_accepted_after_enough_fetches_and_time(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    clock = [100.0]
-    monkeypatch.setattr(partition_buffer, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    state = _buffer(0, 3)
-    for _ in range(partition_buffer.GAP_REFETCHES + 3):  # many fetches, but too soon
-        assert state.add(_record(7)) is OffsetAnomaly.GAP_REFETCH
-    clock[0] += partition_buffer.GAP_WAIT_S
-    assert state.add(_record(7)) is OffsetAnomaly.GAP_ACCEPTED and state.hole_at == -1
-    assert state.add(_record(8)) is None
-    assert [r.offset for r in state.buffer] == [0, 1, 2, 7, 8]

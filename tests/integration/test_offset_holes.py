@@ -1,0 +1,97 @@
+"""Both consumers of the events topic fetch a hole again from the real broker and take it in order.
+
+The embedded broker's hole (a fetch that returns a later batch while an earlier one is not yet
+stored, see services/ingest/offset_continuity.py) cannot be produced on demand. What it does to
+kafka-python can: the consumer's position moves past records it never handed out. Here that
+position is set with a seek; each consumer's screening must notice, seek back, and take the
+missing records from the broker before the ones after them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from runledger.embedded.broker import EmbeddedBroker
+from services import observability as metrics
+from services.ingest.checkpoints import PartitionKey
+from services.ingest.offset_continuity import OffsetAnomaly, OffsetContinuity, screen_polled
+from services.ingest.partition_buffer import PartitionBuffer
+
+pytestmark = pytest.mark.integration
+
+RECORDS = 20
+SKIPPED = 7  # the position kafka-python would move to past a hole of offsets 0..6
+
+
+def _topic_with_records(broker: EmbeddedBroker) -> TopicPartition:
+    topic = f"holes-{uuid.uuid4().hex[:8]}"
+    broker.ensure_topics({topic: 1})
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+    for i in range(RECORDS):
+        producer.send(topic, partition=0, value=b"%d" % i)
+        producer.flush()  # one batch each, as the fleet's events mostly are
+    producer.close()
+    return TopicPartition(topic, 0)
+
+
+def _consumer_past_a_hole(broker: EmbeddedBroker, tp: TopicPartition) -> KafkaConsumer:
+    consumer = KafkaConsumer(
+        bootstrap_servers=broker.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
+    )
+    consumer.assign([tp])
+    consumer.seek(tp, SKIPPED)
+    return consumer
+
+
+def _poll(consumer: KafkaConsumer, tp: TopicPartition) -> list[Any]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        records = consumer.poll(timeout_ms=200).get(tp, [])
+        if records:
+            return list(records)
+    raise AssertionError("nothing polled in 10 s")
+
+
+def _count(counter: Any, **labels: str) -> float:
+    return float(counter.labels(**labels)._value.get())
+
+
+def test_the_projector_buffer_fetches_a_hole_again_and_buffers_it_in_order(broker: EmbeddedBroker) -> None:
+    tp = _topic_with_records(broker)
+    consumer = _consumer_past_a_hole(broker, tp)
+    filled_before = _count(metrics.PROJECTOR_OFFSET_ANOMALIES, kind=OffsetAnomaly.GAP_FILLED.value)
+    try:
+        state = PartitionBuffer(key=PartitionKey("g", "inc", tp.topic, 0), tp=tp, committed=-1)
+        assert state.extend(_poll(consumer, tp))  # offsets 7.. after nothing: a hole
+        assert state.buffer == [] and state.offsets.hole_at == 0
+        consumer.seek(tp, state.offsets.fetched_until + 1)  # what the projector's loop does
+        while len(state.buffer) < RECORDS:
+            assert not state.extend(_poll(consumer, tp))
+    finally:
+        consumer.close()
+    assert [r.offset for r in state.buffer] == list(range(RECORDS))
+    assert [r.value for r in state.buffer] == [b"%d" % i for i in range(RECORDS)]
+    assert (
+        _count(metrics.PROJECTOR_OFFSET_ANOMALIES, kind=OffsetAnomaly.GAP_FILLED.value) == filled_before + 1
+    )
+
+
+def test_the_analysis_consumer_fetches_a_hole_again_before_analysing_past_it(broker: EmbeddedBroker) -> None:
+    tp = _topic_with_records(broker)
+    consumer = _consumer_past_a_hole(broker, tp)
+    seen: list[OffsetAnomaly] = []
+    continuity = {tp: OffsetContinuity(-1, "analysis test", seen.append)}
+    analysed: list[Any] = []
+    try:
+        assert screen_polled(consumer, {tp: _poll(consumer, tp)}, continuity) == {}  # seeks back to 0
+        while len(analysed) < RECORDS:
+            analysed += screen_polled(consumer, {tp: _poll(consumer, tp)}, continuity).get(tp, [])
+    finally:
+        consumer.close()
+    assert [r.offset for r in analysed] == list(range(RECORDS))
+    assert seen == [OffsetAnomaly.GAP_REFETCH, OffsetAnomaly.GAP_FILLED]
