@@ -53,6 +53,12 @@ def read_ranges(
                 if records and records[-1].offset >= m.last:
                     open_.discard(tp.partition)
                     consumer.pause(tp)
+        for m in members:  # a fetch can skip a batch (services/ingest/offset_continuity.py)
+            if len(got[m.partition]) != m.last - m.first + 1:
+                raise RangeUnavailable(
+                    f"partition {m.partition} of {topic}: {len(got[m.partition])} records read back"
+                    f" for offsets {m.first}..{m.last}"
+                )
         return got
     finally:
         consumer.close(autocommit=False)
