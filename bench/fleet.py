@@ -53,7 +53,7 @@ import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.stack import embedded_stack
+from bench.stack import cpu_seconds, embedded_stack, process_tree
 from runledger.embedded.supervisor import Supervisor
 
 OUT = Path(__file__).parent / "out"
@@ -332,6 +332,9 @@ def _scrape(text: str) -> dict[str, float]:
                 out[f"lag_p{sample.labels['partition']}_s"] = sample.value
             elif sample.name == "runledger_projector_offset_anomalies_total":
                 out[f"offset_{sample.labels['kind']}"] = sample.value
+            elif sample.name == "runledger_analysis_offset_anomalies_total":
+                key = f"analysis_offset_{sample.labels['kind']}"
+                out[key] = out.get(key, 0.0) + sample.value
             elif sample.name == "runledger_projector_repeated_events_total":
                 out[f"repeated_{sample.labels['where']}"] = sample.value
             elif sample.name == "runledger_projector_committed_offset":
@@ -342,15 +345,6 @@ def _scrape(text: str) -> dict[str, float]:
                 kind = sample.name.rsplit("_", 1)[1]
                 out[f"gc{sample.labels['generation']}_pause_{kind}"] = sample.value
     return out
-
-
-def _tree(pid: int | None) -> list[psutil.Process]:
-    if pid is None:
-        return []
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    return []
 
 
 def _rss_mb(procs: Iterable[psutil.Process]) -> float:
@@ -370,13 +364,17 @@ def _pss_mb(procs: Iterable[psutil.Process]) -> float:
     return round(total / 2**20, 1)
 
 
-def _cpu_s(procs: Iterable[psutil.Process]) -> float:
-    total = 0.0
+def _postgres_pss_by_kind(procs: Iterable[psutil.Process]) -> dict[str, float]:
+    """PostgreSQL's PSS split by process title: client backends (one per pooled connection),
+    autovacuum workers (they come and go, each with up to maintenance_work_mem), the rest
+    (postmaster, checkpointer, writers: the shared buffers mostly)."""
+    totals = {"backends": 0, "autovacuum": 0, "other": 0}
     for proc in procs:
         with contextlib.suppress(psutil.Error):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    return total
+            title = " ".join(proc.cmdline())
+            kind = "autovacuum" if "autovacuum worker" in title else "backends" if "(" in title else "other"
+            totals[kind] += proc.memory_full_info().pss
+    return {f"postgres_pss_{kind}_mb": round(total / 2**20, 1) for kind, total in totals.items()}
 
 
 class Monitor:
@@ -405,9 +403,9 @@ class Monitor:
         broker = self.stack.broker.pid if self.stack.broker is not None else None
         postgres = self.stack.postgres.pid if self.stack.postgres is not None else None
         return {
-            "services": _tree(self.stack.services_pid),
-            "broker": _tree(broker),
-            "postgres": _tree(postgres),
+            "services": process_tree(self.stack.services_pid),
+            "broker": process_tree(broker),
+            "postgres": process_tree(postgres),
         }
 
     async def metrics(self) -> dict[str, float]:
@@ -473,11 +471,12 @@ class Monitor:
         row["services_rss_mb"] = round(row["services_main_rss_mb"] + row["services_children_rss_mb"], 1)
         row["broker_rss_mb"] = await asyncio.to_thread(_rss_mb, parts["broker"])
         row["postgres_pss_mb"] = await asyncio.to_thread(_pss_mb, parts["postgres"])
+        row.update(await asyncio.to_thread(_postgres_pss_by_kind, parts["postgres"]))
         # Cumulative CPU seconds per part (the services' main process apart from its children,
         # the analysis worker among them): which part's cost grows as the data does.
         for part, procs in parts.items():
-            row[f"{part}_cpu_s"] = round(await asyncio.to_thread(_cpu_s, procs), 2)
-        row["services_main_cpu_s"] = round(await asyncio.to_thread(_cpu_s, parts["services"][:1]), 2)
+            row[f"{part}cpu_seconds"] = round(await asyncio.to_thread(cpu_seconds, procs), 2)
+        row["services_main_cpu_s"] = round(await asyncio.to_thread(cpu_seconds, parts["services"][:1]), 2)
         row.update(await self._table_stats())
         scraped = await self.metrics()
         for name in ("runledger_projector_batch_seconds_sum", "runledger_projector_batch_seconds_count"):
@@ -538,6 +537,9 @@ _MEMORY_COLUMNS = (
     "services_children_rss_mb",
     "broker_rss_mb",
     "postgres_pss_mb",
+    "postgres_pss_backends_mb",
+    "postgres_pss_autovacuum_mb",
+    "postgres_pss_other_mb",
 )
 
 
@@ -638,9 +640,9 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
             await asyncio.sleep(max(0.0, t0 - time.time()))
             before = await monitor.metrics()
             parts = monitor.parts()
-            cpu_before = {k: _cpu_s(v) for k, v in parts.items()}
+            cpu_before = {k: cpu_seconds(v) for k, v in parts.items()}
             machine_before = psutil.cpu_times()
-            self_before = _cpu_s([psutil.Process()])
+            self_before = cpu_seconds([psutil.Process()])
             done = await asyncio.to_thread(_collect, results, procs, fleet.producers, fleet.duration_s + 300)
             last_log = max(d["last_log"] for d in done)
 
@@ -662,9 +664,9 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
 
             drained = await _wait_for(all_queryable, 300, "every point queryable")
             load_end = time.time()
-            cpu_after = {k: _cpu_s(v) for k, v in parts.items()}
+            cpu_after = {k: cpu_seconds(v) for k, v in parts.items()}
             machine_after = psutil.cpu_times()
-            self_after = _cpu_s([psutil.Process()])
+            self_after = cpu_seconds([psutil.Process()])
             scraped: dict[str, dict[str, float]] = {}
 
             async def all_counted() -> bool:
@@ -759,10 +761,12 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
             "dead_letters": int(
                 after.get("runledger_dead_letters_total", 0) - before.get("runledger_dead_letters_total", 0)
             ),
-            # The projector's view of its input: offsets that skipped ahead (gap) or back
+            # The consumers' view of their input: offsets that skipped ahead (gap) or back
             # (repeat), and events dropped for an event id seen before, by where.
             "offset_anomalies": {
-                k: int(v) for k, v in after.items() if k.startswith(("offset_gap", "offset_repeat"))
+                k: int(v)
+                for k, v in after.items()
+                if k.startswith(("offset_gap", "offset_repeat", "analysis_offset_"))
             },
             "repeated_events": {k: int(v) for k, v in after.items() if k.startswith("repeated_")},
             "all_keys_at_last_step_and_runs_finished": True,  # else _wait_for raised
@@ -793,6 +797,10 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
             "services_children": _memory_summary(monitor.rows, "services_children_rss_mb", fleet),
             "broker": _memory_summary(monitor.rows, "broker_rss_mb", fleet),
             "postgres_all_processes_pss": _memory_summary(monitor.rows, "postgres_pss_mb", fleet),
+            **{
+                f"postgres_pss_{kind}": _memory_summary(monitor.rows, f"postgres_pss_{kind}_mb", fleet)
+                for kind in ("backends", "autovacuum", "other")
+            },
             "files": files,
         },
         "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()},

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from runledger.config import Settings
 from runledger.embedded.ports import free_port
@@ -34,3 +37,23 @@ def embedded_stack(**overrides: Any) -> Iterator[Supervisor]:
             print(f"state kept in {state}", file=sys.stderr)
         else:
             shutil.rmtree(state, ignore_errors=True)
+
+
+def process_tree(pid: int | None) -> list[psutil.Process]:
+    """A process and its descendants ([] when it is gone); the root first."""
+    if pid is None:
+        return []
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    return []
+
+
+def cpu_seconds(procs: Iterable[psutil.Process]) -> float:
+    """User + system CPU seconds the processes used so far (the ones gone count 0)."""
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
