@@ -15,10 +15,16 @@ Three phases side by side in one run, so the ratios hold on a noisy machine:
 at `--quiet-rate` writes/s, and time each write's visibility too: from its start until a read
 given its consistency_token returns.
 
+The noisy tenant's writers run in a process of their own (as separate clients would): in the
+quiet tenant's event loop their request handling would delay its requests and count as the
+server's latency. `--flood-in-loop` puts them back in that loop, to compare.
+
 `--tarpit-max-s 0 2` compares settings of RUNLEDGER_API_TARPIT_MAX_S (how long the API
 holds a write retried before its 429's Retry-After; 0 = off): one stack per value,
 all running, each phase run on every stack in turn (the order alternating), so the
-values see the same machine.
+values see the same machine. `--compare FIELD V1 V2 ...` does the same for any Settings
+field (e.g. `--compare projector_max_wait_ms 5 20`). A last phase repeats the baseline, so
+drift over the run (the broker's log grows) shows apart from the flood's effect.
 
 Prints a JSON summary (copied into bench/RESULTS.md).
 """
@@ -29,15 +35,18 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 import httpx
+import psutil
 
-from bench.stack import embedded_stack
+from bench.stack import cpu_seconds, embedded_stack, process_tree
 from runledger.embedded.supervisor import Supervisor
 
 
@@ -117,6 +126,90 @@ async def _flood(
                 await asyncio.wait_for(stop.wait(), float(response.headers["retry-after"]))
 
 
+@dataclass(frozen=True)
+class NoisyTenant:
+    """Where and as whom the noisy tenant writes, and into which runs (one writer each)."""
+
+    api_url: str
+    key: str
+    runs: list[str]
+
+
+def _client(api_url: str, key: str, connections: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=api_url,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+        trust_env=False,
+        limits=httpx.Limits(max_connections=connections),
+    )
+
+
+def _flood_process(
+    noisy: NoisyTenant, polite: bool, ready: ProcessEvent, stop: ProcessEvent, results: Any
+) -> None:
+    """The noisy tenant's writers in their own process and event loop, until `stop`; their
+    status counts go to `results`."""
+
+    async def flood() -> None:
+        outcomes: Counter[int] = Counter()
+        stopped = asyncio.Event()
+        async with _client(noisy.api_url, noisy.key, len(noisy.runs) + 4) as client:
+            writers = [
+                asyncio.create_task(_flood(client, run, stopped, outcomes, polite)) for run in noisy.runs
+            ]
+            ready.set()
+            await asyncio.to_thread(stop.wait)
+            stopped.set()
+            await asyncio.gather(*writers)
+        results.put(dict(outcomes))
+
+    asyncio.run(flood())
+
+
+class _FloodInProcess:
+    """The noisy tenant's flood in a child process, for the length of a phase."""
+
+    def __init__(self, noisy: NoisyTenant, polite: bool) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._ready, self._stop, self._results = ctx.Event(), ctx.Event(), ctx.Queue()
+        self._process = ctx.Process(
+            target=_flood_process, args=(noisy, polite, self._ready, self._stop, self._results), daemon=True
+        )
+
+    async def start(self) -> None:
+        self._process.start()
+        if not await asyncio.to_thread(self._ready.wait, 60):
+            raise RuntimeError("the flood process did not start in 60 s")
+
+    async def stop(self) -> Counter[int]:
+        self._stop.set()
+        outcomes: dict[int, int] = await asyncio.to_thread(self._results.get, True, 120)
+        await asyncio.to_thread(self._process.join, 30)
+        return Counter(outcomes)
+
+
+class _FloodInLoop:
+    """The noisy tenant's flood as tasks in this event loop (the earlier measurements' way)."""
+
+    def __init__(self, client: httpx.AsyncClient, runs: list[str], polite: bool) -> None:
+        self._stopped = asyncio.Event()
+        self._outcomes: Counter[int] = Counter()
+        self._args = (client, runs, polite)
+        self._writers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        client, runs, polite = self._args
+        self._writers = [
+            asyncio.create_task(_flood(client, run, self._stopped, self._outcomes, polite)) for run in runs
+        ]
+
+    async def stop(self) -> Counter[int]:
+        self._stopped.set()
+        await asyncio.gather(*self._writers)
+        return self._outcomes
+
+
 def _scrape(text: str) -> dict[str, float]:
     """The projector's batch count and seconds, and the API's write-wait seconds, from /metrics."""
     wanted = (
@@ -133,34 +226,48 @@ def _scrape(text: str) -> dict[str, float]:
     return values
 
 
+def _parts_cpu_s(stack: Supervisor) -> dict[str, float]:
+    """Cumulative CPU seconds of the stack's parts: the services' main process (API, projector,
+    chdb), its children (the analysis shards), the broker, PostgreSQL."""
+    services = process_tree(stack.services_pid)
+    return {
+        "services_main": cpu_seconds(services[:1]),
+        "analysis": cpu_seconds(services[1:]),
+        "broker": cpu_seconds(process_tree(stack.broker.pid if stack.broker is not None else None)),
+        "postgres": cpu_seconds(process_tree(stack.postgres.pid if stack.postgres is not None else None)),
+    }
+
+
 async def _phase(
+    stack: Supervisor,
     quiet: httpx.AsyncClient,
     quiet_run: str,
-    noisy: httpx.AsyncClient | None,
-    noisy_runs: list[str],
+    flood: _FloodInProcess | _FloodInLoop | None,
     seconds: float,
-    polite: bool = False,
     mode: QuietMode = QuietMode(),
 ) -> dict[str, Any]:
-    stop = asyncio.Event()
-    outcomes: Counter[int] = Counter()
-    flooders = (
-        [asyncio.create_task(_flood(noisy, run, stop, outcomes, polite)) for run in noisy_runs]
-        if noisy
-        else []
-    )
-    await asyncio.sleep(0.5 if flooders else 0)  # let the flood build up first
+    if flood is not None:
+        await flood.start()
+        await asyncio.sleep(0.5)  # let the flood build up first
     before = _scrape((await quiet.get("/metrics")).text)
+    cpu_before, parts_before = psutil.cpu_times(), _parts_cpu_s(stack)
     started = time.perf_counter()
     latencies, visible = await _quiet_writes(quiet, quiet_run, seconds, mode)
     elapsed = time.perf_counter() - started
+    cpu_after, parts_after = psutil.cpu_times(), _parts_cpu_s(stack)
     after = _scrape((await quiet.get("/metrics")).text)
-    stop.set()
-    await asyncio.gather(*flooders)
+    outcomes = await flood.stop() if flood is not None else Counter[int]()
     delta = {k: after[k] - before.get(k, 0.0) for k in after}
     batches = delta["runledger_projector_batch_seconds_count"]
     waits = delta["runledger_write_wait_seconds_count"]
+    spent = sum(cpu_after) - sum(cpu_before)
+    idle = (cpu_after.idle + cpu_after.iowait) - (cpu_before.idle + cpu_before.iowait)
     return {
+        # The whole machine (stack, both tenants' clients): near 1.0, every part waits for a core.
+        "machine_cpu_busy_fraction": round(1 - idle / spent, 2) if spent else None,
+        "cores_used": {
+            part: round((parts_after[part] - parts_before[part]) / elapsed, 2) for part in parts_after
+        },
         "projector_batches_per_s": round(batches / elapsed, 1),
         "projector_mean_batch_ms": round(delta["runledger_projector_batch_seconds_sum"] / batches * 1000, 1),
         "projector_busy_fraction": round(delta["runledger_projector_batch_seconds_sum"] / elapsed, 2),
@@ -191,33 +298,27 @@ class _Setup:
     quiet: httpx.AsyncClient
     noisy: httpx.AsyncClient
     quiet_run: str
-    noisy_runs: list[str]
+    noisy_tenant: NoisyTenant
     results: dict[str, Any]
+    stack: Supervisor
+
+    def flood(self, polite: bool, in_loop: bool) -> _FloodInProcess | _FloodInLoop:
+        if in_loop:
+            return _FloodInLoop(self.noisy, self.noisy_tenant.runs, polite)
+        return _FloodInProcess(self.noisy_tenant, polite)
 
     async def set_quota(self, limit: int | None) -> None:
         body = {"events_per_second": limit, "max_points": None}
         (await self.admin.put("/api/v1/tenants/noisy/quotas", json=body)).raise_for_status()
 
 
-def _stack(tarpit_max_s: float | None) -> contextlib.AbstractContextManager[Supervisor]:
-    """An embedded stack; with `tarpit_max_s`, its API runs with that tarpit setting."""
-    return embedded_stack() if tarpit_max_s is None else embedded_stack(api_tarpit_max_s=tarpit_max_s)
-
-
 async def _setup(
     name: str, stack: Supervisor, concurrency: int, clients: contextlib.AsyncExitStack
 ) -> _Setup:
     info = json.loads(stack.settings.connection_file.read_text())
-    limits = httpx.Limits(max_connections=concurrency + 4)
 
     def client(key: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=stack.api_url,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=60,
-            trust_env=False,
-            limits=limits,
-        )
+        return _client(stack.api_url, key, concurrency + 4)
 
     admin = await clients.enter_async_context(client(info["api_key"]))
     quiet_key = await _create_tenant(admin, "quiet")
@@ -226,22 +327,27 @@ async def _setup(
     noisy = await clients.enter_async_context(client(noisy_key))
     quiet_run = await _new_run(quiet, "latency")
     noisy_runs = [await _new_run(noisy, "flood") for _ in range(concurrency)]
-    results = {"tarpit_max_s": stack.settings.api_tarpit_max_s}
-    return _Setup(name, admin, quiet, noisy, quiet_run, noisy_runs, results)
+    results: dict[str, Any] = {"tarpit_max_s": stack.settings.api_tarpit_max_s}
+    noisy_tenant = NoisyTenant(stack.api_url, noisy_key, noisy_runs)
+    return _Setup(name, admin, quiet, noisy, quiet_run, noisy_tenant, results, stack)
 
 
 async def _main(
-    seconds: float, concurrency: int, quotas: list[int], tarpits: list[float] | None, mode: QuietMode
+    seconds: float,
+    concurrency: int,
+    quotas: list[int],
+    compared: tuple[str, list[float]] | None,
+    mode: QuietMode,
+    flood_in_loop: bool,
 ) -> dict[str, Any]:
-    variants: list[float | None] = list(tarpits) if tarpits else [None]
+    # One stack per compared value (Settings overrides), or one with the configured settings.
+    variants: list[dict[str, float]] = [{compared[0]: v} for v in compared[1]] if compared else [{}]
     with contextlib.ExitStack() as stacks:
-        running = [stacks.enter_context(_stack(value)) for value in variants]
+        running = [stacks.enter_context(embedded_stack(**overrides)) for overrides in variants]
         async with contextlib.AsyncExitStack() as clients:
             setups = [
-                await _setup(
-                    f"tarpit_max_s_{value}" if value is not None else "", stack, concurrency, clients
-                )
-                for value, stack in zip(variants, running, strict=True)
+                await _setup("_".join(f"{k}_{v}" for k, v in overrides.items()), stack, concurrency, clients)
+                for overrides, stack in zip(variants, running, strict=True)
             ]
             turn = 0
 
@@ -253,10 +359,9 @@ async def _main(
                 for setup in order:
                     if flood:
                         await setup.set_quota(limit)
-                    noisy = setup.noisy if flood else None
-                    runs = setup.noisy_runs if flood else []
+                    flooding = setup.flood(polite, flood_in_loop) if flood else None
                     setup.results[phase] = await _phase(
-                        setup.quiet, setup.quiet_run, noisy, runs, seconds, polite, mode
+                        setup.stack, setup.quiet, setup.quiet_run, flooding, seconds, mode
                     )
 
             await each("baseline", None, flood=False)
@@ -266,9 +371,10 @@ async def _main(
                         f"flood_quota_{limit}_{'polite' if polite else 'hostile'}", limit, True, polite
                     )
             await each("flood_unlimited", None, flood=True)
+            await each("baseline_again", None, flood=False)
             for setup in setups:
                 base = setup.results["baseline"]["quiet_p99_ms"]
-                floods = [phase for phase in list(setup.results) if phase.startswith("flood")]
+                floods = [p for p in list(setup.results) if p.startswith("flood") or p == "baseline_again"]
                 setup.results["quiet_p99_ratio_to_baseline"] = {
                     phase: round(setup.results[phase]["quiet_p99_ms"] / base, 2) for phase in floods
                 }
@@ -284,8 +390,9 @@ async def _main(
                 "quiet": f"wait=false at {mode.rate} writes/s"
                 if mode.ack
                 else "each write waits for projection",
+                "flood": "in the quiet client's event loop" if flood_in_loop else "in a process of its own",
             }
-            if tarpits is None:
+            if compared is None:
                 summary.update(setups[0].results)
             else:
                 summary.update({setup.name: setup.results for setup in setups})
@@ -312,14 +419,36 @@ def main() -> None:
         " default: one stack with the configured setting",
     )
     parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar=("FIELD", "VALUE"),
+        default=None,
+        help="a Settings field and the values to compare, as --tarpit-max-s does",
+    )
+    parser.add_argument(
         "--quiet-ack",
         action="store_true",
         help="the quiet tenant writes with ?wait=false (and its writes' visibility is timed too)",
     )
     parser.add_argument("--quiet-rate", type=float, default=10.0, help="--quiet-ack: writes per second")
+    parser.add_argument(
+        "--flood-in-loop",
+        action="store_true",
+        help="run the noisy writers in the quiet client's event loop (as measured before) instead of"
+        " a process of their own",
+    )
     args = parser.parse_args()
     mode = QuietMode(args.quiet_ack, args.quiet_rate)
-    result = asyncio.run(_main(args.seconds, args.concurrency, args.quotas, args.tarpit_max_s, mode))
+    compared: tuple[str, list[float]] | None = None
+    if args.tarpit_max_s:
+        compared = ("api_tarpit_max_s", args.tarpit_max_s)
+    elif args.compare:
+        if len(args.compare) < 2:
+            parser.error("--compare needs a field and at least one value")
+        compared = (args.compare[0], [float(v) for v in args.compare[1:]])
+    result = asyncio.run(
+        _main(args.seconds, args.concurrency, args.quotas, compared, mode, args.flood_in_loop)
+    )
     print(json.dumps(result, indent=2))
 
 
