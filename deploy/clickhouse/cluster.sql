@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS runledger.metric_points_local ON CLUSTER runledger (
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
 ORDER BY (tenant_id, run_id, key, step, timestamp, value)
 TTL ingested_at + toIntervalDay(retention_days + 1) WHERE retention_days > 0
-SETTINGS replicated_deduplication_window = 10000, replicated_deduplication_window_seconds = 604800;
+SETTINGS replicated_deduplication_window = 10000, replicated_deduplication_window_seconds = 604800, merge_selector_base = 20;
 
 CREATE TABLE IF NOT EXISTS runledger.metric_points ON CLUSTER runledger (
   `tenant_id` LowCardinality(String),
@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS runledger.events_archive_local ON CLUSTER runledger (
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
 ORDER BY (tenant_id, event_id)
-SETTINGS replicated_deduplication_window = 10000, replicated_deduplication_window_seconds = 604800;
+SETTINGS replicated_deduplication_window = 10000, replicated_deduplication_window_seconds = 604800, merge_selector_base = 20;
 
 CREATE TABLE IF NOT EXISTS runledger.events_archive ON CLUSTER runledger (
   `tenant_id` LowCardinality(String),
@@ -83,7 +83,8 @@ CREATE TABLE IF NOT EXISTS runledger.metric_rollup_local ON CLUSTER runledger (
   `last_step` SimpleAggregateFunction(max, Int64)
 )
 ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
-ORDER BY (tenant_id, run_id, key, bucket);
+ORDER BY (tenant_id, run_id, key, bucket)
+SETTINGS merge_selector_base = 20;
 
 CREATE TABLE IF NOT EXISTS runledger.metric_rollup ON CLUSTER runledger (
   `tenant_id` LowCardinality(String),

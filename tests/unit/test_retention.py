@@ -189,6 +189,17 @@ def test_upgrade_statements_add_then_materialize_then_set_the_ttl() -> None:
     assert METRIC_POINTS.render_upgrade("db", current, METRIC_POINTS.ttl) == []
     # Interrupted after ADD COLUMN: materialized again (it fills only the parts that lack it).
     assert METRIC_POINTS.render_upgrade("db", current, timestamp_ttl, ["ingested_at"]) == head[2:]
+    # Declared settings a table lacks or differs in are set; the ones it has are left alone.
+    older = {"index_granularity": "8192", "non_replicated_deduplication_window": "10000"}
+    assert METRIC_POINTS.render_upgrade("db", current, METRIC_POINTS.ttl, (), older) == [
+        "ALTER TABLE db.metric_points MODIFY SETTING merge_selector_base = 20"
+    ]
+    assert (
+        METRIC_POINTS.render_upgrade(
+            "db", current, METRIC_POINTS.ttl, (), older | {"merge_selector_base": "20"}
+        )
+        == []
+    )
 
 
 _HEAD_COLUMNS = (
@@ -268,6 +279,7 @@ def test_an_older_metric_points_table_is_upgraded_in_place(tmp_path: Path, earli
             .as_py()
         )
         assert "TTL ingested_at + toIntervalDay(retention_days + 1) WHERE retention_days > 0" in ttl_now
+        assert "merge_selector_base = 20" in ttl_now  # the merge setting declared since
         # The TTL now reads the ingestion time: forcing it keeps both points.
         store.command("OPTIMIZE TABLE runledger.metric_points FINAL")
         assert [s for s, _ in _stored_ingested_at(store)] == [1, 2]

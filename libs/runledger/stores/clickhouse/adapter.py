@@ -70,12 +70,14 @@ class ClickHouse(ABC):
             .column("name")
             .to_pylist()
         )
-        match = re.search(r"\bTTL (.*?)(?: SETTINGS |$)", str(found[0]["create_table_query"]), re.DOTALL)
+        create = str(found[0]["create_table_query"])
+        match = re.search(r"\bTTL (.*?)(?: SETTINGS |$)", create, re.DOTALL)
         return table.render_upgrade(
             self.database,
             [str(c) for c in columns],
             match.group(1) if match else "",
             self._unmaterialized(table, columns),
+            _table_settings(create),
         )
 
     def _unmaterialized(self, table: Table, columns: list[str]) -> list[str]:
@@ -103,6 +105,15 @@ class ClickHouse(ABC):
     def table(self, name: str) -> str:
         """Fully qualified table name."""
         return f"{self.database}.{name}"
+
+
+def _table_settings(create_table_query: str) -> dict[str, str]:
+    """The SETTINGS clause of a table's CREATE statement (as system.tables shows it), by name."""
+    match = re.search(r".*\bSETTINGS (.*)$", create_table_query, re.DOTALL)  # the last one
+    if match is None:
+        return {}
+    pairs = (item.split("=", 1) for item in match.group(1).split(",") if "=" in item)
+    return {name.strip(): value.strip().strip("'") for name, value in pairs}
 
 
 def _insert_settings(dedup_token: str | None) -> dict[str, str | int]:

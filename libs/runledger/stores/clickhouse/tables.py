@@ -164,6 +164,7 @@ class Table:
         existing_columns: Collection[str],
         existing_ttl: str,
         unmaterialized: Collection[str] = (),
+        existing_settings: Mapping[str, str] | None = None,
     ) -> list[str]:
         """ALTER statements that bring an existing single-node table to this declaration.
 
@@ -174,7 +175,8 @@ class Table:
         table's TTL as ClickHouse formats it (system.tables), compared with the declaration
         after removing whitespace. `unmaterialized` names the existing columns some active
         part lacks (an upgrade interrupted between ADD and MATERIALIZE): they are
-        materialized again, which fills only those parts.
+        materialized again, which fills only those parts. `existing_settings` (the table's
+        SETTINGS clause; None: not compared) gets the declared settings it lacks or differs in.
         """
         added: list[str] = []
         materialized: list[str] = []
@@ -197,6 +199,11 @@ class Table:
             # Materialized at once on every part (materialize_ttl_after_modify): a one-time
             # rewrite, after which expired rows are gone.
             statements.append(f"ALTER TABLE {database}.{self.name} MODIFY TTL {self.ttl}")
+        if existing_settings is not None:
+            changed = {k: v for k, v in self.settings.items() if existing_settings.get(k) != str(v)}
+            if changed:
+                assignments = ", ".join(f"{k} = {v}" for k, v in changed.items())
+                statements.append(f"ALTER TABLE {database}.{self.name} MODIFY SETTING {assignments}")
         return statements
 
     def render_single_node(self, database: str) -> str:
@@ -216,6 +223,14 @@ def _squash(sql: str) -> str:
 # Insert dedup tokens make a re-sent batch (same token) a no-op; the window must
 # cover the inserts that can happen between a crash and its recovery.
 _DEDUP: Mapping[str, str | int] = {_NON_REPLICATED_DEDUP: 10000}
+# The projector writes a part per table several times a second, into one partition. With the
+# merge selector's default base (5) ClickHouse keeps that partition at 3-7 parts by merging each
+# few new small parts into the big one, rewriting it every time: the merge threads' CPU then
+# grows with the table (chdb, 16,000 points/s: 0.26 -> 0.64 cores within 30 s), and the merges
+# of one tenant's flood went on taking the embedded stack's cores after it stopped
+# (bench/RESULTS.md, "Noisy neighbour on the current code"). A base of 20 waits for parts of
+# similar size: 10-20 parts, a tenth of the merge CPU, flat as the table grows.
+_MERGES: Mapping[str, str | int] = {"merge_selector_base": 20}
 
 # A series (tenant, run, key) lives on one shard: every read of the API is scoped to
 # one tenant and run, so with optimize_skip_unused_shards it touches one shard, and
@@ -259,7 +274,7 @@ METRIC_POINTS = Table(
     engine="ReplacingMergeTree",
     order_by=("tenant_id", "run_id", "key", "step", "timestamp", "value"),
     ttl=METRIC_POINTS_TTL,
-    settings=_DEDUP,
+    settings={**_DEDUP, **_MERGES},
     sharding_key=_BY_RUN,
 )
 
@@ -280,7 +295,7 @@ EVENTS_ARCHIVE = Table(
     ),
     engine="ReplacingMergeTree",
     order_by=("tenant_id", "event_id"),
-    settings=_DEDUP,
+    settings={**_DEDUP, **_MERGES},
     # The archive is read whole (replay, in sort-key pages) and never per run, so
     # hashing the (unique) event id spreads it evenly over the shards, whatever
     # the mix of tenants and run sizes; the key is the sort key, (tenant, event).
@@ -308,6 +323,7 @@ METRIC_ROLLUP = Table(
     ),
     engine="AggregatingMergeTree",
     order_by=("tenant_id", "run_id", "key", "bucket"),
+    settings=_MERGES,
     # Must equal metric_points' key: the view writes a shard's rollup from that
     # shard's points (MaterializedView.render_cluster checks it).
     sharding_key=_BY_RUN,
