@@ -53,7 +53,7 @@ import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.stack import cpu_seconds, embedded_stack, process_tree
+from bench.stack import cpu_seconds, embedded_stack, stack_processes
 from runledger.embedded.supervisor import Supervisor
 
 OUT = Path(__file__).parent / "out"
@@ -400,13 +400,7 @@ class Monitor:
 
     def parts(self) -> dict[str, list[psutil.Process]]:
         """Processes of each part of the stack (PostgreSQL: the postmaster and its backends)."""
-        broker = self.stack.broker.pid if self.stack.broker is not None else None
-        postgres = self.stack.postgres.pid if self.stack.postgres is not None else None
-        return {
-            "services": process_tree(self.stack.services_pid),
-            "broker": process_tree(broker),
-            "postgres": process_tree(postgres),
-        }
+        return stack_processes(self.stack)
 
     async def metrics(self) -> dict[str, float]:
         """The services process's /metrics, reduced (retried once: a sample must not end the run)."""
@@ -475,7 +469,7 @@ class Monitor:
         # Cumulative CPU seconds per part (the services' main process apart from its children,
         # the analysis worker among them): which part's cost grows as the data does.
         for part, procs in parts.items():
-            row[f"{part}cpu_seconds"] = round(await asyncio.to_thread(cpu_seconds, procs), 2)
+            row[f"{part}_cpu_s"] = round(await asyncio.to_thread(cpu_seconds, procs), 2)
         row["services_main_cpu_s"] = round(await asyncio.to_thread(cpu_seconds, parts["services"][:1]), 2)
         row.update(await self._table_stats())
         scraped = await self.metrics()

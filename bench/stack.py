@@ -57,3 +57,15 @@ def cpu_seconds(procs: Iterable[psutil.Process]) -> float:
             times = proc.cpu_times()
             total += times.user + times.system
     return total
+
+
+def stack_processes(stack: Supervisor) -> dict[str, list[psutil.Process]]:
+    """The processes of each part of a running stack: the services (the main process first,
+    then its children: the analysis shards), the broker, PostgreSQL (postmaster and backends)."""
+    broker = stack.broker.pid if stack.broker is not None else None
+    postgres = stack.postgres.pid if stack.postgres is not None else None
+    return {
+        "services": process_tree(stack.services_pid),
+        "broker": process_tree(broker),
+        "postgres": process_tree(postgres),
+    }

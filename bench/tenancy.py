@@ -46,7 +46,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.stack import cpu_seconds, embedded_stack, process_tree
+from bench.stack import cpu_seconds, embedded_stack, stack_processes
 from runledger.embedded.supervisor import Supervisor
 
 
@@ -229,12 +229,12 @@ def _scrape(text: str) -> dict[str, float]:
 def _parts_cpu_s(stack: Supervisor) -> dict[str, float]:
     """Cumulative CPU seconds of the stack's parts: the services' main process (API, projector,
     chdb), its children (the analysis shards), the broker, PostgreSQL."""
-    services = process_tree(stack.services_pid)
+    parts = stack_processes(stack)
     return {
-        "services_main": cpu_seconds(services[:1]),
-        "analysis": cpu_seconds(services[1:]),
-        "broker": cpu_seconds(process_tree(stack.broker.pid if stack.broker is not None else None)),
-        "postgres": cpu_seconds(process_tree(stack.postgres.pid if stack.postgres is not None else None)),
+        "services_main": cpu_seconds(parts["services"][:1]),
+        "analysis": cpu_seconds(parts["services"][1:]),
+        "broker": cpu_seconds(parts["broker"]),
+        "postgres": cpu_seconds(parts["postgres"]),
     }
 
 

@@ -174,9 +174,10 @@ class AnalysisService:
                 )
             continuity: dict[TopicPartition, OffsetContinuity] = {}
             for tp in partitions:
-                consumer.seek(tp, offsets.get(tp.partition, -1) + 1)
+                analysed_until = offsets.get(tp.partition, -1)
+                consumer.seek(tp, analysed_until + 1)
                 continuity[tp] = OffsetContinuity(
-                    offsets.get(tp.partition, -1),
+                    analysed_until,
                     f"analysis shard {s.analysis_shard}, partition {tp.topic}-{tp.partition}",
                     self._count_anomaly,
                 )

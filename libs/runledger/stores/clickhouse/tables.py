@@ -224,12 +224,12 @@ def _squash(sql: str) -> str:
 # cover the inserts that can happen between a crash and its recovery.
 _DEDUP: Mapping[str, str | int] = {_NON_REPLICATED_DEDUP: 10000}
 # The projector writes a part per table several times a second, into one partition. With the
-# merge selector's default base (5) ClickHouse keeps that partition at 3-7 parts by merging each
-# few new small parts into the big one, rewriting it every time: the merge threads' CPU then
-# grows with the table (chdb, 16,000 points/s: 0.26 -> 0.64 cores within 30 s), and the merges
-# of one tenant's flood went on taking the embedded stack's cores after it stopped
-# (bench/RESULTS.md, "Noisy neighbour on the current code"). A base of 20 waits for parts of
-# similar size: 10-20 parts, a tenth of the merge CPU, flat as the table grows.
+# merge selector's default base (5) ClickHouse keeps that partition at 2-8 parts by merging each
+# few new small parts into the big one, rewriting it every time: in chdb at 16,000 points/s the
+# merge threads took 0.55 cores, more as the table grew, and the merges of one tenant's flood
+# went on taking the embedded stack's cores after it stopped. A base of 20 waits for parts of
+# similar size: 5-18 parts, 0.15 cores of merging, flat, inserts as fast, one series' read
+# 2-3 ms slower (bench/clickhouse_merges.py; bench/RESULTS.md, "Merges").
 _MERGES: Mapping[str, str | int] = {"merge_selector_base": 20}
 
 # A series (tenant, run, key) lives on one shard: every read of the API is scoped to
