@@ -65,6 +65,21 @@ class Settings(BaseSettings):
         " (uvicorn's default is 5 s).",
     )
     kafka_port: int = Field(0, description="Port of the embedded broker (0 = a free one).")
+    broker_rotate_mib: int = Field(
+        512,
+        ge=0,
+        description="Embedded mode: once the broker's resident memory passes this many MiB, replace it"
+        " by an empty one, carrying over what the consumers have not checkpointed yet (and every dead"
+        " letter); produces wait meanwhile, about a second. The in-memory broker never deletes a record"
+        " otherwise. 0 = never (clients then talk to the broker directly, without the relay that makes"
+        " the swap lossless).",
+    )
+    broker_rotate_carry_max_mib: int = Field(
+        512,
+        gt=0,
+        description="Embedded mode: a broker replacement is put off while the consumers are more than"
+        " this many MiB of records behind (it holds them in memory while the broker restarts).",
+    )
     postgres_port: int = Field(0, description="Port of the embedded PostgreSQL (0 = a free one).")
 
     # Topics.

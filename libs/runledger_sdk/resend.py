@@ -7,6 +7,10 @@ acknowledged record, labelled with the incarnation that acknowledged it, for a w
 (time and bytes); when it next finds a different incarnation, it sends the records of the
 old one again before anything newer. Consumers drop the repeats by event id (ADR 0003).
 Against a real, replicated Kafka the cluster id never changes and records simply age out.
+
+A planned replacement of the embedded broker carries everything the old incarnation held
+over into the new one and says so in the new cluster id (libs/runledger/incarnation.py):
+the records of that old incarnation are then forgotten, not sent again.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 
+from runledger.incarnation import carried_over
 from runledger_sdk.transport import Record
 
 
@@ -29,6 +34,7 @@ class ResendWindow:
         self._bytes = 0
         self._per_incarnation: Counter[str] = Counter()  # so the usual check costs nothing
         self.dropped = 0  # aged out or over the byte bound (what a restart then loses)
+        self.carried = 0  # forgotten because a planned replacement carried them over
 
     def __len__(self) -> int:
         return len(self._items)
@@ -50,7 +56,10 @@ class ResendWindow:
         self._prune(now)
 
     def orphans(self, incarnation: str) -> list[Record]:
-        """Remove and return, in seq order, the records acknowledged by another incarnation."""
+        """Remove and return, in seq order, the records acknowledged by another incarnation.
+
+        Those of an incarnation that `incarnation` declares carried over are removed only.
+        """
         self._prune(self._clock())
         if len(self._items) == self._per_incarnation[incarnation]:
             return []
@@ -59,6 +68,8 @@ class ResendWindow:
         for stamp, inc, record in self._items:
             if inc == incarnation:
                 kept.append((stamp, inc, record))
+            elif carried_over(inc, incarnation):
+                self.carried += 1
             else:
                 out.append(record)
         self._items = kept

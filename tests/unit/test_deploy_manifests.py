@@ -46,7 +46,13 @@ DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 
 KNOWN_ENV = {f"RUNLEDGER_{name.upper()}" for name in Settings.model_fields}
 # Settings of the embedded stack only: with the external URLs set nothing embedded starts.
-EMBEDDED_ONLY = {"RUNLEDGER_KAFKA_PORT", "RUNLEDGER_POSTGRES_PORT", "RUNLEDGER_SERVICES_START_TIMEOUT_S"}
+EMBEDDED_ONLY = {
+    "RUNLEDGER_KAFKA_PORT",
+    "RUNLEDGER_POSTGRES_PORT",
+    "RUNLEDGER_SERVICES_START_TIMEOUT_S",
+    "RUNLEDGER_BROKER_ROTATE_MIB",
+    "RUNLEDGER_BROKER_ROTATE_CARRY_MAX_MIB",
+}
 # Every other setting is set explicitly in both deployments, so a new setting fails
 # here until the deployments decide its value.
 REQUIRED_ENV = KNOWN_ENV - EMBEDDED_ONLY

@@ -22,12 +22,12 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from runledger.embedded._proc import die_with_parent, log_tail, open_log, stop_process, write_log_line
 from runledger.embedded.ports import free_port, wait_for_port
+from runledger.incarnation import new_incarnation
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ _TANSU_ENV = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",
 )
 _TOPIC_ALREADY_EXISTS = 36  # Kafka error code
+# Client id of the admin clients here (topic creation, readiness checks).
+ADMIN_CLIENT_ID = "runledger-embedded"
 
 
 def resolve_tansu_binary() -> str:
@@ -58,11 +60,6 @@ def resolve_tansu_binary() -> str:
     return path
 
 
-def new_incarnation() -> str:
-    """A fresh cluster id, unique for each broker start."""
-    return f"runledger-{uuid.uuid4().hex}"
-
-
 def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0) -> None:
     """Create the missing topics ({name: partitions}) on any Kafka cluster and wait until usable.
 
@@ -74,7 +71,7 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0)
     from kafka import KafkaAdminClient
 
     admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id="runledger-embedded", request_timeout_ms=int(timeout * 1000)
+        bootstrap_servers=bootstrap, client_id=ADMIN_CLIENT_ID, request_timeout_ms=int(timeout * 1000)
     )
     try:
         existing = set(admin.list_topics())
@@ -119,9 +116,15 @@ class EmbeddedBroker:
         host: str = "127.0.0.1",
         binary: str | None = None,
         terminate_with_parent: bool = True,
+        advertised_port: int | None = None,
     ) -> None:
-        """Describe the broker; nothing starts before start(). port 0 = pick one at first start."""
+        """Describe the broker; nothing starts before start(). port 0 = pick one at first start.
+
+        advertised_port: where clients are told to connect, when they reach the broker
+        through a relay (libs/runledger/embedded/produce_gate.py); default `port`.
+        """
         self.port = port
+        self.advertised_port = advertised_port
         self.host = host
         self.log_path = log_path.expanduser().resolve()
         self._binary = binary
@@ -148,15 +151,16 @@ class EmbeddedBroker:
         """Whether the broker process we started is alive."""
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start with a new incarnation and wait until it answers metadata requests with it."""
+    def start(self, timeout: float = 30.0, *, cluster_id: str | None = None) -> None:
+        """Start as a new incarnation (`cluster_id`, else a fresh one) and wait until it answers with it."""
         if self.is_running():
             return
         binary = self._binary or resolve_tansu_binary()
         if self.port == 0:
             self.port = free_port(self.host)
-        self._incarnation = new_incarnation()
+        self._incarnation = cluster_id or new_incarnation()
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
         cmd = [
             binary,
             "broker",
@@ -165,7 +169,7 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--storage-engine",
             "memory://tansu/",
         ]
@@ -207,10 +211,10 @@ class EmbeddedBroker:
         stop_process(self._proc, signal.SIGTERM, grace)
         self._proc = None
 
-    def restart(self, timeout: float = 30.0) -> None:
-        """Stop and start again on the same port, as a new (empty) incarnation."""
-        self.stop()
-        self.start(timeout)
+    def restart(self, timeout: float = 30.0, *, cluster_id: str | None = None, grace: float = 1.0) -> None:
+        """Stop (see stop()) and start again on the same port, as a new (empty) incarnation."""
+        self.stop(grace)
+        self.start(timeout, cluster_id=cluster_id)
 
     def admin(self, request_timeout_ms: int = 5000) -> Any:
         """A connected kafka.KafkaAdminClient for this broker; the caller closes it."""
@@ -218,7 +222,7 @@ class EmbeddedBroker:
 
         return KafkaAdminClient(
             bootstrap_servers=self.bootstrap,
-            client_id="runledger-embedded",
+            client_id=ADMIN_CLIENT_ID,
             request_timeout_ms=request_timeout_ms,
         )
 

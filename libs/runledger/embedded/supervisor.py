@@ -43,15 +43,25 @@ from pydantic import SecretBytes, SecretStr
 from runledger.auth.keys import InvalidKey, generate_key, parse_key
 from runledger.config import Settings
 from runledger.embedded._proc import die_with_parent, log_tail, open_log, stop_process, write_log_line
-from runledger.embedded.broker import EmbeddedBroker, ensure_topics
+from runledger.embedded.broker import ADMIN_CLIENT_ID, EmbeddedBroker, ensure_topics
 from runledger.embedded.ports import free_port, port_is_free
 from runledger.embedded.postgres import EmbeddedPostgres
+from runledger.embedded.produce_gate import ProduceGate
+from runledger.embedded.rotation import (
+    ROTATION_CLIENT_ID,
+    RotationReport,
+    RotationSkipped,
+    checkpoint_low_marks,
+    rotate,
+)
 
 log = logging.getLogger(__name__)
 
 SERVICES_COMMAND: tuple[str, ...] = (sys.executable, "-m", "runledger.serve", "all")
 _MONITOR_INTERVAL_S = 1.0
 _MAX_BACKOFF_S = 30.0
+# After a broker replacement that was put off (consumers too far behind), wait this long.
+_ROTATION_RETRY_S = 60.0
 # A child that stayed up this long before dying is restarted without accumulated backoff.
 _HEALTHY_UPTIME_S = 60.0
 _SERVICES_STOP_TIMEOUT_S = 20.0
@@ -157,6 +167,11 @@ class Supervisor:
 
         self.postgres: EmbeddedPostgres | None = None
         self.broker: EmbeddedBroker | None = None
+        #: The relay clients reach the embedded broker through (when it may be replaced).
+        self.gate: ProduceGate | None = None
+        self._next_rotation_check = 0.0
+        #: What each replacement of the embedded broker did (rotation.py), oldest first.
+        self.rotations: list[RotationReport] = []
         self.api_port = settings.api_port
         self._services = _Services()
         self._pg_restarts = _Restarts()
@@ -177,6 +192,8 @@ class Supervisor:
     @property
     def kafka_bootstrap(self) -> str:
         """Bootstrap servers the services use (embedded or external)."""
+        if self.gate is not None:
+            return self.gate.bootstrap
         return self.broker.bootstrap if self.broker is not None else self.settings.kafka_bootstrap
 
     @property
@@ -279,8 +296,7 @@ class Supervisor:
                 self._start_part("PostgreSQL", self._start_postgres)
             self._check_interrupted()
             if not self.settings.kafka_bootstrap:
-                self.broker = EmbeddedBroker(self.settings.kafka_port, self.logs_dir / "broker.log")
-                self._start_part("Kafka broker (tansu)", self._start_broker)
+                self._start_part("Kafka broker (tansu)", self._start_embedded_broker)
             else:
                 self._start_part("Kafka topics", self._ensure_topics)
             self._check_interrupted()
@@ -310,6 +326,21 @@ class Supervisor:
         # was left by a supervisor that died: stop it and start ours.
         self.postgres.start(replace_stale=True)
         self._pg_restarts.on_started()
+
+    def _start_embedded_broker(self) -> None:
+        log_path = self.logs_dir / "broker.log"
+        if self.settings.broker_rotate_mib:
+            # Clients reach the broker through the gate, so that it can be replaced losslessly.
+            self.gate = ProduceGate(
+                free_port("127.0.0.1"),
+                port=self.settings.kafka_port,
+                privileged_client_ids=(ROTATION_CLIENT_ID, ADMIN_CLIENT_ID),
+            )
+            self.gate.start()
+            self.broker = EmbeddedBroker(self.gate.upstream_port, log_path, advertised_port=self.gate.port)
+        else:
+            self.broker = EmbeddedBroker(self.settings.kafka_port, log_path)
+        self._start_broker()
 
     def _start_broker(self) -> None:
         assert self.broker is not None
@@ -369,7 +400,7 @@ class Supervisor:
             "API_PORT": str(self.api_port),
         }
         if self.broker is not None:
-            concrete["KAFKA_PORT"] = str(self.broker.port)
+            concrete["KAFKA_PORT"] = str(self.gate.port if self.gate is not None else self.broker.port)
             # One projector owns every partition: no group rebalances, which tansu can
             # wedge after a restart (a member that left is still awaited).
             concrete["PROJECTOR_ASSIGN_ALL"] = "true"
@@ -447,6 +478,54 @@ class Supervisor:
                 "Kafka broker", self._broker_restarts, self.logs_dir / "broker.log", self._start_broker
             )
         self._watch_services()
+        self._rotate_broker_when_due()
+
+    def _rotate_broker_when_due(self) -> None:
+        """Replace the embedded broker once its memory passes broker_rotate_mib (see rotation.py)."""
+        broker, gate = self.broker, self.gate
+        if (
+            broker is None
+            or gate is None
+            or broker.pid is None
+            or time.monotonic() < self._next_rotation_check
+        ):
+            return
+        self._next_rotation_check = time.monotonic() + 10 * _MONITOR_INTERVAL_S
+        rss_mib = _rss_bytes(broker.pid) / 2**20
+        if rss_mib < self.settings.broker_rotate_mib:
+            return
+        log.info("Kafka broker holds %.0f MiB: replacing it by an empty one", rss_mib)
+        try:
+            report = rotate(
+                broker,
+                gate,
+                events_topic=self.settings.events_topic,
+                dlq_topic=self.settings.dlq_topic,
+                partitions=self.settings.topic_partitions,
+                needed_from=checkpoint_low_marks(self.postgres_dsn),
+                ensure_topics=self._ensure_topics,
+                max_carry_bytes=self.settings.broker_rotate_carry_max_mib * 2**20,
+            )
+        except RotationSkipped as exc:
+            log.warning("Kafka broker replacement put off for %.0f s: %s", _ROTATION_RETRY_S, exc)
+            self._next_rotation_check = time.monotonic() + _ROTATION_RETRY_S
+            return
+        except Exception:
+            log.exception("Kafka broker replacement failed")
+            self._next_rotation_check = time.monotonic() + _ROTATION_RETRY_S
+            return
+        self._broker_restarts.on_started()
+        self.rotations.append(report)
+        log.warning(
+            "Kafka broker replaced: %s -> %s, %d events and %d dead letters (%.1f MiB) carried over,"
+            " produces held %.2f s",
+            report.old_incarnation,
+            report.new_incarnation,
+            report.carried_events,
+            report.carried_letters,
+            report.carried_bytes / 2**20,
+            report.paused_s,
+        )
 
     def _revive(self, name: str, restarts: _Restarts, log_path: Path, start: Callable[[], None]) -> None:
         now = time.monotonic()
@@ -507,6 +586,9 @@ class Supervisor:
         if self.broker is not None and self.broker.is_running():
             self.broker.stop()
             log.info("Kafka broker stopped")
+        if self.gate is not None:
+            self.gate.stop()
+            self.gate = None
         if self.postgres is not None and self.postgres.is_running():
             self.postgres.stop()
             log.info("PostgreSQL stopped")
@@ -580,6 +662,15 @@ class Supervisor:
                 signal.signal(sig, handler)
 
         return _restore
+
+
+def _rss_bytes(pid: int) -> int:
+    """Resident memory of a process (0 when it is gone)."""
+    try:
+        resident_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def _write_private(path: Path, text: str) -> None:

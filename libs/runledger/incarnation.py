@@ -1,0 +1,42 @@
+"""Names of broker incarnations, and what a name says about the one before it.
+
+An embedded broker (tansu, memory storage) that starts again is empty; each start gets a
+fresh cluster id, its *incarnation*, so that clients can tell it from the one before
+(libs/runledger/embedded/broker.py). Clients then send again what the old incarnation
+acknowledged (libs/runledger_sdk/resend.py), since it may not have been consumed.
+
+A planned replacement (libs/runledger/embedded/rotation.py) first makes sure nothing of the
+old incarnation is lost: everything it acknowledged is consumed or carried over into the
+new one. It says so in the new cluster id, `runledger-<hex>.after.runledger-<old hex>`, so that
+clients can forget what the old one acknowledged instead of sending it all again.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+_PREFIX = "runledger-"
+_AFTER = ".after."
+
+
+def new_incarnation() -> str:
+    """A fresh cluster id, unique for each broker start."""
+    return f"{_PREFIX}{uuid.uuid4().hex}"
+
+
+def successor_incarnation(drained: str) -> str:
+    """A fresh cluster id that declares the incarnation `drained` fully carried over."""
+    return f"{new_incarnation()}{_AFTER}{_own_part(drained)}"
+
+
+def carried_over(old: str, current: str | None) -> bool:
+    """Whether the incarnation `current` declares everything `old` acknowledged carried over."""
+    if not current or _AFTER not in current:
+        return False
+    own, before = current.split(_AFTER, 1)
+    return own.startswith(_PREFIX) and before == _own_part(old)
+
+
+def _own_part(cluster_id: str) -> str:
+    """The unique part of a cluster id (without what it declares about its predecessor)."""
+    return cluster_id.split(_AFTER, 1)[0]
