@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -537,6 +538,14 @@ _MEMORY_COLUMNS = (
 )
 
 
+def _cumulative_across_restarts(totals: list[float]) -> float:
+    """What a cumulative counter grew by over samples, counting a drop as a restart from 0."""
+    grown = 0.0
+    for before, now in itertools.pairwise(totals):
+        grown += now - before if now >= before else now
+    return grown
+
+
 def _memory_summary(rows: list[dict[str, float]], column: str, fleet: Fleet) -> dict[str, float | None]:
     """Start (before the load), end (after the drain), max, and the slope over the load's second half."""
     values = [r[column] for r in rows]
@@ -686,6 +695,12 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
     lateness = [x for d in done for x in d["lateness_s"]]
     calls = [x for d in done for x in d["call_s"]]
     cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_before}
+    if stack.rotations:
+        # The broker processes replaced during the load took their CPU time with them: add
+        # it up from the samples (what the last interval before each replacement used is lost).
+        cpu["broker"] = _cumulative_across_restarts(
+            [r["broker_cpu_s"] for r in monitor.rows if 0 <= r["t_s"] <= load_end - t0]
+        )
     cpu["producers"] = sum(d["cpu_s"] for d in done)  # their whole life, start-up included
     cpu["bench_observer"] = self_after - self_before
     busy = sum(
@@ -797,6 +812,10 @@ async def _drive(stack: Supervisor, fleet: Fleet, name: str) -> dict[str, Any]:
             },
             "files": files,
         },
+        "broker_rotations": [
+            {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(r).items()}
+            for r in stack.rotations
+        ],
         "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()},
         "cpu_cores_used": {k: round(v / wall, 2) for k, v in cpu.items() if k != "producers"},
         "load_wall_s": round(wall, 1),
