@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--chunk-interval", type=float, default=default.chunk_interval_s)
     parser.add_argument("--kills", type=int, default=default.kills)
     parser.add_argument("--broker-restarts", type=int, default=default.broker_restarts)
+    parser.add_argument("--broker-rotations", type=int, default=default.broker_rotations)
     parser.add_argument("--postgres-restarts", type=int, default=default.postgres_restarts)
     parser.add_argument("--keep", action="store_true", help="keep the state directory (logs, data)")
     args = parser.parse_args()
@@ -52,14 +53,15 @@ def main() -> None:
         chunk_interval_s=args.chunk_interval,
         kills=args.kills,
         broker_restarts=args.broker_restarts,
+        broker_rotations=args.broker_rotations,
         postgres_restarts=args.postgres_restarts,
     )
     out = OUT / f"chaos-{config.seed}"
     shutil.rmtree(out, ignore_errors=True)
     print(
         f"chaos: seed {config.seed}, {config.points:,} points from {config.writers} SDK processes over "
-        f"~{config.stream_s:.0f} s, {config.kills} kills, {config.broker_restarts} broker and "
-        f"{config.postgres_restarts} PostgreSQL restart(s)",
+        f"~{config.stream_s:.0f} s, {config.kills} kills, {config.broker_restarts} broker restart(s),"
+        f" {config.broker_rotations} broker replacement(s) and {config.postgres_restarts} PostgreSQL restart(s)",
         flush=True,
     )
     report = run_trial(config, out, fsync=True)

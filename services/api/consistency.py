@@ -6,6 +6,11 @@ NOTIFYs `runledger_projected` with JSON {group, incarnation, topic, partition, c
 knows the (partition, offset) of its events, so it waits for committed >= offset.
 Notifications are fast but can be missed (listener reconnecting, a NOTIFY sent
 before we listened), so pending waits also poll the checkpoint table.
+
+When the embedded broker is replaced, what it held unprojected is carried over to the new
+incarnation, at its first offsets (libs/runledger/embedded/rotation.py, table
+`broker_carry_over`): a token of the old incarnation then stands for "the new one's
+checkpoint has passed the carried records" (`carried_token`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from runledger.incarnation import carried_over
 from services.api.errors import InvalidParameter
 
 log = logging.getLogger(__name__)
@@ -82,6 +88,31 @@ def parse_notification(payload: str, group: str) -> tuple[_PartitionKey, int] | 
         return None
 
 
+#: Per topic and partition of a new incarnation, the offset below which its records were
+#: carried over from the incarnation before it.
+CarriedPositions = dict[tuple[str, int], int]
+
+
+def carried_token(
+    token: ConsistencyToken, current: str, carried: CarriedPositions | None
+) -> ConsistencyToken | None:
+    """`token` as a position in the incarnation `current`; None when it can never be projected
+    more than it is (its broker's log is gone) or needs nothing.
+
+    Same incarnation: the token itself. An incarnation that `current` carried over (and whose
+    carried positions are known): the end of the carried records of the token's partitions.
+    Any other (a broker that restarted empty): None.
+    """
+    if token.incarnation == current:
+        return token
+    if carried is None or not carried_over(token.incarnation, current):
+        return None
+    positions = [
+        (p, carried[(token.topic, p)] - 1) for p, _ in token.offsets if carried.get((token.topic, p), 0) > 0
+    ]
+    return ConsistencyToken.from_positions(current, token.topic, positions) if positions else None
+
+
 class ProjectionWaiter:
     """Tracks projector checkpoints (LISTEN + polling) and resolves waits on them."""
 
@@ -97,6 +128,8 @@ class ProjectionWaiter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._carried: dict[str, CarriedPositions] = {}  # by new incarnation
+        self._loading: set[asyncio.Task[CarriedPositions]] = set()
 
     async def start(self) -> None:
         """Open the LISTEN connection and start the polling loop."""
@@ -113,6 +146,40 @@ class ProjectionWaiter:
                 await self._task
         if self._listener is not None and not self._listener.is_closed():
             await self._listener.close()
+
+    async def position_now(self, token: ConsistencyToken, current: str) -> ConsistencyToken | None:
+        """`token` in the incarnation `current` (see carried_token); None: nothing to wait for."""
+        carried = await self._load_carried(current) if carried_over(token.incarnation, current) else None
+        return carried_token(token, current, carried)
+
+    def position_if_known(
+        self, token: ConsistencyToken, current: str
+    ) -> tuple[bool, ConsistencyToken | None]:
+        """(known, position_now) without waiting; not known while the carried positions of
+        `current` are being loaded (the load starts here)."""
+        if token.incarnation == current or not carried_over(token.incarnation, current):
+            return True, carried_token(token, current, None)
+        carried = self._carried.get(current)
+        if carried is None:
+            if not self._loading:
+                task = asyncio.get_running_loop().create_task(self._load_carried(current))
+                self._loading.add(task)
+                task.add_done_callback(self._loading.discard)
+            return False, None
+        return True, carried_token(token, current, carried)
+
+    async def _load_carried(self, incarnation: str) -> CarriedPositions:
+        carried = self._carried.get(incarnation)
+        if carried is None:
+            rows = await self._pool.fetch(
+                "SELECT topic, partition, carried_until FROM broker_carry_over WHERE incarnation = $1",
+                incarnation,
+            )
+            carried = {(r["topic"], r["partition"]): r["carried_until"] for r in rows}
+            if len(self._carried) >= 16:  # a few replacements' worth is all that matters
+                self._carried.clear()
+            self._carried[incarnation] = carried
+        return carried
 
     def committed(self, incarnation: str, topic: str, partition: int) -> int:
         """The highest committed offset seen for a partition (-1 when unknown)."""

@@ -132,10 +132,13 @@ class PendingWrites:
             del tokens[key]
 
     def _projected(self, token: ConsistencyToken) -> bool:
-        if token.incarnation != self._writer.publisher.incarnation:
-            return True  # that broker's log is gone: nothing more of it will be projected
         waiter = self._writer.waiter
+        known, position = waiter.position_if_known(token, self._writer.publisher.incarnation)
+        if not known:
+            return False  # carried over to the current broker; where to is being loaded
+        if position is None:
+            return True  # that broker's log is gone: nothing more of it will be projected
         return all(
-            waiter.committed(token.incarnation, token.topic, partition) >= offset
-            for partition, offset in token.offsets
+            waiter.committed(position.incarnation, position.topic, partition) >= offset
+            for partition, offset in position.offsets
         )

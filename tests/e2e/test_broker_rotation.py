@@ -19,11 +19,11 @@ import pytest
 
 import runledger_sdk as rl
 from runledger.auth.keys import generate_key
-from runledger.embedded.broker import ADMIN_CLIENT_ID, EmbeddedBroker, ensure_topics
+from runledger.embedded.broker import EmbeddedBroker, ensure_topics
 from runledger.embedded.ports import free_port
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.embedded.produce_gate import ProduceGate
-from runledger.embedded.rotation import ROTATION_CLIENT_ID, RotationReport, checkpoint_low_marks, rotate
+from runledger.embedded.rotation import GATE_PRIVILEGED_CLIENTS, PostgresCheckpoints, RotationReport, rotate
 from tests.integration.conftest import create_database
 from tests.support.services import ServiceProcess
 
@@ -42,9 +42,7 @@ def test_points_logged_across_broker_rotations_arrive_exactly_once(
     postgres: EmbeddedPostgres, test_root: Path
 ) -> None:
     root = test_root / f"rotation-{uuid.uuid4().hex[:6]}"
-    gate = ProduceGate(
-        free_port("127.0.0.1"), port=0, privileged_client_ids=(ROTATION_CLIENT_ID, ADMIN_CLIENT_ID)
-    )
+    gate = ProduceGate(free_port("127.0.0.1"), port=0, privileged_client_ids=GATE_PRIVILEGED_CLIENTS)
     gate.start()
     broker = EmbeddedBroker(gate.upstream_port, root / "broker.log", advertised_port=gate.port)
     broker.start()
@@ -90,18 +88,16 @@ def test_points_logged_across_broker_rotations_arrive_exactly_once(
             # started it (PR_SET_PDEATHSIG), as the supervisor's main thread never does.
             for _ in range(2):
                 time.sleep(1.5)
-                reports.append(
-                    rotate(
-                        broker,
-                        gate,
-                        events_topic=EVENTS,
-                        dlq_topic=DLQ,
-                        partitions=4,
-                        needed_from=checkpoint_low_marks(dsn),
-                        ensure_topics=lambda: ensure_topics(gate.bootstrap, topics),
-                        max_carry_bytes=256 * 2**20,
-                    )
+                broker, report = rotate(
+                    broker,
+                    gate,
+                    PostgresCheckpoints(dsn, "runledger-projector"),
+                    events_topic=EVENTS,
+                    dlq_topic=DLQ,
+                    topics=topics,
+                    max_carry_bytes=256 * 2**20,
                 )
+                reports.append(report)
             logging_lasted = logging.is_alive()
             logging.join(60)
             run.end_run()

@@ -37,6 +37,7 @@ REDUCED = ChaosConfig(
     # RUNLEDGER_CHAOS_BROKER_RESTARTS=0 leaves it out.
     broker_restarts=int(os.environ.get("RUNLEDGER_CHAOS_BROKER_RESTARTS", "1")),
     postgres_restarts=1,
+    broker_rotations=2,
     downtime_s=(0.2, 2.0),
     overlap_share=0.4,
 )
@@ -53,6 +54,9 @@ def test_a_storm_of_crashes_loses_and_duplicates_nothing(test_root: Path) -> Non
     assert trials["total_kills"] == config.kills and trials["overlapping_kills"] >= 1, trials
     assert trials["broker_restarts"] == config.broker_restarts and trials["postgres_restarts"] == 1, trials
     assert not trials["errors"], trials
+    # A replacement is put off while PostgreSQL is down (it reads the checkpoints there).
+    assert trials["broker_rotations"] + trials["rotations_put_off"] == config.broker_rotations, trials
+    assert trials["broker_rotations"] >= 1, trials
     expected = ["broker_stop"] * config.broker_restarts + ["postgres_stop"]
     assert sorted(trials["restarts_while_streaming"]) == expected, trials
     points, findings = report["points"], report["findings"]

@@ -11,15 +11,23 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from runledger.embedded.broker import ADMIN_CLIENT_ID, EmbeddedBroker, ensure_topics
+from runledger.embedded.broker import EmbeddedBroker, ensure_topics
 from runledger.embedded.ports import free_port
 from runledger.embedded.produce_gate import ProduceGate, produce_acks
-from runledger.embedded.rotation import ROTATION_CLIENT_ID, RotationSkipped, read_tail, rotate
+from runledger.embedded.rotation import (
+    GATE_PRIVILEGED_CLIENTS,
+    ConsumerCheckpoints,
+    RotationReport,
+    RotationSkipped,
+    read_tail,
+    rotate,
+)
 from runledger.incarnation import carried_over, new_incarnation, successor_incarnation
 from runledger_sdk.config import load_settings
 from runledger_sdk.transport import Outcome, Record
@@ -32,19 +40,42 @@ DLQ = "rotation.dlq"
 PARTITIONS = 3
 
 
+TOPICS = {EVENTS: PARTITIONS, DLQ: 1}
+
+
+@dataclass
+class Gated:
+    """The broker clients reach through the gate (a rotation replaces it)."""
+
+    broker: EmbeddedBroker
+    gate: ProduceGate
+
+    def rotate(self, checkpoints: ConsumerCheckpoints, max_carry_bytes: int) -> RotationReport:
+        self.broker, report = rotate(
+            self.broker,
+            self.gate,
+            checkpoints,
+            events_topic=EVENTS,
+            dlq_topic=DLQ,
+            topics=TOPICS,
+            max_carry_bytes=max_carry_bytes,
+        )
+        return report
+
+
 @pytest.fixture
-def gated_broker(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, ProduceGate]]:
-    gate = ProduceGate(
-        free_port("127.0.0.1"), port=0, privileged_client_ids=(ROTATION_CLIENT_ID, ADMIN_CLIENT_ID)
-    )
+def gated(tmp_path: Path) -> Iterator[Gated]:
+    gate = ProduceGate(free_port("127.0.0.1"), port=0, privileged_client_ids=GATE_PRIVILEGED_CLIENTS)
     gate.start()
-    broker = EmbeddedBroker(gate.upstream_port, tmp_path / "broker.log", advertised_port=gate.port)
+    state = Gated(
+        EmbeddedBroker(gate.upstream_port, tmp_path / "broker.log", advertised_port=gate.port), gate
+    )
     try:
-        broker.start()
-        ensure_topics(gate.bootstrap, {EVENTS: PARTITIONS, DLQ: 1})
-        yield broker, gate
+        state.broker.start()
+        ensure_topics(gate.bootstrap, TOPICS)
+        yield state
     finally:
-        broker.stop()
+        state.broker.stop()
         gate.stop()
 
 
@@ -58,6 +89,8 @@ class TailingConsumer:
         self.incarnation = ""
         self.values: list[bytes] = []
         self.positions: dict[int, int] = {}
+        self.carried_until: dict[int, int] = {}
+        self.projected_until: dict[int, int] = {}
         self.reading = threading.Event()
         self.reading.set()
         self._stop = threading.Event()
@@ -100,10 +133,29 @@ class TailingConsumer:
                     if records:
                         self.positions[tp.partition] = records[-1].offset + 1
 
+    # ConsumerCheckpoints, as this consumer's own (the projector's are in PostgreSQL).
     def needed_from(self, incarnation: str, topic: str) -> Mapping[int, int]:
         assert incarnation == self.incarnation and topic == EVENTS
         with self._lock:
             return dict(self.positions)
+
+    def projector_next(self, incarnation: str, topic: str) -> Mapping[int, int]:
+        return self.needed_from(incarnation, topic)
+
+    def carried_over(
+        self,
+        incarnation: str,
+        topic: str,
+        carried_until: Mapping[int, int],
+        projected_until: Mapping[int, int],
+    ) -> None:
+        self.carried_until = dict(carried_until)
+        self.projected_until = dict(projected_until)
+
+    def wait_projected(
+        self, incarnation: str, topic: str, carried_until: Mapping[int, int], timeout_s: float
+    ) -> bool:
+        return True  # this consumer's positions do not gate the producers
 
     def close(self) -> None:
         self._stop.set()
@@ -121,9 +173,9 @@ def _wait(predicate: object, timeout: float, what: str) -> None:
 
 
 def test_rotation_under_load_carries_the_unconsumed_tail_and_producers_do_not_resend(
-    gated_broker: tuple[EmbeddedBroker, ProduceGate],
+    gated: Gated,
 ) -> None:
-    broker, gate = gated_broker
+    gate = gated.gate
     letters = [f"letter-{i}".encode() for i in range(3)]
     producer = KafkaProducer(bootstrap_servers=gate.bootstrap)
     for value in letters:
@@ -173,18 +225,7 @@ def test_rotation_under_load_carries_the_unconsumed_tail_and_producers_do_not_re
             time.sleep(1.5)
             consumer.reading.clear()  # the consumer falls behind: a real tail to carry
             time.sleep(1.0)
-            reports.append(
-                rotate(
-                    broker,
-                    gate,
-                    events_topic=EVENTS,
-                    dlq_topic=DLQ,
-                    partitions=PARTITIONS,
-                    needed_from=consumer.needed_from,
-                    ensure_topics=lambda: ensure_topics(gate.bootstrap, {EVENTS: PARTITIONS, DLQ: 1}),
-                    max_carry_bytes=64 * 2**20,
-                )
-            )
+            reports.append(gated.rotate(consumer, 64 * 2**20))
             consumer.reading.set()
         time.sleep(1.5)
     finally:
@@ -196,8 +237,10 @@ def test_rotation_under_load_carries_the_unconsumed_tail_and_producers_do_not_re
         for report in reports:
             assert report.carried_events > 0
             assert report.carried_letters == len(letters)
+            assert report.project_s < 1.0
             assert carried_over(report.old_incarnation, report.new_incarnation)
         assert reports[1].old_incarnation == reports[0].new_incarnation
+        assert sum(consumer.carried_until.values()) == reports[1].carried_events
         assert gate.held_requests > 0, "no produce met the barrier: the test did not exercise it"
 
         acked_values = set(acked)
@@ -205,37 +248,50 @@ def test_rotation_under_load_carries_the_unconsumed_tail_and_producers_do_not_re
         # Producers forgot what the replaced brokers acknowledged instead of sending it again.
         assert sum(t._resend.carried for t in transports) > 0
         # The final broker holds the last carried tail and what came after, once each.
-        final = [r.value for r in read_tail(gate.bootstrap, EVENTS, None)]
+        final = [r.value for r in read_tail(gate.bootstrap, EVENTS, None, settled=True)[0]]
         assert len(final) == len(set(final))
         assert len(final) < len(acked_values)
-        assert [r.value for r in read_tail(gate.bootstrap, DLQ, None)] == letters
+        assert [r.value for r in read_tail(gate.bootstrap, DLQ, None, settled=True)[0]] == letters
     finally:
         for transport in transports:
             transport.close(2.0)
         consumer.close()
 
 
-def test_a_consumer_too_far_behind_puts_the_rotation_off(
-    gated_broker: tuple[EmbeddedBroker, ProduceGate],
-) -> None:
-    broker, gate = gated_broker
+class NothingConsumed:
+    """Checkpoints of a consumer that has read nothing."""
+
+    def needed_from(self, incarnation: str, topic: str) -> Mapping[int, int]:
+        return {}
+
+    def projector_next(self, incarnation: str, topic: str) -> Mapping[int, int]:
+        return {}
+
+    def carried_over(
+        self,
+        incarnation: str,
+        topic: str,
+        carried_until: Mapping[int, int],
+        projected_until: Mapping[int, int],
+    ) -> None:
+        raise AssertionError("a rotation put off carries nothing over")
+
+    def wait_projected(
+        self, incarnation: str, topic: str, carried_until: Mapping[int, int], timeout_s: float
+    ) -> bool:
+        raise AssertionError("a rotation put off carries nothing over")
+
+
+def test_a_consumer_too_far_behind_puts_the_rotation_off(gated: Gated) -> None:
+    gate = gated.gate
     producer = KafkaProducer(bootstrap_servers=gate.bootstrap)
     for i in range(200):
         producer.send(EVENTS, value=b"x" * 1000 + str(i).encode(), partition=i % PARTITIONS)
     producer.flush()
-    before = broker.incarnation
+    before = gated.broker
     with pytest.raises(RotationSkipped, match="behind"):
-        rotate(
-            broker,
-            gate,
-            events_topic=EVENTS,
-            dlq_topic=DLQ,
-            partitions=PARTITIONS,
-            needed_from=lambda _i, _t: {},
-            ensure_topics=lambda: None,
-            max_carry_bytes=100_000,
-        )
-    assert broker.incarnation == before
+        gated.rotate(NothingConsumed(), max_carry_bytes=100_000)
+    assert gated.broker is before and before.is_running()
     # The gate is open again: produces go through.
     producer.send(EVENTS, value=b"after", partition=0).get(timeout=10)
     producer.close()

@@ -4,8 +4,10 @@ PostgreSQL, the tansu broker and three `runledger.serve` processes (ingest = the
 which owns the ClickHouse data; analysis; api) run apart, so each can be SIGKILLed alone.
 While several writer processes (tests/support/chaos_writer.py) stream metrics, a scheduler
 seeded by RUNLEDGER_CHAOS_SEED SIGKILLs the services at random moments, some while another
-one is still down, restarts them after a random downtime, and restarts the broker and
-PostgreSQL mid-stream. After the writers end and the stores settle, tests/support/chaos_verify.py
+one is still down, restarts them after a random downtime, restarts the broker and
+PostgreSQL mid-stream, and replaces the broker as the supervisor does when it has grown
+(libs/runledger/embedded/rotation.py; clients reach it through the produce gate, as in
+`runledger up`). After the writers end and the stores settle, tests/support/chaos_verify.py
 compares every store with what the writers were acknowledged for.
 """
 
@@ -30,9 +32,11 @@ import httpx
 import psutil
 
 from runledger.auth.keys import ApiKey, generate_key
-from runledger.embedded.broker import EmbeddedBroker
+from runledger.embedded.broker import EmbeddedBroker, ensure_topics
 from runledger.embedded.ports import free_port
 from runledger.embedded.postgres import EmbeddedPostgres
+from runledger.embedded.produce_gate import ProduceGate
+from runledger.embedded.rotation import GATE_PRIVILEGED_CLIENTS, PostgresCheckpoints, rotate
 from tests.support.chaos_model import ChaosConfig
 from tests.support.services import REPO
 
@@ -153,6 +157,7 @@ class Stack:
     root: Path
     postgres: EmbeddedPostgres
     broker: EmbeddedBroker
+    gate: ProduceGate  # what every client connects to
     key: ApiKey
     services: dict[str, Service]
 
@@ -180,15 +185,18 @@ def chaos_stack(root: Path | None = None, *, fsync: bool = False) -> Iterator[St
         root = Path(tempfile.mkdtemp(prefix="runledger-chaos-"))
     root.chmod(0o755)
     postgres = EmbeddedPostgres(root / "pg" / "data", 0, fsync=fsync)
-    broker = EmbeddedBroker(0, root / "broker.log")
+    gate = ProduceGate(free_port("127.0.0.1"), port=0, privileged_client_ids=GATE_PRIVILEGED_CLIENTS)
+    gate.start()
+    broker = EmbeddedBroker(gate.upstream_port, root / "broker.log", advertised_port=gate.port)
     key = generate_key()
     services: dict[str, Service] = {}
+    stack: Stack | None = None
     try:
         postgres.start()
         broker.start()
-        broker.ensure_topics(TOPICS)
+        ensure_topics(gate.bootstrap, TOPICS)
         env = {
-            "RUNLEDGER_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "RUNLEDGER_KAFKA_BOOTSTRAP": gate.bootstrap,
             "RUNLEDGER_POSTGRES_DSN": postgres.dsn,
             "RUNLEDGER_EVENTS_TOPIC": EVENTS,
             "RUNLEDGER_DLQ_TOPIC": DLQ,
@@ -211,11 +219,13 @@ def chaos_stack(root: Path | None = None, *, fsync: bool = False) -> Iterator[St
         for service in services.values():
             if service.proc is None or service.proc.poll() is not None:
                 raise RuntimeError(f"{service.name} did not start: see {service.log_path}")
-        yield Stack(root, postgres, broker, key, services)
+        stack = Stack(root, postgres, broker, gate, key, services)
+        yield stack
     finally:
         for service in services.values():
             service.kill()
-        broker.stop()
+        (broker if stack is None else stack.broker).stop()  # a rotation may have replaced it
+        gate.stop()
         postgres.stop()
 
 
@@ -230,6 +240,8 @@ class Trials:
     overlapping_kills: int = 0  # kills while another service was still down
     most_down_at_once: int = 0
     broker_restarts: int = 0
+    broker_rotations: int = 0
+    rotations_put_off: int = 0  # not done (PostgreSQL down, consumers too far behind)
     postgres_restarts: int = 0
     restart_failures: int = 0  # starts retried (e.g. PostgreSQL was away)
     errors: list[str] = field(default_factory=list)  # restarts that never came up
@@ -276,6 +288,7 @@ class Storm:
         # the end of the stream (its in-memory log needs the writers still there to re-send).
         actions += [(rng.uniform(0.2, 0.4) * span, "broker") for _ in range(c.broker_restarts)]
         actions += [(rng.uniform(0.45, 0.85) * span, "postgres") for _ in range(c.postgres_restarts)]
+        actions += [(rng.uniform(0.1, 0.9) * span, "rotate") for _ in range(c.broker_rotations)]
         return sorted(actions)
 
     def run(self) -> Trials:
@@ -299,6 +312,8 @@ class Storm:
                 self._restart_broker()
             elif action == "postgres":
                 self._restart_postgres()
+            elif action == "rotate":
+                self._rotate_broker()
             else:
                 target = self._kill_one(previous)
                 if target is None:
@@ -364,6 +379,33 @@ class Storm:
         self.trials.broker_restarts += 1
         self._note("broker_up", incarnation=broker.incarnation)
 
+    def _rotate_broker(self) -> None:
+        stack = self._stack
+        self._note("broker_rotation")
+        try:
+            stack.broker, report = rotate(
+                stack.broker,
+                stack.gate,
+                PostgresCheckpoints(stack.dsn, "runledger-projector"),
+                events_topic=EVENTS,
+                dlq_topic=DLQ,
+                topics=TOPICS,
+                max_carry_bytes=512 * 2**20,
+                projection_timeout_s=10.0,
+            )
+        except Exception as exc:  # PostgreSQL down, say: the supervisor tries again later
+            self.trials.rotations_put_off += 1
+            self._note("broker_rotation_put_off", reason=f"{type(exc).__name__}: {exc}")
+            return
+        self.trials.broker_rotations += 1
+        self._note(
+            "broker_rotated",
+            incarnation=report.new_incarnation,
+            carried_events=report.carried_events,
+            paused_s=round(report.paused_s, 2),
+            project_s=round(report.project_s, 2),
+        )
+
     def _restart_postgres(self) -> None:
         postgres = self._stack.postgres
         self._note("postgres_stop")
@@ -392,7 +434,7 @@ def start_writers(stack: Stack, config: ChaosConfig, out: Path) -> list[subproce
                         "tests.support.chaos_writer",
                         config.to_json(),
                         str(w),
-                        stack.broker.bootstrap,
+                        stack.gate.bootstrap,
                         EVENTS,
                         str(out),
                     ],

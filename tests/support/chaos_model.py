@@ -42,6 +42,7 @@ class ChaosConfig:
     chunk_interval_s: float = 4.0  # a writer logs one chunk this often (a stream, not a burst)
     kills: int = 24  # SIGKILLs of projector / analysis / API in all
     broker_restarts: int = 1
+    broker_rotations: int = 2  # planned replacements of the broker (embedded/rotation.py)
     postgres_restarts: int = 1
     downtime_s: tuple[float, float] = (0.3, 4.0)  # how long a killed service stays dead
     overlap_share: float = 0.35  # share of kills aimed while another service is down

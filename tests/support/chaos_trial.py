@@ -111,6 +111,8 @@ def _report(
             "overlapping_kills": trials.overlapping_kills,
             "most_down_at_once": trials.most_down_at_once,
             "broker_restarts": trials.broker_restarts,
+            "broker_rotations": trials.broker_rotations,
+            "rotations_put_off": trials.rotations_put_off,
             "postgres_restarts": trials.postgres_restarts,
             "restart_retries": trials.restart_failures,
             "errors": trials.errors,
@@ -148,7 +150,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Seed {report['seed']}: {t['total_kills']} SIGKILLs ({kills}; {t.get('kills_while_streaming')} while the "
         f"writers streamed, {t['overlapping_kills']} while another "
         f"service was down, up to {t['most_down_at_once']} down at once), {t['broker_restarts']} broker and "
-        f"{t['postgres_restarts']} PostgreSQL restart(s) during a stream of {p['logged']:,} points from "
+        f"{t['postgres_restarts']} PostgreSQL restart(s), {t['broker_rotations']} broker replacement(s)"
+        f" ({t['rotations_put_off']} put off) during a stream of {p['logged']:,} points from "
         f"{report['config']['writers']} SDK processes. Acknowledged {p['acknowledged']:,}; ClickHouse holds "
         f"{p['stored']:,}: **{p['lost']} lost, {p['duplicated']} duplicated, {p['extra']} extra**; "
         f"series/rollup/latest/params/tags mismatches: {len(report['clickhouse']['series_mismatched'])}/"

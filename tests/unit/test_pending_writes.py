@@ -6,6 +6,7 @@ from typing import Any, cast
 
 import pytest
 
+from runledger.incarnation import new_incarnation, successor_incarnation
 from services.api import pending as pending_module
 from services.api.consistency import ConsistencyToken, ProjectionWaiter
 from services.api.errors import TemporarilyUnavailable
@@ -116,6 +117,50 @@ async def test_writes_to_a_past_broker_incarnation_wait_for_nothing() -> None:
     broker.incarnation = "two"  # the embedded broker restarted: its log (and our writes) are gone
     await pending.settle(caller())
     assert pending.created_run("t", "r1") is None
+
+
+class CarryOverTable:
+    """The `broker_carry_over` rows a broker replacement wrote (the only query the waiter sends)."""
+
+    def __init__(self, carried_until: dict[int, int]) -> None:
+        self.rows = [
+            {"topic": "events", "partition": p, "carried_until": u} for p, u in carried_until.items()
+        ]
+        self.queries = 0
+
+    async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
+        assert "broker_carry_over" in query
+        self.queries += 1
+        return self.rows
+
+
+async def test_writes_carried_over_to_a_replacement_broker_wait_for_their_new_place() -> None:
+    old = new_incarnation()
+    new = successor_incarnation(old)
+    table = CarryOverTable({0: 5, 1: 0})  # partition 0 held 5 unprojected records, carried to 0..4
+    broker = Broker()
+    broker.incarnation = old
+    waiter = ProjectionWaiter("postgresql://unused", cast(Any, table), GROUP)
+    pending = PendingWrites(EventWriter(cast(Any, broker), waiter, 0.05))
+    pending.record(caller(), token((0, 812), incarnation=old), created=run())
+    broker.incarnation = new  # replaced: the write now sits among the carried records
+
+    # Not known yet where it went: the run as created still answers (and the lookup starts).
+    assert pending.created_run("t", "r1") == run()
+    with pytest.raises(TemporarilyUnavailable):
+        await pending.settle(caller())  # the carried records are not projected yet
+    project(waiter, 0, 3, incarnation=new)
+    assert pending.created_run("t", "r1") == run()
+    project(waiter, 0, 4, incarnation=new)
+    assert pending.created_run("t", "r1") is None
+    await pending.settle(caller())
+    assert table.queries == 1  # looked up once per replacement
+
+    # A token of a partition that carried nothing: nothing of it is left to wait for.
+    assert await pending._writer.wait_for(token((1, 40), incarnation=old))
+    # A broker that restarted empty instead (no carry-over declared): nothing to wait for either.
+    broker.incarnation = new_incarnation()
+    assert await pending._writer.wait_for(token((0, 1), incarnation=new))
 
 
 def test_sweeps_keep_memory_bounded_by_what_is_unprojected(monkeypatch: pytest.MonkeyPatch) -> None:

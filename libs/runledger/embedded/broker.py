@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ def resolve_tansu_binary() -> str:
     return path
 
 
-def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0) -> None:
+def ensure_topics(
+    bootstrap: str, topics: Mapping[str, int], timeout: float = 30.0, *, client_id: str = ADMIN_CLIENT_ID
+) -> None:
     """Create the missing topics ({name: partitions}) on any Kafka cluster and wait until usable.
 
     Existing topics are left alone: tansu cannot add partitions (no CreatePartitions),
@@ -71,7 +74,7 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0)
     from kafka import KafkaAdminClient
 
     admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id=ADMIN_CLIENT_ID, request_timeout_ms=int(timeout * 1000)
+        bootstrap_servers=bootstrap, client_id=client_id, request_timeout_ms=int(timeout * 1000)
     )
     try:
         existing = set(admin.list_topics())
@@ -117,14 +120,17 @@ class EmbeddedBroker:
         binary: str | None = None,
         terminate_with_parent: bool = True,
         advertised_port: int | None = None,
+        admin_client_id: str = ADMIN_CLIENT_ID,
     ) -> None:
         """Describe the broker; nothing starts before start(). port 0 = pick one at first start.
 
         advertised_port: where clients are told to connect, when they reach the broker
         through a relay (libs/runledger/embedded/produce_gate.py); default `port`.
+        admin_client_id: the client id of its own admin requests (the relay routes by it).
         """
         self.port = port
         self.advertised_port = advertised_port
+        self.admin_client_id = admin_client_id
         self.host = host
         self.log_path = log_path.expanduser().resolve()
         self._binary = binary
@@ -222,7 +228,7 @@ class EmbeddedBroker:
 
         return KafkaAdminClient(
             bootstrap_servers=self.bootstrap,
-            client_id=ADMIN_CLIENT_ID,
+            client_id=self.admin_client_id,
             request_timeout_ms=request_timeout_ms,
         )
 
@@ -234,9 +240,9 @@ class EmbeddedBroker:
         finally:
             admin.close()
 
-    def ensure_topics(self, topics: dict[str, int], timeout: float = 30.0) -> None:
+    def ensure_topics(self, topics: Mapping[str, int], timeout: float = 30.0) -> None:
         """Create the missing topics ({name: partitions}) and wait until every partition has a leader."""
-        ensure_topics(self.bootstrap, topics, timeout)
+        ensure_topics(self.bootstrap, topics, timeout, client_id=self.admin_client_id)
 
     def _wait_ready(self, deadline: float) -> None:
         """Wait for the port, then for a metadata answer that carries our incarnation."""

@@ -8,8 +8,10 @@ this relay gives the supervisor that barrier, since clients reach the broker onl
 it (the broker advertises the relay's address).
 
 The relay forwards bytes as they are; it parses only the frame boundaries and, on
-requests, the API key, the correlation id, the client id and a produce's `acks`. It has
-three states:
+requests, the API key, the correlation id, the client id and a produce's `acks`. A
+connection goes to the broker its first request's client id is routed to (`route`: the
+rotation fills the next broker through the same address), else to the current one
+(`switch`). It has three states:
   * open: everything passes;
   * holding produces (`hold_produce`): a produce request waits in the relay (and with it
     every later request of that connection, which Kafka answers in order anyway);
@@ -91,6 +93,12 @@ def produce_acks(request: bytes) -> int:
     return acks
 
 
+def _client_id(request: bytes) -> bytes:
+    """The client id of a request (header v1+: a nullable int16 string after the correlation id)."""
+    (length,) = struct.unpack_from(">h", request, 8)
+    return request[10 : 10 + length] if length >= 0 else b""
+
+
 async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
     """One size-prefixed frame (prefix included), or None at a clean end of stream."""
     try:
@@ -109,6 +117,7 @@ async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
 class _Connection:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter
+    privileged: bool  # its requests pass while the gate holds
     # Correlation ids of forwarded produce requests that expect a response.
     produces: set[int] = field(default_factory=set)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -140,6 +149,7 @@ class ProduceGate:
         """
         self.host = host
         self._privileged = frozenset(c.encode() for c in privileged_client_ids)
+        self._routes: dict[bytes, int] = {}  # client id -> upstream port other than the default
         self.port = port
         self.upstream_host = host
         self.upstream_port = upstream_port
@@ -193,6 +203,17 @@ class ProduceGate:
     def release(self) -> None:
         """Forward every request again (the held ones first)."""
         self._call(self._set_state(is_open=True, admitting=True))
+
+    def route(self, client_id: str, port: int | None) -> None:
+        """Send new connections of `client_id` to upstream `port` (None: to the default again)."""
+        if port is None:
+            self._routes.pop(client_id.encode(), None)
+        else:
+            self._routes[client_id.encode()] = port
+
+    def switch(self, upstream_port: int) -> None:
+        """Send new connections to upstream `upstream_port` (open ones stay where they are)."""
+        self.upstream_port = upstream_port
 
     def wait_idle(self, timeout: float) -> bool:
         """Whether every forwarded produce has been answered within `timeout` s."""
@@ -254,52 +275,52 @@ class ProduceGate:
         await self._notify_idle()
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        """Read the first request, pick the broker by its client id, then relay both ways."""
         try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(
-                self.upstream_host, self.upstream_port
-            )
-        except OSError as exc:
-            # The broker is down (restarting): the client sees a refused connection, as without us.
-            log.debug(
-                "produce gate: upstream %s:%d unreachable: %s", self.upstream_host, self.upstream_port, exc
-            )
+            first = await _read_frame(client_reader)
+            if first is None:
+                client_writer.close()
+                return
+            if len(first) < 14:
+                raise FrameError("short request header")
+            client_id = _client_id(first[4:])
+            port = self._routes.get(client_id, self.upstream_port)
+            upstream_reader, upstream_writer = await asyncio.open_connection(self.upstream_host, port)
+        except (OSError, asyncio.IncompleteReadError, FrameError) as exc:
+            # The broker is down (restarting): the client sees a dropped connection, as without us.
+            log.debug("produce gate: no upstream for a client: %s", exc)
             client_writer.close()
             return
-        conn = _Connection(client_writer, upstream_writer)
+        conn = _Connection(client_writer, upstream_writer, privileged=client_id in self._privileged)
         self._connections.add(conn)
         conn.tasks = [
-            asyncio.create_task(self._requests(conn, client_reader)),
+            asyncio.create_task(self._requests(conn, client_reader, first)),
             asyncio.create_task(self._responses(conn, upstream_reader)),
         ]
 
-    async def _requests(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
+    async def _requests(self, conn: _Connection, reader: asyncio.StreamReader, first: bytes) -> None:
         """Client -> broker, frame by frame; requests wait while the gate holds them."""
         assert self._open is not None and self._admitting is not None
-        privileged: bool | None = None  # decided by the connection's first request
+        frame: bytes | None = first
         try:
-            while (frame := await _read_frame(reader)) is not None:
+            while frame is not None:
                 body = frame[4:]
                 if len(body) < 10:
                     raise FrameError("short request header")
-                if privileged is None:
-                    privileged = self._is_privileged(body)
                 is_produce = struct.unpack_from(">h", body)[0] == _PRODUCE
                 held = not self._open.is_set() and (is_produce or not self._admitting.is_set())
-                if held and not privileged:
+                if held and not conn.privileged:
                     self.held_requests += 1
                     await (self._open if is_produce else self._admitting).wait()
                 if is_produce and produce_acks(body) != 0:
                     conn.produces.add(struct.unpack_from(">i", body, 4)[0])
                 conn.upstream.write(frame)
                 await conn.upstream.drain()
+                frame = await _read_frame(reader)
         except (OSError, asyncio.IncompleteReadError, FrameError) as exc:
             log.debug("produce gate: client stream ended: %s", exc)
         finally:
             await self._close(conn)
-
-    def _is_privileged(self, request: bytes) -> bool:
-        (length,) = struct.unpack_from(">h", request, 8)
-        return length >= 0 and request[10 : 10 + length] in self._privileged
 
     async def _responses(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
         """Broker -> client, frame by frame; notes when a produce is answered."""

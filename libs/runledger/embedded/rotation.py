@@ -4,28 +4,33 @@ The embedded broker (tansu 0.6.0, memory storage) keeps every record for as long
 runs: its memory grows with the log (about 37 MiB a minute under the fleet benchmark) and
 so does the cost of each fetch, which lists the partition's stored batches. It cannot
 delete records (DeleteRecords is unimplemented, retention is not applied). So, past a size,
-the supervisor replaces it, and this module does so without loss:
+the supervisor replaces it by a new broker on another port, behind the same produce gate
+(libs/runledger/embedded/produce_gate.py), and this module does so without loss:
 
-1. The produce gate (libs/runledger/embedded/produce_gate.py) holds every new produce and
-   waits until each forwarded one is answered: from then on the log does not change.
-   (Fetches go on: consumers keep reading meanwhile.)
-2. The consumers' checkpoints in PostgreSQL (the projector's and the analysis service's,
-   per partition) say where the oldest of them stands; records from there on are read
-   into memory, with the whole dead-letter topic.
-3. The gate holds every client's requests; the broker starts again, empty, under a cluster
-   id that declares the old incarnation carried over (libs/runledger/incarnation.py); its
-   topics are created and the records read in step 2 are produced into it, each to its
-   partition, in order.
-4. The gate lets the held requests through, to the new broker.
+1. While producers go on: the consumers' checkpoints in PostgreSQL (the projector's and the
+   analysis service's, per partition) say where the oldest of them stands; the records
+   from there on, and the whole dead-letter topic, are read into memory. The new broker
+   starts under a cluster id that declares the old incarnation carried over
+   (libs/runledger/incarnation.py) and gets them, each to its partition, in order (the gate
+   routes the rotation's staging client to it).
+2. The gate holds every new produce and waits until each forwarded one is answered: from
+   then on the old log does not change. What came after step 1's read is read and written
+   too. Table `broker_carry_over` records where the carried records end in each partition,
+   and the projector's first checkpoint on the new incarnation skips the ones it had applied.
+3. The gate holds every request, sends new connections to the new broker and stops the old
+   one; its connections drop, and clients reconnect to the new one.
+4. The gate lets every request but produces through, so consumers reach the new broker; once
+   the projector has applied the carried records, produces too. (A write acknowledged by the
+   new broker is then never ahead of an unprojected older one, which read-your-writes relies on.)
 
-Consumers see a new incarnation, as after any broker restart, and read the carried records
-from its start; the ones they had already applied they drop by event id (ADR 0003), as they
-do a producer's resend. Producers see a cluster id that names their old incarnation as
-carried over, so they forget what it acknowledged instead of sending it again. If carrying
-over fails, the broker is restarted once more under a plain new id: producers then send
-again what they hold (their resend window), as after a crash.
+Consumers see a new incarnation, as after any broker restart, and read the carried records;
+what they had already applied they drop by event id (ADR 0003), as they do a producer's
+resend. Producers see a cluster id that names their old incarnation as carried over, so they
+forget what it acknowledged instead of sending it again. If anything fails before step 3, the
+new broker is dropped and the old one goes on as if nothing happened.
 
-The pause is step 2 and 3: about a second plus the time to read and write the carried tail.
+Produces wait during steps 2 to 4: the data of a few seconds to read and write, the swap,
+and the projection of what it had not applied yet. (ADR 0015.)
 """
 
 from __future__ import annotations
@@ -33,22 +38,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from runledger.embedded.broker import EmbeddedBroker
+from runledger.embedded.broker import ADMIN_CLIENT_ID, EmbeddedBroker, ensure_topics
+from runledger.embedded.ports import free_port
 from runledger.embedded.produce_gate import ProduceGate
 from runledger.incarnation import successor_incarnation
 
 log = logging.getLogger(__name__)
 
-# The gate lets this client's produces through while it holds everyone else's.
+# The gate lets these clients' requests through while it holds everyone else's; it sends the
+# staging client's connections to the next broker while the rotation fills it.
 ROTATION_CLIENT_ID = "runledger-rotation"
+STAGING_CLIENT_ID = "runledger-rotation-staging"
+GATE_PRIVILEGED_CLIENTS = (ROTATION_CLIENT_ID, STAGING_CLIENT_ID, ADMIN_CLIENT_ID)
 _MAX_RECORD_BYTES = 2 * 1024 * 1024
+_T = TypeVar("_T")
 
 
 class RotationSkipped(Exception):
@@ -75,120 +85,287 @@ class RotationReport:
     carried_events: int
     carried_letters: int
     carried_bytes: int
-    paused_s: float  # produces held, in all
-    read_s: float  # of which reading the tail back
-    restart_s: float  # starting the new broker (and its topics)
-    write_s: float  # producing the tail into it
+    preread_s: float  # reading most of the tail and writing it to the new broker, before the pause
+    paused_s: float  # produces held, in all; of which:
+    read_s: float  # waiting for the produces in flight, reading the rest of the tail
+    write_s: float  # writing the rest to the new broker, recording the carry-over
+    switch_s: float  # sending clients to the new broker, stopping the old one
+    project_s: float  # until the projector had applied the carried records
 
 
-#: The lowest offset still needed per partition of a topic, from the consumers' checkpoints
-#: of an incarnation; partitions not in the answer are needed from offset 0.
-NeededFrom = Callable[[str, str], Mapping[int, int]]
+class ConsumerCheckpoints(Protocol):
+    """What a rotation asks of the consumers' checkpoints."""
+
+    def needed_from(self, incarnation: str, topic: str) -> Mapping[int, int]:
+        """The lowest offset some consumer still needs, per partition of `topic` in
+        `incarnation`; partitions not in the answer are needed from offset 0."""
+        ...
+
+    def projector_next(self, incarnation: str, topic: str) -> Mapping[int, int]:
+        """The next offset the projector needs, per partition (missing: 0)."""
+        ...
+
+    def carried_over(
+        self,
+        incarnation: str,
+        topic: str,
+        carried_until: Mapping[int, int],
+        projected_until: Mapping[int, int],
+    ) -> None:
+        """Record that `incarnation` holds carried records below `carried_until[partition]`, of
+        which the projector had applied those below `projected_until[partition]` (it starts there)."""
+        ...
+
+    def wait_projected(
+        self, incarnation: str, topic: str, carried_until: Mapping[int, int], timeout_s: float
+    ) -> bool:
+        """Whether the projector has applied `incarnation`'s records below `carried_until`
+        within `timeout_s`."""
+        ...
 
 
-def checkpoint_low_marks(dsn: str) -> NeededFrom:
-    """A NeededFrom reading the projector's and the analysis service's checkpoints in PostgreSQL.
+class PostgresCheckpoints:
+    """ConsumerCheckpoints on the projector's and the analysis service's tables in PostgreSQL."""
 
-    Per partition, the lowest next offset over every consumer group (and analysis shard)
-    that has checkpointed anything on that incarnation; a group without a row for a
-    partition needs it from 0.
-    """
+    def __init__(self, dsn: str, projector_group: str) -> None:
+        """Read and write through `dsn`; `projector_group` is the projector's consumer group."""
+        self._dsn = dsn
+        self._projector_group = projector_group
 
-    async def low_marks(incarnation: str, topic: str) -> dict[int, int]:
-        conn = await asyncpg.connect(dsn, timeout=10)
-        try:
-            rows = await conn.fetch(
-                "SELECT 'projector:' || consumer_group AS consumer, partition, committed"
-                " FROM projector_checkpoints WHERE incarnation = $1 AND topic = $2"
-                " UNION ALL SELECT 'analysis:' || consumer_group, partition, committed"
-                " FROM analysis_checkpoints WHERE incarnation = $1 AND topic = $2",
-                incarnation,
-                topic,
-            )
-        finally:
-            await conn.close()
+    def needed_from(self, incarnation: str, topic: str) -> Mapping[int, int]:
+        """Per partition, the lowest next offset over every consumer group (and analysis
+        shard) that has checkpointed anything on that incarnation; a group without a row for
+        a partition needs it from 0."""
+        rows = self._run(
+            "SELECT 'projector:' || consumer_group AS consumer, partition, committed"
+            " FROM projector_checkpoints WHERE incarnation = $1 AND topic = $2"
+            " UNION ALL SELECT 'analysis:' || consumer_group, partition, committed"
+            " FROM analysis_checkpoints WHERE incarnation = $1 AND topic = $2",
+            incarnation,
+            topic,
+        )
         by_consumer: dict[str, dict[int, int]] = {}
         for row in rows:
             by_consumer.setdefault(row["consumer"], {})[row["partition"]] = row["committed"] + 1
         seen = {p for marks in by_consumer.values() for p in marks}
         return {p: min(marks.get(p, 0) for marks in by_consumer.values()) for p in seen}
 
-    def needed_from(incarnation: str, topic: str) -> Mapping[int, int]:
-        return asyncio.run(low_marks(incarnation, topic))
+    def projector_next(self, incarnation: str, topic: str) -> Mapping[int, int]:
+        """From the projector's checkpoints (committed + 1)."""
+        rows = self._run(
+            "SELECT partition, committed FROM projector_checkpoints"
+            " WHERE consumer_group = $1 AND incarnation = $2 AND topic = $3",
+            self._projector_group,
+            incarnation,
+            topic,
+        )
+        return {r["partition"]: r["committed"] + 1 for r in rows}
 
-    return needed_from
+    def carried_over(
+        self,
+        incarnation: str,
+        topic: str,
+        carried_until: Mapping[int, int],
+        projected_until: Mapping[int, int],
+    ) -> None:
+        """Rows of `broker_carry_over` (the API's read-your-writes waits translate with them) and
+        the projector's first checkpoint on the new incarnation, in one transaction."""
+        parts = sorted(carried_until)
+
+        async def write(conn: Any) -> None:
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO broker_carry_over (incarnation, topic, partition, carried_until)"
+                    " SELECT $1, $2, p, u FROM unnest($3::int[], $4::bigint[]) AS c(p, u)"
+                    " ON CONFLICT (incarnation, topic, partition) DO UPDATE"
+                    " SET carried_until = excluded.carried_until",
+                    incarnation,
+                    topic,
+                    parts,
+                    [carried_until[p] for p in parts],
+                )
+                # The projector has not seen this incarnation yet (the gate holds it off).
+                await conn.execute(
+                    "INSERT INTO projector_checkpoints (consumer_group, incarnation, topic, partition, committed)"
+                    " SELECT $1, $2, $3, p, c FROM unnest($4::int[], $5::bigint[]) AS s(p, c)"
+                    " ON CONFLICT (consumer_group, incarnation, topic, partition) DO NOTHING",
+                    self._projector_group,
+                    incarnation,
+                    topic,
+                    parts,
+                    [projected_until.get(p, 0) - 1 for p in parts],
+                )
+
+        self._with_connection(write)
+
+    def wait_projected(
+        self, incarnation: str, topic: str, carried_until: Mapping[int, int], timeout_s: float
+    ) -> bool:
+        """Poll the projector's checkpoints of `incarnation` until they pass `carried_until`."""
+        wanted = {p: until - 1 for p, until in carried_until.items() if until > 0}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = self._run(
+                "SELECT partition, committed FROM projector_checkpoints"
+                " WHERE consumer_group = $1 AND incarnation = $2 AND topic = $3",
+                self._projector_group,
+                incarnation,
+                topic,
+            )
+            committed = {r["partition"]: r["committed"] for r in rows}
+            if all(committed.get(p, -1) >= last for p, last in wanted.items()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def _run(self, query: str, *args: Any) -> list[Any]:
+        async def fetch(conn: Any) -> list[Any]:
+            return list(await conn.fetch(query, *args))
+
+        return self._with_connection(fetch)
+
+    def _with_connection(self, work: Callable[[Any], Awaitable[_T]]) -> _T:
+        async def run() -> _T:
+            conn = await asyncpg.connect(self._dsn, timeout=10)
+            try:
+                return await work(conn)
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
 
 
 def rotate(
     broker: EmbeddedBroker,
     gate: ProduceGate,
+    checkpoints: ConsumerCheckpoints,
     *,
     events_topic: str,
     dlq_topic: str,
-    partitions: int,
-    needed_from: NeededFrom,
-    ensure_topics: Callable[[], None],
+    topics: Mapping[str, int],
     max_carry_bytes: int,
     drain_timeout_s: float = 10.0,
-) -> RotationReport:
-    """Replace `broker` by an empty incarnation holding what consumers still need (see module doc)."""
+    projection_timeout_s: float = 30.0,
+) -> tuple[EmbeddedBroker, RotationReport]:
+    """Replace `broker` by a new incarnation holding what consumers still need (see module doc);
+    return the new broker (it listens on another port, behind the same gate) and a report."""
     old = broker.incarnation
-    started = time.monotonic()
-    gate.hold_produce()
+    partitions = topics[events_topic]
+    successor = EmbeddedBroker(
+        free_port(broker.host),
+        broker.log_path,
+        host=broker.host,
+        advertised_port=gate.port,
+        admin_client_id=STAGING_CLIENT_ID,
+    )
+    gate.route(STAGING_CLIENT_ID, successor.port)
+    switched = False
     try:
-        if not gate.wait_idle(drain_timeout_s):
-            raise RotationSkipped(f"produce requests still unanswered after {drain_timeout_s} s")
-        start_offsets = {p: max(0, needed_from(old, events_topic).get(p, 0)) for p in range(partitions)}
-        reading = time.monotonic()
-        events = read_tail(gate.bootstrap, events_topic, start_offsets)
-        letters = read_tail(gate.bootstrap, dlq_topic, None)
-        restarting = time.monotonic()
-        carried_bytes = sum(len(r.value) + len(r.key or b"") for r in (*events, *letters))
-        if carried_bytes > max_carry_bytes:
-            raise RotationSkipped(
-                f"consumers are {carried_bytes / 2**20:.0f} MiB behind, more than the"
-                f" {max_carry_bytes / 2**20:.0f} MiB a rotation carries over"
-            )
+        # Most of the tail is read and written while producers go on; only what came after it
+        # waits for them.
+        prereading = time.monotonic()
+        needed = checkpoints.needed_from(old, events_topic)
+        start_offsets = {p: max(0, needed.get(p, 0)) for p in range(partitions)}
+        events, events_next = read_tail(gate.bootstrap, events_topic, start_offsets, settled=False)
+        letters, letters_next = read_tail(gate.bootstrap, dlq_topic, None, settled=False)
+        _carry_size(events, letters, max_carry_bytes)
         new = successor_incarnation(old)
-        # No client may reach the new broker before its topics and the tail are in.
-        gate.hold_all()
-        # Memory storage has nothing to flush: no grace for open connections.
-        broker.restart(cluster_id=new, grace=0.0)
+        successor.start(cluster_id=new)
+        ensure_topics(gate.bootstrap, topics, client_id=STAGING_CLIENT_ID)
+        produce_all(gate.bootstrap, events_topic, events)
+        produce_all(gate.bootstrap, dlq_topic, letters)
+        started = time.monotonic()
+        gate.hold_produce()
         try:
-            ensure_topics()
+            if not gate.wait_idle(drain_timeout_s):
+                raise RotationSkipped(f"produce requests still unanswered after {drain_timeout_s} s")
+            rest = read_tail(gate.bootstrap, events_topic, events_next, settled=True)[0]
+            letters_rest = read_tail(gate.bootstrap, dlq_topic, letters_next, settled=True)[0]
+            events += rest
+            letters += letters_rest
+            carried_bytes = _carry_size(events, letters, max_carry_bytes)
+            # Read last: the projector goes on applying the old broker's records until it dies.
+            projector_next = checkpoints.projector_next(old, events_topic)
             writing = time.monotonic()
-            produce_all(gate.bootstrap, events_topic, events)
-            produce_all(gate.bootstrap, dlq_topic, letters)
-        except Exception:
-            # The new broker may hold part of the tail: start over under an id that declares
-            # nothing, so producers send again what they acknowledged (their resend window).
-            log.exception("carrying the log over failed; restarting the broker without a carry-over")
-            broker.restart(grace=0.0)
-            ensure_topics()
-            raise
-        done = time.monotonic()
-        return RotationReport(
-            old,
-            new,
-            len(events),
-            len(letters),
-            carried_bytes,
-            paused_s=done - started,
-            read_s=restarting - reading,
-            restart_s=writing - restarting,
-            write_s=done - writing,
+            produce_all(gate.bootstrap, events_topic, rest)
+            produce_all(gate.bootstrap, dlq_topic, letters_rest)
+            carried_until = {p: sum(1 for r in events if r.partition == p) for p in range(partitions)}
+            # The carried records of a partition are its old offsets start.., in order: the
+            # projector starts past the ones it had applied (the analysis reads them).
+            projected_until = {
+                p: min(carried_until[p], max(0, projector_next.get(p, 0) - start_offsets[p]))
+                for p in range(partitions)
+            }
+            checkpoints.carried_over(new, events_topic, carried_until, projected_until)
+            # The swap: no client reaches either broker meanwhile; connections to the old one
+            # drop with it, and clients reconnect to the new one.
+            gate.hold_all()
+            switching = time.monotonic()
+            gate.switch(successor.port)
+            switched = True
+            broker.stop(grace=0.0)  # memory storage: nothing to flush
+            gate.route(STAGING_CLIENT_ID, None)
+            # Consumers may reach the new broker now; producers once the projector has applied
+            # the carried records. So no write is acknowledged ahead of an older one still
+            # unprojected, which read-your-writes tokens assume (services/api/pending.py, `merged`).
+            gate.hold_produce()
+            projecting = time.monotonic()
+            if not checkpoints.wait_projected(new, events_topic, carried_until, projection_timeout_s):
+                log.warning(
+                    "the projector has not applied the carried records within %.0f s; letting produces through",
+                    projection_timeout_s,
+                )
+            done = time.monotonic()
+        finally:
+            gate.release()
+    except BaseException:
+        if not switched:
+            gate.route(STAGING_CLIENT_ID, None)
+            successor.stop(grace=0.0)
+        raise
+    return successor, RotationReport(
+        old,
+        new,
+        len(events),
+        len(letters),
+        carried_bytes,
+        preread_s=started - prereading,
+        paused_s=done - started,
+        read_s=writing - started,
+        write_s=switching - writing,
+        switch_s=projecting - switching,
+        project_s=done - projecting,
+    )
+
+
+def _carry_size(events: list[CarriedRecord], letters: list[CarriedRecord], max_carry_bytes: int) -> int:
+    """The bytes to carry over; RotationSkipped when more than `max_carry_bytes`."""
+    carried = sum(len(r.value) + len(r.key or b"") for r in (*events, *letters))
+    if carried > max_carry_bytes:
+        raise RotationSkipped(
+            f"consumers are {carried / 2**20:.0f} MiB behind, more than the"
+            f" {max_carry_bytes / 2**20:.0f} MiB a rotation carries over"
         )
-    finally:
-        gate.release()
+    return carried
 
 
 def read_tail(
-    bootstrap: str, topic: str, start_offsets: Mapping[int, int] | None, timeout_s: float = 60.0
-) -> list[CarriedRecord]:
-    """Every record of `topic` from `start_offsets` (by partition; None: from the start) to its end.
+    bootstrap: str,
+    topic: str,
+    start_offsets: Mapping[int, int] | None,
+    *,
+    settled: bool,
+    timeout_s: float = 60.0,
+) -> tuple[list[CarriedRecord], dict[int, int]]:
+    """The records of `topic` from `start_offsets` (by partition; None: from the start) on, and
+    the next offset of each partition after them.
 
-    Only while nothing is produced: the end is the high watermark a fetch reports, and each
-    partition must come back without a gap.
+    settled (nothing is being produced): to the end, the high watermark a fetch reports, and
+    a partition must come back without a gap. Not settled: to the high watermark a partition
+    had at its first fetch, and a gap ends that partition early (a produce whose batch the
+    broker has not stored yet: services/ingest/offset_continuity.py); a settled read goes on
+    from there.
     """
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap.split(","),
@@ -206,36 +383,55 @@ def read_tail(
         for tp in parts:
             consumer.seek(tp, (start_offsets or {}).get(tp.partition, 0))
         expected = {tp: consumer.position(tp) for tp in parts}
+        targets: dict[TopicPartition, int] = {}  # not settled: where each partition's read ends
+        ended: set[TopicPartition] = set()  # not settled: stopped early at a gap
         out: list[CarriedRecord] = []
         deadline = time.monotonic() + timeout_s
 
+        def end_of(tp: TopicPartition) -> int | None:
+            highwater: int | None = consumer.highwater(tp)  # the last fetch's; final if nothing is produced
+            if settled or highwater is None:
+                return highwater
+            return targets.setdefault(tp, highwater)
+
         def at_end(tp: TopicPartition) -> bool:
-            highwater = consumer.highwater(tp)  # from the last fetch; exact while nothing is produced
-            return highwater is not None and expected[tp] >= highwater
+            end = end_of(tp)
+            return tp in ended or (end is not None and expected[tp] >= end)
 
         while not all(at_end(tp) for tp in parts):
             if time.monotonic() > deadline:
                 raise RotationSkipped(f"reading {topic} back did not finish within {timeout_s} s")
             for tp, records in consumer.poll(timeout_ms=200, max_records=100_000).items():
+                end = end_of(tp)
                 for r in records:
+                    if end is not None and r.offset >= end:
+                        break
                     if r.offset != expected[tp]:
-                        raise RotationSkipped(f"{tp}: offset {r.offset} read where {expected[tp]} was due")
+                        if settled:
+                            raise RotationSkipped(
+                                f"{tp}: offset {r.offset} read where {expected[tp]} was due"
+                            )
+                        ended.add(tp)
+                        break
                     expected[tp] = r.offset + 1
                     out.append(
                         CarriedRecord(tp.partition, r.key, r.value, list(r.headers or ()), r.timestamp)
                     )
-        return out
+                if at_end(tp):
+                    consumer.pause(tp)
+        return out, {tp.partition: expected[tp] for tp in parts}
     finally:
         consumer.close(autocommit=False)
 
 
 def produce_all(bootstrap: str, topic: str, records: list[CarriedRecord], timeout_s: float = 60.0) -> None:
-    """Produce `records` to their partitions, in order, and wait until all are acknowledged."""
+    """Produce `records` to their partitions of the next broker, in order, and wait until all
+    are acknowledged."""
     if not records:
         return
     producer = KafkaProducer(
         bootstrap_servers=bootstrap.split(","),
-        client_id=ROTATION_CLIENT_ID,
+        client_id=STAGING_CLIENT_ID,  # the gate routes it to the next broker
         acks="all",
         linger_ms=5,
         batch_size=1024 * 1024,

@@ -43,15 +43,15 @@ from pydantic import SecretBytes, SecretStr
 from runledger.auth.keys import InvalidKey, generate_key, parse_key
 from runledger.config import Settings
 from runledger.embedded._proc import die_with_parent, log_tail, open_log, stop_process, write_log_line
-from runledger.embedded.broker import ADMIN_CLIENT_ID, EmbeddedBroker, ensure_topics
+from runledger.embedded.broker import EmbeddedBroker, ensure_topics
 from runledger.embedded.ports import free_port, port_is_free
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.embedded.produce_gate import ProduceGate
 from runledger.embedded.rotation import (
-    ROTATION_CLIENT_ID,
+    GATE_PRIVILEGED_CLIENTS,
+    PostgresCheckpoints,
     RotationReport,
     RotationSkipped,
-    checkpoint_low_marks,
     rotate,
 )
 
@@ -334,7 +334,7 @@ class Supervisor:
             self.gate = ProduceGate(
                 free_port("127.0.0.1"),
                 port=self.settings.kafka_port,
-                privileged_client_ids=(ROTATION_CLIENT_ID, ADMIN_CLIENT_ID),
+                privileged_client_ids=GATE_PRIVILEGED_CLIENTS,
             )
             self.gate.start()
             self.broker = EmbeddedBroker(self.gate.upstream_port, log_path, advertised_port=self.gate.port)
@@ -353,11 +353,11 @@ class Supervisor:
             raise
         self._broker_restarts.on_started()
 
+    def _topics(self) -> dict[str, int]:
+        return {self.settings.events_topic: self.settings.topic_partitions, self.settings.dlq_topic: 1}
+
     def _ensure_topics(self) -> None:
-        ensure_topics(
-            self.kafka_bootstrap,
-            {self.settings.events_topic: self.settings.topic_partitions, self.settings.dlq_topic: 1},
-        )
+        ensure_topics(self.kafka_bootstrap, self._topics())
 
     def _check_ports(self) -> None:
         """Fail early, with the setting to change, when a fixed port is taken."""
@@ -496,14 +496,13 @@ class Supervisor:
             return
         log.info("Kafka broker holds %.0f MiB: replacing it by an empty one", rss_mib)
         try:
-            report = rotate(
+            self.broker, report = rotate(
                 broker,
                 gate,
+                PostgresCheckpoints(self.postgres_dsn, self.settings.projector_group),
                 events_topic=self.settings.events_topic,
                 dlq_topic=self.settings.dlq_topic,
-                partitions=self.settings.topic_partitions,
-                needed_from=checkpoint_low_marks(self.postgres_dsn),
-                ensure_topics=self._ensure_topics,
+                topics=self._topics(),
                 max_carry_bytes=self.settings.broker_rotate_carry_max_mib * 2**20,
             )
         except RotationSkipped as exc:
@@ -518,13 +517,15 @@ class Supervisor:
         self.rotations.append(report)
         log.warning(
             "Kafka broker replaced: %s -> %s, %d events and %d dead letters (%.1f MiB) carried over,"
-            " produces held %.2f s",
+            " produces held %.2f s (%.2f s of them until the carried records were projected); now on port %d",
             report.old_incarnation,
             report.new_incarnation,
             report.carried_events,
             report.carried_letters,
             report.carried_bytes / 2**20,
             report.paused_s,
+            report.project_s,
+            self.broker.port,
         )
 
     def _revive(self, name: str, restarts: _Restarts, log_path: Path, start: Callable[[], None]) -> None:

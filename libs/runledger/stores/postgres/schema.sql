@@ -238,6 +238,18 @@ CREATE TABLE IF NOT EXISTS projector_checkpoints (
 );
 ALTER TABLE projector_checkpoints ADD COLUMN IF NOT EXISTS pending_round text;
 
+-- Written when the embedded broker is replaced (libs/runledger/embedded/rotation.py): the new
+-- incarnation holds, below `carried_until`, the records carried over from the one before, so
+-- a read-your-writes token of the old one is projected once the new one's checkpoint
+-- reaches carried_until - 1 (services/api/consistency.py).
+CREATE TABLE IF NOT EXISTS broker_carry_over (
+    incarnation   text NOT NULL,
+    topic         text NOT NULL,
+    partition     integer NOT NULL,
+    carried_until bigint NOT NULL,
+    PRIMARY KEY (incarnation, topic, partition)
+);
+
 CREATE TABLE IF NOT EXISTS dead_letters_count (
     tenant_id text NOT NULL,
     reason    text NOT NULL,
