@@ -219,10 +219,6 @@ class ProduceGate:
         """Whether every forwarded produce has been answered within `timeout` s."""
         return self._call(self._wait_idle(within_s=timeout), timeout=timeout + 5.0)
 
-    def connections(self) -> int:
-        """Client connections open now."""
-        return len(self._connections)
-
     def _call(self, coro: Coroutine[Any, Any, _T], timeout: float = 10.0) -> _T:
         assert self._loop is not None, "the produce gate is not started"
         future: Future[_T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -308,10 +304,12 @@ class ProduceGate:
                 if len(body) < 10:
                     raise FrameError("short request header")
                 is_produce = struct.unpack_from(">h", body)[0] == _PRODUCE
-                held = not self._open.is_set() and (is_produce or not self._admitting.is_set())
-                if held and not conn.privileged:
+                # A produce waits while anything is held, any other request while all is.
+                barrier = self._open if is_produce else self._admitting
+                if not conn.privileged and not barrier.is_set():
                     self.held_requests += 1
-                    await (self._open if is_produce else self._admitting).wait()
+                    while not barrier.is_set():  # held again between the wake-up and now
+                        await barrier.wait()
                 if is_produce and produce_acks(body) != 0:
                     conn.produces.add(struct.unpack_from(">i", body, 4)[0])
                 conn.upstream.write(frame)
