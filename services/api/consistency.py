@@ -164,9 +164,15 @@ class ProjectionWaiter:
             if not self._loading:
                 task = asyncio.get_running_loop().create_task(self._load_carried(current))
                 self._loading.add(task)
-                task.add_done_callback(self._loading.discard)
+                task.add_done_callback(self._loaded)
             return False, None
         return True, carried_token(token, current, carried)
+
+    def _loaded(self, task: asyncio.Task[CarriedPositions]) -> None:
+        self._loading.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # PostgreSQL away: the next look starts another load.
+            log.warning("projection waiter: loading carried positions failed: %r", task.exception())
 
     async def _load_carried(self, incarnation: str) -> CarriedPositions:
         carried = self._carried.get(incarnation)

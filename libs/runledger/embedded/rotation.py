@@ -204,20 +204,24 @@ class PostgresCheckpoints:
         """Poll the projector's checkpoints of `incarnation` until they pass `carried_until`."""
         wanted = {p: until - 1 for p, until in carried_until.items() if until > 0}
         deadline = time.monotonic() + timeout_s
-        while True:
-            rows = self._run(
-                "SELECT partition, committed FROM projector_checkpoints"
-                " WHERE consumer_group = $1 AND incarnation = $2 AND topic = $3",
-                self._projector_group,
-                incarnation,
-                topic,
-            )
-            committed = {r["partition"]: r["committed"] for r in rows}
-            if all(committed.get(p, -1) >= last for p, last in wanted.items()):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
+
+        async def poll(conn: Any) -> bool:
+            while True:
+                rows = await conn.fetch(
+                    "SELECT partition, committed FROM projector_checkpoints"
+                    " WHERE consumer_group = $1 AND incarnation = $2 AND topic = $3",
+                    self._projector_group,
+                    incarnation,
+                    topic,
+                )
+                committed = {r["partition"]: r["committed"] for r in rows}
+                if all(committed.get(p, -1) >= last for p, last in wanted.items()):
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(0.05)
+
+        return self._with_connection(poll)
 
     def _run(self, query: str, *args: Any) -> list[Any]:
         async def fetch(conn: Any) -> list[Any]:
