@@ -19,11 +19,9 @@ import pytest
 
 import runledger_sdk as rl
 from runledger.auth.keys import generate_key
-from runledger.embedded.broker import EmbeddedBroker, ensure_topics
-from runledger.embedded.ports import free_port
+from runledger.embedded.broker import ensure_topics
 from runledger.embedded.postgres import EmbeddedPostgres
-from runledger.embedded.produce_gate import ProduceGate
-from runledger.embedded.rotation import GATE_PRIVILEGED_CLIENTS, PostgresCheckpoints, RotationReport, rotate
+from runledger.embedded.rotation import PostgresCheckpoints, RotationReport, gated_broker, rotate
 from tests.integration.conftest import create_database
 from tests.support.services import ServiceProcess
 
@@ -42,9 +40,7 @@ def test_points_logged_across_broker_rotations_arrive_exactly_once(
     postgres: EmbeddedPostgres, test_root: Path
 ) -> None:
     root = test_root / f"rotation-{uuid.uuid4().hex[:6]}"
-    gate = ProduceGate(free_port("127.0.0.1"), port=0, privileged_client_ids=GATE_PRIVILEGED_CLIENTS)
-    gate.start()
-    broker = EmbeddedBroker(gate.upstream_port, root / "broker.log", advertised_port=gate.port)
+    gate, broker = gated_broker(root / "broker.log")
     broker.start()
     topics = {EVENTS: 4, DLQ: 1}
     ensure_topics(gate.bootstrap, topics)

@@ -19,13 +19,12 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from runledger.embedded.broker import EmbeddedBroker, ensure_topics
-from runledger.embedded.ports import free_port
 from runledger.embedded.produce_gate import ProduceGate, produce_acks
 from runledger.embedded.rotation import (
-    GATE_PRIVILEGED_CLIENTS,
     ConsumerCheckpoints,
     RotationReport,
     RotationSkipped,
+    gated_broker,
     read_tail,
     rotate,
 )
@@ -67,11 +66,8 @@ class Gated:
 
 @pytest.fixture
 def gated(tmp_path: Path) -> Iterator[Gated]:
-    gate = ProduceGate(free_port("127.0.0.1"), port=0, privileged_client_ids=GATE_PRIVILEGED_CLIENTS)
-    gate.start()
-    state = Gated(
-        EmbeddedBroker(gate.upstream_port, tmp_path / "broker.log", advertised_port=gate.port), gate
-    )
+    gate, broker = gated_broker(tmp_path / "broker.log")
+    state = Gated(broker, gate)
     try:
         state.broker.start()
         ensure_topics(gate.bootstrap, TOPICS)

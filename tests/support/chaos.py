@@ -36,7 +36,7 @@ from runledger.embedded.broker import EmbeddedBroker, ensure_topics
 from runledger.embedded.ports import free_port
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.embedded.produce_gate import ProduceGate
-from runledger.embedded.rotation import GATE_PRIVILEGED_CLIENTS, PostgresCheckpoints, rotate
+from runledger.embedded.rotation import PostgresCheckpoints, gated_broker, rotate
 from tests.support.chaos_model import ChaosConfig
 from tests.support.services import REPO
 
@@ -185,9 +185,7 @@ def chaos_stack(root: Path | None = None, *, fsync: bool = False) -> Iterator[St
         root = Path(tempfile.mkdtemp(prefix="runledger-chaos-"))
     root.chmod(0o755)
     postgres = EmbeddedPostgres(root / "pg" / "data", 0, fsync=fsync)
-    gate = ProduceGate(free_port("127.0.0.1"), port=0, privileged_client_ids=GATE_PRIVILEGED_CLIENTS)
-    gate.start()
-    broker = EmbeddedBroker(gate.upstream_port, root / "broker.log", advertised_port=gate.port)
+    gate, broker = gated_broker(root / "broker.log")
     key = generate_key()
     services: dict[str, Service] = {}
     stack: Stack | None = None

@@ -38,8 +38,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -59,6 +61,16 @@ STAGING_CLIENT_ID = "runledger-rotation-staging"
 GATE_PRIVILEGED_CLIENTS = (ROTATION_CLIENT_ID, STAGING_CLIENT_ID, ADMIN_CLIENT_ID)
 _MAX_RECORD_BYTES = 2 * 1024 * 1024
 _T = TypeVar("_T")
+
+
+def gated_broker(
+    log_path: Path, *, port: int = 0, host: str = "127.0.0.1"
+) -> tuple[ProduceGate, EmbeddedBroker]:
+    """A started produce gate on `port` (0: a free one) and a broker, not started yet, behind it
+    on a free port, advertising the gate's address: the layout a rotation needs."""
+    gate = ProduceGate(free_port(host), port=port, host=host, privileged_client_ids=GATE_PRIVILEGED_CLIENTS)
+    gate.start()
+    return gate, EmbeddedBroker(gate.upstream_port, log_path, host=host, advertised_port=gate.port)
 
 
 class RotationSkipped(Exception):
@@ -294,7 +306,8 @@ def rotate(
             writing = time.monotonic()
             produce_all(gate.bootstrap, events_topic, rest)
             produce_all(gate.bootstrap, dlq_topic, letters_rest)
-            carried_until = {p: sum(1 for r in events if r.partition == p) for p in range(partitions)}
+            per_partition = Counter(r.partition for r in events)
+            carried_until = {p: per_partition[p] for p in range(partitions)}
             # The carried records of a partition are its old offsets start.., in order: the
             # projector starts past the ones it had applied (the analysis reads them).
             projected_until = {

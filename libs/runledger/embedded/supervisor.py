@@ -48,10 +48,10 @@ from runledger.embedded.ports import free_port, port_is_free
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.embedded.produce_gate import ProduceGate
 from runledger.embedded.rotation import (
-    GATE_PRIVILEGED_CLIENTS,
     PostgresCheckpoints,
     RotationReport,
     RotationSkipped,
+    gated_broker,
     rotate,
 )
 
@@ -331,13 +331,7 @@ class Supervisor:
         log_path = self.logs_dir / "broker.log"
         if self.settings.broker_rotate_mib:
             # Clients reach the broker through the gate, so that it can be replaced losslessly.
-            self.gate = ProduceGate(
-                free_port("127.0.0.1"),
-                port=self.settings.kafka_port,
-                privileged_client_ids=GATE_PRIVILEGED_CLIENTS,
-            )
-            self.gate.start()
-            self.broker = EmbeddedBroker(self.gate.upstream_port, log_path, advertised_port=self.gate.port)
+            self.gate, self.broker = gated_broker(log_path, port=self.settings.kafka_port)
         else:
             self.broker = EmbeddedBroker(self.settings.kafka_port, log_path)
         self._start_broker()
