@@ -14,6 +14,8 @@ clients can forget what the old one acknowledged instead of sending it all again
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 _PREFIX = "runledger-"
 _AFTER = ".after."
@@ -35,6 +37,24 @@ def carried_over(old: str, current: str | None) -> bool:
         return False
     own, before = current.split(_AFTER, 1)
     return own.startswith(_PREFIX) and before == _own_part(old)
+
+
+@dataclass(frozen=True, slots=True)
+class CarryOver:
+    """What a replacement carried from `predecessor` into `incarnation`, per partition of `topic`:
+    offset o < carried_until[p] of the new incarnation holds the predecessor's record at
+    offset carried_from[p] + o (the carried records keep their order and have no gaps)."""
+
+    predecessor: str
+    incarnation: str
+    topic: str
+    carried_from: Mapping[int, int]
+    carried_until: Mapping[int, int]
+
+    def new_offset(self, partition: int, old_offset: int) -> int | None:
+        """Where the predecessor's record at `old_offset` is now (None: it was not carried)."""
+        offset = old_offset - self.carried_from.get(partition, 0)
+        return offset if 0 <= offset < self.carried_until.get(partition, 0) else None
 
 
 def _own_part(cluster_id: str) -> str:

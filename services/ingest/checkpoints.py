@@ -12,7 +12,9 @@ partitions p_i with offsets a_i..b_i:
 After a crash between 1 and 3 the members of the pending round are read back from
 Kafka exactly (`pending_members`), the round is re-formed and written again with the
 same token (a no-op in ClickHouse), then 3. Offsets are keyed by broker incarnation,
-because an embedded broker restart starts offsets from 0.
+because an embedded broker restart starts offsets from 0. A round left pending on an
+incarnation that a replacement carried over (libs/runledger/embedded/rotation.py) is
+re-formed from the carried records (`load_carry_over`, `pending_rounds`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from runledger.incarnation import CarryOver
 from runledger.stores.postgres import PgConnection
 
 NOTIFY_CHANNEL = "runledger_projected"
@@ -104,6 +107,48 @@ async def pending_members(conn: PgConnection, key: PartitionKey, checkpoint: Che
         checkpoint.pending_round,
     )
     return [Member(r["partition"], r["committed"] + 1, r["pending_until"]) for r in rows]
+
+
+async def pending_rounds(conn: PgConnection, key: PartitionKey) -> list[tuple[str | None, list[Member]]]:
+    """Every unfinished round of `key`'s group, incarnation and topic (its partition is not
+    used): the round's recorded token (None: a one-partition round of an earlier version)
+    and its members."""
+    rows = await conn.fetch(
+        "SELECT partition, committed, pending_until, pending_round FROM projector_checkpoints"
+        " WHERE consumer_group = $1 AND incarnation = $2 AND topic = $3 AND pending_until IS NOT NULL"
+        " ORDER BY partition",
+        key.group,
+        key.incarnation,
+        key.topic,
+    )
+    rounds: dict[str, list[Member]] = {}
+    single: list[tuple[str | None, list[Member]]] = []
+    for r in rows:
+        member = Member(r["partition"], r["committed"] + 1, r["pending_until"])
+        if r["pending_round"] is None:
+            single.append((None, [member]))
+        else:
+            rounds.setdefault(r["pending_round"], []).append(member)
+    return [*rounds.items(), *single]
+
+
+async def load_carry_over(conn: PgConnection, incarnation: str, topic: str) -> CarryOver | None:
+    """What a broker replacement carried into `incarnation` (None: it started empty)."""
+    rows = await conn.fetch(
+        "SELECT partition, carried_until, predecessor, carried_from FROM broker_carry_over"
+        " WHERE incarnation = $1 AND topic = $2 AND predecessor IS NOT NULL",
+        incarnation,
+        topic,
+    )
+    if not rows:
+        return None
+    return CarryOver(
+        predecessor=rows[0]["predecessor"],
+        incarnation=incarnation,
+        topic=topic,
+        carried_from={r["partition"]: r["carried_from"] for r in rows},
+        carried_until={r["partition"]: r["carried_until"] for r in rows},
+    )
 
 
 async def mark_pending(conn: PgConnection, key: PartitionKey, members: Sequence[Member], token: str) -> None:

@@ -24,13 +24,14 @@ from kafka.structs import OffsetAndMetadata
 
 from runledger.auth.watcher import AuthWatcher
 from runledger.config import Settings
+from runledger.incarnation import CarryOver
 from runledger.stores.clickhouse import ClickHouse
 from runledger.stores.postgres import directory
 from runledger.stores.postgres.usage import load_usage
 from services import observability as metrics
 from services.ingest import checkpoints
 from services.ingest.batch_writer import BatchWriter, PreparedBatch, PreparedRound, assemble, prepare
-from services.ingest.checkpoints import Checkpoint, PartitionKey
+from services.ingest.checkpoints import Checkpoint, Member, PartitionKey
 from services.ingest.dead_letters import MAX_LETTER_BYTES, DeadLetters
 from services.ingest.dedup_horizon import prune_forever
 from services.ingest.gate import Gate
@@ -48,6 +49,7 @@ _CONFIRM_TIMEOUT_S = 5.0  # wait this long for the metadata refresh a dropped co
 # what an earlier fetch brought, the second what arrived since.
 _FRESH_POLLS = 2
 _TAKEN_WAIT_S = 0.5  # the longest the loop waits for the writer without turning
+_DRAIN_TIMEOUT_S = 30.0  # after a broker restart, the longest the rounds formed already may take to write
 
 
 class BrokerRestarted(Exception):
@@ -247,6 +249,11 @@ class Projector:
                     batches = [prepare(state, records, self._dead_letters, gate) for state, records in taken]
                     await self._unless_writer_failed(queue.put(assemble(batches)), write_loop)
             await self._unless_writer_failed(queue.join(), write_loop)
+        except BrokerRestarted:
+            # The rounds formed already hold the old incarnation's records and go to ClickHouse
+            # and PostgreSQL only: write them, rather than cut one short between the two stores.
+            await self._unless_writer_failed(queue.join(), write_loop, _DRAIN_TIMEOUT_S)
+            raise
         finally:
             write_loop.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -323,6 +330,8 @@ class Projector:
                     with contextlib.suppress(KeyError):  # no round of it written here yet
                         gauge.remove(tp.topic, str(tp.partition))
         fresh = assigned - set(partitions)
+        if fresh and not partitions:  # the first assignment on this incarnation
+            await self._finish_predecessor_rounds(incarnation, self._settings.events_topic, gate, writer)
         for tp in sorted(fresh, key=lambda tp: tp.partition):
             key = PartitionKey(self._settings.projector_group, incarnation, tp.topic, tp.partition)
             async with self._pool.acquire() as conn:
@@ -340,13 +349,68 @@ class Projector:
     ) -> None:
         """Re-form the round a crash interrupted (its members read back from Kafka exactly)
         and write it with its recorded token: ClickHouse drops a repeated insert."""
-        assert self._dead_letters is not None
         members = await checkpoints.pending_members(conn, key, cp)
         if not members:  # finished by another projector meanwhile
             return
         log.info("finishing round %s left pending: %s", cp.pending_round or "(one partition)", members)
         bootstrap = self._settings.kafka_bootstrap.split(",")
         records = await asyncio.to_thread(read_ranges, bootstrap, key.topic, members)
+        await self._rewrite_round(key, members, cp.pending_round, records, gate, writer)
+
+    async def _finish_predecessor_rounds(
+        self, incarnation: str, topic: str, gate: Gate, writer: BatchWriter
+    ) -> None:
+        """Finish the rounds left pending on the incarnation a replacement carried into this one.
+
+        Such a round may already be in ClickHouse but not in PostgreSQL (the projector died,
+        or its round was cut short when the broker went). Its records are here now, under new
+        offsets: read back and written with the round's recorded token, ClickHouse drops them
+        as a repeated insert, and PostgreSQL applies them; the carried copies the projector
+        reads next are then dropped as already applied, instead of reaching ClickHouse twice.
+        """
+        group = self._settings.projector_group
+        async with self._pool.acquire() as conn:
+            carry = await checkpoints.load_carry_over(conn, incarnation, topic)
+            if carry is None:
+                return
+            old_key = PartitionKey(group, carry.predecessor, topic, 0)
+            rounds = await checkpoints.pending_rounds(conn, old_key)
+        bootstrap = self._settings.kafka_bootstrap.split(",")
+        for token, members in rounds:
+            here = _carried_members(carry, members)
+            if here is None:
+                # The rotation carries from the lowest position any consumer still needs, so
+                # this means a checkpoint moved backwards: there is nothing to re-form it from.
+                log.error(
+                    "round %s left pending on %s was not carried over: %s", token, carry.predecessor, members
+                )
+                continue
+            log.info(
+                "finishing round %s left pending on the replaced broker %s: %s",
+                token,
+                carry.predecessor,
+                members,
+            )
+            read = await asyncio.to_thread(read_ranges, bootstrap, topic, here)
+            # Back to the offsets they had when the round was formed (its checkpoints, the archive's).
+            records = {
+                p: [r._replace(offset=r.offset + carry.carried_from.get(p, 0)) for r in rs]
+                for p, rs in read.items()
+            }
+            await self._rewrite_round(old_key, members, token, records, gate, writer)
+
+    async def _rewrite_round(
+        self,
+        key: PartitionKey,
+        members: list[Member],
+        token: str | None,
+        records: dict[int, list[Any]],
+        gate: Gate,
+        writer: BatchWriter,
+    ) -> None:
+        """Write again the pending round of `members` (in `key`'s group, incarnation and topic)
+        from its records, with its recorded `token` (None: the one-partition form)."""
+        assert self._dead_letters is not None
         await gate.refresh_for(r.value for rs in records.values() for r in rs)
         batches: list[PreparedBatch] = []
         for m in members:
@@ -355,10 +419,20 @@ class Projector:
                 key=member_key, tp=TopicPartition(key.topic, m.partition), committed=m.first - 1
             )
             batches.append(prepare(state, records[m.partition], self._dead_letters, gate))
-        round_ = assemble(
-            batches, cp.pending_round or checkpoints.round_token(key.incarnation, key.topic, members)
-        )
+        round_ = assemble(batches, token or checkpoints.round_token(key.incarnation, key.topic, members))
         await self._write_round(writer, round_)
+
+
+def _carried_members(carry: CarryOver, members: list[Member]) -> list[Member] | None:
+    """The members of a round of `carry`'s predecessor, at their offsets in the carried-into
+    incarnation (None: some were not carried)."""
+    here = []
+    for m in members:
+        first, last = carry.new_offset(m.partition, m.first), carry.new_offset(m.partition, m.last)
+        if first is None or last is None:
+            return None
+        here.append(Member(m.partition, first, last))
+    return here
 
 
 def _commit(consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:

@@ -8,6 +8,7 @@ that a real tail (records acknowledged but not consumed) has to be carried over.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -15,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -22,16 +24,19 @@ from runledger.embedded.broker import EmbeddedBroker, ensure_topics
 from runledger.embedded.produce_gate import ProduceGate, produce_acks
 from runledger.embedded.rotation import (
     ConsumerCheckpoints,
+    PostgresCheckpoints,
     RotationReport,
     RotationSkipped,
     gated_broker,
     read_tail,
     rotate,
 )
-from runledger.incarnation import carried_over, new_incarnation, successor_incarnation
+from runledger.incarnation import CarryOver, carried_over, new_incarnation, successor_incarnation
+from runledger.stores.postgres.migrate import migrate
 from runledger_sdk.config import load_settings
 from runledger_sdk.transport import Outcome, Record
 from runledger_sdk.transport_kafka import KafkaTransport
+from services.ingest import checkpoints as ingest_checkpoints
 from services.ingest.offset_continuity import OffsetAnomaly, OffsetContinuity, screen_polled
 
 pytestmark = pytest.mark.integration
@@ -96,7 +101,6 @@ class TailingConsumer:
         self.anomalies: Counter[OffsetAnomaly] = Counter()
         self._continuity: dict[TopicPartition, OffsetContinuity] = {}
         self.carried_until: dict[int, int] = {}
-        self.projected_until: dict[int, int] = {}
         self.reading = threading.Event()
         self.reading.set()
         self._stop = threading.Event()
@@ -149,18 +153,8 @@ class TailingConsumer:
         with self._lock:
             return dict(self.positions)
 
-    def projector_next(self, incarnation: str, topic: str) -> Mapping[int, int]:
-        return self.needed_from(incarnation, topic)
-
-    def carried_over(
-        self,
-        incarnation: str,
-        topic: str,
-        carried_until: Mapping[int, int],
-        projected_until: Mapping[int, int],
-    ) -> None:
-        self.carried_until = dict(carried_until)
-        self.projected_until = dict(projected_until)
+    def carried_over(self, carry: CarryOver) -> None:
+        self.carried_until = dict(carry.carried_until)
 
     def wait_projected(
         self, incarnation: str, topic: str, carried_until: Mapping[int, int], timeout_s: float
@@ -285,16 +279,7 @@ class NothingConsumed:
     def needed_from(self, incarnation: str, topic: str) -> Mapping[int, int]:
         return {}
 
-    def projector_next(self, incarnation: str, topic: str) -> Mapping[int, int]:
-        return {}
-
-    def carried_over(
-        self,
-        incarnation: str,
-        topic: str,
-        carried_until: Mapping[int, int],
-        projected_until: Mapping[int, int],
-    ) -> None:
+    def carried_over(self, carry: CarryOver) -> None:
         raise AssertionError("a rotation put off carries nothing over")
 
     def wait_projected(
@@ -347,3 +332,74 @@ def test_produce_acks_is_read_from_every_request_version() -> None:
         for acks in (0, 1, -1):
             assert produce_acks(request(version, acks, None)) == acks
             assert produce_acks(request(version, acks, b"txn-1")) == acks
+
+
+async def test_checkpoints_carried_over_count_every_live_consumer_and_move_its_position(
+    fresh_dsn: str,
+) -> None:
+    """PostgresCheckpoints on real tables: who holds a replacement back, and where each
+    consumer resumes on the new incarnation."""
+    conn = await asyncpg.connect(fresh_dsn)
+    try:
+        await migrate(conn)
+        rows = [  # (table, group, incarnation, partition, committed, pending_until, age in s)
+            ("projector_checkpoints", "projector", "old", 0, 9, 12, 0),
+            ("projector_checkpoints", "projector", "old", 1, 19, None, 0),
+            ("analysis_checkpoints", "analysis#0/1", "old", 0, 4, None, 0),
+            ("analysis_checkpoints", "analysis#0/1", "old", 1, 30, None, 5),
+            # An analysis layout that stopped two hours ago: it holds nothing back.
+            ("analysis_checkpoints", "analysis#0/2", "old", 0, 0, None, 7200),
+            ("analysis_checkpoints", "analysis#0/2", "old", 1, 0, None, 7200),
+        ]
+        for table, group, incarnation, partition, committed, pending, age in rows:
+            pending_column = ", pending_until" if table == "projector_checkpoints" else ""
+            pending_value = ", $6" if table == "projector_checkpoints" else ""
+            await conn.execute(
+                f"INSERT INTO {table} (consumer_group, incarnation, topic, partition, committed,"
+                f" updated_at{pending_column}) VALUES ($1, $2, 'events', $3, $4,"
+                f" now() - make_interval(secs => $5){pending_value})",
+                *(group, incarnation, partition, committed, float(age)),
+                *((pending,) if table == "projector_checkpoints" else ()),
+            )
+        checkpoints = PostgresCheckpoints(fresh_dsn, "projector")
+        needed = await asyncio.to_thread(checkpoints.needed_from, "old", "events")
+        assert needed == {0: 5, 1: 20}
+
+        # A live group with no checkpoint on this incarnation (it has not written one since
+        # the broker last restarted empty) needs all of it.
+        await conn.execute(
+            "INSERT INTO analysis_checkpoints (consumer_group, incarnation, topic, partition, committed)"
+            " VALUES ('other', 'before-the-restart', 'events', 0, 99)"
+        )
+        assert await asyncio.to_thread(checkpoints.needed_from, "old", "events") == {}
+        await conn.execute("DELETE FROM analysis_checkpoints WHERE consumer_group = 'other'")
+
+        carry = CarryOver("old", "new", "events", carried_from={0: 5, 1: 20}, carried_until={0: 10, 1: 15})
+        await asyncio.to_thread(checkpoints.carried_over, carry)
+        copied = await conn.fetch(
+            "SELECT 'projector' AS t, consumer_group, partition, committed, pending_until, updated_at"
+            " FROM projector_checkpoints WHERE incarnation = 'new'"
+            " UNION ALL SELECT 'analysis', consumer_group, partition, committed, NULL, updated_at"
+            " FROM analysis_checkpoints WHERE incarnation = 'new' ORDER BY 1, 2, 3"
+        )
+        # Old offset o is new offset o - carried_from; nothing pending comes along (the
+        # projector finishes that round on the old incarnation); the gone layout stays behind.
+        assert [
+            (r["t"], r["consumer_group"], r["partition"], r["committed"], r["pending_until"]) for r in copied
+        ] == [
+            ("analysis", "analysis#0/1", 0, -1, None),
+            ("analysis", "analysis#0/1", 1, 10, None),
+            ("projector", "projector", 0, 4, None),
+            ("projector", "projector", 1, -1, None),
+        ]
+        originals = await conn.fetch(
+            "SELECT partition, updated_at FROM analysis_checkpoints"
+            " WHERE consumer_group = 'analysis#0/1' AND incarnation = 'old' ORDER BY partition"
+        )
+        assert [r["updated_at"] for r in copied if r["t"] == "analysis"] == [
+            r["updated_at"] for r in originals
+        ]
+        assert await ingest_checkpoints.load_carry_over(conn, "new", "events") == carry
+        assert await asyncio.to_thread(checkpoints.needed_from, "new", "events") == {0: 0, 1: 0}
+    finally:
+        await conn.close()

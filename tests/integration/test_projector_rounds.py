@@ -1,10 +1,11 @@
 """Rounds: batches of several partitions projected together, and their crash recovery.
 
 A round is one ClickHouse insert per table and one Postgres transaction for batches of
-several partitions. The test crashes a real round between the ClickHouse insert and the
-Postgres commit (the checkpoint advance fails), then starts the ingest service on the
+several partitions. The tests crash a real round between the ClickHouse insert and the
+Postgres commit (the checkpoint advance fails), then start the ingest service on the
 same stores: it must find the pending round, read its members back from Kafka, insert
-them again with the same dedup token (a no-op) and commit, so every point is held once.
+them again with the same dedup token (a no-op) and commit, so every point is held once;
+also when the broker was replaced meanwhile, and the records are the carried copies.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import asyncpg
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from runledger.embedded.broker import EmbeddedBroker
+from runledger.embedded.broker import EmbeddedBroker, ensure_topics
+from runledger.embedded.rotation import PostgresCheckpoints, gated_broker, rotate
 from runledger.stores.clickhouse.adapter import ChdbClickHouse
 from services.ingest import checkpoints
 from services.ingest.batch_writer import BatchWriter, assemble, prepare
@@ -64,55 +68,59 @@ async def _checkpoints(dsn: str, group: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
     try:
         return await conn.fetch(
-            "SELECT partition, committed, pending_until, pending_round FROM projector_checkpoints"
-            " WHERE consumer_group = $1 ORDER BY partition",
+            "SELECT incarnation, partition, committed, pending_until, pending_round"
+            " FROM projector_checkpoints WHERE consumer_group = $1 ORDER BY incarnation, partition",
             group,
         )
     finally:
         await conn.close()
 
 
-async def test_a_round_crashed_after_clickhouse_is_finished_once_by_the_next_projector(
-    broker: EmbeddedBroker,
-    topics: dict[str, str],
-    fresh_dsn: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    tenant = f"rounds-{uuid.uuid4().hex[:6]}"
-    identity = await provision(fresh_dsn, tenant)
-    group = f"projector-{uuid.uuid4().hex[:6]}"
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
+@dataclass
+class Workload:
+    """What `_produce` sent: the last offset of each partition, the points and their sum."""
+
+    tenant: str
+    last: dict[int, int]
+    expected_sum: float
+    total_points: int = RUNS * BATCHES * STEPS * len(KEYS)
+
+
+def _produce(bootstrap: str, topic: str, identity: Any, tenant: str) -> Workload:
+    """RUNS runs of BATCHES metric batches each, spread over the topic's partitions."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     last: dict[int, int] = {}
     expected_sum = 0.0
     for i in range(RUNS):
         run_id = f"run-{i}-{uuid.uuid4().hex[:6]}"
-        md = producer.send(
-            topics["events"], key=run_id.encode(), value=run_started(identity, "exp", run_id)
-        ).get(30)
+        md = producer.send(topic, key=run_id.encode(), value=run_started(identity, "exp", run_id)).get(30)
         last[md.partition] = max(last.get(md.partition, -1), md.offset)
         for b in range(BATCHES):
             raw, cols = metrics_batch(identity, "exp", run_id, KEYS, b * STEPS, STEPS, seed=i * 10 + b)
-            md = producer.send(topics["events"], key=run_id.encode(), value=raw).get(30)
+            md = producer.send(topic, key=run_id.encode(), value=raw).get(30)
             last[md.partition] = max(last.get(md.partition, -1), md.offset)
             expected_sum += float(cols["values"].sum())
     producer.close()
     assert len(last) >= 2, "the runs must spread over several partitions for a multi-partition round"
-    total_points = RUNS * BATCHES * STEPS * len(KEYS)
+    return Workload(tenant, last, expected_sum)
 
-    # The crashed round: the first half of every partition's records, written as one round
-    # whose checkpoint advance fails after ClickHouse took the insert. (Half, so that a
-    # projector that did not re-form exactly this round would form other rounds, with other
-    # tokens, and duplicate points.)
-    incarnation = await asyncio.to_thread(_cluster_id, broker.bootstrap)
-    members = [Member(p, 0, off // 2) for p, off in sorted(last.items())]
-    records = await asyncio.to_thread(read_ranges, [broker.bootstrap], topics["events"], members)
+
+async def _crash_round(
+    bootstrap: str, topic: str, dsn: str, group: str, state: Path, workload: Workload
+) -> list[Member]:
+    """Write the first half of every partition's records as one round whose checkpoint advance
+    fails after ClickHouse took the insert; return its members. (Half, so that a projector
+    that did not re-form exactly this round would form other rounds, with other tokens, and
+    duplicate points.)"""
+    incarnation = await asyncio.to_thread(_cluster_id, bootstrap)
+    members = [Member(p, 0, off // 2) for p, off in sorted(workload.last.items())]
+    records = await asyncio.to_thread(read_ranges, [bootstrap], topic, members)
     assert {p: len(rs) for p, rs in records.items()} == {m.partition: m.last + 1 for m in members}
     batches = [
         prepare(
             PartitionBuffer(
-                key=PartitionKey(group, incarnation, topics["events"], m.partition),
-                tp=TopicPartition(topics["events"], m.partition),
+                key=PartitionKey(group, incarnation, topic, m.partition),
+                tp=TopicPartition(topic, m.partition),
                 committed=-1,
             ),
             records[m.partition],
@@ -122,59 +130,67 @@ async def test_a_round_crashed_after_clickhouse_is_finished_once_by_the_next_pro
     ]
     round_ = assemble(batches)
     assert round_.members == members
-    clickhouse = ChdbClickHouse(tmp_path / "state" / "clickhouse")
+    clickhouse = ChdbClickHouse(state / "clickhouse")
     clickhouse.migrate()
-    pool = await asyncpg.create_pool(fresh_dsn, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
 
     async def crash(*args: object) -> None:
         raise _Crash
 
-    monkeypatch.setattr(checkpoints, "advance", crash)
+    original = checkpoints.advance
+    checkpoints.advance = crash  # type: ignore[assignment]
     try:
         with pytest.raises(_Crash):
             await BatchWriter(clickhouse, pool, _DeadLetters()).write(round_)  # type: ignore[arg-type]
         held = clickhouse.query_arrow(
-            "SELECT count() AS n FROM runledger.metric_points WHERE tenant_id = {t:String}", {"t": tenant}
+            "SELECT count() AS n FROM runledger.metric_points WHERE tenant_id = {t:String}",
+            {"t": workload.tenant},
         ).to_pylist()[0]["n"]
     finally:
-        monkeypatch.undo()
+        checkpoints.advance = original
         clickhouse.close()
         await pool.close()
-    assert 0 < held == round_.projection.point_count < total_points  # ClickHouse holds the round
-    pending = await _checkpoints(fresh_dsn, group)
+    assert 0 < held == round_.projection.point_count < workload.total_points  # ClickHouse holds the round
+    pending = await _checkpoints(dsn, group)
     assert [(r["partition"], r["committed"], r["pending_until"]) for r in pending] == [
         (m.partition, -1, m.last) for m in members
     ]
     assert {r["pending_round"] for r in pending} == {round_.token}
+    return members
 
-    projector = ServiceProcess(
+
+def _projector(state: Path, bootstrap: str, dsn: str, topics: dict[str, str], group: str) -> ServiceProcess:
+    return ServiceProcess(
         "ingest",
-        tmp_path / "state",
+        state,
         {
-            "RUNLEDGER_KAFKA_BOOTSTRAP": broker.bootstrap,
-            "RUNLEDGER_POSTGRES_DSN": fresh_dsn,
+            "RUNLEDGER_KAFKA_BOOTSTRAP": bootstrap,
+            "RUNLEDGER_POSTGRES_DSN": dsn,
             "RUNLEDGER_EVENTS_TOPIC": topics["events"],
             "RUNLEDGER_DLQ_TOPIC": topics["dlq"],
             "RUNLEDGER_PROJECTOR_GROUP": group,
         },
     )
-    projector.start()
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            rows = await _checkpoints(fresh_dsn, group)
-            done = {r["partition"]: r["committed"] for r in rows if r["pending_until"] is None}
-            if all(done.get(p, -1) >= off for p, off in last.items()):
-                break
-            await asyncio.sleep(0.3)
-        else:
-            pytest.fail(f"the pending round was not finished: {rows}\n{projector.log_tail()}")
-        log = projector.log_tail(400)
-    finally:
-        projector.stop()
-    assert "finishing round" in log
 
-    clickhouse = ChdbClickHouse(tmp_path / "state" / "clickhouse")
+
+async def _wait_committed(
+    dsn: str, group: str, incarnation: str, last: dict[int, int], projector: ServiceProcess
+) -> None:
+    """Until the projector's checkpoints of `incarnation` reach `last`, nothing pending."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        rows = [r for r in await _checkpoints(dsn, group) if r["incarnation"] == incarnation]
+        done = {r["partition"]: r["committed"] for r in rows if r["pending_until"] is None}
+        if all(done.get(p, -1) >= off for p, off in last.items()):
+            return
+        await asyncio.sleep(0.3)
+    pytest.fail(f"the projector did not reach {last}: {rows}\n{projector.log_tail()}")
+
+
+async def _assert_held_once(dsn: str, state: Path, workload: Workload) -> None:
+    """Every point, archived event, run and latest value of the workload is held exactly once."""
+    tenant = workload.tenant
+    clickhouse = ChdbClickHouse(state / "clickhouse")
     try:
         row = clickhouse.query_arrow(
             "SELECT count() AS n, uniqExact(run_id, key, step) AS distinct_points, sum(value) AS total"
@@ -186,10 +202,10 @@ async def test_a_round_crashed_after_clickhouse_is_finished_once_by_the_next_pro
         ).to_pylist()[0]["n"]
     finally:
         clickhouse.close()
-    assert row["n"] == row["distinct_points"] == total_points
-    assert row["total"] == pytest.approx(expected_sum, rel=1e-12)
+    assert row["n"] == row["distinct_points"] == workload.total_points
+    assert row["total"] == pytest.approx(workload.expected_sum, rel=1e-12)
     assert archived == RUNS * (BATCHES + 1)
-    conn = await asyncpg.connect(fresh_dsn)
+    conn = await asyncpg.connect(dsn)
     try:
         runs = await conn.fetchval("SELECT count(*) FROM runs WHERE tenant_id = $1", tenant)
         steps = await conn.fetch("SELECT step FROM latest_metrics WHERE tenant_id = $1", tenant)
@@ -197,6 +213,87 @@ async def test_a_round_crashed_after_clickhouse_is_finished_once_by_the_next_pro
         await conn.close()
     assert runs == RUNS
     assert len(steps) == RUNS * len(KEYS) and {r["step"] for r in steps} == {BATCHES * STEPS - 1}
+
+
+async def test_a_round_crashed_after_clickhouse_is_finished_once_by_the_next_projector(
+    broker: EmbeddedBroker, topics: dict[str, str], fresh_dsn: str, tmp_path: Path
+) -> None:
+    tenant = f"rounds-{uuid.uuid4().hex[:6]}"
+    identity = await provision(fresh_dsn, tenant)
+    group = f"projector-{uuid.uuid4().hex[:6]}"
+    state = tmp_path / "state"
+    workload = await asyncio.to_thread(_produce, broker.bootstrap, topics["events"], identity, tenant)
+    await _crash_round(broker.bootstrap, topics["events"], fresh_dsn, group, state, workload)
+
+    projector = _projector(state, broker.bootstrap, fresh_dsn, topics, group)
+    projector.start()
+    try:
+        incarnation = await asyncio.to_thread(_cluster_id, broker.bootstrap)
+        await _wait_committed(fresh_dsn, group, incarnation, workload.last, projector)
+        log = projector.log_tail(400)
+    finally:
+        projector.stop()
+    assert "finishing round" in log
+    await _assert_held_once(fresh_dsn, state, workload)
+
+
+def test_a_round_left_pending_on_a_replaced_broker_is_finished_from_the_carried_records(
+    fresh_dsn: str, tmp_path: Path
+) -> None:
+    """The projector dies between ClickHouse and PostgreSQL; the broker is replaced before it
+    comes back. It must finish the round from the records carried into the new broker, with
+    the round's token, instead of projecting them again under the new incarnation's tokens
+    (which put them in ClickHouse twice)."""
+    tenant = f"carried-{uuid.uuid4().hex[:6]}"
+    group = f"projector-{uuid.uuid4().hex[:6]}"
+    state = tmp_path / "state"
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"events": f"carried.events.{suffix}", "dlq": f"carried.dlq.{suffix}"}
+    layout = {topics["events"]: 4, topics["dlq"]: 1}
+    # The brokers are started from this thread: they stop with the thread that started them.
+    gate, old = gated_broker(tmp_path / "broker.log")
+    running = [old]
+    try:
+        old.start()
+        ensure_topics(gate.bootstrap, layout)
+        identity = asyncio.run(provision(fresh_dsn, tenant))
+        workload = _produce(gate.bootstrap, topics["events"], identity, tenant)
+        members = asyncio.run(
+            _crash_round(gate.bootstrap, topics["events"], fresh_dsn, group, state, workload)
+        )
+
+        new, report = rotate(
+            old,
+            gate,
+            PostgresCheckpoints(fresh_dsn, group),
+            events_topic=topics["events"],
+            dlq_topic=topics["dlq"],
+            topics=layout,
+            max_carry_bytes=64 << 20,
+            projection_timeout_s=0.1,  # no projector runs yet
+        )
+        running.append(new)
+        assert report.carried_events == sum(off + 1 for off in workload.last.values())
+
+        projector = _projector(state, gate.bootstrap, fresh_dsn, topics, group)
+        projector.start()
+        try:
+            asyncio.run(_wait_committed(fresh_dsn, group, report.new_incarnation, workload.last, projector))
+            log = projector.log_tail(400)
+        finally:
+            projector.stop()
+        assert "left pending on the replaced broker" in log
+        old_rows = asyncio.run(_checkpoints(fresh_dsn, group))
+        assert [
+            (r["partition"], r["committed"], r["pending_until"])
+            for r in old_rows
+            if r["incarnation"] == report.old_incarnation
+        ] == [(m.partition, m.last, None) for m in members]
+        asyncio.run(_assert_held_once(fresh_dsn, state, workload))
+    finally:
+        for broker in running:
+            broker.stop()
+        gate.stop()
 
 
 def _buffer(partition: int, n: int) -> PartitionBuffer:

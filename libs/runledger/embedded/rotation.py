@@ -15,17 +15,21 @@ the supervisor replaces it by a new broker on another port, behind the same prod
    routes the rotation's staging client to it).
 2. The gate holds every new produce and waits until each forwarded one is answered: from
    then on the old log does not change. What came after step 1's read is read and written
-   too. Table `broker_carry_over` records where the carried records end in each partition,
-   and the projector's first checkpoint on the new incarnation skips the ones it had applied.
+   too. Table `broker_carry_over` records where the carried records start and end in each
+   partition, and each consumer group's checkpoints are copied to the new incarnation,
+   moved to the carried records' new offsets. A consumer that has not checkpointed on the
+   old incarnation at all is still counted (it needs all of it), unless it is gone.
 3. The gate holds every request, sends new connections to the new broker and stops the old
    one; its connections drop, and clients reconnect to the new one.
 4. The gate lets every request but produces through, so consumers reach the new broker; once
    the projector has applied the carried records, produces too. (A write acknowledged by the
    new broker is then never ahead of an unprojected older one, which read-your-writes relies on.)
 
-Consumers see a new incarnation, as after any broker restart, and read the carried records;
-what they had already applied they drop by event id (ADR 0003), as they do a producer's
-resend. Producers see a cluster id that names their old incarnation as carried over, so they
+Consumers see a new incarnation, as after any broker restart, and resume from their copied
+checkpoints; what they had applied after those were copied they drop (the projector by event
+id, ADR 0003, as it does a producer's resend; the analysis by step). A round the projector
+left pending on the old incarnation it finishes from the carried records
+(services/ingest/projector.py). Producers see a cluster id that names their old incarnation as carried over, so they
 forget what it acknowledged instead of sending it again. If anything fails before step 3, the
 new broker is dropped and the old one goes on as if nothing happened.
 
@@ -41,6 +45,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -50,7 +55,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from runledger.embedded.broker import ADMIN_CLIENT_ID, EmbeddedBroker, ensure_topics
 from runledger.embedded.ports import free_port
 from runledger.embedded.produce_gate import ProduceGate
-from runledger.incarnation import successor_incarnation
+from runledger.incarnation import CarryOver, successor_incarnation
 
 log = logging.getLogger(__name__)
 
@@ -113,19 +118,9 @@ class ConsumerCheckpoints(Protocol):
         `incarnation`; partitions not in the answer are needed from offset 0."""
         ...
 
-    def projector_next(self, incarnation: str, topic: str) -> Mapping[int, int]:
-        """The next offset the projector needs, per partition (missing: 0)."""
-        ...
-
-    def carried_over(
-        self,
-        incarnation: str,
-        topic: str,
-        carried_until: Mapping[int, int],
-        projected_until: Mapping[int, int],
-    ) -> None:
-        """Record that `incarnation` holds carried records below `carried_until[partition]`, of
-        which the projector had applied those below `projected_until[partition]` (it starts there)."""
+    def carried_over(self, carry: CarryOver) -> None:
+        """Record what `carry` brought into the new incarnation, and start each consumer
+        there where it stood on the old one (the same records, at their new offsets)."""
         ...
 
     def wait_projected(
@@ -134,6 +129,14 @@ class ConsumerCheckpoints(Protocol):
         """Whether the projector has applied `incarnation`'s records below `carried_until`
         within `timeout_s`."""
         ...
+
+
+# A consumer group none of whose checkpoints moved for this long is taken for gone (a removed
+# service, an old analysis shard layout): what it would need is not carried, nor is its
+# position, so it cannot hold every later replacement back.
+CONSUMER_GONE_AFTER_S = 3600.0
+# The consumers' checkpoint tables; a consumer is "<table>:<group>".
+_CHECKPOINT_TABLES = ("projector_checkpoints", "analysis_checkpoints")
 
 
 class PostgresCheckpoints:
@@ -146,67 +149,86 @@ class PostgresCheckpoints:
 
     def needed_from(self, incarnation: str, topic: str) -> Mapping[int, int]:
         """Per partition, the lowest next offset over every consumer group (and analysis
-        shard) that has checkpointed anything on that incarnation; a group without a row for
-        a partition needs it from 0."""
-        rows = self._run(
-            "SELECT 'projector:' || consumer_group AS consumer, partition, committed"
-            " FROM projector_checkpoints WHERE incarnation = $1 AND topic = $2"
-            " UNION ALL SELECT 'analysis:' || consumer_group, partition, committed"
-            " FROM analysis_checkpoints WHERE incarnation = $1 AND topic = $2",
-            incarnation,
-            topic,
-        )
-        by_consumer: dict[str, dict[int, int]] = {}
-        for row in rows:
-            by_consumer.setdefault(row["consumer"], {})[row["partition"]] = row["committed"] + 1
-        seen = {p for marks in by_consumer.values() for p in marks}
-        return {p: min(marks.get(p, 0) for marks in by_consumer.values()) for p in seen}
+        shard) that is not gone (CONSUMER_GONE_AFTER_S); a group without a row for a
+        partition of `incarnation` needs it from 0, one without any row there all of it
+        (it has not checkpointed since the broker last restarted empty)."""
 
-    def projector_next(self, incarnation: str, topic: str) -> Mapping[int, int]:
-        """From the projector's checkpoints (committed + 1)."""
-        rows = self._run(
-            "SELECT partition, committed FROM projector_checkpoints"
-            " WHERE consumer_group = $1 AND incarnation = $2 AND topic = $3",
-            self._projector_group,
-            incarnation,
-            topic,
-        )
-        return {r["partition"]: r["committed"] + 1 for r in rows}
+        async def read(conn: Any) -> Mapping[int, int]:
+            rows = await conn.fetch(
+                " UNION ALL ".join(
+                    f"SELECT '{table}:' || consumer_group AS consumer, partition, committed,"
+                    f" incarnation = $1 AS here, updated_at FROM {table} WHERE topic = $2"
+                    for table in _CHECKPOINT_TABLES
+                ),
+                incarnation,
+                topic,
+            )
+            newest: dict[str, datetime] = {}
+            for row in rows:
+                newest[row["consumer"]] = max(
+                    row["updated_at"], newest.get(row["consumer"], row["updated_at"])
+                )
+            now = await conn.fetchval("SELECT now()")
+            live = {c for c, at in newest.items() if (now - at).total_seconds() < CONSUMER_GONE_AFTER_S}
+            by_consumer: dict[str, dict[int, int]] = {c: {} for c in live}
+            for row in rows:
+                if row["here"] and row["consumer"] in live:
+                    by_consumer[row["consumer"]][row["partition"]] = row["committed"] + 1
+            if any(not marks for marks in by_consumer.values()):
+                return {}
+            seen = {p for marks in by_consumer.values() for p in marks}
+            return {p: min(marks.get(p, 0) for marks in by_consumer.values()) for p in seen}
 
-    def carried_over(
-        self,
-        incarnation: str,
-        topic: str,
-        carried_until: Mapping[int, int],
-        projected_until: Mapping[int, int],
-    ) -> None:
-        """Rows of `broker_carry_over` (the API's read-your-writes waits translate with them) and
-        the projector's first checkpoint on the new incarnation, in one transaction."""
-        parts = sorted(carried_until)
+        return self._with_connection(read)
+
+    def carried_over(self, carry: CarryOver) -> None:
+        """Rows of `broker_carry_over` (the API's read-your-writes waits translate with them, the
+        projector finishes a round left pending on the predecessor with them) and each
+        consumer group's checkpoints on the new incarnation, from its rows on the old one:
+        offsets moved down by where the carried records start, the time they were taken kept
+        (the analysis picks its shard layout by it). One transaction."""
+        old, incarnation, topic = carry.predecessor, carry.incarnation, carry.topic
+        parts = sorted(carry.carried_until)
+        starts = [carry.carried_from.get(p, 0) for p in parts]
+        untils = [carry.carried_until[p] for p in parts]
 
         async def write(conn: Any) -> None:
             async with conn.transaction():
                 await conn.execute(
-                    "INSERT INTO broker_carry_over (incarnation, topic, partition, carried_until)"
-                    " SELECT $1, $2, p, u FROM unnest($3::int[], $4::bigint[]) AS c(p, u)"
+                    "INSERT INTO broker_carry_over"
+                    " (incarnation, topic, partition, carried_until, predecessor, carried_from)"
+                    " SELECT $1, $2, p, u, $5, f FROM unnest($3::int[], $4::bigint[], $6::bigint[]) AS c(p, u, f)"
                     " ON CONFLICT (incarnation, topic, partition) DO UPDATE"
-                    " SET carried_until = excluded.carried_until",
+                    " SET carried_until = excluded.carried_until, predecessor = excluded.predecessor,"
+                    " carried_from = excluded.carried_from",
                     incarnation,
                     topic,
                     parts,
-                    [carried_until[p] for p in parts],
+                    untils,
+                    old,
+                    starts,
                 )
-                # The projector has not seen this incarnation yet (the gate holds it off).
-                await conn.execute(
-                    "INSERT INTO projector_checkpoints (consumer_group, incarnation, topic, partition, committed)"
-                    " SELECT $1, $2, $3, p, c FROM unnest($4::int[], $5::bigint[]) AS s(p, c)"
-                    " ON CONFLICT (consumer_group, incarnation, topic, partition) DO NOTHING",
-                    self._projector_group,
-                    incarnation,
-                    topic,
-                    parts,
-                    [projected_until.get(p, 0) - 1 for p in parts],
-                )
+                # No consumer has seen the new incarnation yet (the gate holds them off). A
+                # round pending on the old one is not carried: the projector finishes it there.
+                for table in _CHECKPOINT_TABLES:
+                    await conn.execute(
+                        f"INSERT INTO {table} (consumer_group, incarnation, topic, partition, committed, updated_at)"
+                        " SELECT c.consumer_group, $2, c.topic, c.partition,"
+                        " GREATEST(-1, LEAST(c.committed - s.start, s.until - 1)), c.updated_at"
+                        f" FROM {table} AS c"
+                        " JOIN unnest($4::int[], $5::bigint[], $6::bigint[]) AS s(p, start, until) ON c.partition = s.p"
+                        " WHERE c.incarnation = $1 AND c.topic = $3 AND c.consumer_group IN"
+                        f" (SELECT consumer_group FROM {table} GROUP BY consumer_group"
+                        "   HAVING max(updated_at) > now() - make_interval(secs => $7))"
+                        " ON CONFLICT (consumer_group, incarnation, topic, partition) DO NOTHING",
+                        old,
+                        incarnation,
+                        topic,
+                        parts,
+                        starts,
+                        untils,
+                        CONSUMER_GONE_AFTER_S,
+                    )
 
         self._with_connection(write)
 
@@ -234,12 +256,6 @@ class PostgresCheckpoints:
                 await asyncio.sleep(0.05)
 
         return self._with_connection(poll)
-
-    def _run(self, query: str, *args: Any) -> list[Any]:
-        async def fetch(conn: Any) -> list[Any]:
-            return list(await conn.fetch(query, *args))
-
-        return self._with_connection(fetch)
 
     def _with_connection(self, work: Callable[[Any], Awaitable[_T]]) -> _T:
         async def run() -> _T:
@@ -301,20 +317,14 @@ def rotate(
             events += rest
             letters += letters_rest
             carried_bytes = _carry_size(events, letters, max_carry_bytes)
-            # Read last: the projector goes on applying the old broker's records until it dies.
-            projector_next = checkpoints.projector_next(old, events_topic)
             writing = time.monotonic()
             produce_all(gate.bootstrap, events_topic, rest)
             produce_all(gate.bootstrap, dlq_topic, letters_rest)
             per_partition = Counter(r.partition for r in events)
             carried_until = {p: per_partition[p] for p in range(partitions)}
-            # The carried records of a partition are its old offsets start.., in order: the
-            # projector starts past the ones it had applied (the analysis reads them).
-            projected_until = {
-                p: min(carried_until[p], max(0, projector_next.get(p, 0) - start_offsets[p]))
-                for p in range(partitions)
-            }
-            checkpoints.carried_over(new, events_topic, carried_until, projected_until)
+            # The carried records of a partition are its old offsets start.., in order.
+            carry = CarryOver(old, new, events_topic, start_offsets, carried_until)
+            checkpoints.carried_over(carry)
             # The swap: no client reaches either broker meanwhile; connections to the old one
             # drop with it, and clients reconnect to the new one.
             gate.hold_all()

@@ -249,6 +249,10 @@ CREATE TABLE IF NOT EXISTS broker_carry_over (
     carried_until bigint NOT NULL,
     PRIMARY KEY (incarnation, topic, partition)
 );
+-- The incarnation carried from, and the offset there of this one's offset 0: a round the
+-- projector left pending on the predecessor is re-formed from the carried records.
+ALTER TABLE broker_carry_over ADD COLUMN IF NOT EXISTS predecessor text;
+ALTER TABLE broker_carry_over ADD COLUMN IF NOT EXISTS carried_from bigint NOT NULL DEFAULT 0;
 
 CREATE TABLE IF NOT EXISTS dead_letters_count (
     tenant_id text NOT NULL,
