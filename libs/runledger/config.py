@@ -71,8 +71,8 @@ class Settings(BaseSettings):
         description="Embedded mode: once the broker's resident memory passes this many MiB, replace it"
         " by an empty one, carrying over what the consumers have not checkpointed yet (and every dead"
         " letter); produces wait meanwhile (2.8 s under the fleet benchmark; ADR 0015). The in-memory"
-        " broker never deletes a record otherwise. 0 = never (clients then talk to the broker directly,"
-        " without the relay that makes the swap lossless).",
+        " broker never deletes a record otherwise. 0 = never (the relay in front of the broker stays: it also"
+        " keeps clients away from a restarted broker until its topics exist).",
     )
     broker_rotate_carry_max_mib: int = Field(
         512,

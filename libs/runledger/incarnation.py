@@ -8,7 +8,7 @@ acknowledged (libs/runledger_sdk/resend.py), since it may not have been consumed
 A planned replacement (libs/runledger/embedded/rotation.py) first makes sure nothing of the
 old incarnation is lost: everything it acknowledged is consumed or carried over into the
 new one. It says so in the new cluster id, `runledger-<hex>.after.runledger-<old hex>`, so that
-clients can forget what the old one acknowledged instead of sending it all again.
+clients need not send again what the old one acknowledged.
 """
 
 from __future__ import annotations

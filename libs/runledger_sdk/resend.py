@@ -10,7 +10,9 @@ Against a real, replicated Kafka the cluster id never changes and records simply
 
 A planned replacement of the embedded broker carries everything the old incarnation held
 over into the new one and says so in the new cluster id (libs/runledger/incarnation.py):
-the records of that old incarnation are then forgotten, not sent again.
+the records of that old incarnation are then not sent again, but kept as the new one's,
+since it holds them now: if it restarts empty before the consumers took them, they are
+sent again with its own.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class ResendWindow:
         self._bytes = 0
         self._per_incarnation: Counter[str] = Counter()  # so the usual check costs nothing
         self.dropped = 0  # aged out or over the byte bound (what a restart then loses)
-        self.carried = 0  # forgotten because a planned replacement carried them over
+        self.carried = 0  # not sent again because a planned replacement carried them over
 
     def __len__(self) -> int:
         return len(self._items)
@@ -58,7 +60,7 @@ class ResendWindow:
     def orphans(self, incarnation: str) -> list[Record]:
         """Remove and return, in seq order, the records acknowledged by another incarnation.
 
-        Those of an incarnation that `incarnation` declares carried over are removed only.
+        Those of an incarnation that `incarnation` declares carried over are kept as its own.
         """
         self._prune(self._clock())
         if len(self._items) == self._per_incarnation[incarnation]:
@@ -69,6 +71,7 @@ class ResendWindow:
             if inc == incarnation:
                 kept.append((stamp, inc, record))
             elif carried_over(inc, incarnation):
+                kept.append((stamp, incarnation, record))
                 self.carried += 1
             else:
                 out.append(record)

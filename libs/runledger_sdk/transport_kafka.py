@@ -16,8 +16,15 @@ from runledger_sdk.transport import Outcome, Record, Transport
 log = logging.getLogger("runledger_sdk.kafka")
 
 # Errors that a retry later can fix even though Kafka calls them non-retriable: a
-# permission fixed by an admin must not turn into lost events.
-_RETRY_ANYWAY = ("TopicAuthorizationFailedError", "ClusterAuthorizationFailedError", "KafkaTimeoutError")
+# permission fixed by an admin must not turn into lost events; UNKNOWN_SERVER_ERROR is what
+# the embedded broker (tansu 0.6.0) answers a produce that lost a race for its offsets, with
+# nothing stored (libs/runledger/embedded/rotation.py, `start_behind_gate`).
+_RETRY_ANYWAY = (
+    "TopicAuthorizationFailedError",
+    "ClusterAuthorizationFailedError",
+    "KafkaTimeoutError",
+    "UnknownError",
+)
 
 
 class KafkaTransport(Transport):

@@ -1,4 +1,4 @@
-"""Read exact offset ranges of partitions back from Kafka (re-forming a pending round).
+"""Read offset ranges of partitions back from Kafka (re-forming a pending round).
 
 A round left pending by a crash may span partitions this projector is not assigned
 (another consumer of the group got them in the rebalance); its members are read with a
@@ -14,6 +14,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from services.ingest.checkpoints import Member
+from services.ingest.offset_continuity import OffsetContinuity
 
 
 class RangeUnavailable(Exception):
@@ -23,7 +24,13 @@ class RangeUnavailable(Exception):
 def read_ranges(
     bootstrap: Sequence[str], topic: str, members: Sequence[Member], timeout_s: float = 30.0
 ) -> dict[int, list[Any]]:
-    """The records of each member's offsets first..last, by partition (blocking)."""
+    """The records of each member's offsets first..last, by partition (blocking).
+
+    Screened as the consumer that formed the round screened them
+    (services/ingest/offset_continuity.py): a repeated offset keeps its first record, and a
+    hole is fetched again until it fills or has stayed long enough to be taken as it is
+    (the consumer took it so, or could not have read the records after it).
+    """
     consumer = KafkaConsumer(
         bootstrap_servers=list(bootstrap),
         group_id=None,
@@ -35,6 +42,10 @@ def read_ranges(
     try:
         wanted = {m.partition: m for m in members}
         got: dict[int, list[Any]] = {m.partition: [] for m in members}
+        continuity = {
+            m.partition: OffsetContinuity(m.first - 1, f"re-forming a round, partition {topic}-{m.partition}")
+            for m in members
+        }
         consumer.assign([TopicPartition(topic, p) for p in wanted])
         for m in members:
             consumer.seek(TopicPartition(topic, m.partition), m.first)
@@ -46,19 +57,16 @@ def read_ranges(
                     f"partitions {sorted(open_)} of {topic} not read back in {timeout_s} s"
                 )
             for tp, records in consumer.poll(200).items():
-                m = wanted[tp.partition]
                 if tp.partition not in open_:
                     continue
-                got[tp.partition].extend(r for r in records if m.first <= r.offset <= m.last)
-                if records and records[-1].offset >= m.last:
+                m, screen = wanted[tp.partition], continuity[tp.partition]
+                taken, refetch = screen.screen([r for r in records if r.offset <= m.last])
+                got[tp.partition].extend(taken)
+                if refetch:  # kafka-python drops what it fetched past the new position
+                    consumer.seek(tp, screen.fetched_until + 1)
+                elif records and records[-1].offset >= m.last:
                     open_.discard(tp.partition)
                     consumer.pause(tp)
-        for m in members:  # a fetch can skip a batch (services/ingest/offset_continuity.py)
-            if len(got[m.partition]) != m.last - m.first + 1:
-                raise RangeUnavailable(
-                    f"partition {m.partition} of {topic}: {len(got[m.partition])} records read back"
-                    f" for offsets {m.first}..{m.last}"
-                )
         return got
     finally:
         consumer.close(autocommit=False)

@@ -9,6 +9,7 @@ that a real tail (records acknowledged but not consumed) has to be carried over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -19,6 +20,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 
 from runledger.embedded.broker import EmbeddedBroker, ensure_topics
 from runledger.embedded.produce_gate import ProduceGate, produce_acks
@@ -30,6 +32,7 @@ from runledger.embedded.rotation import (
     gated_broker,
     read_tail,
     rotate,
+    start_behind_gate,
 )
 from runledger.incarnation import CarryOver, carried_over, new_incarnation, successor_incarnation
 from runledger.stores.postgres.migrate import migrate
@@ -403,3 +406,86 @@ async def test_checkpoints_carried_over_count_every_live_consumer_and_move_its_p
         assert await asyncio.to_thread(checkpoints.needed_from, "new", "events") == {0: 0, 1: 0}
     finally:
         await conn.close()
+
+
+def _read_all(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, int, bytes]]:
+    """(partition, offset, value) of every record of `topic`, in fetch order."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(parts)
+        for tp in parts:
+            consumer.seek(tp, 0)
+        out: list[tuple[int, int, bytes]] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for tp, records in consumer.poll(300).items():
+                out += [(tp.partition, r.offset, r.value) for r in records]
+            ends = [consumer.highwater(tp) for tp in parts]
+            if all(
+                end is not None and consumer.position(tp) >= end for tp, end in zip(parts, ends, strict=True)
+            ):
+                break
+        return out
+    finally:
+        consumer.close()
+
+
+def test_behind_the_gate_a_restarted_broker_takes_produces_only_once_its_topics_exist(gated: Gated) -> None:
+    """Producers that outlive the restart write all the while: every record the new broker
+    acknowledged is there once, at an offset of its own. (Without the hold, tansu takes
+    produces before the topic exists and then gives their offsets out again: repeated
+    offsets in every run tried.)"""
+    gate = gated.gate
+    acked: list[bytes] = []
+    stop, pause = threading.Event(), threading.Event()
+    paused: set[str] = set()
+
+    def write(name: str, per_batch: int) -> None:
+        # Batches of different sizes: a produce reusing an offset then lands inside another's
+        # batch (a repeated offset), not only on its first offset (a refused produce).
+        producer = KafkaProducer(bootstrap_servers=gate.bootstrap, acks="all", linger_ms=5, retries=0)
+        i = 0
+        while not stop.is_set():
+            if pause.is_set():
+                paused.add(name)
+                time.sleep(0.01)
+                continue
+            paused.discard(name)
+            values = [f"{name}-{i + n}".encode() for n in range(per_batch)]
+            i += per_batch
+            futures = [producer.send(EVENTS, value, partition=0) for value in values]
+            for value, future in zip(values, futures, strict=True):
+                with contextlib.suppress(KafkaError):  # the broker is down for a while
+                    future.get(10)
+                    acked.append(value)
+            time.sleep(0.002)
+        producer.close()
+
+    writers = [threading.Thread(target=write, args=(f"w{n}", size)) for n, size in enumerate((1, 5, 9))]
+    for writer in writers:
+        writer.start()
+    try:
+        time.sleep(0.5)
+        pause.set()  # what the old broker acknowledged is gone with it (memory storage)
+        _wait(lambda: len(paused) == len(writers), 15, "the writers to pause")
+        before = len(acked)
+        gated.broker.stop(grace=0.0)
+        pause.clear()  # the writer goes on while the broker is down and while it starts
+        time.sleep(0.3)
+        start_behind_gate(gated.broker, gate, TOPICS)  # in this thread: the broker lives with it
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join(30)
+    after = acked[before:]
+    assert after, "nothing was acknowledged after the restart"
+    records = _read_all(gate.bootstrap, EVENTS, PARTITIONS)
+    positions = Counter((partition, offset) for partition, offset, _ in records)
+    assert max(positions.values()) == 1, "an offset was given out twice"
+    for p in range(PARTITIONS):
+        offsets = sorted(offset for partition, offset in positions if partition == p)
+        assert offsets == list(range(len(offsets))), f"a hole in partition {p}"
+    stored = Counter(value for _, _, value in records)
+    assert [value for value in after if stored[value] != 1] == []

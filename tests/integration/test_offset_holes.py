@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 from prometheus_client import REGISTRY
 
 from runledger.embedded.broker import EmbeddedBroker
-from services.ingest.checkpoints import PartitionKey
+from services.ingest.checkpoints import Member, PartitionKey
 from services.ingest.offset_continuity import OffsetAnomaly, OffsetContinuity, screen_polled
 from services.ingest.partition_buffer import PartitionBuffer
+from services.ingest.range_reader import read_ranges
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +96,47 @@ def test_the_analysis_consumer_fetches_a_hole_again_before_analysing_past_it(bro
         consumer.close()
     assert [r.offset for r in analysed] == list(range(RECORDS))
     assert seen == [OffsetAnomaly.GAP_REFETCH, OffsetAnomaly.GAP_FILLED]
+
+
+def test_a_round_is_read_back_across_repeated_offsets_and_a_hole_that_stays(broker: EmbeddedBroker) -> None:
+    """Re-forming a pending round screens what it reads back as the consumer did: a repeated
+    offset keeps its first record, and a hole that stays is taken as it is (a strict count
+    kept the projector retrying that round for ever, and projecting nothing else).
+
+    The log is made with tansu's own defect (libs/runledger/embedded/rotation.py,
+    `start_behind_gate`): produces acknowledged while the topic does not exist, then
+    produces that reuse their offsets once it does."""
+    topic = f"reread-{uuid.uuid4().hex[:8]}"
+    broker.ensure_topics({topic: 1})
+    # linger: each list below goes as one batch; a long metadata age: the producer goes on
+    # sending to the topic it knows.
+    producer = KafkaProducer(
+        bootstrap_servers=broker.bootstrap, acks="all", retries=0, linger_ms=100, metadata_max_age_ms=600_000
+    )
+    producer.send(topic, b"known", partition=0).get(10)
+    admin = broker.admin()
+    admin.delete_topics([topic])
+    admin.close()
+
+    def produce(values: list[bytes]) -> list[int] | None:
+        try:
+            return [
+                future.get(10).offset for future in [producer.send(topic, v, partition=0) for v in values]
+            ]
+        except KafkaError:
+            return None
+
+    assert [produce([b"a0"]), produce([b"b0", b"b1"]), produce([b"x0"])] == [[0], [1, 2], [3]]
+    broker.ensure_topics({topic: 1})  # its offsets start at 0 again
+    assert [produce([b"c0"]), produce([b"c1"]), produce([b"c2"])] == [None, None, [2]]  # c2: a repeat
+    assert produce([b"c3", b"c4", b"c5"]) is None  # refused at 3, which x0 holds: 4 and 5 stay empty
+    assert produce([b"d0"]) == [6]
+    producer.close()
+    records = read_ranges([broker.bootstrap], topic, [Member(0, 0, 6)])[0]
+    assert [(r.offset, r.value) for r in records] == [
+        (0, b"a0"),
+        (1, b"b0"),
+        (2, b"b1"),
+        (3, b"x0"),
+        (6, b"d0"),
+    ]

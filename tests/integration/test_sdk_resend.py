@@ -15,6 +15,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from runledger.embedded.broker import EmbeddedBroker
+from runledger.incarnation import new_incarnation, successor_incarnation
 from runledger_sdk.config import load_settings
 from runledger_sdk.resend import ResendWindow
 from runledger_sdk.transport import Outcome, Record
@@ -100,3 +101,17 @@ def test_the_resend_window_is_bounded_by_time_and_bytes() -> None:
     assert [r.seq for r in window.orphans("two")] == list(range(5, 13))
     assert len(window) == 0
     assert not ResendWindow(0, 1 << 20).enabled
+
+
+def test_records_a_replacement_carried_over_are_kept_as_its_own() -> None:
+    """Not sent again to the replacement that holds them, but sent again if it restarts empty
+    before the consumers took them (the chaos trial, seed 8: two planted spikes were never
+    analysed when the SDK had forgotten them)."""
+    first = new_incarnation()
+    second = successor_incarnation(first)  # a planned replacement: everything carried over
+    third = new_incarnation()  # then a crash: an empty broker
+    window = ResendWindow(60.0, 1 << 20, clock=lambda: 0.0)
+    window.add(first, _records(0, 3))
+    assert window.orphans(second) == [] and len(window) == 3 and window.carried == 3
+    window.add(second, _records(3, 2))
+    assert [r.seq for r in window.orphans(third)] == [0, 1, 2, 3, 4]

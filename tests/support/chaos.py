@@ -32,11 +32,11 @@ import httpx
 import psutil
 
 from runledger.auth.keys import ApiKey, generate_key
-from runledger.embedded.broker import EmbeddedBroker, ensure_topics
+from runledger.embedded.broker import EmbeddedBroker
 from runledger.embedded.ports import free_port
 from runledger.embedded.postgres import EmbeddedPostgres
 from runledger.embedded.produce_gate import ProduceGate
-from runledger.embedded.rotation import PostgresCheckpoints, gated_broker, rotate
+from runledger.embedded.rotation import PostgresCheckpoints, gated_broker, rotate, start_behind_gate
 from tests.support.chaos_model import ChaosConfig
 from tests.support.services import REPO
 
@@ -191,8 +191,7 @@ def chaos_stack(root: Path | None = None, *, fsync: bool = False) -> Iterator[St
     stack: Stack | None = None
     try:
         postgres.start()
-        broker.start()
-        ensure_topics(gate.bootstrap, TOPICS)
+        start_behind_gate(broker, gate, TOPICS)
         env = {
             "RUNLEDGER_KAFKA_BOOTSTRAP": gate.bootstrap,
             "RUNLEDGER_POSTGRES_DSN": postgres.dsn,
@@ -372,8 +371,7 @@ class Storm:
         self._note("broker_stop")
         broker.stop(grace=0.0)  # SIGKILL: an in-memory broker loses everything it held
         time.sleep(self._rng.uniform(*self._config.downtime_s))
-        broker.start()
-        broker.ensure_topics(TOPICS)  # as the supervisor does for a new incarnation
+        start_behind_gate(broker, self._stack.gate, TOPICS)  # as the supervisor does
         self.trials.broker_restarts += 1
         self._note("broker_up", incarnation=broker.incarnation)
 

@@ -53,6 +53,7 @@ from runledger.embedded.rotation import (
     RotationSkipped,
     gated_broker,
     rotate,
+    start_behind_gate,
 )
 
 log = logging.getLogger(__name__)
@@ -329,18 +330,15 @@ class Supervisor:
 
     def _start_embedded_broker(self) -> None:
         log_path = self.logs_dir / "broker.log"
-        if self.settings.broker_rotate_mib:
-            # Clients reach the broker through the gate, so that it can be replaced losslessly.
-            self.gate, self.broker = gated_broker(log_path, port=self.settings.kafka_port)
-        else:
-            self.broker = EmbeddedBroker(self.settings.kafka_port, log_path)
+        # Clients reach the broker through the gate, so that it can be restarted and replaced
+        # without losing what they write meanwhile.
+        self.gate, self.broker = gated_broker(log_path, port=self.settings.kafka_port)
         self._start_broker()
 
     def _start_broker(self) -> None:
-        assert self.broker is not None
-        self.broker.start()
+        assert self.broker is not None and self.gate is not None
         try:
-            self._ensure_topics()
+            start_behind_gate(self.broker, self.gate, self._topics())
         except BaseException:
             # A broker without its topics must count as down, so the monitor retries both.
             self.broker.stop()
@@ -480,6 +478,7 @@ class Supervisor:
         if (
             broker is None
             or gate is None
+            or not self.settings.broker_rotate_mib
             or broker.pid is None
             or time.monotonic() < self._next_rotation_check
         ):
