@@ -7,8 +7,10 @@ record each write's latency (a write returns once projected: read-your-writes).
 Three phases side by side in one run, so the ratios hold on a noisy machine:
 
   baseline   quiet alone
-  flood      noisy floods with CONCURRENCY writers, under each events/s quota: polite
-             writers wait a 429's Retry-After (as the SDK does), hostile ones retry at once
+  flood      noisy floods with CONCURRENCY writers of `--noisy-points`-point writes (200),
+             under each events/s quota (`--quotas`), then each points/s quota
+             (`--points-quotas`): polite writers wait a 429's Retry-After (as the SDK
+             does), hostile ones retry at once
   unlimited  the same flood with the quota removed
 
 `--quiet-ack` makes the quiet tenant write with `?wait=false` (answered at the broker's ack)
@@ -113,12 +115,18 @@ async def _quiet_writes(
 
 
 async def _flood(
-    client: httpx.AsyncClient, run_id: str, stop: asyncio.Event, outcomes: Counter[int], polite: bool
+    client: httpx.AsyncClient,
+    run_id: str,
+    points: int,
+    stop: asyncio.Event,
+    outcomes: Counter[int],
+    polite: bool,
 ) -> None:
-    """Write as fast as answers come; `polite` waits a 429's Retry-After as the SDK does."""
+    """Write `points`-point writes as fast as answers come; `polite` waits a 429's Retry-After
+    as the SDK does."""
     step = 0
     while not stop.is_set():
-        response = await client.post(f"/api/v1/runs/{run_id}/metrics", json=_points(step, 200))
+        response = await client.post(f"/api/v1/runs/{run_id}/metrics", json=_points(step, points))
         outcomes[response.status_code] += 1
         step += 1
         if polite and response.status_code == 429:
@@ -133,6 +141,7 @@ class NoisyTenant:
     api_url: str
     key: str
     runs: list[str]
+    points_per_write: int = 200
 
 
 def _client(api_url: str, key: str, connections: int) -> httpx.AsyncClient:
@@ -156,7 +165,8 @@ def _flood_process(
         stopped = asyncio.Event()
         async with _client(noisy.api_url, noisy.key, len(noisy.runs) + 4) as client:
             writers = [
-                asyncio.create_task(_flood(client, run, stopped, outcomes, polite)) for run in noisy.runs
+                asyncio.create_task(_flood(client, run, noisy.points_per_write, stopped, outcomes, polite))
+                for run in noisy.runs
             ]
             ready.set()
             await asyncio.to_thread(stop.wait)
@@ -192,16 +202,19 @@ class _FloodInProcess:
 class _FloodInLoop:
     """The noisy tenant's flood as tasks in this event loop (the earlier measurements' way)."""
 
-    def __init__(self, client: httpx.AsyncClient, runs: list[str], polite: bool) -> None:
+    def __init__(self, client: httpx.AsyncClient, noisy: NoisyTenant, polite: bool) -> None:
         self._stopped = asyncio.Event()
         self._outcomes: Counter[int] = Counter()
-        self._args = (client, runs, polite)
+        self._args = (client, noisy, polite)
         self._writers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        client, runs, polite = self._args
+        client, noisy, polite = self._args
         self._writers = [
-            asyncio.create_task(_flood(client, run, self._stopped, self._outcomes, polite)) for run in runs
+            asyncio.create_task(
+                _flood(client, run, noisy.points_per_write, self._stopped, self._outcomes, polite)
+            )
+            for run in noisy.runs
         ]
 
     async def stop(self) -> Counter[int]:
@@ -304,16 +317,16 @@ class _Setup:
 
     def flood(self, polite: bool, in_loop: bool) -> _FloodInProcess | _FloodInLoop:
         if in_loop:
-            return _FloodInLoop(self.noisy, self.noisy_tenant.runs, polite)
+            return _FloodInLoop(self.noisy, self.noisy_tenant, polite)
         return _FloodInProcess(self.noisy_tenant, polite)
 
-    async def set_quota(self, limit: int | None) -> None:
-        body = {"events_per_second": limit, "max_points": None}
+    async def set_quota(self, events: int | None, points: int | None = None) -> None:
+        body = {"events_per_second": events, "points_per_second": points, "max_points": None}
         (await self.admin.put("/api/v1/tenants/noisy/quotas", json=body)).raise_for_status()
 
 
 async def _setup(
-    name: str, stack: Supervisor, concurrency: int, clients: contextlib.AsyncExitStack
+    name: str, stack: Supervisor, concurrency: int, noisy_points: int, clients: contextlib.AsyncExitStack
 ) -> _Setup:
     info = json.loads(stack.settings.connection_file.read_text())
 
@@ -328,7 +341,7 @@ async def _setup(
     quiet_run = await _new_run(quiet, "latency")
     noisy_runs = [await _new_run(noisy, "flood") for _ in range(concurrency)]
     results: dict[str, Any] = {"tarpit_max_s": stack.settings.api_tarpit_max_s}
-    noisy_tenant = NoisyTenant(stack.api_url, noisy_key, noisy_runs)
+    noisy_tenant = NoisyTenant(stack.api_url, noisy_key, noisy_runs, noisy_points)
     return _Setup(name, admin, quiet, noisy, quiet_run, noisy_tenant, results, stack)
 
 
@@ -336,6 +349,8 @@ async def _main(
     seconds: float,
     concurrency: int,
     quotas: list[int],
+    points_quotas: list[int],
+    noisy_points: int,
     compared: tuple[str, list[float]] | None,
     mode: QuietMode,
     flood_in_loop: bool,
@@ -346,19 +361,27 @@ async def _main(
         running = [stacks.enter_context(embedded_stack(**overrides)) for overrides in variants]
         async with contextlib.AsyncExitStack() as clients:
             setups = [
-                await _setup("_".join(f"{k}_{v}" for k, v in overrides.items()), stack, concurrency, clients)
+                await _setup(
+                    "_".join(f"{k}_{v}" for k, v in overrides.items()),
+                    stack,
+                    concurrency,
+                    noisy_points,
+                    clients,
+                )
                 for overrides, stack in zip(variants, running, strict=True)
             ]
             turn = 0
 
-            async def each(phase: str, limit: int | None, flood: bool, polite: bool = False) -> None:
+            async def each(
+                phase: str, limit: int | None, flood: bool, polite: bool = False, points: int | None = None
+            ) -> None:
                 # Every stack in turn, the order alternating, so drift hits all alike.
                 nonlocal turn
                 order = setups if turn % 2 == 0 else setups[::-1]
                 turn += 1
                 for setup in order:
                     if flood:
-                        await setup.set_quota(limit)
+                        await setup.set_quota(limit, points)
                     flooding = setup.flood(polite, flood_in_loop) if flood else None
                     setup.results[phase] = await _phase(
                         setup.stack, setup.quiet, setup.quiet_run, flooding, seconds, mode
@@ -369,6 +392,15 @@ async def _main(
                 for polite in (True, False):
                     await each(
                         f"flood_quota_{limit}_{'polite' if polite else 'hostile'}", limit, True, polite
+                    )
+            for limit in points_quotas:
+                for polite in (True, False):
+                    await each(
+                        f"flood_points_quota_{limit}_{'polite' if polite else 'hostile'}",
+                        None,
+                        True,
+                        polite,
+                        points=limit,
                     )
             await each("flood_unlimited", None, flood=True)
             await each("baseline_again", None, flood=False)
@@ -387,6 +419,7 @@ async def _main(
             summary: dict[str, Any] = {
                 "seconds_per_phase": seconds,
                 "concurrency": concurrency,
+                "noisy_points_per_write": noisy_points,
                 "quiet": f"wait=false at {mode.rate} writes/s"
                 if mode.ack
                 else "each write waits for projection",
@@ -409,6 +442,16 @@ def main() -> None:
         nargs="+",
         default=[5, 20],
         help="events/s quotas of the noisy tenant, one phase each",
+    )
+    parser.add_argument(
+        "--points-quotas",
+        type=int,
+        nargs="*",
+        default=[],
+        help="points/s quotas of the noisy tenant, one phase each (after the events/s ones)",
+    )
+    parser.add_argument(
+        "--noisy-points", type=int, default=200, help="points in each write of the noisy tenant"
     )
     parser.add_argument(
         "--tarpit-max-s",
@@ -447,7 +490,16 @@ def main() -> None:
             parser.error("--compare needs a field and at least one value")
         compared = (args.compare[0], [float(v) for v in args.compare[1:]])
     result = asyncio.run(
-        _main(args.seconds, args.concurrency, args.quotas, compared, mode, args.flood_in_loop)
+        _main(
+            args.seconds,
+            args.concurrency,
+            args.quotas,
+            args.points_quotas,
+            args.noisy_points,
+            compared,
+            mode,
+            args.flood_in_loop,
+        )
     )
     print(json.dumps(result, indent=2))
 

@@ -159,6 +159,7 @@ def _tenant_status(action: str) -> Command:
 def _tenants_quota(c: AdminClient, a: argparse.Namespace) -> tuple[Any, str]:
     body = {
         "events_per_second": a.events_per_second,
+        "points_per_second": a.points_per_second,
         "max_points": a.max_points,
         "max_artifact_bytes": a.max_artifact_bytes,
     }
@@ -172,6 +173,7 @@ def _quota_text(r: dict[str, Any]) -> str:
 
     return (
         f"tenant {r['tenant_id']}: events/s {limit(r['events_per_second'])}, "
+        f"points/s {limit(r.get('points_per_second'))}, "
         f"points {r['points_used']} of {limit(r['max_points'])}, "
         f"artifact bytes {r['artifact_bytes_used']} of {limit(r['max_artifact_bytes'])}"
     )

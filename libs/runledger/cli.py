@@ -226,6 +226,7 @@ def _add_admin(subparsers: Any) -> None:
     quota = command(tenants, "quota", "tenants.quota", "set a tenant's limits (an omitted limit = unlimited)")
     quota.add_argument("tenant_id")
     quota.add_argument("--events-per-second", type=int)
+    quota.add_argument("--points-per-second", type=int, help="metric points a second")
     quota.add_argument("--max-points", type=int)
     quota.add_argument("--max-artifact-bytes", type=int)
 

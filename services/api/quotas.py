@@ -1,4 +1,4 @@
-"""API-side tenant quotas: events per second (token buckets) and stored points.
+"""API-side tenant quotas: events and metric points per second (token buckets), stored points.
 
 Both are checked before anything is produced. The points in store come from
 tenant_usage (kept by the projector), cached per tenant for at most a second so
@@ -48,6 +48,7 @@ class QuotaGate:
     ) -> None:
         self._read_usage = read_usage
         self._buckets = buckets or TokenBuckets()
+        self._point_buckets = TokenBuckets(clock=clock)
         self._clock = clock
         self._usage: dict[str, tuple[int, float]] = {}
         self.tarpit = tarpit or Tarpit(clock=clock)
@@ -63,8 +64,9 @@ class QuotaGate:
         return points
 
     def refuse_early(self, tenant_id: str, quota: Quota) -> RequestLimitExceeded | None:
-        """The 429 for a write of a tenant whose rate bucket is empty, decided before the
-        request body is even read: a client flooding past its quota costs almost nothing."""
+        """The 429 for a write of a tenant whose events bucket is empty, decided before the
+        request body is even read: a client flooding past its quota costs almost nothing.
+        (Not for points: whether a write carries any is known only from its body.)"""
         if quota.events_per_second is None:
             return None
         wait = self._buckets.wait_for_one(tenant_id, quota.events_per_second)
@@ -99,9 +101,22 @@ class QuotaGate:
                     f" and this request adds {points}",
                     headers={"Retry-After": str(POINTS_RETRY_AFTER_S)},
                 )
+        points_rate = quota.points_per_second
+        if points_rate is not None and points > 0:
+            wait = self._point_buckets.take(tenant_id, points, points_rate)
+            if wait > 0:
+                # Not tarpitted: the tenant's writes without points must go on meanwhile.
+                seconds = max(1, math.ceil(wait))
+                raise RequestLimitExceeded(
+                    f"points-per-second quota of {points_rate} exceeded (this request carries {points}"
+                    f" points); retry after {seconds} s",
+                    headers={"Retry-After": str(seconds)},
+                )
         if quota.events_per_second is not None and events > 0:
             wait = self._buckets.take(tenant_id, events, quota.events_per_second)
             if wait > 0:
+                if points_rate is not None and points > 0:  # not written: its points were not spent
+                    self._point_buckets.refund(tenant_id, points, points_rate)
                 raise self._rate_exceeded(
                     tenant_id, quota.events_per_second, wait, f" (this request produces {events} events)"
                 )
@@ -111,8 +126,9 @@ class QuotaGate:
         return self._rate_refusal(tenant_id, seconds, f"events-per-second quota of {rate} exceeded{what}")
 
     def _rate_refusal(self, tenant_id: str, seconds: int, reason: str) -> RequestLimitExceeded:
-        """A rate 429 whose Retry-After the tarpit holds the tenant to. Only the rate's 429s:
-        a stored-points 429 must not hold the tenant's writes without points, which go on."""
+        """An events-rate 429 whose Retry-After the tarpit holds the tenant to. Only those: a
+        points 429 (stored or per second) must not hold the tenant's writes without points,
+        which go on."""
         self.tarpit.told_to_wait(tenant_id, seconds)
         return RequestLimitExceeded(
             f"{reason}; retry after {seconds} s", headers={"Retry-After": str(seconds)}

@@ -12,9 +12,10 @@
 4. clock: `occurred_at` no further ahead of the projector's clock than
    projector_max_clock_skew_s, and not before 2000-01-01 (docs/dead-letters.md);
 5. tagging policy of run.started (reject: dead letter; flag: a `policy.tagging` finding);
-6. quotas: events per second per tenant, counted in 1 s windows of the Kafka record
-   timestamp (a backlog after an outage is judged by when it was produced, not by how
-   fast it is read back), and the tenant's stored points (tenant_usage).
+6. quotas: events and metric points per second per tenant, counted in 1 s windows of the
+   Kafka record timestamp (a backlog after an outage is judged by when it was produced,
+   not by how fast it is read back; an event of more points than a second allows passes
+   alone in an empty second), and the tenant's stored points (tenant_usage).
 
 Rate windows and the usage estimate are per projector process: with several replicas
 each enforces the rate over its own partitions. `runledger replay` never passes here:
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from runledger.auth import signing
-from runledger.auth.model import Action, AuthSnapshot
+from runledger.auth.model import Action, AuthSnapshot, Quota
 from runledger.auth.rbac import Authorizer
 from runledger.events.codec import DecodedEvent, decode, encode, envelope_dict, producer
 from runledger.events.metric_columns import MetricColumns
@@ -135,8 +136,8 @@ class Gate:
         self._refreshed_at = 0.0
         self._unknown: set[str] = set()
         self._unknown_generation = -1
-        self._windows: dict[tuple[str, int], int] = {}
-        self._newest_window = 0
+        self._events = RateWindows()
+        self._points = RateWindows()
         # Stored points per tenant: loaded at consumer start, advanced as batches are admitted.
         self.usage: dict[str, int] = {}
 
@@ -182,20 +183,48 @@ class Gate:
         """Admission for one batch, against the snapshot current now."""
         return BatchGate(self, self._authorizer(), now or datetime.now(UTC))
 
-    def _take_rate(self, tenant_id: str, timestamp_ms: int, limit: int) -> bool:
-        """Count one event in its tenant's 1 s window; False when the window is full."""
+    def _take_rates(self, tenant_id: str, timestamp_ms: int, points: int, quota: Quota) -> str | None:
+        """Count one event of `points` points in its tenant's windows; the quota it would
+        exceed instead (then nothing is counted)."""
         second = timestamp_ms // 1000
+        if quota.events_per_second is not None and not self._events.has_room(
+            tenant_id, second, 1, quota.events_per_second
+        ):
+            return f"events_per_second={quota.events_per_second}"
+        if (
+            quota.points_per_second is not None
+            and points
+            and not self._points.has_room(tenant_id, second, points, quota.points_per_second)
+        ):
+            return f"points_per_second={quota.points_per_second}"
+        if quota.events_per_second is not None:
+            self._events.add(tenant_id, second, 1)
+        if quota.points_per_second is not None and points:
+            self._points.add(tenant_id, second, points)
+        return None
+
+
+class RateWindows:
+    """How much each tenant used in each 1 s window (of Kafka record time)."""
+
+    def __init__(self) -> None:
+        self._used: dict[tuple[str, int], int] = {}
+        self._newest = 0
+
+    def has_room(self, tenant_id: str, second: int, n: int, limit: int) -> bool:
+        """Whether `n` more fit the tenant's `limit` in that second (anything fits an empty one)."""
+        used = self._used.get((tenant_id, second), 0)
+        return used == 0 or used + n <= limit
+
+    def add(self, tenant_id: str, second: int, n: int) -> None:
+        """Count `n` in the tenant's window of that second."""
         key = (tenant_id, second)
-        count = self._windows.get(key, 0)
-        if count >= limit:
-            return False
-        self._windows[key] = count + 1
-        if second > self._newest_window:
-            self._newest_window = second
-            if len(self._windows) > 10_000:
+        self._used[key] = self._used.get(key, 0) + n
+        if second > self._newest:
+            self._newest = second
+            if len(self._used) > 10_000:
                 horizon = second - _WINDOWS_KEPT_S
-                self._windows = {k: v for k, v in self._windows.items() if k[1] >= horizon}
-        return True
+                self._used = {k: v for k, v in self._used.items() if k[1] >= horizon}
 
 
 class BatchGate:
@@ -272,10 +301,9 @@ class BatchGate:
             used = self._gate.usage.get(tenant, 0)
             if used + points > quota.max_points:
                 return Rejected(tenant, f"quota exceeded: max_points={quota.max_points}")
-        if quota.events_per_second is not None and not self._gate._take_rate(
-            tenant, timestamp_ms, quota.events_per_second
-        ):
-            return Rejected(tenant, f"quota exceeded: events_per_second={quota.events_per_second}")
+        exceeded = self._gate._take_rates(tenant, timestamp_ms, points, quota)
+        if exceeded is not None:
+            return Rejected(tenant, f"quota exceeded: {exceeded}")
         if points:
             self._gate.usage[tenant] = self._gate.usage.get(tenant, 0) + points
         return Admitted(principal, self._is_narrowed(principal, tenant), finding)

@@ -423,7 +423,12 @@ async def test_bootstrap_to_tenants_roles_keys_revocation_suspension_and_audit(a
     quota = ok(
         await api.put(
             f"/api/v1/tenants/{acme}/quotas",
-            json={"events_per_second": 500, "max_points": 10**9, "max_artifact_bytes": 2**30},
+            json={
+                "events_per_second": 500,
+                "max_points": 10**9,
+                "max_artifact_bytes": 2**30,
+                "points_per_second": 50_000,
+            },
             headers=ROOT.headers,
         )
     )
@@ -432,6 +437,7 @@ async def test_bootstrap_to_tenants_roles_keys_revocation_suspension_and_audit(a
         "events_per_second": 500,
         "max_points": 10**9,
         "max_artifact_bytes": 2**30,
+        "points_per_second": 50_000,
         "points_used": 0,
         "artifact_bytes_used": 0,
     }
@@ -441,10 +447,15 @@ async def test_bootstrap_to_tenants_roles_keys_revocation_suspension_and_audit(a
         await api.put(f"/api/v1/tenants/{acme}/quotas", json={"events_per_second": 0}, headers=ROOT.headers),
         400,
     )
+    refused(
+        await api.put(f"/api/v1/tenants/{acme}/quotas", json={"points_per_second": -1}, headers=ROOT.headers),
+        400,
+    )
     refused(await api.put("/api/v1/tenants/nope/quotas", json={}, headers=ROOT.headers), 404)
     snapshot = api._transport.app.state.runtime.auth.snapshot  # type: ignore[attr-defined]
     assert snapshot.quota(acme).events_per_second == 500  # this process sees it at once
     assert snapshot.quota(acme).max_artifact_bytes == 2**30
+    assert snapshot.quota(acme).points_per_second == 50_000
     ok(await api.put(f"/api/v1/tenants/{acme}/quotas", json={}, headers=ROOT.headers))
 
     # Grants: removing one takes the role away; an admin keeps its own admin role.

@@ -204,8 +204,8 @@ def test_admin_commands_end_to_end(cli: Cli) -> None:
     assert "no longer shared" in cli.ok("shares", "remove", experiment, beta, key=admin)
 
     # Quotas, suspension (the tenant's keys stop working) and resumption.
-    assert "events/s 100, points 0 of unlimited" in cli.ok(
-        "tenants", "quota", acme, "--events-per-second", "100", key=root
+    assert "events/s 100, points/s 5000, points 0 of unlimited" in cli.ok(
+        "tenants", "quota", acme, "--events-per-second", "100", "--points-per-second", "5000", key=root
     )
     assert f"tenant {acme} is suspended" in cli.ok("tenants", "suspend", acme, key=root)
     assert "401 UNAUTHENTICATED" in cli.fails("principals", "list", key=admin)

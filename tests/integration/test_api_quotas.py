@@ -28,7 +28,7 @@ from tests.unit.test_api_errors import NoClickHouse, RecordingPublisher
 pytestmark = pytest.mark.integration
 
 NOISY, QUIET, FULL, STRICT = "q-noisy", "q-quiet", "q-full", "q-strict"
-HOSTILE, NEIGHBOUR = "q-hostile", "q-neighbour"
+HOSTILE, NEIGHBOUR, HEAVY = "q-hostile", "q-neighbour", "q-heavy"
 RUN = "9" * 32
 API = "/api/v1"
 
@@ -42,7 +42,7 @@ async def dsn(postgres: EmbeddedPostgres) -> str:
         await conn.executemany(
             "INSERT INTO runs (tenant_id, run_id, experiment_id, name, status, start_time)"
             " VALUES ($1, $2, '0', 'r', 'RUNNING', 1)",
-            [(t, RUN) for t in (NOISY, QUIET, FULL, HOSTILE, NEIGHBOUR)],
+            [(t, RUN) for t in (NOISY, QUIET, FULL, HOSTILE, NEIGHBOUR, HEAVY)],
         )
     finally:
         await conn.close()
@@ -195,6 +195,28 @@ async def test_stored_points_quota_is_429(client: httpx.AsyncClient, dsn: str) -
     )  # fmt: skip
     raw = await client.post(f"{API}/events", json=[orjson.loads(encode(event))], headers=full.headers)
     assert raw.status_code == 429, raw.text
+
+
+async def test_points_per_second_quota_is_429_and_events_without_points_go_on(
+    client: httpx.AsyncClient, dsn: str
+) -> None:
+    """Few events of many points: an events quota would not see them, a points quota does."""
+    heavy = await _engineer(client, dsn, HEAVY)
+    quota = Quota(events_per_second=1_000, points_per_second=100)  # 200 points banked
+    await _configure(dsn, lambda conn: directory.set_quota(conn, HEAVY, quota))
+    first = await client.post(f"{API}/runs/{RUN}/metrics", json=_metrics(150), headers=heavy.headers)
+    assert first.status_code == 202, first.text
+    over = await client.post(f"{API}/runs/{RUN}/metrics", json=_metrics(100), headers=heavy.headers)
+    assert over.status_code == 429 and over.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    assert (
+        "points-per-second quota of 100 exceeded (this request carries 100 points)" in over.json()["message"]
+    )
+    assert over.headers["retry-after"] == "1"
+    tags = await client.post(f"{API}/runs/{RUN}/tags", json={"tags": {"k": "v"}}, headers=heavy.headers)
+    assert tags.status_code == 202  # writes without points go on
+    await asyncio.sleep(1.0)  # the Retry-After: 50 + 100 points banked again
+    again = await client.post(f"{API}/runs/{RUN}/metrics", json=_metrics(100), headers=heavy.headers)
+    assert again.status_code == 202, again.text
 
 
 async def test_tagging_policy_in_reject_mode(client: httpx.AsyncClient, dsn: str) -> None:

@@ -1,5 +1,5 @@
-"""Quotas and tagging policies at the projector: events per second (by Kafka record time),
-stored points (tenant_usage), and run tags flagged (a finding) or rejected (the DLQ)."""
+"""Quotas and tagging policies at the projector: events and points per second (by Kafka record
+time), stored points (tenant_usage), and run tags flagged (a finding) or rejected (the DLQ)."""
 
 from __future__ import annotations
 
@@ -39,12 +39,15 @@ async def test_quotas_and_tagging_policies(
     broker: EmbeddedBroker, topics: dict[str, str], fresh_dsn: str, tmp_path: Path
 ) -> None:
     suffix = uuid.uuid4().hex[:6]
-    rate, points, flag, reject = [
-        await provision(fresh_dsn, f"q-{n}-{suffix}") for n in ("rate", "pts", "flag", "rej")
+    rate, points, flag, reject, pps = [
+        await provision(fresh_dsn, f"q-{n}-{suffix}") for n in ("rate", "pts", "flag", "rej", "pps")
     ]
     quota_sql = "INSERT INTO tenant_quotas (tenant_id, events_per_second, max_points) VALUES ($1, $2, $3)"
     await _configure(fresh_dsn, quota_sql, rate.tenant_id, 5, None)
     await _configure(fresh_dsn, quota_sql, points.tenant_id, None, 150)
+    await _configure(
+        fresh_dsn, "INSERT INTO tenant_quotas (tenant_id, points_per_second) VALUES ($1, 100)", pps.tenant_id
+    )
     policy_sql = "INSERT INTO tagging_policies (tenant_id, required, enforcement) VALUES ($1, $2::jsonb, $3)"
     await _configure(fresh_dsn, policy_sql, flag.tenant_id, json.dumps({"project": []}), "flag")
     await _configure(
@@ -75,6 +78,15 @@ async def test_quotas_and_tagging_policies(
             raw, _ = metrics_batch(points, "e", points_run, ["loss"], first, n, seed=first)
             kafka.send(topics["events"], key=b"pts", value=raw).get(30)
 
+        # 100 points a second: 60 fit, 60 more do not, 40 fill the second; in the next, a
+        # 250-point batch passes alone (an empty second admits any one event), 1 more does not.
+        pps_run = uuid.uuid4().hex
+        kafka.send(topics["events"], key=b"pps", value=run_started(pps, "e", pps_run)).get(30)
+        pps_second = (int(time.time()) - 120) * 1000
+        for first, n, at in ((0, 60, 0), (60, 60, 10), (120, 40, 20), (160, 250, 1000), (410, 1, 1010)):
+            raw, _ = metrics_batch(pps, "e", pps_run, ["loss"], first, n, seed=first)
+            kafka.send(topics["events"], key=b"pps", value=raw, timestamp_ms=pps_second + at).get(30)
+
         flagged, tagged = uuid.uuid4().hex, uuid.uuid4().hex
         flagged_raw = run_started(flag, "e", flagged)
         kafka.send(topics["events"], key=b"flag", value=flagged_raw).get(30)
@@ -88,8 +100,8 @@ async def test_quotas_and_tagging_policies(
 
         conn = await asyncpg.connect(fresh_dsn)
         try:
-            expected_runs = 5 + 3 + 6 + 1 + 2 + 1
-            tenants = [rate.tenant_id, points.tenant_id, flag.tenant_id, reject.tenant_id]
+            expected_runs = 5 + 3 + 6 + 1 + 2 + 1 + 1
+            tenants = [rate.tenant_id, points.tenant_id, flag.tenant_id, reject.tenant_id, pps.tenant_id]
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 n = await conn.fetchval(
@@ -98,7 +110,10 @@ async def test_quotas_and_tagging_policies(
                 usage = await conn.fetchval(
                     "SELECT points FROM tenant_usage WHERE tenant_id = $1", points.tenant_id
                 )
-                if n >= expected_runs and usage == 150:
+                pps_usage = await conn.fetchval(
+                    "SELECT points FROM tenant_usage WHERE tenant_id = $1", pps.tenant_id
+                )
+                if n >= expected_runs and usage == 150 and pps_usage == 350:
                     break
                 await asyncio.sleep(0.2)
             else:
@@ -117,6 +132,14 @@ async def test_quotas_and_tagging_policies(
                 "SELECT step, first_step FROM latest_metrics WHERE run_id = $1 AND key = 'loss'", points_run
             )
             assert (latest["first_step"], latest["step"]) == (0, 249)
+            steps = await conn.fetchval(
+                "SELECT step FROM latest_metrics WHERE run_id = $1 AND key = 'loss'", pps_run
+            )
+            assert steps == 409
+            assert (
+                await conn.fetchval("SELECT points FROM tenant_usage WHERE tenant_id = $1", pps.tenant_id)
+                == 350
+            )
             assert (
                 await conn.fetchval("SELECT points FROM tenant_usage WHERE tenant_id = $1", points.tenant_id)
                 == 150
@@ -139,6 +162,7 @@ async def test_quotas_and_tagging_policies(
                 (rate.tenant_id, "quota exceeded"): 3,
                 (points.tenant_id, "quota exceeded"): 1,
                 (reject.tenant_id, "tagging policy"): 1,
+                (pps.tenant_id, "quota exceeded"): 2,
             }
         finally:
             await conn.close()
@@ -148,6 +172,8 @@ async def test_quotas_and_tagging_policies(
             "quota exceeded: events_per_second=5",
             "quota exceeded: events_per_second=5",
             "quota exceeded: max_points=150",
+            "quota exceeded: points_per_second=100",
+            "quota exceeded: points_per_second=100",
             "tagging policy: tag 'stage'='qa' is not one of ['dev', 'prod']",
         ]
     finally:

@@ -129,3 +129,34 @@ def test_events_the_api_builds_are_signed_by_the_callers_key() -> None:
         assert not signing.verify(envelope, generate_key().signing_key)
     columns = decode(events[0].value).payload
     assert np.isnan(columns.values[1])  # type: ignore[union-attr]
+
+
+async def test_gate_limits_points_per_second_apart_from_events() -> None:
+    """A tenant writing few events of many points is held to its points rate; a write refused
+    for its events spends none of its points."""
+    clock = Clock()
+    gate = QuotaGate(_usage({}), TokenBuckets(clock=clock), clock)
+    quota = Quota(points_per_second=1_000)  # 2 s of burst: 2,000 points banked
+    await gate.admit("a", quota, 1, 1_500)
+    with pytest.raises(RequestLimitExceeded) as refused:
+        await gate.admit("a", quota, 1, 1_000)
+    assert (
+        "points-per-second quota of 1000 exceeded (this request carries 1000 points)" in refused.value.message
+    )
+    assert refused.value.headers == {"Retry-After": "1"}  # 500 banked, 500 more in 0.5 s
+    await gate.admit("a", quota, 1, 0)  # a write without points is not held back by them
+    await gate.admit("a", quota, 1, 500)
+    # Whether a write carries points shows only in its body: no refusal before it is read,
+    # and no tarpit (the tenant's writes without points go on).
+    assert gate.refuse_early("a", quota) is None
+    assert gate.hold("a", 2.0).seconds == 0
+    await gate.admit("b", quota, 1, 2_000)  # another tenant's bucket
+
+    # Both rates: the events quota refuses, and the points it would have spent stay banked.
+    both = Quota(events_per_second=1, points_per_second=1_000)
+    await gate.admit("c", both, 2, 100)  # both buckets: 2 events, 2,000 points banked
+    with pytest.raises(RequestLimitExceeded) as refused:
+        await gate.admit("c", both, 1, 100)
+    assert "events-per-second quota of 1 exceeded" in refused.value.message
+    clock.now += 1.0  # one event back; 1,900 points banked, not 1,800
+    await gate.admit("c", both, 1, 1_900)

@@ -96,6 +96,9 @@ class Quota:
     events_per_second: int | None = None
     max_points: int | None = None
     max_artifact_bytes: int | None = None
+    # Metric points a second: what projection, analysis and merges cost in proportion to (an
+    # event may carry 1 point or 100,000).
+    points_per_second: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

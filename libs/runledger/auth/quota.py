@@ -1,4 +1,4 @@
-"""Per-tenant event rate limits: one token bucket per tenant, in process memory.
+"""Per-tenant rate limits (events, metric points): one token bucket per tenant, in process memory.
 
 Pure (no I/O), so the API and the projector share it. A request needing more tokens
 than a bucket holds is admitted once the bucket is full and leaves it in debt: a
@@ -53,6 +53,13 @@ class TokenBuckets:
                 bucket.tokens -= n
                 return 0.0
             return (needed - bucket.tokens) / rate
+
+    def refund(self, tenant_id: str, n: int, rate: float) -> None:
+        """Give back `n` tokens taken for a request that was refused after all (another quota)."""
+        with self._lock:
+            bucket = self._buckets.get(tenant_id)
+            if bucket is not None:
+                bucket.tokens = min(self.capacity(rate), bucket.tokens + n)
 
     def wait_for_one(self, tenant_id: str, rate: float) -> float:
         """Seconds until the tenant's bucket holds one token (0.0: now), taking nothing."""

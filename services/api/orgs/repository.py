@@ -45,7 +45,7 @@ class OrgRepository:
 
     async def quota(self, tenant_id: str) -> schemas.QuotaView:
         row = await self._pool.fetchrow(
-            "SELECT q.events_per_second, q.max_points, q.max_artifact_bytes,"
+            "SELECT q.events_per_second, q.max_points, q.max_artifact_bytes, q.points_per_second,"
             " COALESCE(u.points, 0) AS points_used, COALESCE(u.artifact_bytes, 0) AS artifact_bytes_used"
             " FROM (SELECT $1::text AS tenant_id) t"
             " LEFT JOIN tenant_quotas q USING (tenant_id) LEFT JOIN tenant_usage u USING (tenant_id)",

@@ -77,6 +77,17 @@ class QuotaUpdate(_Body):
     events_per_second: Annotated[int, Field(gt=0, le=2**31 - 1)] | None = None
     max_points: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
     max_artifact_bytes: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    points_per_second: (
+        Annotated[
+            int,
+            Field(
+                gt=0,
+                le=2**31 - 1,
+                description="Metric points a second (a metrics event carries 1 to 100,000 points).",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class QuotaView(BaseModel):
@@ -84,6 +95,7 @@ class QuotaView(BaseModel):
     events_per_second: int | None
     max_points: int | None
     max_artifact_bytes: int | None = None
+    points_per_second: int | None = None
     points_used: int = Field(0, description="Metric points stored now (tenant_usage).")
     artifact_bytes_used: int = Field(
         0, description="Bytes of the distinct artifact contents the tenant stores (tenant_usage)."

@@ -143,7 +143,11 @@ class OrgService:
             if await self._repo.tenant(conn, tenant_id) is None:
                 raise NotFound(f"tenant {tenant_id!r} does not exist")
             await directory.set_quota(
-                conn, tenant_id, Quota(body.events_per_second, body.max_points, body.max_artifact_bytes)
+                conn,
+                tenant_id,
+                Quota(
+                    body.events_per_second, body.max_points, body.max_artifact_bytes, body.points_per_second
+                ),
             )
             await self._commit(
                 conn,

@@ -87,9 +87,12 @@ async def load_snapshot(conn: PgConnection) -> AuthSnapshot:
             for r in await conn.fetch("SELECT tenant_id, required::text, enforcement FROM tagging_policies")
         }
         quotas = {
-            r["tenant_id"]: Quota(r["events_per_second"], r["max_points"], r["max_artifact_bytes"])
+            r["tenant_id"]: Quota(
+                r["events_per_second"], r["max_points"], r["max_artifact_bytes"], r["points_per_second"]
+            )
             for r in await conn.fetch(
-                "SELECT tenant_id, events_per_second, max_points, max_artifact_bytes FROM tenant_quotas"
+                "SELECT tenant_id, events_per_second, max_points, max_artifact_bytes, points_per_second"
+                " FROM tenant_quotas"
             )
         }
     return AuthSnapshot(
@@ -238,15 +241,17 @@ async def revoke_role(conn: PgConnection, grant: Grant) -> bool:
 async def set_quota(conn: PgConnection, tenant_id: str, quota: Quota) -> None:
     """Set a tenant's limits (None = unlimited)."""
     await conn.execute(
-        "INSERT INTO tenant_quotas (tenant_id, events_per_second, max_points, max_artifact_bytes)"
-        " VALUES ($1, $2, $3, $4)"
+        "INSERT INTO tenant_quotas"
+        " (tenant_id, events_per_second, max_points, max_artifact_bytes, points_per_second)"
+        " VALUES ($1, $2, $3, $4, $5)"
         " ON CONFLICT (tenant_id) DO UPDATE SET events_per_second = EXCLUDED.events_per_second,"
         " max_points = EXCLUDED.max_points, max_artifact_bytes = EXCLUDED.max_artifact_bytes,"
-        " updated_at = now()",
+        " points_per_second = EXCLUDED.points_per_second, updated_at = now()",
         tenant_id,
         quota.events_per_second,
         quota.max_points,
         quota.max_artifact_bytes,
+        quota.points_per_second,
     )
     await bump_generation(conn)
 

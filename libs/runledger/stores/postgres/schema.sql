@@ -370,6 +370,7 @@ INSERT INTO auth_generation VALUES (true, 1) ON CONFLICT DO NOTHING;
 
 -- Artifact storage (blobs are content-addressed: services/api/artifacts). NULL = unlimited.
 ALTER TABLE tenant_quotas ADD COLUMN IF NOT EXISTS max_artifact_bytes bigint CHECK (max_artifact_bytes >= 0);
+ALTER TABLE tenant_quotas ADD COLUMN IF NOT EXISTS points_per_second integer CHECK (points_per_second > 0);
 -- Bytes of the distinct blobs a tenant has stored: a blob counts once per tenant however
 -- many of its runs or paths log it (the same bytes in another tenant count there too).
 ALTER TABLE tenant_usage ADD COLUMN IF NOT EXISTS artifact_bytes bigint NOT NULL DEFAULT 0;
