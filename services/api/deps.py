@@ -227,8 +227,8 @@ async def _over_rate_quota(request: Request, principal: Principal) -> ApiError |
         return None
     tenant_id = principal.tenant_id
     quota = principal.authorizer.snapshot.quota(tenant_id)
-    if quota.events_per_second is None:  # no rate quota (perhaps just lifted): nothing to hold for
-        return None
+    if quota.events_per_second is None and quota.points_per_second is None:
+        return None  # no rate quota (perhaps just lifted): nothing to hold for
     hold = quotas.hold(tenant_id, runtime.settings.api_tarpit_max_s)
     if hold.seconds > 0:
         try:

@@ -87,7 +87,7 @@ class QuotaGate:
         return self._rate_refusal(
             tenant_id,
             max(1, math.ceil(hold.retry_after_s)),
-            "retried before the Retry-After of an earlier 429 (the tenant's events-per-second quota)",
+            "retried before the Retry-After of an earlier 429 (the tenant's events or points per second quota)",
         )
 
     async def admit(self, tenant_id: str, quota: Quota, events: int, points: int) -> None:
@@ -105,12 +105,12 @@ class QuotaGate:
         if points_rate is not None and points > 0:
             wait = self._point_buckets.take(tenant_id, points, points_rate)
             if wait > 0:
-                # Not tarpitted: the tenant's writes without points must go on meanwhile.
-                seconds = max(1, math.ceil(wait))
-                raise RequestLimitExceeded(
-                    f"points-per-second quota of {points_rate} exceeded (this request carries {points}"
-                    f" points); retry after {seconds} s",
-                    headers={"Retry-After": str(seconds)},
+                # Tarpitted like an events 429: a client retrying at once would otherwise cost
+                # a parse of its whole body each time (measured: bench/RESULTS.md, "Noisy neighbour").
+                raise self._rate_refusal(
+                    tenant_id,
+                    max(1, math.ceil(wait)),
+                    f"points-per-second quota of {points_rate} exceeded (this request carries {points} points)",
                 )
         if quota.events_per_second is not None and events > 0:
             wait = self._buckets.take(tenant_id, events, quota.events_per_second)
@@ -126,9 +126,9 @@ class QuotaGate:
         return self._rate_refusal(tenant_id, seconds, f"events-per-second quota of {rate} exceeded{what}")
 
     def _rate_refusal(self, tenant_id: str, seconds: int, reason: str) -> RequestLimitExceeded:
-        """An events-rate 429 whose Retry-After the tarpit holds the tenant to. Only those: a
-        points 429 (stored or per second) must not hold the tenant's writes without points,
-        which go on."""
+        """A rate 429 (events or points per second) whose Retry-After the tarpit holds the tenant
+        to. Not a stored-points 429: it must not hold the tenant's writes without points, which
+        go on."""
         self.tarpit.told_to_wait(tenant_id, seconds)
         return RequestLimitExceeded(
             f"{reason}; retry after {seconds} s", headers={"Retry-After": str(seconds)}
