@@ -30,8 +30,9 @@ checkpoints; what they had applied after those were copied they drop (the projec
 id, ADR 0003, as it does a producer's resend; the analysis by step). A round the projector
 left pending on the old incarnation it finishes from the carried records
 (services/ingest/projector.py). Producers see a cluster id that names their old incarnation
-as carried over, so they do not send what it acknowledged again (runledger_sdk/resend.py). If anything fails before step 3, the
-new broker is dropped and the old one goes on as if nothing happened.
+as carried over, so they do not send what it acknowledged again (runledger_sdk/resend.py).
+If anything fails before step 3, the new broker is dropped and the old one goes on as if
+nothing happened.
 
 Produces wait during steps 2 to 4: the data of a few seconds to read and write, the swap,
 and the projection of what it had not applied yet. (ADR 0015.)
