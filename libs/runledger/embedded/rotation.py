@@ -46,7 +46,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -160,6 +159,15 @@ CONSUMER_GONE_AFTER_S = 3600.0
 _CHECKPOINT_TABLES = ("projector_checkpoints", "analysis_checkpoints")
 
 
+def _live_groups(table: str, gone_after_param: str) -> str:
+    """SQL for the consumer groups of checkpoint `table` that are not gone: one of their
+    checkpoints moved within the last `gone_after_param` (a query parameter, seconds)."""
+    return (
+        f"SELECT consumer_group FROM {table} GROUP BY consumer_group"
+        f" HAVING max(updated_at) > now() - make_interval(secs => {gone_after_param})"
+    )
+
+
 class PostgresCheckpoints:
     """ConsumerCheckpoints on the projector's and the analysis service's tables in PostgreSQL."""
 
@@ -178,22 +186,17 @@ class PostgresCheckpoints:
             rows = await conn.fetch(
                 " UNION ALL ".join(
                     f"SELECT '{table}:' || consumer_group AS consumer, partition, committed,"
-                    f" incarnation = $1 AS here, updated_at FROM {table} WHERE topic = $2"
+                    f" incarnation = $1 AS here FROM {table}"
+                    f" WHERE topic = $2 AND consumer_group IN ({_live_groups(table, '$3')})"
                     for table in _CHECKPOINT_TABLES
                 ),
                 incarnation,
                 topic,
+                CONSUMER_GONE_AFTER_S,
             )
-            newest: dict[str, datetime] = {}
+            by_consumer: dict[str, dict[int, int]] = {row["consumer"]: {} for row in rows}
             for row in rows:
-                newest[row["consumer"]] = max(
-                    row["updated_at"], newest.get(row["consumer"], row["updated_at"])
-                )
-            now = await conn.fetchval("SELECT now()")
-            live = {c for c, at in newest.items() if (now - at).total_seconds() < CONSUMER_GONE_AFTER_S}
-            by_consumer: dict[str, dict[int, int]] = {c: {} for c in live}
-            for row in rows:
-                if row["here"] and row["consumer"] in live:
+                if row["here"]:
                     by_consumer[row["consumer"]][row["partition"]] = row["committed"] + 1
             if any(not marks for marks in by_consumer.values()):
                 return {}
@@ -238,9 +241,8 @@ class PostgresCheckpoints:
                         " GREATEST(-1, LEAST(c.committed - s.start, s.until - 1)), c.updated_at"
                         f" FROM {table} AS c"
                         " JOIN unnest($4::int[], $5::bigint[], $6::bigint[]) AS s(p, start, until) ON c.partition = s.p"
-                        " WHERE c.incarnation = $1 AND c.topic = $3 AND c.consumer_group IN"
-                        f" (SELECT consumer_group FROM {table} GROUP BY consumer_group"
-                        "   HAVING max(updated_at) > now() - make_interval(secs => $7))"
+                        " WHERE c.incarnation = $1 AND c.topic = $3"
+                        f" AND c.consumer_group IN ({_live_groups(table, '$7')})"
                         " ON CONFLICT (consumer_group, incarnation, topic, partition) DO NOTHING",
                         old,
                         incarnation,
