@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 _PREFIX = "runledger-"
 _AFTER = ".after."
+_FENCE = "@"
 
 
 def new_incarnation() -> str:
@@ -37,6 +38,21 @@ def carried_over(old: str, current: str | None) -> bool:
         return False
     own, before = current.split(_AFTER, 1)
     return own.startswith(_PREFIX) and before == _own_part(old)
+
+
+def fenced_client_id(name: str, incarnation: str) -> str:
+    """The Kafka client id of a client that writes only to `incarnation`, or to one that carries
+    it over: the embedded broker's relay refuses its produces anywhere else
+    (libs/runledger/embedded/produce_gate.py)."""
+    return f"{name}{_FENCE}{incarnation}"
+
+
+def may_write(client_id: str, incarnation: str | None) -> bool:
+    """Whether a produce of `client_id` may reach a broker of `incarnation` (None: not known)."""
+    _, fenced, declared = client_id.partition(_FENCE)
+    if not fenced or incarnation is None:
+        return True
+    return declared == incarnation or carried_over(declared, incarnation)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from runledger.incarnation import fenced_client_id
 from runledger_sdk.config import SdkSettings
 from runledger_sdk.resend import ResendWindow
 from runledger_sdk.transport import Outcome, Record, Transport
 
 log = logging.getLogger("runledger_sdk.kafka")
+
+_CLIENT_ID = "runledger-sdk"
 
 # Errors that a retry later can fix even though Kafka calls them non-retriable: a
 # permission fixed by an admin must not turn into lost events; UNKNOWN_SERVER_ERROR is what
@@ -33,6 +36,8 @@ class KafkaTransport(Transport):
 
     Acknowledged records are kept for RUNLEDGER_KAFKA_RESEND_WINDOW_S and sent again, ahead
     of newer ones, when the broker turns out to be a new incarnation (runledger_sdk.resend).
+    The producer is fenced to the incarnation it last saw, so that nothing newer reaches a
+    new one ahead of them (`_fenced_producer`).
     """
 
     name = "kafka"
@@ -41,6 +46,8 @@ class KafkaTransport(Transport):
         self._settings = settings
         self._topic = settings.events_topic
         self._producer: Any = None
+        # The incarnation the producer is fenced to (named in its client id), once known.
+        self._fence: str | None = None
         self._resend = ResendWindow(settings.kafka_resend_window_s, settings.kafka_resend_window_bytes)
 
     def _config(self) -> dict[str, Any]:
@@ -48,7 +55,7 @@ class KafkaTransport(Transport):
         delivery_ms = max(int(s.send_timeout_s * 1000), 1000)
         return {
             "bootstrap_servers": [b.strip() for b in s.kafka_bootstrap.split(",") if b.strip()],
-            "client_id": "runledger-sdk",
+            "client_id": _CLIENT_ID if self._fence is None else fenced_client_id(_CLIENT_ID, self._fence),
             "acks": "all",
             "compression_type": "lz4",
             "linger_ms": s.kafka_linger_ms,
@@ -106,8 +113,11 @@ class KafkaTransport(Transport):
             return [Outcome.FAILED] * len(records)
         if not self._resend.enabled:
             return self._produce(producer, records, timeout)
-        incarnation = self._incarnation(producer, timeout)
-        if incarnation is None or not self._resend_orphans(producer, incarnation, timeout):
+        fenced = self._fenced_producer(timeout)
+        if fenced is None:
+            return [Outcome.FAILED] * len(records)
+        producer, incarnation = fenced
+        if not self._resend_orphans(producer, incarnation, timeout):
             return [Outcome.FAILED] * len(records)
         outcomes = self._produce(producer, records, timeout)
         # Labelled with the incarnation seen before the send: if the broker was replaced
@@ -116,6 +126,26 @@ class KafkaTransport(Transport):
             incarnation, [r for r, o in zip(records, outcomes, strict=True) if o is Outcome.ACKED]
         )
         return outcomes
+
+    def _fenced_producer(self, timeout: float) -> tuple[Any, str] | None:
+        """A producer that writes only to the broker's current incarnation, and that
+        incarnation (None: not known yet).
+
+        The producer names its incarnation in its client id, and the embedded broker's relay
+        refuses its produces on any other (libs/runledger/embedded/produce_gate.py). A new
+        incarnation gets a new producer: whatever the old one still held queued or retried
+        would otherwise reach the new broker ahead of the records sent again."""
+        producer = self._connect()
+        incarnation = self._incarnation(producer, timeout)
+        if incarnation is None:
+            return None
+        if incarnation != self._fence:
+            self._close_producer(0.0)
+            self._fence = incarnation
+            producer = self._connect()
+            if self._incarnation(producer, timeout) != incarnation:
+                return None  # replaced again meanwhile: the next send starts over
+        return producer, incarnation
 
     @staticmethod
     def _incarnation(producer: Any, timeout: float) -> str | None:
@@ -198,12 +228,16 @@ class KafkaTransport(Transport):
         Records an earlier incarnation acknowledged go again first if the broker was
         replaced since the last send (within `timeout`).
         """
+        if self._producer is not None and len(self._resend):
+            with contextlib.suppress(Exception):
+                fenced = self._fenced_producer(timeout)
+                if fenced is not None:
+                    self._resend_orphans(*fenced, timeout)
+        self._close_producer(timeout)
+
+    def _close_producer(self, timeout: float) -> None:
+        """Close the producer (if any), waiting at most `timeout` s for its pending sends."""
         if self._producer is not None:
-            if len(self._resend):
-                with contextlib.suppress(Exception):
-                    incarnation = self._incarnation(self._producer, timeout)
-                    if incarnation is not None:
-                        self._resend_orphans(self._producer, incarnation, timeout)
             try:
                 self._producer.close(timeout=timeout)
             except Exception as exc:

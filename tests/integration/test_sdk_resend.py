@@ -15,7 +15,8 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from runledger.embedded.broker import EmbeddedBroker
-from runledger.incarnation import new_incarnation, successor_incarnation
+from runledger.embedded.rotation import gated_broker, start_behind_gate
+from runledger.incarnation import fenced_client_id, may_write, new_incarnation, successor_incarnation
 from runledger_sdk.config import load_settings
 from runledger_sdk.resend import ResendWindow
 from runledger_sdk.transport import Outcome, Record
@@ -86,6 +87,59 @@ def test_events_acknowledged_by_a_broker_that_restarted_empty_are_sent_again_fir
         transport.close(2.0)
     finally:
         broker.stop()
+
+
+def test_a_produce_meant_for_the_old_broker_never_reaches_its_empty_successor_first(tmp_path: Path) -> None:
+    """The chaos trial, seed 8: each writer's next chunk reached the restarted, empty broker
+    ahead of the records sent again, and the analysis skipped those as replays (a planted
+    spike at step 516 was never analysed). The SDK checks the incarnation before each send,
+    but what its producer queued or retried, or what the relay held while the broker
+    restarted, goes out after the check; the relay fences such produces instead."""
+    gate, broker = gated_broker(tmp_path / "broker.log")
+    try:
+        start_behind_gate(broker, gate, {TOPIC: 1})
+        transport = KafkaTransport(
+            load_settings(
+                kafka_bootstrap=gate.bootstrap,
+                events_topic=TOPIC,
+                send_timeout_s=2.0,
+                kafka_resend_window_s=300,
+            )
+        )
+        before = _records(0, 50)
+        assert transport.send(before, 2.0) == [Outcome.ACKED] * 50
+        stale = transport._producer  # fenced to the first incarnation
+
+        broker.stop(grace=0.0)  # memory storage: the 50 acknowledged events are gone
+        start_behind_gate(broker, gate, {TOPIC: 1})
+        # Produced after the check, as if queued just before the restart.
+        queued = _records(50, 5)
+        assert transport._produce(stale, queued, 2.0) == [Outcome.FAILED] * 5
+        assert gate.fenced_produces > 0
+
+        outcomes: list[Outcome] = []
+        deadline = time.monotonic() + 30
+        while outcomes != [Outcome.ACKED] * 5 and time.monotonic() < deadline:
+            outcomes = transport.send(queued, 2.0)
+        assert outcomes == [Outcome.ACKED] * 5
+        values = [v for _, v in _read(gate.bootstrap, 55)]
+        assert values[:50] == [r.value for r in before]
+        assert set(values[50:]) == {r.value for r in queued}
+        transport.close(2.0)
+    finally:
+        gate.stop()
+        broker.stop(grace=0.0)
+
+
+def test_a_fenced_client_writes_to_its_incarnation_and_to_what_carries_it_over() -> None:
+    first = new_incarnation()
+    client = fenced_client_id("runledger-sdk", first)
+    assert may_write(client, first)
+    assert may_write(client, successor_incarnation(first))
+    assert not may_write(client, new_incarnation())  # restarted empty
+    assert not may_write(client, successor_incarnation(new_incarnation()))
+    assert may_write("runledger-sdk", new_incarnation())  # not fenced
+    assert may_write(client, None)  # a broker of unknown incarnation
 
 
 def test_the_resend_window_is_bounded_by_time_and_bytes() -> None:

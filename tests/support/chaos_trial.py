@@ -68,6 +68,8 @@ def run_trial(
             "settle": round(settle_s, 1),
             "total": round(time.monotonic() - started, 1),
         }
+        # Produces the relay refused for naming an incarnation it had replaced.
+        report["trials"]["produces_fenced"] = stack.gate.fenced_produces
         report["state_dir"] = str(stack.root)
         report["writer_exit_codes"] = [proc.returncode for proc in writers]
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))

@@ -22,6 +22,15 @@ rotation fills the next broker through the same address), else to the current on
 Requests of the privileged clients (the rotation's, the topic admin's) always pass. When
 the broker behind goes away, so do the connections through it: a held request that was
 never forwarded is then failed on the client, which sends it again.
+
+The relay also fences produces by incarnation. A client may name, in its client id, the
+incarnation it means to write to (runledger.incarnation.fenced_client_id). A
+produce that would reach another incarnation, one that does not declare that one carried
+over, closes its connection instead. Without the fence, a produce that the client queued
+for the old broker (or that waited here while the broker restarted) lands on a restarted,
+empty one ahead of the older records the client sends again once it sees the new
+incarnation: a consumer that follows a run's steps in log order (the analysis) then
+skips the older steps as replays.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from collections.abc import Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from runledger.incarnation import may_write
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +129,7 @@ class _Connection:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter
     privileged: bool  # its requests pass while the gate holds
+    incarnation: str | None  # of the broker behind it (None: not known, no fence)
     # Correlation ids of forwarded produce requests that expect a response.
     produces: set[int] = field(default_factory=set)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -153,6 +165,7 @@ class ProduceGate:
         self.port = port
         self.upstream_host = host
         self.upstream_port = upstream_port
+        self.upstream_incarnation: str | None = None  # of the broker at upstream_port, once declared
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -161,6 +174,7 @@ class ProduceGate:
         self._admitting: asyncio.Event | None = None  # requests other than produces pass
         self._idle: asyncio.Condition | None = None
         self.held_requests = 0  # produce requests that waited at a barrier, since start
+        self.fenced_produces = 0  # produces refused for naming another incarnation, since start
 
     @property
     def bootstrap(self) -> str:
@@ -211,9 +225,10 @@ class ProduceGate:
         else:
             self._routes[client_id.encode()] = port
 
-    def switch(self, upstream_port: int) -> None:
-        """Send new connections to upstream `upstream_port` (open ones stay where they are)."""
-        self.upstream_port = upstream_port
+    def switch(self, upstream_port: int, incarnation: str | None) -> None:
+        """Send new connections to upstream `upstream_port`, a broker of `incarnation` (None:
+        not known, produces are not fenced); open connections stay where they are."""
+        self._call(self._switch(upstream_port, incarnation))
 
     def wait_idle(self, timeout: float) -> bool:
         """Whether every forwarded produce has been answered within `timeout` s."""
@@ -239,6 +254,11 @@ class ProduceGate:
         if self._server is not None:
             self._server.close()
         await self._drop_all()
+
+    async def _switch(self, upstream_port: int, incarnation: str | None) -> None:
+        # On the loop, so that a connection never pairs one broker's port with another's incarnation.
+        self.upstream_port = upstream_port
+        self.upstream_incarnation = incarnation
 
     async def _set_state(self, *, is_open: bool, admitting: bool) -> None:
         assert self._open is not None and self._admitting is not None
@@ -280,14 +300,18 @@ class ProduceGate:
             if len(first) < 14:
                 raise FrameError("short request header")
             client_id = _client_id(first[4:])
-            port = self._routes.get(client_id, self.upstream_port)
+            routed = self._routes.get(client_id)
+            port = self.upstream_port if routed is None else routed
+            incarnation = self.upstream_incarnation if routed is None else None
             upstream_reader, upstream_writer = await asyncio.open_connection(self.upstream_host, port)
         except (OSError, asyncio.IncompleteReadError, FrameError) as exc:
             # The broker is down (restarting): the client sees a dropped connection, as without us.
             log.debug("produce gate: no upstream for a client: %s", exc)
             client_writer.close()
             return
-        conn = _Connection(client_writer, upstream_writer, privileged=client_id in self._privileged)
+        conn = _Connection(
+            client_writer, upstream_writer, privileged=client_id in self._privileged, incarnation=incarnation
+        )
         self._connections.add(conn)
         conn.tasks = [
             asyncio.create_task(self._requests(conn, client_reader, first)),
@@ -310,6 +334,21 @@ class ProduceGate:
                     self.held_requests += 1
                     while not barrier.is_set():  # held again between the wake-up and now
                         await barrier.wait()
+                if (
+                    is_produce
+                    and not conn.privileged
+                    and not may_write(_client_id(body).decode("utf-8", "replace"), conn.incarnation)
+                ):
+                    # The client learns the new incarnation from its next metadata request and
+                    # sends the older records first (runledger_sdk.resend); Kafka clients take a
+                    # dropped connection as retriable.
+                    self.fenced_produces += 1
+                    log.info(
+                        "produce gate: %s may not write to incarnation %s; closing its connection",
+                        _client_id(body).decode("utf-8", "replace"),
+                        conn.incarnation,
+                    )
+                    break
                 if is_produce and produce_acks(body) != 0:
                     conn.produces.add(struct.unpack_from(">i", body, 4)[0])
                 conn.upstream.write(frame)

@@ -55,7 +55,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from runledger.embedded.broker import ADMIN_CLIENT_ID, EmbeddedBroker, ensure_topics
 from runledger.embedded.ports import free_port
 from runledger.embedded.produce_gate import ProduceGate
-from runledger.incarnation import CarryOver, successor_incarnation
+from runledger.incarnation import CarryOver, new_incarnation, successor_incarnation
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,12 @@ def start_behind_gate(broker: EmbeddedBroker, gate: ProduceGate, topics: Mapping
     once, so a restarted broker is reachable only once its topics are there (the defect:
     tests/integration/test_offset_holes.py; the hold: tests/integration/test_broker_rotation.py).
     """
+    incarnation = new_incarnation()
     gate.hold_all()
     try:
-        broker.start()
+        # Declared before the broker listens: no connection to it goes unfenced.
+        gate.switch(broker.port, incarnation)
+        broker.start(cluster_id=incarnation)
         ensure_topics(gate.bootstrap, topics, client_id=broker.admin_client_id)
     finally:
         gate.release()
@@ -352,7 +355,7 @@ def rotate(
             # drop with it, and clients reconnect to the new one.
             gate.hold_all()
             switching = time.monotonic()
-            gate.switch(successor.port)
+            gate.switch(successor.port, new)
             switched = True
             broker.stop(grace=0.0)  # memory storage: nothing to flush
             gate.route(STAGING_CLIENT_ID, None)
