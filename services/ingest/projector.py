@@ -249,9 +249,10 @@ class Projector:
                     batches = [prepare(state, records, self._dead_letters, gate) for state, records in taken]
                     await self._unless_writer_failed(queue.put(assemble(batches)), write_loop)
             await self._unless_writer_failed(queue.join(), write_loop)
-        except BrokerRestarted:
+        except BrokerRestarted as exc:
             # The rounds formed already hold the old incarnation's records and go to ClickHouse
             # and PostgreSQL only: write them, rather than cut one short between the two stores.
+            log.info("broker restarted (%s): writing the rounds formed already first", exc)
             await self._unless_writer_failed(queue.join(), write_loop, _DRAIN_TIMEOUT_S)
             raise
         finally:

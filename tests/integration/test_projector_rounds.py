@@ -87,19 +87,25 @@ class Workload:
 
 
 def _produce(bootstrap: str, topic: str, identity: Any, tenant: str) -> Workload:
-    """RUNS runs of BATCHES metric batches each, spread over the topic's partitions."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    last: dict[int, int] = {}
+    """RUNS runs of BATCHES metric batches each, spread over the topic's partitions, sent at
+    once (they reach the broker within milliseconds)."""
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_in_flight_requests_per_connection=1
+    )
+    futures = []
     expected_sum = 0.0
     for i in range(RUNS):
         run_id = f"run-{i}-{uuid.uuid4().hex[:6]}"
-        md = producer.send(topic, key=run_id.encode(), value=run_started(identity, "exp", run_id)).get(30)
-        last[md.partition] = max(last.get(md.partition, -1), md.offset)
+        futures.append(producer.send(topic, key=run_id.encode(), value=run_started(identity, "exp", run_id)))
         for b in range(BATCHES):
             raw, cols = metrics_batch(identity, "exp", run_id, KEYS, b * STEPS, STEPS, seed=i * 10 + b)
-            md = producer.send(topic, key=run_id.encode(), value=raw).get(30)
-            last[md.partition] = max(last.get(md.partition, -1), md.offset)
+            futures.append(producer.send(topic, key=run_id.encode(), value=raw))
             expected_sum += float(cols["values"].sum())
+    producer.flush(30)
+    last: dict[int, int] = {}
+    for future in futures:
+        md = future.get(30)
+        last[md.partition] = max(last.get(md.partition, -1), md.offset)
     producer.close()
     assert len(last) >= 2, "the runs must spread over several partitions for a multi-partition round"
     return Workload(tenant, last, expected_sum)
@@ -159,7 +165,9 @@ async def _crash_round(
     return members
 
 
-def _projector(state: Path, bootstrap: str, dsn: str, topics: dict[str, str], group: str) -> ServiceProcess:
+def _projector(
+    state: Path, bootstrap: str, dsn: str, topics: dict[str, str], group: str, **env: str
+) -> ServiceProcess:
     return ServiceProcess(
         "ingest",
         state,
@@ -169,6 +177,7 @@ def _projector(state: Path, bootstrap: str, dsn: str, topics: dict[str, str], gr
             "RUNLEDGER_EVENTS_TOPIC": topics["events"],
             "RUNLEDGER_DLQ_TOPIC": topics["dlq"],
             "RUNLEDGER_PROJECTOR_GROUP": group,
+            **env,
         },
     )
 
@@ -294,6 +303,75 @@ def test_a_round_left_pending_on_a_replaced_broker_is_finished_from_the_carried_
         for broker in running:
             broker.stop()
         gate.stop()
+
+
+async def _hold_latest_metrics(dsn: str) -> asyncpg.Connection:  # type: ignore[type-arg]
+    """A connection holding latest_metrics locked: a round's PostgreSQL write (after its
+    ClickHouse insert) waits for it."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("BEGIN; LOCK TABLE latest_metrics IN ACCESS EXCLUSIVE MODE")
+    return conn
+
+
+async def _waiting_for_latest_metrics(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'latest_metrics'::regclass"
+        )
+        return count
+    finally:
+        await conn.close()
+
+
+def test_a_round_in_flight_when_the_broker_restarts_empty_is_written_not_cut(
+    fresh_dsn: str, tmp_path: Path
+) -> None:
+    """The broker restarts (empty) while a round is between ClickHouse and PostgreSQL. The
+    projector must finish the rounds it formed from the old incarnation's records before it
+    moves on: cut off, the round stays pending on a broker that no longer holds its records,
+    and its events are in ClickHouse but nowhere in PostgreSQL."""
+    tenant = f"inflight-{uuid.uuid4().hex[:6]}"
+    group = f"projector-{uuid.uuid4().hex[:6]}"
+    state = tmp_path / "state"
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"events": f"inflight.events.{suffix}", "dlq": f"inflight.dlq.{suffix}"}
+    layout = {topics["events"]: 4, topics["dlq"]: 1}
+    broker = EmbeddedBroker(0, tmp_path / "broker.log")  # its own: it is restarted
+    broker.start()
+    try:
+        ensure_topics(broker.bootstrap, layout)
+        identity = asyncio.run(provision(fresh_dsn, tenant))
+        old_incarnation = _cluster_id(broker.bootstrap)
+        # A round waits up to 2 s for more records: the workload, sent at once, is one round.
+        projector = _projector(
+            state, broker.bootstrap, fresh_dsn, topics, group, RUNLEDGER_PROJECTOR_MAX_WAIT_MS="2000"
+        )
+        projector.start()  # healthy: its schema migration is done, the lock cannot block it
+        loop = asyncio.new_event_loop()
+        lock = loop.run_until_complete(_hold_latest_metrics(fresh_dsn))
+        try:
+            workload = _produce(broker.bootstrap, topics["events"], identity, tenant)
+            deadline = time.monotonic() + 60
+            while not asyncio.run(_waiting_for_latest_metrics(fresh_dsn)):
+                assert time.monotonic() < deadline, f"no round reached PostgreSQL\n{projector.log_tail()}"
+                time.sleep(0.1)
+            broker.restart()  # memory storage: the round's records are gone from the broker
+            ensure_topics(broker.bootstrap, layout)
+            while "writing the rounds formed already" not in projector.log_tail(200):
+                assert time.monotonic() < deadline, (
+                    f"the projector missed the restart\n{projector.log_tail()}"
+                )
+                time.sleep(0.1)
+            loop.run_until_complete(lock.execute("COMMIT"))  # the round's write goes on
+            asyncio.run(_wait_committed(fresh_dsn, group, old_incarnation, workload.last, projector))
+        finally:
+            loop.run_until_complete(lock.close())
+            loop.close()
+            projector.stop()
+        asyncio.run(_assert_held_once(fresh_dsn, state, workload))
+    finally:
+        broker.stop()
 
 
 def _buffer(partition: int, n: int) -> PartitionBuffer:
