@@ -165,6 +165,13 @@ async def _crash_round(
     return members
 
 
+def _fresh_names(prefix: str) -> tuple[str, str, dict[str, str], dict[str, int]]:
+    """A fresh tenant, consumer group and pair of topics (events, dead letters) with their layout."""
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"events": f"{prefix}.events.{suffix}", "dlq": f"{prefix}.dlq.{suffix}"}
+    return f"{prefix}-{suffix[:6]}", f"projector-{suffix}", topics, {topics["events"]: 4, topics["dlq"]: 1}
+
+
 def _projector(
     state: Path, bootstrap: str, dsn: str, topics: dict[str, str], group: str, **env: str
 ) -> ServiceProcess:
@@ -253,12 +260,8 @@ def test_a_round_left_pending_on_a_replaced_broker_is_finished_from_the_carried_
     comes back. It must finish the round from the records carried into the new broker, with
     the round's token, instead of projecting them again under the new incarnation's tokens
     (which put them in ClickHouse twice)."""
-    tenant = f"carried-{uuid.uuid4().hex[:6]}"
-    group = f"projector-{uuid.uuid4().hex[:6]}"
+    tenant, group, topics, layout = _fresh_names("carried")
     state = tmp_path / "state"
-    suffix = uuid.uuid4().hex[:8]
-    topics = {"events": f"carried.events.{suffix}", "dlq": f"carried.dlq.{suffix}"}
-    layout = {topics["events"]: 4, topics["dlq"]: 1}
     # The brokers are started from this thread: they stop with the thread that started them.
     gate, old = gated_broker(tmp_path / "broker.log")
     running = [old]
@@ -331,12 +334,8 @@ def test_a_round_in_flight_when_the_broker_restarts_empty_is_written_not_cut(
     projector must finish the rounds it formed from the old incarnation's records before it
     moves on: cut off, the round stays pending on a broker that no longer holds its records,
     and its events are in ClickHouse but nowhere in PostgreSQL."""
-    tenant = f"inflight-{uuid.uuid4().hex[:6]}"
-    group = f"projector-{uuid.uuid4().hex[:6]}"
+    tenant, group, topics, layout = _fresh_names("inflight")
     state = tmp_path / "state"
-    suffix = uuid.uuid4().hex[:8]
-    topics = {"events": f"inflight.events.{suffix}", "dlq": f"inflight.dlq.{suffix}"}
-    layout = {topics["events"]: 4, topics["dlq"]: 1}
     broker = EmbeddedBroker(0, tmp_path / "broker.log")  # its own: it is restarted
     broker.start()
     try:

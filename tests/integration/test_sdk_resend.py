@@ -47,6 +47,18 @@ def _read(bootstrap: str, expected: int, timeout: float = 30.0) -> list[tuple[by
         consumer.close()
 
 
+def _transport(bootstrap: str, send_timeout_s: float) -> KafkaTransport:
+    """An SDK Kafka transport with a 5-minute resend window."""
+    return KafkaTransport(
+        load_settings(
+            kafka_bootstrap=bootstrap,
+            events_topic=TOPIC,
+            send_timeout_s=send_timeout_s,
+            kafka_resend_window_s=300,
+        )
+    )
+
+
 def _records(first: int, n: int) -> list[Record]:
     return [Record(seq, b"run-a", f"event-{seq:03d}".encode()) for seq in range(first, first + n)]
 
@@ -56,14 +68,7 @@ def test_events_acknowledged_by_a_broker_that_restarted_empty_are_sent_again_fir
     broker.start()
     try:
         broker.ensure_topics({TOPIC: 1})
-        transport = KafkaTransport(
-            load_settings(
-                kafka_bootstrap=broker.bootstrap,
-                events_topic=TOPIC,
-                send_timeout_s=5.0,
-                kafka_resend_window_s=300,
-            )
-        )
+        transport = _transport(broker.bootstrap, 5.0)
         before = _records(0, 50)
         assert transport.send(before, 5.0) == [Outcome.ACKED] * 50
 
@@ -98,14 +103,7 @@ def test_a_produce_meant_for_the_old_broker_never_reaches_its_empty_successor_fi
     gate, broker = gated_broker(tmp_path / "broker.log")
     try:
         start_behind_gate(broker, gate, {TOPIC: 1})
-        transport = KafkaTransport(
-            load_settings(
-                kafka_bootstrap=gate.bootstrap,
-                events_topic=TOPIC,
-                send_timeout_s=2.0,
-                kafka_resend_window_s=300,
-            )
-        )
+        transport = _transport(gate.bootstrap, 2.0)
         before = _records(0, 50)
         assert transport.send(before, 2.0) == [Outcome.ACKED] * 50
         stale = transport._producer  # fenced to the first incarnation
