@@ -191,6 +191,17 @@ class Settings(BaseSettings):
     write_wait_timeout_s: float = Field(
         10.0, description="How long a write waits for its event to be projected (read-your-writes)."
     )
+    api_resend_window_s: float = Field(
+        300.0,
+        ge=0,
+        description="Keep the writes answered at the broker's acknowledgement (MLflow run writes,"
+        " `?wait=false`) this long, to send them again to a new broker incarnation (an embedded broker"
+        " that restarted empty); 0 = off. Against a replicated Kafka the cluster id never changes and"
+        " they only age out (at most RUNLEDGER_API_RESEND_WINDOW_BYTES).",
+    )
+    api_resend_window_bytes: int = Field(
+        64 << 20, ge=0, description="At most this many bytes of acknowledged writes kept for sending again."
+    )
     mlflow_write_ack: Literal["broker", "projection"] = Field(
         "broker",
         description="When MLflow run writes (runs/create, log-batch, log-metric, log-parameter, set-tag,"

@@ -3,6 +3,13 @@
 kafka-python is synchronous: `send()` can block (metadata fetch, full buffer), so
 sends run in a worker thread, and acknowledgements come back through the record
 futures' callbacks, bridged into asyncio futures.
+
+Writes answered at the broker's acknowledgement (MLflow run writes by default, `?wait=false`)
+are kept for a while, as the SDK keeps its own (runledger_sdk.resend): an embedded broker
+keeps its log in memory, and one that restarts comes back empty under a new cluster id. The
+publisher then sends them again, before anything newer, on its next write or within a second
+(a watcher), whichever comes first. A replacement that carried them over declares so in its
+cluster id, and they are not sent again.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,6 +26,8 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from runledger.config import Settings
+from runledger_sdk.resend import ResendWindow
+from runledger_sdk.transport import Record
 from services.api.errors import TemporarilyUnavailable
 
 log = logging.getLogger(__name__)
@@ -26,6 +36,10 @@ log = logging.getLogger(__name__)
 MAX_EVENT_BYTES = 1_000_000
 # Without a cluster id (very old brokers) the projector uses this incarnation too.
 STATIC_INCARNATION = "static"
+# How often an idle publisher looks whether the broker came back as a new incarnation.
+_WATCH_INTERVAL_S = 1.0
+# The longest a write waits for the broker's metadata after a dropped connection.
+_METADATA_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +124,25 @@ def _reject(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], exc: B
 class KafkaEventPublisher:
     """EventPublisher on a kafka-python KafkaProducer."""
 
-    def __init__(self, producer: KafkaProducer, topic: str, bootstrap: str) -> None:
-        """Wrap a connected producer (use `connect` to create one without blocking)."""
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        topic: str,
+        bootstrap: str,
+        *,
+        resend_window_s: float = 300.0,
+        resend_window_bytes: int = 64 << 20,
+    ) -> None:
+        """Wrap a connected producer (use `connect` to create one without blocking); what it
+        acknowledged is kept `resend_window_s` seconds (at most `resend_window_bytes`)."""
         self._producer = producer
         self.topic = topic
         self._hosts = [h.strip() for h in bootstrap.split(",") if h.strip()]
+        self._window = ResendWindow(resend_window_s, resend_window_bytes)
+        self._seq = 0
+        self._resending = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
+        self.resent = 0  # events sent again to a new incarnation, since start
 
     @classmethod
     async def connect(cls, settings: Settings) -> KafkaEventPublisher:
@@ -125,7 +153,21 @@ class KafkaEventPublisher:
         # The cluster id arrives with metadata: fetch the topic's now, not on the first write.
         with contextlib.suppress(KafkaError):
             await asyncio.to_thread(producer.partitions_for, settings.events_topic)
-        return cls(producer, settings.events_topic, settings.kafka_bootstrap)
+        publisher = cls(
+            producer,
+            settings.events_topic,
+            settings.kafka_bootstrap,
+            resend_window_s=settings.api_resend_window_s,
+            resend_window_bytes=settings.api_resend_window_bytes,
+        )
+        publisher.start_watching()
+        return publisher
+
+    def start_watching(self) -> None:
+        """Send the window again within a second of the broker coming back empty, also when
+        no write comes (on the running loop, until close)."""
+        if self._window.enabled and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="publisher-resend")
 
     @property
     def incarnation(self) -> str:
@@ -135,22 +177,86 @@ class KafkaEventPublisher:
         return cluster_id or STATIC_INCARNATION
 
     async def publish(self, events: Sequence[OutgoingEvent]) -> PublishResult:
-        """Send in order, await every acknowledgement; TemporarilyUnavailable on broker errors."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in events]
-        try:
-            await asyncio.to_thread(self._send_all, events, futures, loop)
-            metadata = await asyncio.gather(*futures)
-        except KafkaError as exc:
-            for future in futures:  # acks still in flight have nobody to tell
-                future.cancel()
-            raise TemporarilyUnavailable(f"the event log refused the write: {exc}") from exc
-        # Read after the acks: the metadata that routed the sends carries this broker's id.
+        """Send in order, await every acknowledgement; TemporarilyUnavailable on broker errors.
+
+        What an earlier broker incarnation acknowledged and lost goes first."""
+        before = await self._resend_if_replaced() or self.incarnation
+        metadata = await self._send(events)
+        # Labelled with the incarnation seen before the send: if the broker was replaced
+        # meanwhile, the next look finds them orphaned and sends them again.
+        self._remember(before, events)
         return PublishResult(
+            # Read after the acks: the metadata that routed the sends carries this broker's id.
             incarnation=self.incarnation,
             topic=self.topic,
             positions=tuple((md.partition, md.offset) for md in metadata),
         )
+
+    async def _send(self, events: Sequence[OutgoingEvent]) -> list[Any]:
+        """Send in order and await every acknowledgement (the records' metadata)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in events]
+        try:
+            await asyncio.to_thread(self._send_all, events, futures, loop)
+            return list(await asyncio.gather(*futures))
+        except KafkaError as exc:
+            for future in futures:  # acks still in flight have nobody to tell
+                future.cancel()
+            raise TemporarilyUnavailable(f"the event log refused the write: {exc}") from exc
+
+    def _remember(self, incarnation: str, events: Sequence[OutgoingEvent]) -> None:
+        if not self._window.enabled:
+            return
+        records = [Record(self._seq + i, e.key, e.value) for i, e in enumerate(events)]
+        self._seq += len(records)
+        self._window.add(incarnation, records)
+
+    async def _resend_if_replaced(self) -> str | None:
+        """The broker's incarnation (None: the window is empty or off), after sending again,
+        in order, what an incarnation it does not carry over acknowledged."""
+        if not len(self._window):
+            return None
+        current = await asyncio.to_thread(self._current_incarnation)
+        if current is None:
+            raise TemporarilyUnavailable("the event log is restarting (no metadata yet)")
+        async with self._resending:
+            orphans = self._window.orphans(current)
+            if not orphans:
+                return current
+            log.warning(
+                "broker replaced (cluster id now %s): sending %d acknowledged events again",
+                current,
+                len(orphans),
+            )
+            try:
+                await self._send([OutgoingEvent(r.key, r.value, "") for r in orphans])
+            except TemporarilyUnavailable:
+                self._window.add("", orphans)  # "" is no incarnation: orphaned at the next look
+                raise
+            self._window.add(current, orphans)
+            self.resent += len(orphans)
+        return current
+
+    def _current_incarnation(self) -> str | None:
+        """The broker's cluster id, refreshed first after a dropped connection (None: unknown)."""
+        cluster = self._producer._metadata  # kafka.cluster.ClusterMetadata (see runledger.embedded.broker)
+        if cluster.need_update or cluster.cluster_id is None:
+            future = cluster.request_update()
+            deadline = time.monotonic() + _METADATA_TIMEOUT_S
+            while not future.is_done and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not future.is_done or future.failed():
+                return None
+        cluster_id: str | None = cluster.cluster_id
+        return cluster_id or STATIC_INCARNATION
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(_WATCH_INTERVAL_S)
+            try:
+                await self._resend_if_replaced()
+            except TemporarilyUnavailable as exc:
+                log.debug("resending to a new broker incarnation: %s", exc)
 
     def _send_all(
         self,
@@ -180,5 +286,9 @@ class KafkaEventPublisher:
         return False
 
     async def close(self) -> None:
-        """Flush pending sends (bounded) and close."""
+        """Stop watching, flush pending sends (bounded) and close."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         await asyncio.to_thread(self._producer.close, 5)
