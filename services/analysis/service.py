@@ -97,6 +97,9 @@ class AnalysisService:
         # was replaced since they went out (then they go again: same ids, applied once).
         self._recent: deque[tuple[float, Outgoing]] = deque()
         self._republish = False
+        # Published since the last checkpoint: stored with it (the outbox), so that a restarted
+        # process can publish them again too.
+        self._unsaved_outgoing: list[Outgoing] = []
         self._group = checkpoint_group(
             settings.analysis_group, settings.analysis_shard, settings.analysis_shards
         )
@@ -122,6 +125,7 @@ class AnalysisService:
         dispatcher = _webhook_dispatcher(self._pool, s)
         side_tasks.append(asyncio.create_task(dispatcher.run(self.stop), name="webhook-dispatcher"))
         auth = await directory.watch(self._pool, s.auth_poll_interval_s)
+        await self._load_outbox()
         try:
             while not self.stop.is_set():
                 try:
@@ -240,6 +244,7 @@ class AnalysisService:
         if outgoing:
             await asyncio.to_thread(_publish, producer, s.events_topic, outgoing)
             self._remember(outgoing)
+            self._unsaved_outgoing += outgoing
             self.published_findings += len(findings)
             for f in findings:
                 metrics.ANALYSIS_FINDINGS.labels(shard=str(s.analysis_shard), kind=f.anomaly.kind).inc()
@@ -261,6 +266,16 @@ class AnalysisService:
         ):
             self._recent.popleft()
 
+    async def _load_outbox(self) -> None:
+        """At start: what an earlier process of this group published within the republish
+        window goes out again first. Its checkpoint may have passed their points while the
+        broker lost them (it restarted empty before the projector read them)."""
+        async with self._pool.acquire() as conn:
+            stored = await store.load_outbox(conn, self._group, _REPUBLISH_WINDOW_S)
+        now = time.monotonic()
+        self._recent.extend((now - age, event) for age, event in stored)
+        self._republish = self._republish or bool(stored)
+
     async def _publish_recent_again(self, producer: KafkaProducer) -> None:
         """After a broker restart: publish the recent findings again (raises until acknowledged)."""
         self._remember([])
@@ -278,7 +293,9 @@ class AnalysisService:
             async with self._pool.acquire() as conn, conn.transaction():
                 await store.save_states(conn, rows)
                 await store.save_offsets(conn, self._group, incarnation, s.events_topic, self._unsaved)
+                await store.save_outbox(conn, self._group, self._unsaved_outgoing, _REPUBLISH_WINDOW_S)
             self._unsaved = {}
+            self._unsaved_outgoing = []
             self._bank.evict()
             self._series_in_memory.set(self._bank.cached_count)
         self._checkpointed = time.monotonic()

@@ -1,12 +1,14 @@
-"""The analysis service's Postgres side: detector states, its offsets, and detector settings.
+"""The analysis service's Postgres side: detector states, its offsets, its recent events
+(the outbox), and detector settings.
 
-States and offsets are written in one transaction per batch (after the batch's findings
-are acknowledged by Kafka), so a restart resumes from a state that matches its offset.
+States, offsets and the events published since the last checkpoint are written in one
+transaction (after Kafka acknowledged those events), so a restart resumes from a state
+that matches its offset, and knows what it may have to publish again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -15,6 +17,7 @@ import orjson
 from runledger.analysis.sharding import StoredOffset
 from runledger.events.codec import json_bytes
 from runledger.stores.postgres import PgConnection
+from services.analysis.reports import Outgoing
 
 SERIES = "series"  # scope_id = run_id
 COHORT = "cohort"  # scope_id = experiment_id
@@ -165,6 +168,37 @@ async def save_offsets(
         parts,
         [offsets[p] for p in parts],
     )
+
+
+async def save_outbox(conn: PgConnection, group: str, events: Sequence[Outgoing], keep_s: float) -> None:
+    """Keep `events` (published by `group`) for `keep_s` seconds; forget the older ones."""
+    if events:
+        await conn.execute(
+            "INSERT INTO analysis_outbox (consumer_group, event_id, key, value)"
+            " SELECT $1, i, k, v FROM unnest($2::text[], $3::bytea[], $4::bytea[]) AS w(i, k, v)"
+            " ON CONFLICT (consumer_group, event_id) DO NOTHING",
+            group,
+            [e.event_id for e in events],
+            [e.key for e in events],
+            [e.value for e in events],
+        )
+    await conn.execute(
+        "DELETE FROM analysis_outbox WHERE consumer_group = $1 AND published_at < now() - make_interval(secs => $2)",
+        group,
+        keep_s,
+    )
+
+
+async def load_outbox(conn: PgConnection, group: str, keep_s: float) -> list[tuple[float, Outgoing]]:
+    """(seconds since published, event) of what `group` published within the last `keep_s` s, oldest first."""
+    rows = await conn.fetch(
+        "SELECT event_id, key, value, extract(epoch FROM now() - published_at)::float8 AS age"
+        " FROM analysis_outbox WHERE consumer_group = $1 AND published_at >= now() - make_interval(secs => $2)"
+        " ORDER BY published_at, event_id",
+        group,
+        keep_s,
+    )
+    return [(r["age"], Outgoing(bytes(r["key"]), bytes(r["value"]), r["event_id"])) for r in rows]
 
 
 async def load_settings(conn: PgConnection) -> list[SettingsRow]:

@@ -441,6 +441,18 @@ CREATE TABLE IF NOT EXISTS analysis_checkpoints (
     updated_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer_group, incarnation, topic, partition)
 );
+-- Events the analysis published recently (findings, attribution requests), per consumer
+-- group, stored with the checkpoint whose detector states passed their points. A restarted
+-- analysis publishes them again (the projector applies each event id once): the broker may
+-- have lost them before the projector read them, and the detectors will not find them again.
+CREATE TABLE IF NOT EXISTS analysis_outbox (
+    consumer_group text NOT NULL,
+    event_id       text NOT NULL,
+    key            bytea NOT NULL,
+    value          bytea NOT NULL,
+    published_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer_group, event_id)
+);
 -- Detector settings (runledger.analysis.detection.DetectorConfig overrides), per tenant,
 -- optionally narrowed to one experiment and/or one metric key ('' = any); the most
 -- specific match wins, field by field.
