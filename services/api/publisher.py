@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,6 +28,7 @@ from runledger.config import Settings
 from runledger_sdk.resend import ResendWindow
 from runledger_sdk.transport import Record
 from services.api.errors import TemporarilyUnavailable
+from services.ingest.incarnation import metadata_settled
 
 log = logging.getLogger(__name__)
 
@@ -240,13 +240,8 @@ class KafkaEventPublisher:
     def _current_incarnation(self) -> str | None:
         """The broker's cluster id, refreshed first after a dropped connection (None: unknown)."""
         cluster = self._producer._metadata  # kafka.cluster.ClusterMetadata (see runledger.embedded.broker)
-        if cluster.need_update or cluster.cluster_id is None:
-            future = cluster.request_update()
-            deadline = time.monotonic() + _METADATA_TIMEOUT_S
-            while not future.is_done and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if not future.is_done or future.failed():
-                return None
+        if not metadata_settled(cluster, _METADATA_TIMEOUT_S):
+            return None
         cluster_id: str | None = cluster.cluster_id
         return cluster_id or STATIC_INCARNATION
 

@@ -24,9 +24,9 @@ the broker behind goes away, so do the connections through it: a held request th
 never forwarded is then failed on the client, which sends it again.
 
 The relay also fences produces by incarnation. A client may name, in its client id, the
-incarnation it means to write to (runledger.incarnation.fenced_client_id). A
-produce that would reach another incarnation, one that does not declare that one carried
-over, closes its connection instead. Without the fence, a produce that the client queued
+incarnation it means to write to (runledger.incarnation.fenced_client_id). A produce that
+would reach another incarnation, one that does not declare that one carried over, closes
+its connection instead. Without the fence, a produce that the client queued
 for the old broker (or that waited here while the broker restarted) lands on a restarted,
 empty one ahead of the older records the client sends again once it sees the new
 incarnation: a consumer that follows a run's steps in log order (the analysis) then
@@ -334,21 +334,19 @@ class ProduceGate:
                     self.held_requests += 1
                     while not barrier.is_set():  # held again between the wake-up and now
                         await barrier.wait()
-                if (
-                    is_produce
-                    and not conn.privileged
-                    and not may_write(_client_id(body).decode("utf-8", "replace"), conn.incarnation)
-                ):
-                    # The client learns the new incarnation from its next metadata request and
-                    # sends the older records first (runledger_sdk.resend); Kafka clients take a
-                    # dropped connection as retriable.
-                    self.fenced_produces += 1
-                    log.info(
-                        "produce gate: %s may not write to incarnation %s; closing its connection",
-                        _client_id(body).decode("utf-8", "replace"),
-                        conn.incarnation,
-                    )
-                    break
+                if is_produce and not conn.privileged and conn.incarnation is not None:
+                    client_id = _client_id(body).decode("utf-8", "replace")
+                    if not may_write(client_id, conn.incarnation):
+                        # The client learns the new incarnation from its next metadata request
+                        # and sends the older records first (runledger_sdk.resend); Kafka
+                        # clients take a dropped connection as retriable.
+                        self.fenced_produces += 1
+                        log.info(
+                            "produce gate: %s may not write to incarnation %s; closing its connection",
+                            client_id,
+                            conn.incarnation,
+                        )
+                        break
                 if is_produce and produce_acks(body) != 0:
                     conn.produces.add(struct.unpack_from(">i", body, 4)[0])
                 conn.upstream.write(frame)
