@@ -43,6 +43,7 @@ from runledger.config import Settings
 from runledger.events.codec import InvalidEvent, decode
 from runledger.events.metric_columns import MetricColumns
 from runledger.events.models import PLATFORM_REPORTED, EventType, RunStatus, StatusChangedPayload
+from runledger.incarnation import carried_over
 from runledger.stores.postgres import directory
 from services import observability as metrics
 from services.analysis import store
@@ -100,6 +101,8 @@ class AnalysisService:
         # Published since the last checkpoint: stored with it (the outbox), so that a restarted
         # process can publish them again too.
         self._unsaved_outgoing: list[Outgoing] = []
+        # The outbox an earlier process left (until this one's first consumer is placed).
+        self._outbox: list[store.OutboxEntry] = []
         self._group = checkpoint_group(
             settings.analysis_group, settings.analysis_shard, settings.analysis_shards
         )
@@ -166,6 +169,8 @@ class AnalysisService:
             incarnation = consumer._client.cluster.cluster_id or "static"
             if self._republish:
                 await self._publish_recent_again(producer)
+            if self._outbox:
+                await self._publish_lost_outbox(producer, incarnation)
             async with self._pool.acquire() as conn:
                 stored = await store.load_offsets(conn, s.analysis_group, incarnation, s.events_topic)
             resume = resume_offsets(stored, s.analysis_group, s.analysis_shard, s.analysis_shards)
@@ -268,13 +273,26 @@ class AnalysisService:
 
     async def _load_outbox(self) -> None:
         """At start: what an earlier process of this group published within the republish
-        window goes out again first. Its checkpoint may have passed their points while the
-        broker lost them (it restarted empty before the projector read them)."""
+        window. Its checkpoint may have passed their points while the broker lost them (it
+        restarted empty before the projector read them, and that process died before it saw
+        the restart)."""
         async with self._pool.acquire() as conn:
-            stored = await store.load_outbox(conn, self._group, _REPUBLISH_WINDOW_S)
+            self._outbox = await store.load_outbox(conn, self._group, _REPUBLISH_WINDOW_S)
         now = time.monotonic()
-        self._recent.extend((now - age, event) for age, event in stored)
-        self._republish = self._republish or bool(stored)
+        self._recent.extend((now - entry.age_s, entry.event) for entry in self._outbox)
+
+    async def _publish_lost_outbox(self, producer: KafkaProducer, incarnation: str) -> None:
+        """Publish again the outbox's events that an incarnation other than `incarnation` (and
+        not carried over into it) acknowledged (raises until acknowledged)."""
+        lost = [
+            e.event
+            for e in self._outbox
+            if e.incarnation != incarnation and not carried_over(e.incarnation, incarnation)
+        ]
+        if lost:
+            log.warning("publishing %d findings again that a broker restart lost", len(lost))
+            await asyncio.to_thread(_publish, producer, self._settings.events_topic, lost)
+        self._outbox = []
 
     async def _publish_recent_again(self, producer: KafkaProducer) -> None:
         """After a broker restart: publish the recent findings again (raises until acknowledged)."""
@@ -293,7 +311,9 @@ class AnalysisService:
             async with self._pool.acquire() as conn, conn.transaction():
                 await store.save_states(conn, rows)
                 await store.save_offsets(conn, self._group, incarnation, s.events_topic, self._unsaved)
-                await store.save_outbox(conn, self._group, self._unsaved_outgoing, _REPUBLISH_WINDOW_S)
+                await store.save_outbox(
+                    conn, self._group, incarnation, self._unsaved_outgoing, _REPUBLISH_WINDOW_S
+                )
             self._unsaved = {}
             self._unsaved_outgoing = []
             self._bank.evict()

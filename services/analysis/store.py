@@ -170,14 +170,18 @@ async def save_offsets(
     )
 
 
-async def save_outbox(conn: PgConnection, group: str, events: Sequence[Outgoing], keep_s: float) -> None:
-    """Keep `events` (published by `group`) for `keep_s` seconds; forget the older ones."""
+async def save_outbox(
+    conn: PgConnection, group: str, incarnation: str, events: Sequence[Outgoing], keep_s: float
+) -> None:
+    """Keep `events` (published by `group`, acknowledged by `incarnation`) for `keep_s`
+    seconds; forget the older ones."""
     if events:
         await conn.execute(
-            "INSERT INTO analysis_outbox (consumer_group, event_id, key, value)"
-            " SELECT $1, i, k, v FROM unnest($2::text[], $3::bytea[], $4::bytea[]) AS w(i, k, v)"
+            "INSERT INTO analysis_outbox (consumer_group, event_id, incarnation, key, value)"
+            " SELECT $1, i, $2, k, v FROM unnest($3::text[], $4::bytea[], $5::bytea[]) AS w(i, k, v)"
             " ON CONFLICT (consumer_group, event_id) DO NOTHING",
             group,
+            incarnation,
             [e.event_id for e in events],
             [e.key for e in events],
             [e.value for e in events],
@@ -189,16 +193,27 @@ async def save_outbox(conn: PgConnection, group: str, events: Sequence[Outgoing]
     )
 
 
-async def load_outbox(conn: PgConnection, group: str, keep_s: float) -> list[tuple[float, Outgoing]]:
-    """(seconds since published, event) of what `group` published within the last `keep_s` s, oldest first."""
+class OutboxEntry(NamedTuple):
+    """An event of the outbox: how long ago it was published, and which incarnation took it."""
+
+    age_s: float
+    incarnation: str
+    event: Outgoing
+
+
+async def load_outbox(conn: PgConnection, group: str, keep_s: float) -> list[OutboxEntry]:
+    """What `group` published within the last `keep_s` seconds, oldest first."""
     rows = await conn.fetch(
-        "SELECT event_id, key, value, extract(epoch FROM now() - published_at)::float8 AS age"
+        "SELECT event_id, incarnation, key, value, extract(epoch FROM now() - published_at)::float8 AS age"
         " FROM analysis_outbox WHERE consumer_group = $1 AND published_at >= now() - make_interval(secs => $2)"
         " ORDER BY published_at, event_id",
         group,
         keep_s,
     )
-    return [(r["age"], Outgoing(bytes(r["key"]), bytes(r["value"]), r["event_id"])) for r in rows]
+    return [
+        OutboxEntry(r["age"], r["incarnation"], Outgoing(bytes(r["key"]), bytes(r["value"]), r["event_id"]))
+        for r in rows
+    ]
 
 
 async def load_settings(conn: PgConnection) -> list[SettingsRow]:

@@ -442,12 +442,15 @@ CREATE TABLE IF NOT EXISTS analysis_checkpoints (
     PRIMARY KEY (consumer_group, incarnation, topic, partition)
 );
 -- Events the analysis published recently (findings, attribution requests), per consumer
--- group, stored with the checkpoint whose detector states passed their points. A restarted
--- analysis publishes them again (the projector applies each event id once): the broker may
--- have lost them before the projector read them, and the detectors will not find them again.
+-- group, stored with the checkpoint whose detector states passed their points, and the broker
+-- incarnation that acknowledged them. A restarted analysis that finds another incarnation (one
+-- that did not carry that one over) publishes them again (the projector applies each event id
+-- once): the broker lost them, maybe before the projector read them, and the detectors will
+-- not find them again.
 CREATE TABLE IF NOT EXISTS analysis_outbox (
     consumer_group text NOT NULL,
     event_id       text NOT NULL,
+    incarnation    text NOT NULL,
     key            bytea NOT NULL,
     value          bytea NOT NULL,
     published_at   timestamptz NOT NULL DEFAULT now(),
