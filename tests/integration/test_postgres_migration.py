@@ -54,3 +54,22 @@ async def test_migrate_turns_jsonb_detector_states_into_bytes_that_load_as_befor
         await conn.close()
     assert kind == "bytea" and "fillfactor=50" in options
     assert loaded == {key: {"": state}}
+
+
+async def test_a_start_with_the_schema_applied_waits_for_no_writer(fresh_dsn: str) -> None:
+    """Applying schema.sql locks two dozen tables even where it changes nothing (ADD COLUMN IF
+    NOT EXISTS, CREATE INDEX IF NOT EXISTS): a service start then waited behind any open
+    write, and held the writers queued behind it. Once applied, it is not applied again."""
+    conn = await asyncpg.connect(fresh_dsn)
+    writer = await asyncpg.connect(fresh_dsn)
+    try:
+        await migrate(conn)
+        await writer.execute(
+            "BEGIN; LOCK TABLE latest_metrics, runs, projector_checkpoints IN ROW EXCLUSIVE MODE"
+        )
+        await conn.execute("SET lock_timeout = '500ms'")
+        await migrate(conn)  # LockNotAvailableError if it waited for the writer
+        assert await conn.fetchval("SELECT count(*) FROM schema_applied") == 1
+    finally:
+        await writer.close()
+        await conn.close()
