@@ -216,9 +216,14 @@ class KafkaEventPublisher:
         in order, what an incarnation it does not carry over acknowledged."""
         if not len(self._window):
             return None
-        current = await asyncio.to_thread(self._current_incarnation)
-        if current is None:
+        # Settled metadata (the usual case) is read here; only a pending refresh (after a
+        # dropped connection) is waited for, in a thread.
+        cluster = self._producer._metadata  # kafka.cluster.ClusterMetadata (see runledger.embedded.broker)
+        if cluster.need_update and not await asyncio.to_thread(
+            metadata_settled, cluster, _METADATA_TIMEOUT_S
+        ):
             raise TemporarilyUnavailable("the event log is restarting (no metadata yet)")
+        current = self.incarnation
         async with self._resending:
             orphans = self._window.orphans(current)
             if not orphans:
@@ -236,14 +241,6 @@ class KafkaEventPublisher:
             self._window.add(current, orphans)
             self.resent += len(orphans)
         return current
-
-    def _current_incarnation(self) -> str | None:
-        """The broker's cluster id, refreshed first after a dropped connection (None: unknown)."""
-        cluster = self._producer._metadata  # kafka.cluster.ClusterMetadata (see runledger.embedded.broker)
-        if not metadata_settled(cluster, _METADATA_TIMEOUT_S):
-            return None
-        cluster_id: str | None = cluster.cluster_id
-        return cluster_id or STATIC_INCARNATION
 
     async def _watch(self) -> None:
         while True:
