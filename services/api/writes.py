@@ -87,24 +87,42 @@ class EventWriter:
         self.timeout_s = timeout_s
         self.quotas = quotas
 
+    async def admit(self, principal: Principal, *, events: int, points: int) -> None:
+        """429 when the tenant's quotas refuse `events` events carrying `points` points; else
+        their tokens are spent. For a route that knows its counts before it builds the events:
+        a refused write then costs no lookup and no encoding (pass `admitted=True` on)."""
+        if self.quotas is not None:
+            quota = principal.authorizer.snapshot.quota(principal.tenant_id)
+            await self.quotas.admit(principal.tenant_id, quota, events, points)
+
     async def publish(
-        self, principal: Principal, events: Sequence[OutgoingEvent], *, points: int = 0
+        self,
+        principal: Principal,
+        events: Sequence[OutgoingEvent],
+        *,
+        points: int = 0,
+        admitted: bool = False,
     ) -> ConsistencyToken:
         """Produce `events` for `principal` in order and return once the broker acknowledged them
         (not projected yet); 429 when the tenant's quotas refuse `len(events)` events carrying
-        `points` points."""
-        if self.quotas is not None:
-            quota = principal.authorizer.snapshot.quota(principal.tenant_id)
-            await self.quotas.admit(principal.tenant_id, quota, len(events), points)
+        `points` points (unless `admit` already took them)."""
+        if not admitted:
+            await self.admit(principal, events=len(events), points=points)
         result = await self.publisher.publish(events)
         return ConsistencyToken.from_positions(result.incarnation, result.topic, result.positions)
 
     async def write(
-        self, principal: Principal, events: Sequence[OutgoingEvent], *, points: int = 0, wait: bool = True
+        self,
+        principal: Principal,
+        events: Sequence[OutgoingEvent],
+        *,
+        points: int = 0,
+        wait: bool = True,
+        admitted: bool = False,
     ) -> WriteReceipt:
         """`publish`, then wait until all of `events` are projected (or the timeout passes);
         `wait=False` answers at the broker's ack (projected=False, the token to read it with)."""
-        token = await self.publish(principal, events, points=points)
+        token = await self.publish(principal, events, points=points, admitted=admitted)
         if not wait:
             return WriteReceipt(projected=False, token=token)
         start = time.perf_counter()

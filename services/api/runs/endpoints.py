@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from runledger.auth.model import Action
 from services.api.deps import Auth, ConsistentRead, RuntimeDep, require
 from services.api.experiments.repository import ExperimentRepository
+from services.api.json_body import documented_body, parse_body
 from services.api.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from services.api.runs.filters import parse_key_values
 from services.api.runs.repository import RunFilters, RunRepository
@@ -144,12 +145,17 @@ async def log_params(run_id: str, body: ParamsLog, service: Service, response: R
 
 
 @router.post(
-    "/{run_id}/metrics", response_model=RunWriteResult, responses=WRITE_RESPONSES, dependencies=[Writer]
+    "/{run_id}/metrics",
+    response_model=RunWriteResult,
+    responses=WRITE_RESPONSES,
+    dependencies=[Writer],
+    openapi_extra=documented_body(MetricsLog),
 )
 async def log_metrics(
-    run_id: str, body: MetricsLog, service: Service, response: Response, wait: WaitForProjection = True
+    run_id: str, request: Request, service: Service, response: Response, wait: WaitForProjection = True
 ) -> RunWriteResult:
     """Log metric points as columnar events (up to 100,000 points per request)."""
+    body = await parse_body(request, MetricsLog)  # up to 100,000 points: off the event loop
     receipt = await service.log_metrics(run_id, body.metrics, wait=wait)
     response.status_code = write_status(receipt)
     return _result(run_id, receipt, None)

@@ -240,8 +240,11 @@ class RunService:
     ) -> WriteReceipt:
         """Emit the points as columnar MetricsLogged events (in order, on the run's partition);
         `wait=False` answers at the broker's ack."""
-        info = await self._active_run(run_id)
         principal = self._principal
+        # The quotas first: a write refused for them costs no lookup and no encoding.
+        events_needed = -(-len(points) // METRIC_POINTS_PER_EVENT)
+        await self._writer.admit(principal, events=events_needed, points=len(points))
+        info = await self._active_run(run_id)
 
         def build() -> list[OutgoingEvent]:
             return [
@@ -253,7 +256,7 @@ class RunService:
 
         # Up to 100k points: encoding and validating them is CPU work, kept off the event loop.
         events = await asyncio.to_thread(build)
-        return await self._writer.write(principal, events, points=len(points), wait=wait)
+        return await self._writer.write(principal, events, points=len(points), wait=wait, admitted=True)
 
     async def set_tags(self, run_id: str, tags: dict[str, str]) -> WriteReceipt:
         """Emit TagsSet."""
