@@ -93,6 +93,12 @@ API_REQUESTS_IN_FLIGHT = Gauge(
     "runledger_api_requests_in_flight",
     "API requests being handled (scrapes of /metrics excluded).",
 )
+HEAVY_WRITE_QUEUE_SECONDS = Histogram(
+    "runledger_api_heavy_write_queue_seconds",
+    "Time a heavy JSON write (RUNLEDGER_API_HEAVY_WRITE_BYTES or more) waited for one of its tenant's"
+    " RUNLEDGER_API_HEAVY_WRITES_PER_TENANT slots.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 WRITE_WAIT_SECONDS = Histogram(
     "runledger_write_wait_seconds",
     "Time an API write waits for the projector to apply its events (capped by RUNLEDGER_WRITE_WAIT_TIMEOUT_S).",

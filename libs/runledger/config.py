@@ -57,6 +57,21 @@ class Settings(BaseSettings):
         " tenant's events/s 429 (then checked as usual, or refused if still early): a client retrying"
         " at once costs one request per connection per wait. 0 = answer at once.",
     )
+    api_heavy_write_bytes: int = Field(
+        32 << 10,
+        gt=0,
+        description="A JSON write to the event routes with a body this large or larger (or chunked) is"
+        " heavy: parsing it holds the API's event loop for milliseconds, so each tenant has only"
+        " RUNLEDGER_API_HEAVY_WRITES_PER_TENANT of them in progress at a time.",
+    )
+    api_heavy_writes_per_tenant: int = Field(
+        2,
+        ge=0,
+        description="Heavy writes (RUNLEDGER_API_HEAVY_WRITE_BYTES) of one tenant read, parsed and produced"
+        " at a time by an API process; the tenant's others wait (no CPU), so a burst of one tenant's large"
+        " writes cannot hold up the other tenants' requests. A write waiting for its projection no longer"
+        " counts. 0 = no limit.",
+    )
     api_keepalive_s: int = Field(
         65,
         gt=0,

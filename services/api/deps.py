@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -34,11 +35,13 @@ from runledger.stores.clickhouse import ClickHouse
 from runledger.stores.postgres.directory import AuditEntry
 from services.api import sessions
 from services.api.audit import AuditSink
+from services.api.bulkhead import TenantBulkhead, is_heavy_json_write
 from services.api.consistency import ConsistencyToken
 from services.api.errors import ApiError, PermissionDenied, TemporarilyUnavailable, Unauthenticated
 from services.api.pending import PendingWrites
 from services.api.principal import Principal
 from services.api.writes import EventWriter
+from services.observability import HEAVY_WRITE_QUEUE_SECONDS
 
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Routes whose writes become events (and count against the events/s quota); admin routes
@@ -60,9 +63,12 @@ class Runtime:
     secrets: SecretBox  # seals the webhook secrets (runledger.auth.sealing)
     # MLflow writes answered on the broker's ack, until projected (services/api/pending.py).
     pending: PendingWrites = field(init=False)
+    # A few heavy writes of each tenant at a time (services/api/bulkhead.py).
+    bulkhead: TenantBulkhead = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pending", PendingWrites(self.writer))
+        object.__setattr__(self, "bulkhead", TenantBulkhead(self.settings.api_heavy_writes_per_tenant))
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -199,7 +205,8 @@ class AuthenticateApi:
         if scope["type"] == "http" and scope["path"].startswith(self._prefix):
             request = Request(scope)
             try:
-                principal = await get_principal(request, runtime_of(request))
+                runtime = runtime_of(request)
+                principal = await get_principal(request, runtime)
             except ApiError as exc:
                 request.state.auth_error = exc
             else:
@@ -208,7 +215,28 @@ class AuthenticateApi:
                     response = JSONResponse(refused.body(), refused.status_code, refused.headers)
                     await response(scope, receive, send)
                     return
+                if _heavy_event_write(request, runtime):
+                    started = time.perf_counter()
+                    async with runtime.bulkhead.slot(principal.tenant_id):
+                        HEAVY_WRITE_QUEUE_SECONDS.observe(time.perf_counter() - started)
+                        await self._app(scope, receive, send)
+                    return
         await self._app(scope, receive, send)
+
+
+def _is_event_write(request: Request) -> bool:
+    """A write whose request becomes events (and counts against the tenant's rate quotas)."""
+    return request.method in _WRITE_METHODS and request.url.path.startswith(_EVENT_WRITE_PREFIXES)
+
+
+def _heavy_event_write(request: Request, runtime: Runtime) -> bool:
+    """An event write with a JSON body big enough to go through the tenant's bulkhead."""
+    settings = runtime.settings
+    return (
+        runtime.bulkhead.enabled
+        and _is_event_write(request)
+        and is_heavy_json_write(request.scope["headers"], settings.api_heavy_write_bytes)
+    )
 
 
 async def _over_rate_quota(request: Request, principal: Principal) -> ApiError | None:
@@ -219,7 +247,7 @@ async def _over_rate_quota(request: Request, principal: Principal) -> ApiError |
     RUNLEDGER_API_TARPIT_MAX_S: a client retrying at once then costs one request per
     connection per wait instead of thousands a second.
     """
-    if request.method not in _WRITE_METHODS or not request.url.path.startswith(_EVENT_WRITE_PREFIXES):
+    if not _is_event_write(request):
         return None
     runtime = runtime_of(request)
     quotas = runtime.writer.quotas

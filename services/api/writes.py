@@ -15,6 +15,7 @@ from typing import Any
 from runledger.auth.signing import signed_bytes
 from runledger.events.codec import InvalidEvent, decode, envelope_dict, producer
 from runledger.events.models import EventType
+from services.api.bulkhead import release_held_slot
 from services.api.consistency import ConsistencyToken, ProjectionWaiter
 from services.api.errors import InvalidParameter
 from services.api.principal import Principal
@@ -125,6 +126,7 @@ class EventWriter:
         token = await self.publish(principal, events, points=points, admitted=admitted)
         if not wait:
             return WriteReceipt(projected=False, token=token)
+        release_held_slot()  # the loop is idle for this write until it is projected
         start = time.perf_counter()
         projected = await self.waiter.wait(token, self.timeout_s)
         WRITE_WAIT_SECONDS.observe(time.perf_counter() - start)

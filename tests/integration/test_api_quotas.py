@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -21,6 +21,7 @@ from runledger.events.models import EventType
 from runledger.stores.postgres import directory
 from runledger.stores.postgres.migrate import migrate
 from services.api.app import create_app
+from services.api.publisher import OutgoingEvent, PublishResult
 from tests.integration.conftest import create_database
 from tests.support.auth import Identity, provision
 from tests.unit.test_api_errors import NoClickHouse, RecordingPublisher
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.integration
 
 NOISY, QUIET, FULL, STRICT = "q-noisy", "q-quiet", "q-full", "q-strict"
 HOSTILE, NEIGHBOUR, HEAVY = "q-hostile", "q-neighbour", "q-heavy"
+BURST, BYSTANDER = "q-burst", "q-bystander"
 RUN = "9" * 32
 API = "/api/v1"
 
@@ -42,21 +44,23 @@ async def dsn(postgres: EmbeddedPostgres) -> str:
         await conn.executemany(
             "INSERT INTO runs (tenant_id, run_id, experiment_id, name, status, start_time)"
             " VALUES ($1, $2, '0', 'r', 'RUNNING', 1)",
-            [(t, RUN) for t in (NOISY, QUIET, FULL, HOSTILE, NEIGHBOUR, HEAVY)],
+            [(t, RUN) for t in (NOISY, QUIET, FULL, HOSTILE, NEIGHBOUR, HEAVY, BURST, BYSTANDER)],
         )
     finally:
         await conn.close()
     return dsn
 
 
-async def _app_client(dsn: str, tarpit_max_s: float) -> AsyncIterator[httpx.AsyncClient]:
+async def _app_client(
+    dsn: str, tarpit_max_s: float, publisher: RecordingPublisher | None = None, **settings_: Any
+) -> AsyncGenerator[httpx.AsyncClient, None]:
     settings = Settings(
         postgres_dsn=dsn,
         bootstrap_api_key=generate_key().token,
-        write_wait_timeout_s=0.05,
+        **{"write_wait_timeout_s": 0.05, **settings_},
         api_tarpit_max_s=tarpit_max_s,
     )
-    app = create_app(settings, NoClickHouse(), publisher=RecordingPublisher())
+    app = create_app(settings, NoClickHouse(), publisher=publisher or RecordingPublisher())
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c,
@@ -238,3 +242,70 @@ async def test_tagging_policy_in_reject_mode(client: httpx.AsyncClient, dsn: str
     )  # fmt: skip
     raw = await client.post(f"{API}/events", json=[orjson.loads(encode(started))], headers=strict.headers)
     assert raw.status_code == 400 and "missing tag 'stage'" in raw.json()["details"][0]["reason"]
+
+
+class GatedPublisher(RecordingPublisher):
+    """Holds the publishes of one tenant's events until `opened`, counting those held."""
+
+    def __init__(self, tenant_id: str) -> None:
+        super().__init__()
+        self._marker = f'"tenant_id":"{tenant_id}"'.encode()
+        self.opened = asyncio.Event()
+        self.held = self.most_held = 0
+
+    async def publish(self, events: Sequence[OutgoingEvent]) -> PublishResult:
+        if any(self._marker in event.value for event in events):
+            self.held += 1
+            self.most_held = max(self.most_held, self.held)
+            try:
+                await self.opened.wait()
+            finally:
+                self.held -= 1
+        return await super().publish(events)
+
+
+async def test_a_burst_of_one_tenants_heavy_writes_leaves_another_tenants_alone(dsn: str) -> None:
+    """At most RUNLEDGER_API_HEAVY_WRITES_PER_TENANT of a tenant's large writes are in progress;
+    its others wait unread at the door, and another tenant's large write is not behind them."""
+    publisher = GatedPublisher(BURST)
+    apps = _app_client(
+        dsn, 0, publisher, api_heavy_writes_per_tenant=2, api_heavy_write_bytes=1024, write_wait_timeout_s=1.0
+    )
+    client = await anext(apps)
+    try:
+        burst = await _engineer(client, dsn, BURST)
+        bystander = await _engineer(client, dsn, BYSTANDER)
+        heavy = _metrics(100)  # about 3 KB
+        assert len(orjson.dumps(heavy)) > 1024
+
+        async def write(identity: Identity, wait: bool) -> tuple[int, float]:
+            started = time.perf_counter()
+            params = {} if wait else {"wait": "false"}
+            r = await client.post(
+                f"{API}/runs/{RUN}/metrics", json=heavy, params=params, headers=identity.headers
+            )
+            return r.status_code, time.perf_counter() - started
+
+        writes = [asyncio.create_task(write(burst, wait=False)) for _ in range(6)]
+        for _ in range(100):
+            if publisher.held == 2:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        assert publisher.held == 2  # the other four wait for a slot
+        status, took = await write(bystander, wait=False)
+        assert status == 202 and took < 0.5, took
+        publisher.opened.set()
+        assert [s for s, _ in await asyncio.gather(*writes)] == [202] * 6
+        assert publisher.most_held == 2
+        # A write waiting for its projection holds no slot: with both of them waiting (the
+        # recording publisher never reports a projection: they wait the whole second), a
+        # third is produced at once.
+        waiting = [asyncio.create_task(write(burst, wait=True)) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        status, took = await write(burst, wait=False)
+        assert status == 202 and took < 0.5, took
+        assert all(not w.done() for w in waiting)
+        assert [s for s, _ in await asyncio.gather(*waiting)] == [202, 202]
+    finally:
+        await apps.aclose()
