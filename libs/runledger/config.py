@@ -72,6 +72,14 @@ class Settings(BaseSettings):
         " writes cannot hold up the other tenants' requests. A write waiting for its projection no longer"
         " counts. 0 = no limit.",
     )
+    switch_interval_ms: float = Field(
+        1.0,
+        gt=0,
+        description="Python's thread switch interval in a services process (sys.setswitchinterval), in"
+        " ms. The API's event loop shares the interpreter lock with the projector and with the threads"
+        " that parse large bodies; each time it wakes it may wait this long for the lock, several times"
+        " per request. Python's default is 5.",
+    )
     api_keepalive_s: int = Field(
         65,
         gt=0,

@@ -289,6 +289,9 @@ def serve(role: str, settings: Settings) -> None:
     from services.observability import watch_gc
 
     watch_gc()
+    # Other tenants' requests wait behind a flood's parsing and projection for the lock, at
+    # each wake-up (bench/RESULTS.md, "Noisy neighbour: a bulkhead for heavy writes").
+    sys.setswitchinterval(settings.switch_interval_ms / 1000)
     clickhouse = open_clickhouse(settings.clickhouse_url, settings.chdb_path) if role != "analysis" else None
     threads: list[ServiceThread | AnalysisChildren] = []
     projector = None
