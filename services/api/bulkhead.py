@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 _HELD: ContextVar[Callable[[], None] | None] = ContextVar("runledger_heavy_write_slot", default=None)
 
@@ -30,7 +30,7 @@ class _Lane:
     """One tenant's slots: a semaphore, and how many requests hold or wait for it."""
 
     slots: asyncio.Semaphore
-    users: int = field(default=0)
+    users: int = 0
 
 
 class TenantBulkhead:
@@ -49,8 +49,12 @@ class TenantBulkhead:
     async def slot(self, tenant_id: str) -> AsyncIterator[Callable[[], None]]:
         """Wait for one of the tenant's slots; yields a release (idempotent), also called on exit.
 
-        While inside, `release_held_slot()` in the same task releases it early.
+        While inside, `release_held_slot()` in the same task releases it early. Without a limit
+        (`per_tenant` 0) it admits at once.
         """
+        if not self.enabled:
+            yield lambda: None
+            return
         lane = self._lanes.get(tenant_id)
         if lane is None:
             lane = self._lanes[tenant_id] = _Lane(asyncio.Semaphore(self.per_tenant))

@@ -112,3 +112,11 @@ def test_heavy_means_a_large_or_chunked_json_body() -> None:
         [(b"content-type", b"application/octet-stream"), (b"content-length", b"99999999")], 32768
     )
     assert not is_heavy_json_write([json, (b"content-length", b"lots")], 32768)
+
+
+async def test_without_a_limit_every_write_is_admitted_at_once() -> None:
+    bulkhead = TenantBulkhead(per_tenant=0)
+    assert not bulkhead.enabled
+    async with bulkhead.slot("t"), bulkhead.slot("t"), bulkhead.slot("t"):
+        release_held_slot()
+    assert bulkhead._lanes == {}
