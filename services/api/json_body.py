@@ -28,6 +28,9 @@ M = TypeVar("M", bound=BaseModel)
 def _validated(model: type[M], body: bytes) -> M:
     try:
         content = json.loads(body)
+    except RecursionError:  # FastAPI answers a body it cannot parse with a 400 too
+        error = {"type": "json_invalid", "loc": ("body",), "msg": "JSON nested too deeply", "input": {}}
+        raise RequestValidationError([error]) from None
     except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
         pos = getattr(exc, "pos", 0)
         error = {"type": "json_invalid", "loc": ("body", pos), "msg": "JSON decode error", "input": {}}

@@ -63,6 +63,14 @@ async def test_a_metrics_body_is_validated_as_fastapi_would_and_a_large_one_off_
             "/metrics", content=b"{nope", headers={"content-type": "application/json"}
         )
         assert not_json.status_code == 400 and not_json.json() == {"errors": [["body", 1]]}
+        deep = b'{"metrics": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        too_deep = await client.post("/metrics", content=deep, headers={"content-type": "application/json"})
+        assert too_deep.status_code == 400 and too_deep.json() == {"errors": [["body"]]}
+        nested: object = 1
+        for _ in range(200):
+            nested = [nested]
+        shallow = await client.post("/metrics", json={"metrics": nested})
+        assert shallow.status_code == 400
         empty = await client.post("/metrics", json={"metrics": []})
         assert empty.status_code == 400
         schema = (await client.get("/openapi.json")).json()
