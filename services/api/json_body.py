@@ -25,16 +25,20 @@ INLINE_PARSE_BYTES = 16 << 10
 M = TypeVar("M", bound=BaseModel)
 
 
+def _body_error(type_: str, msg: str, *loc: int | str, **ctx: str) -> RequestValidationError:
+    """FastAPI's error for a body: located under "body"."""
+    error: dict[str, Any] = {"type": type_, "loc": ("body", *loc), "msg": msg, "input": {}}
+    return RequestValidationError([{**error, "ctx": ctx} if ctx else error])
+
+
 def _validated(model: type[M], body: bytes) -> M:
     try:
         content = json.loads(body)
     except RecursionError:  # FastAPI answers a body it cannot parse with a 400 too
-        error = {"type": "json_invalid", "loc": ("body",), "msg": "JSON nested too deeply", "input": {}}
-        raise RequestValidationError([error]) from None
+        raise _body_error("json_invalid", "JSON nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
-        pos = getattr(exc, "pos", 0)
-        error = {"type": "json_invalid", "loc": ("body", pos), "msg": "JSON decode error", "input": {}}
-        raise RequestValidationError([{**error, "ctx": {"error": getattr(exc, "msg", str(exc))}}]) from None
+        reason = getattr(exc, "msg", str(exc))
+        raise _body_error("json_invalid", "JSON decode error", getattr(exc, "pos", 0), error=reason) from None
     try:
         return model.model_validate(content)
     except ValidationError as exc:
@@ -42,8 +46,20 @@ def _validated(model: type[M], body: bytes) -> M:
         raise RequestValidationError(errors) from None
 
 
+def _declares_json(content_type: str | None) -> bool:
+    """FastAPI's rule: no Content-Type, application/json or application/*+json."""
+    if content_type is None:
+        return True
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 async def parse_body(request: Request, model: type[M]) -> M:
     """The request's JSON body validated as `model`; a large one in a worker thread."""
+    if not _declares_json(request.headers.get("content-type")):
+        raise _body_error(
+            "model_attributes_type", "Input should be a JSON object (Content-Type: application/json)"
+        )
     body = await request.body()
     if len(body) < INLINE_PARSE_BYTES:
         return _validated(model, body)

@@ -6,6 +6,7 @@ import json
 import threading
 from typing import Any
 
+import orjson
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -71,6 +72,18 @@ async def test_a_metrics_body_is_validated_as_fastapi_would_and_a_large_one_off_
             nested = [nested]
         shallow = await client.post("/metrics", json={"metrics": nested})
         assert shallow.status_code == 400
+        as_form = await client.post(
+            "/metrics",
+            content=orjson.dumps(small),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert as_form.status_code == 400 and as_form.json() == {"errors": [["body"]]}
+        vendor_json = await client.post(
+            "/metrics",
+            content=orjson.dumps(small),
+            headers={"content-type": "application/vnd.x+json; charset=utf-8"},
+        )
+        assert vendor_json.status_code == 200
         empty = await client.post("/metrics", json={"metrics": []})
         assert empty.status_code == 400
         schema = (await client.get("/openapi.json")).json()
