@@ -17,6 +17,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +30,7 @@ import orjson
 from kafka import KafkaProducer
 
 from runledger.config import Settings
+from runledger.embedded._proc import follow_parent
 from services import observability as metrics
 from services.analysis.attribution_inputs import AttributionInputError, RunTable, load_run_table
 from services.analysis.reports import Outgoing, Reporter
@@ -75,6 +77,17 @@ def compute(table: RunTable, metric: str, request: dict[str, Any]) -> dict[str, 
 def _warm_up() -> None:
     """Import the attribution stack in the worker before the first job needs it."""
     import runledger.analysis.attribution  # noqa: F401
+
+
+def attribution_executor() -> ProcessPoolExecutor:
+    """One worker process for the fits. It dies with this process: a worker of a process
+    killed with SIGKILL (a crash, a restart) would otherwise wait forever, ~400 MiB each."""
+    return ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=follow_parent,
+        initargs=(os.getpid(), signal.SIGKILL),
+    )
 
 
 class AttributionWorker:
@@ -167,9 +180,7 @@ class AttributionWorker:
 
     async def _compute(self, table: RunTable, metric: str, request: dict[str, Any]) -> dict[str, Any]:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
-            )
+            self._executor = attribution_executor()
             self._executor.submit(_warm_up)
         future = asyncio.get_running_loop().run_in_executor(self._executor, compute, table, metric, request)
         return await asyncio.wait_for(future, self._settings.attribution_timeout_s)

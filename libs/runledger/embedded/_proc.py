@@ -33,17 +33,28 @@ def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
     """
     if _libc is None:
         return None
-    libc = _libc
     parent = os.getpid()
-    signum = int(sig)
 
     def _preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
-        # The parent may have died between fork and prctl: then nobody would send the signal.
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signum)
+        follow_parent(parent, sig)
 
     return _preexec
+
+
+def follow_parent(parent: int, sig: signal.Signals = signal.SIGKILL) -> None:
+    """In a child of `parent`: receive `sig` when the parent dies (Linux only; else nothing).
+
+    For children a library starts, where there is no preexec_fn: a ProcessPoolExecutor's
+    workers take it as their initializer (with the parent's pid as its argument). Such a
+    worker holds both ends of its task queue's pipe, so it never sees the parent go and,
+    once the parent is killed, would wait for tasks forever.
+    """
+    if _libc is None:
+        return
+    _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    # The parent may have died before prctl: then nobody would send the signal.
+    if os.getppid() != parent:
+        os.kill(os.getpid(), int(sig))
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
