@@ -46,14 +46,13 @@ class TenantBulkhead:
         return self.per_tenant > 0
 
     @asynccontextmanager
-    async def slot(self, tenant_id: str) -> AsyncIterator[Callable[[], None]]:
-        """Wait for one of the tenant's slots; yields a release (idempotent), also called on exit.
-
-        While inside, `release_held_slot()` in the same task releases it early. Without a limit
+    async def slot(self, tenant_id: str) -> AsyncIterator[None]:
+        """Hold one of the tenant's slots (waiting for it) until the block ends, or until
+        `release_held_slot()` in the same task gives it back earlier. Without a limit
         (`per_tenant` 0) it admits at once.
         """
         if not self.enabled:
-            yield lambda: None
+            yield
             return
         lane = self._lanes.get(tenant_id)
         if lane is None:
@@ -72,7 +71,7 @@ class TenantBulkhead:
 
             token = _HELD.set(release)
             try:
-                yield release
+                yield
             finally:
                 _HELD.reset(token)
                 release()
